@@ -1,0 +1,476 @@
+package wshub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"golang.org/x/sync/errgroup"
+)
+
+// Client is one connected WebSocket peer. Its methods are safe for
+// concurrent use and never block on the network.
+type Client struct {
+	hub        *Hub
+	conn       *websocket.Conn
+	netConn    net.Conn
+	codec      Codec
+	codecIndex int
+	id         string
+
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// group owns the writer, closer and pinger goroutines; the read
+	// goroutine waits for it before the client is forgotten.
+	group     errgroup.Group
+	closeOnce sync.Once
+	pinger    *time.Timer
+
+	valuesMu sync.RWMutex
+	values   map[string]any
+
+	mu          sync.Mutex
+	queue       [][]byte // messages waiting for the writer
+	spare       [][]byte // the writer's previous batch, reused
+	writing     bool     // a writer goroutine is running
+	closeCode   websocket.StatusCode
+	closeReason string
+	cause       error // disconnect reason, set once
+	flush       bool  // write the queue before closing
+	rooms       map[string]struct{}
+
+	invalidRun int // consecutive invalid messages; read goroutine only
+}
+
+func newClient(h *Hub, conn *websocket.Conn, netConn net.Conn, id Identity) *Client {
+	c := &Client{hub: h, conn: conn, netConn: netConn, id: id.ID}
+	if c.id == "" {
+		c.id = newID()
+	}
+	if len(id.Values) > 0 {
+		c.values = maps.Clone(id.Values)
+	}
+	c.codecIndex = max(0, slices.Index(h.opts.codecNames, conn.Subprotocol()))
+	c.codec = h.opts.Codecs[c.codecIndex]
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	conn.SetReadLimit(h.opts.ReadLimit)
+	return c
+}
+
+// ID returns the client's ID: the one given by Options.Authenticate, or a
+// generated one.
+func (c *Client) ID() string { return c.id }
+
+// Codec returns the codec negotiated with the client.
+func (c *Client) Codec() Codec { return c.codec }
+
+// Context returns a context that is canceled when the client disconnects.
+func (c *Client) Context() context.Context { return c.ctx }
+
+// Value returns the client's value for key, or nil.
+func (c *Client) Value(key string) any {
+	c.valuesMu.RLock()
+	defer c.valuesMu.RUnlock()
+	return c.values[key]
+}
+
+// SetValue sets the client's value for key; a nil v deletes it.
+func (c *Client) SetValue(key string, v any) {
+	c.valuesMu.Lock()
+	defer c.valuesMu.Unlock()
+	if v == nil {
+		delete(c.values, key)
+		return
+	}
+	if c.values == nil {
+		c.values = make(map[string]any)
+	}
+	c.values[key] = v
+}
+
+// Join adds the client to a room, creating the room if needed; joining a
+// room twice is not an error. It is the server's decision, so
+// Options.AuthorizeJoin is not consulted. It returns ErrInvalidRoom or, once
+// the client is closing, ErrClientClosed.
+func (c *Client) Join(room string) error { return c.hub.join(c, room) }
+
+// Leave removes the client from a room, and the room when it is empty. It
+// returns ErrNotMember if the client is not in it.
+func (c *Client) Leave(room string) error { return c.hub.leave(c, room) }
+
+// Rooms returns the names of the client's rooms, sorted.
+func (c *Client) Rooms() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Sorted(maps.Keys(c.rooms))
+}
+
+// Send queues m for the client alone, as a message of type "message" when
+// m.Type is empty. It does not wait for the write. It returns the codec's
+// error if m cannot be encoded, ErrClientClosed once the client is closing,
+// and ErrSendQueueFull if the queue was full: the client is then closed
+// with status 1008.
+func (c *Client) Send(m *Message) error {
+	out := *m
+	if out.Type == "" {
+		out.Type = TypeMessage
+	}
+	b, err := c.codec.Marshal(&out)
+	if err != nil {
+		return err
+	}
+	return c.enqueue(b)
+}
+
+// Close writes the client's queued messages, then closes the connection
+// with code and reason (at most 123 bytes). Its disconnect reason is
+// ErrClientClosed. Close does not wait; calling it again does nothing.
+func (c *Client) Close(code websocket.StatusCode, reason string) {
+	c.closeWith(code, reason, ErrClientClosed, true)
+}
+
+func (c *Client) addRoom(name string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return ErrClientClosed
+	}
+	if c.rooms == nil {
+		c.rooms = make(map[string]struct{})
+	}
+	c.rooms[name] = struct{}{}
+	return nil
+}
+
+func (c *Client) removeRoom(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.rooms[name]; !ok {
+		return false
+	}
+	delete(c.rooms, name)
+	return true
+}
+
+func (c *Client) inRoom(name string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.rooms[name]
+	return ok
+}
+
+// enqueue queues an encoded message and starts the writer if it is idle.
+func (c *Client) enqueue(b []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return ErrClientClosed
+	}
+	if len(c.queue) >= c.hub.opts.SendQueue {
+		c.hub.dropped.Add(1)
+		c.hub.kicked.Add(1)
+		c.closeLocked(websocket.StatusPolicyViolation, "send queue full", ErrSendQueueFull, false)
+		return ErrSendQueueFull
+	}
+	c.queue = append(c.queue, b)
+	c.startWriterLocked()
+	return nil
+}
+
+func (c *Client) startWriterLocked() {
+	if c.writing {
+		return
+	}
+	c.writing = true
+	c.spawn(c.writeLoop)
+}
+
+// spawn runs f on a goroutine that the client's group and Shutdown wait for.
+func (c *Client) spawn(f func()) {
+	c.hub.hold()
+	c.group.Go(func() error {
+		defer c.hub.release()
+		f()
+		return nil
+	})
+}
+
+// closeWith starts closing the client with code and reason, recording
+// cause as its disconnect reason. With flush, queued messages are written
+// first; without, they are dropped. Only the first call has an effect.
+func (c *Client) closeWith(code websocket.StatusCode, reason string, cause error, flush bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeLocked(code, reason, cause, flush)
+}
+
+func (c *Client) closeLocked(code websocket.StatusCode, reason string, cause error, flush bool) {
+	if c.cause != nil {
+		return
+	}
+	c.closeCode, c.closeReason, c.cause, c.flush = code, reason, cause, flush
+	if !flush {
+		c.hub.dropped.Add(uint64(len(c.queue)))
+		clear(c.queue)
+		c.queue = c.queue[:0]
+	}
+	if !c.writing {
+		// The writer closes the connection once the queue is empty.
+		c.startWriterLocked()
+		return
+	}
+	if !flush {
+		// The writer may be stuck on a slow peer: close from a goroutine of
+		// its own, which also unblocks the writer.
+		c.spawn(c.closeConn)
+	}
+}
+
+// closeConn runs the close handshake, once.
+func (c *Client) closeConn() {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		code, reason, cause := c.closeCode, c.closeReason, c.cause
+		c.mu.Unlock()
+		if errors.Is(cause, ErrSendQueueFull) {
+			c.hub.opts.Logger.Warn("wshub: client kicked", "client", c.id, "reason", cause)
+		}
+		if code == 0 {
+			c.conn.CloseNow() // the connection failed or the peer closed it
+			return
+		}
+		c.conn.Close(code, reason)
+	})
+}
+
+// abort cuts the connection without a handshake.
+func (c *Client) abort(cause error) {
+	c.closeWith(websocket.StatusGoingAway, "", cause, false)
+	c.netConn.Close()
+}
+
+// writeLoop writes queued messages until the queue is empty, then exits;
+// when the client is closing, it closes the connection instead of exiting.
+func (c *Client) writeLoop() {
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 || (c.cause != nil && !c.flush) {
+			closing := c.cause != nil
+			if !closing {
+				c.writing = false
+			}
+			c.mu.Unlock()
+			if closing {
+				c.closeConn()
+			}
+			return
+		}
+		batch := c.queue
+		c.queue, c.spare = c.spare, nil
+		c.mu.Unlock()
+
+		err := c.write(batch)
+
+		clear(batch)
+		c.mu.Lock()
+		if cap(batch) <= 64 {
+			c.spare = batch[:0]
+		}
+		c.mu.Unlock()
+		if err != nil {
+			c.abort(err)
+			return
+		}
+	}
+}
+
+// write writes msgs, as batch frames if the codec batches.
+func (c *Client) write(msgs [][]byte) error {
+	typ := websocket.MessageText
+	if c.codec.Binary() {
+		typ = websocket.MessageBinary
+	}
+	bc, ok := c.codec.(BatchCodec)
+	if !ok {
+		for _, b := range msgs {
+			if err := c.conn.Write(context.Background(), typ, b); err != nil {
+				return err
+			}
+			c.hub.messagesOut.Add(1)
+		}
+		return nil
+	}
+	bufp := c.hub.getBuf()
+	defer c.hub.bufPool.Put(bufp)
+	for len(msgs) > 0 {
+		n, size := 1, len(msgs[0])
+		for n < len(msgs) && size+len(msgs[n])+1 <= maxBatchBytes {
+			size += len(msgs[n]) + 1
+			n++
+		}
+		*bufp = bc.AppendBatch((*bufp)[:0], msgs[:n])
+		if err := c.conn.Write(context.Background(), typ, *bufp); err != nil {
+			return err
+		}
+		c.hub.messagesOut.Add(uint64(n))
+		msgs = msgs[n:]
+	}
+	return nil
+}
+
+// run serves the client on its read goroutine until it disconnects.
+func (c *Client) run() {
+	defer c.hub.release()
+	h := c.hub
+	if h.opts.PingInterval > 0 {
+		c.pinger = time.AfterFunc(h.opts.PingInterval, c.ping)
+	}
+	h.opts.Logger.Debug("wshub: client connected", "client", c.id, "codec", c.codec.Name())
+	if h.opts.OnConnect != nil {
+		h.userCode(func() { h.opts.OnConnect(c) })
+	}
+	err := c.readLoop()
+
+	c.closeWith(0, "", err, false)
+	if c.pinger != nil {
+		c.pinger.Stop()
+	}
+	c.conn.CloseNow()
+	c.group.Wait()
+	h.forget(c)
+	c.cancel()
+
+	c.mu.Lock()
+	cause := c.cause
+	c.mu.Unlock()
+	h.opts.Logger.Debug("wshub: client disconnected", "client", c.id, "reason", cause)
+	if h.opts.OnDisconnect != nil {
+		h.userCode(func() { h.opts.OnDisconnect(c, cause) })
+	}
+}
+
+// ping checks that the peer answers within the ping interval. It runs on
+// the pinger timer's goroutine and does the ping on one of the client's.
+func (c *Client) ping() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return
+	}
+	c.spawn(func() {
+		ctx, cancel := context.WithTimeout(c.ctx, c.hub.opts.PingInterval)
+		defer cancel()
+		err := c.conn.Ping(ctx)
+		switch {
+		case err == nil:
+			c.pinger.Reset(c.hub.opts.PingInterval)
+		case errors.Is(err, context.DeadlineExceeded):
+			c.abort(ErrPongTimeout)
+		}
+	})
+}
+
+func (c *Client) readLoop() error {
+	for {
+		typ, data, err := c.conn.Read(context.Background())
+		if err != nil {
+			return err
+		}
+		c.hub.messagesIn.Add(1)
+		c.dispatch(typ, data)
+	}
+}
+
+// dispatch handles one inbound frame.
+func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
+	var m Message
+	if err := c.decode(typ, data, &m); err != nil {
+		c.invalidRun++
+		c.reply(&Message{Type: TypeError, ID: m.ID, Error: err.Error()})
+		if c.invalidRun >= MaxInvalidMessages {
+			c.closeWith(websocket.StatusInvalidFramePayloadData, "too many invalid messages", err, true)
+		}
+		return
+	}
+	c.invalidRun = 0
+	err := c.handle(&m)
+	switch {
+	case err != nil:
+		c.reply(&Message{Type: TypeError, ID: m.ID, Room: m.Room, Error: err.Error()})
+	case m.ID != "":
+		c.reply(&Message{Type: TypeAck, ID: m.ID})
+	}
+}
+
+func (c *Client) decode(typ websocket.MessageType, data []byte, m *Message) error {
+	if (typ == websocket.MessageBinary) != c.codec.Binary() {
+		return fmt.Errorf("%w: unexpected %v frame for codec %s", ErrInvalidMessage, typ, c.codec.Name())
+	}
+	if err := c.codec.Unmarshal(data, m); err != nil {
+		return fmt.Errorf("%w: %v", ErrInvalidMessage, err)
+	}
+	return nil
+}
+
+func (c *Client) handle(m *Message) error {
+	h := c.hub
+	switch m.Type {
+	case TypeJoin:
+		if err := validRoom(m.Room); err != nil {
+			return err
+		}
+		if h.opts.AuthorizeJoin == nil {
+			return ErrJoinDenied
+		}
+		var err error
+		h.userCode(func() { err = h.opts.AuthorizeJoin(c, m.Room) })
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrJoinDenied, err)
+		}
+		return c.Join(m.Room)
+	case TypeLeave:
+		return c.Leave(m.Room)
+	case TypePublish:
+		return c.publish(m)
+	}
+	if h.handler == nil {
+		return fmt.Errorf("%w: %q", ErrUnknownType, m.Type)
+	}
+	var err error
+	h.userCode(func() { err = h.handler.ServeMessage(c.ctx, c, m) })
+	return err
+}
+
+func (c *Client) publish(m *Message) error {
+	if err := validRoom(m.Room); err != nil {
+		return err
+	}
+	if !c.inRoom(m.Room) {
+		return ErrNotMember
+	}
+	h := c.hub
+	if h.opts.AuthorizePublish != nil {
+		var err error
+		h.userCode(func() { err = h.opts.AuthorizePublish(c, m) })
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrPublishDenied, err)
+		}
+	}
+	out := Message{Type: TypeMessage, Room: m.Room, From: c.id, Data: m.Data}
+	return h.deliver(m.Room, &out, nil)
+}
+
+// reply sends a protocol answer; codecs that cannot carry it (RawCodec)
+// leave the client without one.
+func (c *Client) reply(m *Message) {
+	if err := c.Send(m); err != nil && !errors.Is(err, ErrClientClosed) {
+		c.hub.opts.Logger.Debug("wshub: reply not sent", "client", c.id, "err", err)
+	}
+}

@@ -1,0 +1,138 @@
+package wshub
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// A Codec turns Messages into WebSocket frames and back. The hub calls
+// Marshal with a *Message and Unmarshal with a *Message to fill; a codec may
+// support other types for its own users. Codecs are chosen per connection:
+// a client offers codec names in the Sec-WebSocket-Protocol header and the
+// hub picks the first of Options.Codecs it offered. Methods must be safe for
+// concurrent use.
+type Codec interface {
+	// Name is the subprotocol name that selects this codec.
+	Name() string
+	// Binary reports whether frames are binary (true) or text (false).
+	Binary() bool
+	// Marshal encodes v. For a *Message it returns one message.
+	Marshal(v any) ([]byte, error)
+	// Unmarshal decodes data, one inbound frame, into v.
+	Unmarshal(data []byte, v any) error
+}
+
+// A BatchCodec is a Codec that can write several messages as one frame.
+// When a client using it has more than one message queued, the hub encodes
+// each with Marshal and writes AppendBatch of them as a single frame; it
+// uses AppendBatch even for a single message, so every frame has the batch
+// format. A batch frame holds at most 32 KiB of messages unless one message
+// alone is bigger.
+type BatchCodec interface {
+	Codec
+	// AppendBatch appends the frame made of msgs, each a result of
+	// Marshal, to dst and returns the extended slice.
+	AppendBatch(dst []byte, msgs [][]byte) []byte
+}
+
+// JSONCodec is the default codec: each text frame is one JSON object
+// following the wire protocol described in the package documentation.
+// Inbound Message.Data holds a json.RawMessage (nil when absent), so a
+// handler decodes it into its own type.
+type JSONCodec struct{}
+
+// Name returns "wshub.json".
+func (JSONCodec) Name() string { return "wshub.json" }
+
+// Binary returns false: JSON frames are text frames.
+func (JSONCodec) Binary() bool { return false }
+
+// Marshal encodes v with encoding/json.
+func (JSONCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// Unmarshal decodes data with encoding/json. For a *Message, Data is left as
+// a json.RawMessage.
+func (JSONCodec) Unmarshal(data []byte, v any) error {
+	m, ok := v.(*Message)
+	if !ok {
+		return json.Unmarshal(data, v)
+	}
+	return unmarshalJSONMessage(data, m)
+}
+
+// JSONBatchCodec speaks the JSON protocol, but every frame the server sends
+// is a JSON array of one or more messages, so a busy client receives many
+// messages per frame. Clients opt in by offering "wshub.json-batch" in
+// Sec-WebSocket-Protocol. Inbound frames are single JSON objects, as with
+// JSONCodec.
+type JSONBatchCodec struct{}
+
+// Name returns "wshub.json-batch".
+func (JSONBatchCodec) Name() string { return "wshub.json-batch" }
+
+// Binary returns false: batches are text frames.
+func (JSONBatchCodec) Binary() bool { return false }
+
+// Marshal encodes v as one JSON value, an element of a batch.
+func (JSONBatchCodec) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// Unmarshal decodes one inbound JSON message, as JSONCodec does.
+func (JSONBatchCodec) Unmarshal(data []byte, v any) error { return JSONCodec{}.Unmarshal(data, v) }
+
+// AppendBatch appends a JSON array of msgs to dst.
+func (JSONBatchCodec) AppendBatch(dst []byte, msgs [][]byte) []byte {
+	dst = append(dst, '[')
+	for i, m := range msgs {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = append(dst, m...)
+	}
+	return append(dst, ']')
+}
+
+// RawCodec carries only message data, in binary frames, for applications
+// with their own format. An inbound frame becomes a Message of type
+// "message" whose Data is the frame's []byte; it goes to the Handler, since
+// it has no join, leave or publish. Outbound, Data must be a []byte or a
+// string and only messages of type "message" can be sent; anything else
+// fails with ErrUnsupportedData (so raw clients get no ack or error frames).
+type RawCodec struct{}
+
+// Name returns "wshub.raw".
+func (RawCodec) Name() string { return "wshub.raw" }
+
+// Binary returns true.
+func (RawCodec) Binary() bool { return true }
+
+// Marshal returns a copy of the data of a *Message, []byte or string.
+func (RawCodec) Marshal(v any) ([]byte, error) {
+	if m, ok := v.(*Message); ok {
+		if m.Type != TypeMessage {
+			return nil, fmt.Errorf("%w: raw codec cannot send type %q", ErrUnsupportedData, m.Type)
+		}
+		v = m.Data
+	}
+	switch d := v.(type) {
+	case []byte:
+		return append([]byte(nil), d...), nil
+	case string:
+		return []byte(d), nil
+	default:
+		return nil, fmt.Errorf("%w: raw codec needs []byte or string, got %T", ErrUnsupportedData, v)
+	}
+}
+
+// Unmarshal stores a copy of data into a *Message (as its Data) or a *[]byte.
+func (RawCodec) Unmarshal(data []byte, v any) error {
+	b := append([]byte(nil), data...)
+	switch d := v.(type) {
+	case *Message:
+		*d = Message{Type: TypeMessage, Data: b}
+	case *[]byte:
+		*d = b
+	default:
+		return fmt.Errorf("%w: raw codec cannot decode into %T", ErrUnsupportedData, v)
+	}
+	return nil
+}

@@ -1,0 +1,57 @@
+package wshub
+
+import "errors"
+
+// Sentinel errors. Errors returned by wshub wrap one of these with %w, so
+// test for them with errors.Is. The text of each is also the reason sent to a
+// client in an error frame or a close frame.
+var (
+	// ErrHubClosed is returned by operations on a hub after Shutdown or Close
+	// began, and is the disconnect reason of clients closed by Shutdown.
+	ErrHubClosed = errors.New("wshub: hub closed")
+
+	// ErrClientClosed is returned by Client.Send, Join and Leave once the
+	// client is disconnecting or gone.
+	ErrClientClosed = errors.New("wshub: client closed")
+
+	// ErrSendQueueFull is the disconnect reason of a client whose send queue
+	// overflowed; Client.Send returns it for that client. The client is
+	// closed with status 1008.
+	ErrSendQueueFull = errors.New("wshub: send queue full")
+
+	// ErrPongTimeout is the disconnect reason of a client that did not answer
+	// a keepalive ping in time.
+	ErrPongTimeout = errors.New("wshub: pong timeout")
+
+	// ErrInvalidRoom reports a room name that is empty or too long
+	// (see MaxRoomNameLen).
+	ErrInvalidRoom = errors.New("wshub: invalid room name")
+
+	// ErrJoinDenied reports a client-initiated join refused because no
+	// Options.AuthorizeJoin is set. An AuthorizeJoin error is wrapped in it.
+	ErrJoinDenied = errors.New("wshub: join denied")
+
+	// ErrPublishDenied wraps an error returned by Options.AuthorizePublish.
+	ErrPublishDenied = errors.New("wshub: publish denied")
+
+	// ErrNotMember reports a publish to, or a leave of, a room the client is
+	// not in.
+	ErrNotMember = errors.New("wshub: not a member of the room")
+
+	// ErrInvalidMessage reports an inbound frame that the client's codec
+	// cannot decode or that breaks the protocol. After MaxInvalidMessages of
+	// them in a row the client is closed with status 1007.
+	ErrInvalidMessage = errors.New("wshub: invalid message")
+
+	// ErrUnknownType answers a message whose type is not a protocol type
+	// when the hub has no Handler.
+	ErrUnknownType = errors.New("wshub: unknown message type")
+
+	// ErrUnsupportedData reports a Message.Data value that a codec cannot
+	// encode, such as a non-[]byte value given to RawCodec.
+	ErrUnsupportedData = errors.New("wshub: data not supported by codec")
+
+	// ErrRejected is wrapped by the error of a refused upgrade: an
+	// Authenticate error, MaxClients reached or a hub shutting down.
+	ErrRejected = errors.New("wshub: connection rejected")
+)

@@ -1,0 +1,434 @@
+package wshub
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+
+	"github.com/coder/websocket"
+	"golang.org/x/sync/errgroup"
+)
+
+// Hub accepts WebSocket connections as an http.Handler and keeps track of
+// its clients and rooms. Create one with New and mount it on any router:
+//
+//	mux.Handle("/ws", hub)
+//
+// All methods are safe for concurrent use, including from inside hooks and
+// handlers. The zero Hub is not usable.
+type Hub struct {
+	handler Handler
+	opts    options
+	accept  websocket.AcceptOptions
+	encKey  []int // codec index → index whose encoding it shares
+
+	mu      sync.RWMutex
+	clients map[*Client]struct{}
+	rooms   map[string]*room
+	pending int // upgrades in progress, counted against MaxClients
+
+	bcastMu sync.Mutex // orders hub-wide broadcasts
+
+	// Shutdown waits for live to reach zero: it counts the hub's goroutines
+	// (and upgrades in progress), except those running user code, so that a
+	// hook may call Shutdown or Close without waiting for itself.
+	closing   atomic.Bool
+	live      atomic.Int64
+	drained   chan struct{}
+	drainOnce sync.Once
+
+	messagesIn, messagesOut, dropped, kicked atomic.Uint64
+
+	bufPool sync.Pool // *[]byte for batch frames
+}
+
+// New returns a hub that passes application messages to handler (which may
+// be nil: application messages are then answered with ErrUnknownType).
+// opts may be nil for the defaults.
+func New(handler Handler, opts *Options) *Hub {
+	h := &Hub{
+		handler: handler,
+		opts:    opts.withDefaults(),
+		clients: make(map[*Client]struct{}),
+		rooms:   make(map[string]*room),
+		drained: make(chan struct{}),
+	}
+	h.accept = websocket.AcceptOptions{
+		Subprotocols:   h.opts.codecNames,
+		OriginPatterns: h.opts.OriginPatterns,
+	}
+	h.encKey = make([]int, len(h.opts.Codecs))
+	for i, c := range h.opts.Codecs {
+		h.encKey[i] = i
+		for j := range i {
+			if sameEncoding(h.opts.Codecs[j], c) {
+				h.encKey[i] = h.encKey[j]
+				break
+			}
+		}
+	}
+	return h
+}
+
+// sameEncoding reports whether two codecs encode a single message the same
+// way, so a broadcast encodes it once for both.
+func sameEncoding(a, b Codec) bool {
+	isJSON := func(c Codec) bool {
+		switch c.(type) {
+		case JSONCodec, JSONBatchCodec:
+			return true
+		}
+		return false
+	}
+	return isJSON(a) && isJSON(b)
+}
+
+// Stats are counters of a hub since New.
+type Stats struct {
+	Clients     int    // connected clients
+	Rooms       int    // rooms with at least one member
+	MessagesIn  uint64 // messages read from clients
+	MessagesOut uint64 // messages written to clients; a batch frame counts each
+	Dropped     uint64 // queued messages discarded because their client was closed first
+	Kicked      uint64 // clients closed because their send queue was full
+}
+
+// Stats returns the hub's counters. It is cheap and safe to call any time.
+func (h *Hub) Stats() Stats {
+	h.mu.RLock()
+	s := Stats{Clients: len(h.clients), Rooms: len(h.rooms)}
+	h.mu.RUnlock()
+	s.MessagesIn = h.messagesIn.Load()
+	s.MessagesOut = h.messagesOut.Load()
+	s.Dropped = h.dropped.Load()
+	s.Kicked = h.kicked.Load()
+	return s
+}
+
+// Room returns a handle to the room called name. It does not create the
+// room; clients joining it do.
+func (h *Hub) Room(name string) Room { return Room{hub: h, name: name} }
+
+// Broadcast sends m to every connected client, as a message of type
+// "message" when m.Type is empty. Like Room.Broadcast it never waits for a
+// client and does not modify m. It returns ErrHubClosed once the hub is
+// closing and the codec's error if m cannot be encoded.
+func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if h.closing.Load() {
+		return ErrHubClosed
+	}
+	out := *m
+	if out.Type == "" {
+		out.Type = TypeMessage
+	}
+	enc := h.newEncoding(&out)
+	h.bcastMu.Lock()
+	defer h.bcastMu.Unlock()
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	for c := range h.clients {
+		enc.send(c)
+	}
+	return enc.err
+}
+
+// ServeHTTP upgrades the request to a WebSocket connection and serves the
+// client until it disconnects; it returns as soon as the connection is
+// established. Before the upgrade it answers 503 Service Unavailable when
+// the hub is closing or MaxClients are connected, 403 Forbidden for a
+// cross-origin request not allowed by OriginPatterns, and the status of a
+// refusal by Authenticate.
+func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if err := h.reserve(); err != nil {
+		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	c, err := h.upgrade(w, r)
+	if err != nil {
+		h.opts.Logger.Debug("wshub: upgrade refused", "remote", r.RemoteAddr, "err", err)
+		h.unreserve()
+		return
+	}
+	go c.run()
+}
+
+// reserve counts an upgrade in progress, so that Shutdown waits for it and
+// MaxClients counts it.
+func (h *Hub) reserve() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closing.Load() {
+		return ErrHubClosed
+	}
+	if h.opts.MaxClients > 0 && len(h.clients)+h.pending >= h.opts.MaxClients {
+		return errors.New("wshub: too many clients")
+	}
+	h.pending++
+	h.hold()
+	return nil
+}
+
+func (h *Hub) unreserve() {
+	h.mu.Lock()
+	h.pending--
+	h.mu.Unlock()
+	h.release()
+}
+
+func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
+	var id Identity
+	if h.opts.Authenticate != nil {
+		var err error
+		h.release()
+		id, err = h.opts.Authenticate(r)
+		h.hold()
+		if err != nil {
+			status, body := http.StatusUnauthorized, err.Error()
+			if re, ok := errors.AsType[*rejectError](err); ok {
+				status = re.status
+			}
+			http.Error(w, body, status)
+			return nil, err
+		}
+	}
+	hw := &hijackWriter{ResponseWriter: w}
+	conn, err := websocket.Accept(hw, r, &h.accept)
+	if err != nil {
+		return nil, err
+	}
+	c := newClient(h, conn, hw.netConn, id)
+	h.mu.Lock()
+	h.pending--
+	if h.closing.Load() {
+		h.mu.Unlock()
+		conn.Close(websocket.StatusGoingAway, ErrHubClosed.Error())
+		h.release()
+		return nil, ErrHubClosed
+	}
+	h.clients[c] = struct{}{}
+	h.mu.Unlock()
+	return c, nil
+}
+
+// hijackWriter remembers the connection Accept hijacks, so that Close can
+// cut it at once even while a close handshake is under way.
+type hijackWriter struct {
+	http.ResponseWriter
+	netConn net.Conn
+}
+
+func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	w.netConn = conn
+	return conn, brw, err
+}
+
+// Shutdown closes the hub gracefully: new upgrades get 503, every client's
+// queued messages are written, then each is closed with status 1001 (going
+// away) and ErrHubClosed as its disconnect reason. Shutdown returns nil once
+// every connection is closed and the hub's goroutines have exited; a hook or
+// handler still running then (its context is done) finishes on its own,
+// which is what lets one call Shutdown. If ctx ends first, Shutdown closes
+// the remaining connections at once, waits for the goroutines and returns
+// ctx.Err(). Shutdown may be called many times, concurrently with Close.
+func (h *Hub) Shutdown(ctx context.Context) error {
+	for _, c := range h.beginClose() {
+		c.closeWith(websocket.StatusGoingAway, "server shutting down", ErrHubClosed, true)
+	}
+	select {
+	case <-h.drained:
+		return nil
+	case <-ctx.Done():
+	}
+	h.Close()
+	return ctx.Err()
+}
+
+// Close closes the hub at once: new upgrades get 503 and every connection
+// is cut without a close handshake and without writing queued messages
+// (they count as Dropped). It waits for the hub's goroutines as Shutdown does
+// and returns nil. Close may be called many times, from any goroutine.
+func (h *Hub) Close() error {
+	clients := h.beginClose()
+	var g errgroup.Group
+	g.SetLimit(64)
+	for _, c := range clients {
+		g.Go(func() error {
+			c.abort(ErrHubClosed)
+			return nil
+		})
+	}
+	g.Wait()
+	<-h.drained
+	return nil
+}
+
+// beginClose marks the hub closing and returns its clients.
+func (h *Hub) beginClose() []*Client {
+	h.mu.Lock()
+	h.closing.Store(true)
+	clients := make([]*Client, 0, len(h.clients))
+	for c := range h.clients {
+		clients = append(clients, c)
+	}
+	h.mu.Unlock()
+	if h.live.Load() == 0 {
+		h.drainOnce.Do(func() { close(h.drained) })
+	}
+	return clients
+}
+
+func (h *Hub) hold() { h.live.Add(1) }
+
+func (h *Hub) release() {
+	if h.live.Add(-1) == 0 && h.closing.Load() {
+		h.drainOnce.Do(func() { close(h.drained) })
+	}
+}
+
+// userCode runs f, a hook or handler, outside the goroutines Shutdown
+// waits for.
+func (h *Hub) userCode(f func()) {
+	h.release()
+	defer h.hold()
+	f()
+}
+
+func (h *Hub) lookup(name string) *room {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	return h.rooms[name]
+}
+
+// deliver queues m for the members of room name, except some clients.
+func (h *Hub) deliver(name string, m *Message, except []*Client) error {
+	rm := h.lookup(name)
+	if rm == nil {
+		return nil
+	}
+	enc := h.newEncoding(m)
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	for c := range rm.members {
+		if len(except) > 0 && contains(except, c) {
+			continue
+		}
+		enc.send(c)
+	}
+	return enc.err
+}
+
+func contains(cs []*Client, c *Client) bool {
+	for _, x := range cs {
+		if x == c {
+			return true
+		}
+	}
+	return false
+}
+
+// encoding is one message being broadcast, encoded at most once per codec.
+type encoding struct {
+	h      *Hub
+	m      *Message
+	frames [][]byte
+	done   []bool
+	err    error
+}
+
+func (h *Hub) newEncoding(m *Message) *encoding {
+	n := len(h.opts.Codecs)
+	return &encoding{h: h, m: m, frames: make([][]byte, n), done: make([]bool, n)}
+}
+
+func (e *encoding) send(c *Client) {
+	k := e.h.encKey[c.codecIndex]
+	if !e.done[k] {
+		e.done[k] = true
+		b, err := e.h.opts.Codecs[k].Marshal(e.m)
+		if err != nil && e.err == nil {
+			e.err = err
+		}
+		e.frames[k] = b
+	}
+	if b := e.frames[k]; b != nil {
+		c.enqueue(b)
+	}
+}
+
+// join adds c to room name.
+func (h *Hub) join(c *Client, name string) error {
+	if err := validRoom(name); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	rm := h.rooms[name]
+	if rm == nil {
+		rm = &room{members: make(map[*Client]struct{})}
+	}
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	if err := c.addRoom(name); err != nil {
+		return err
+	}
+	rm.members[c] = struct{}{}
+	h.rooms[name] = rm
+	return nil
+}
+
+// leave removes c from room name, and the room when it is empty.
+func (h *Hub) leave(c *Client, name string) error {
+	if err := validRoom(name); err != nil {
+		return err
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	rm := h.rooms[name]
+	if rm == nil {
+		return ErrNotMember
+	}
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	if !c.removeRoom(name) {
+		return ErrNotMember
+	}
+	delete(rm.members, c)
+	if len(rm.members) == 0 {
+		delete(h.rooms, name)
+	}
+	return nil
+}
+
+// forget removes a disconnected client from the hub.
+func (h *Hub) forget(c *Client) {
+	for _, name := range c.Rooms() {
+		h.leave(c, name)
+	}
+	h.mu.Lock()
+	delete(h.clients, c)
+	h.mu.Unlock()
+}
+
+func newID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (h *Hub) getBuf() *[]byte {
+	if p, ok := h.bufPool.Get().(*[]byte); ok {
+		return p
+	}
+	b := make([]byte, 0, maxBatchBytes+1024)
+	return &b
+}

@@ -1,0 +1,73 @@
+package wshub
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+)
+
+// Message types of the wire protocol. Any other type is an application
+// message and goes to the Handler.
+const (
+	TypeJoin    = "join"    // client → server: join Room
+	TypeLeave   = "leave"   // client → server: leave Room
+	TypePublish = "publish" // client → server: broadcast Data to Room
+	TypeMessage = "message" // server → client: Data, from a room or the server
+	TypeAck     = "ack"     // server → client: request ID succeeded
+	TypeError   = "error"   // server → client: request failed, see Error
+)
+
+// Message is one protocol message, in either direction. With JSONCodec it
+// is the JSON object {"type","id","room","from","data","error"}, empty
+// fields omitted.
+type Message struct {
+	Type  string `json:"type"`
+	ID    string `json:"id,omitempty"`    // set by a client to get an ack or error answer
+	Room  string `json:"room,omitempty"`  // room of a join, leave, publish or room message
+	From  string `json:"from,omitempty"`  // ID of the publishing client; empty when the server sent it
+	Data  any    `json:"data,omitempty"`  // payload; inbound, what the codec decoded (json.RawMessage for JSON)
+	Error string `json:"error,omitempty"` // reason of an error answer
+}
+
+// A Handler receives the application messages of clients: every inbound
+// message whose type is not join, leave or publish. The hub calls it on the
+// client's read goroutine, one message at a time and in order, never while
+// holding a lock; the next message of that client is read after it returns.
+// ctx ends when the client disconnects. A non-nil error is sent to the client
+// as an error frame; a nil error is acknowledged when the message had an ID.
+type Handler interface {
+	ServeMessage(ctx context.Context, c *Client, m *Message) error
+}
+
+// HandlerFunc adapts a function to a Handler.
+type HandlerFunc func(ctx context.Context, c *Client, m *Message) error
+
+// ServeMessage calls f(ctx, c, m).
+func (f HandlerFunc) ServeMessage(ctx context.Context, c *Client, m *Message) error {
+	return f(ctx, c, m)
+}
+
+// jsonMessage is Message as decoded from JSON, keeping data raw.
+type jsonMessage struct {
+	Type  string          `json:"type"`
+	ID    string          `json:"id"`
+	Room  string          `json:"room"`
+	From  string          `json:"from"`
+	Data  json.RawMessage `json:"data"`
+	Error string          `json:"error"`
+}
+
+func unmarshalJSONMessage(data []byte, m *Message) error {
+	var jm jsonMessage
+	if err := json.Unmarshal(data, &jm); err != nil {
+		return err
+	}
+	if jm.Type == "" {
+		return fmt.Errorf("missing message type")
+	}
+	*m = Message{Type: jm.Type, ID: jm.ID, Room: jm.Room, From: jm.From, Error: jm.Error}
+	if jm.Data != nil {
+		m.Data = jm.Data
+	}
+	return nil
+}

@@ -1,0 +1,161 @@
+package wshub
+
+import (
+	"log/slog"
+	"net/http"
+	"time"
+)
+
+// Defaults used for zero Options fields.
+const (
+	DefaultReadLimit    = 32 << 10 // bytes
+	DefaultSendQueue    = 256      // messages
+	DefaultPingInterval = 30 * time.Second
+)
+
+// Limits of the protocol that are not options.
+const (
+	// MaxRoomNameLen is the longest room name, in bytes, the hub accepts.
+	MaxRoomNameLen = 128
+
+	// MaxInvalidMessages is how many undecodable or invalid messages in a
+	// row a client may send; the next one closes it with status 1007.
+	MaxInvalidMessages = 5
+
+	// maxBatchBytes bounds a batch frame so that a client with the usual
+	// 32 KiB read limit can read it. A single bigger message is sent alone.
+	maxBatchBytes = 32 << 10
+)
+
+// Options configures a Hub. A nil *Options and every zero field mean the
+// documented default. The hub reads Options only in New.
+type Options struct {
+	// Codecs lists the codecs a client may choose with the
+	// Sec-WebSocket-Protocol header, by Codec.Name. The first one is used
+	// when the client offers none of them.
+	// Default: JSONCodec, JSONBatchCodec.
+	Codecs []Codec
+
+	// OriginPatterns lists host patterns of cross-origin pages allowed to
+	// connect, as in coder/websocket's AcceptOptions.OriginPatterns (matched
+	// with path.Match against the Origin host, or "scheme://host" when the
+	// pattern has a scheme). Same-origin requests and requests without an
+	// Origin header are always allowed. Default: same-origin only; a refused
+	// Origin gets 403 Forbidden.
+	OriginPatterns []string
+
+	// ReadLimit is the largest inbound message in bytes. A bigger one
+	// closes the client with status 1009. Default: DefaultReadLimit (32 KiB).
+	ReadLimit int64
+
+	// SendQueue is how many outbound messages may wait for one client. When
+	// a message would exceed it, the client is closed with status 1008
+	// ("send queue full") and ErrSendQueueFull, and its queued messages are
+	// counted in Stats.Dropped. Senders never wait. Default:
+	// DefaultSendQueue (256).
+	SendQueue int
+
+	// PingInterval is how often the hub pings each client. A client that has
+	// not answered a ping by the next one is closed with ErrPongTimeout.
+	// Default: DefaultPingInterval (30s); negative disables pings.
+	PingInterval time.Duration
+
+	// MaxClients caps connected clients; past it, upgrades get 503 Service
+	// Unavailable. Default: 0, no limit.
+	MaxClients int
+
+	// Authenticate runs before the upgrade with the HTTP request. A non-nil
+	// error refuses the connection: an error from Reject carries its status
+	// and body; any other error gets 401 Unauthorized with the error's text
+	// as the body. The returned Identity names the client and sets its
+	// initial values. Default: nil, everyone is accepted with a generated ID.
+	Authenticate func(r *http.Request) (Identity, error)
+
+	// OnConnect runs once a client is connected, before its first message is
+	// read, on the client's read goroutine. It may call any Client or Hub
+	// method, for example c.Join to put every client in a room.
+	OnConnect func(c *Client)
+
+	// AuthorizeJoin decides a join requested by the client. A nil error
+	// allows it. Default: nil, every client-requested join is refused with
+	// ErrJoinDenied (Client.Join called by the server is not affected).
+	// To allow every valid room name:
+	//
+	//	AuthorizeJoin: func(*wshub.Client, string) error { return nil },
+	AuthorizeJoin func(c *Client, room string) error
+
+	// AuthorizePublish runs for every publish from a client, after the
+	// membership check and before the broadcast. It may rewrite m.Data (for
+	// example to stamp the sender's name). A non-nil error refuses the
+	// publish with an error frame. Default: nil, members may publish.
+	AuthorizePublish func(c *Client, m *Message) error
+
+	// OnDisconnect runs once per client after it left all rooms and its
+	// connection is closed, with the reason: one of this package's errors
+	// (ErrSendQueueFull, ErrPongTimeout, ErrHubClosed, ErrInvalidMessage)
+	// or the connection error, whose close status websocket.CloseStatus
+	// reports.
+	OnDisconnect func(c *Client, reason error)
+
+	// Logger receives connection-level events at debug level and
+	// kicked clients at warn level. Default: nil, discard.
+	Logger *slog.Logger
+}
+
+// Identity is what Options.Authenticate learns about a connecting client.
+type Identity struct {
+	// ID names the client in the "from" field of its messages. Empty means
+	// a generated random ID, unique among clients. IDs set here need not be
+	// unique: one user may hold several connections.
+	ID string
+
+	// Values are the client's initial values, read with Client.Value.
+	Values map[string]any
+}
+
+// Reject returns an error that, returned from Options.Authenticate, refuses
+// the upgrade with the given HTTP status and reason as the response body.
+func Reject(status int, reason string) error {
+	return &rejectError{status: status, reason: reason}
+}
+
+type rejectError struct {
+	status int
+	reason string
+}
+
+func (e *rejectError) Error() string { return e.reason }
+func (e *rejectError) Unwrap() error { return ErrRejected }
+
+// options is Options with the defaults applied.
+type options struct {
+	Options
+	codecNames []string
+}
+
+func (o *Options) withDefaults() options {
+	var opts options
+	if o != nil {
+		opts.Options = *o
+	}
+	if len(opts.Codecs) == 0 {
+		opts.Codecs = []Codec{JSONCodec{}, JSONBatchCodec{}}
+	}
+	opts.Codecs = append([]Codec(nil), opts.Codecs...)
+	for _, c := range opts.Codecs {
+		opts.codecNames = append(opts.codecNames, c.Name())
+	}
+	if opts.ReadLimit <= 0 {
+		opts.ReadLimit = DefaultReadLimit
+	}
+	if opts.SendQueue <= 0 {
+		opts.SendQueue = DefaultSendQueue
+	}
+	if opts.PingInterval == 0 {
+		opts.PingInterval = DefaultPingInterval
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	return opts
+}

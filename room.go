@@ -1,0 +1,96 @@
+package wshub
+
+import (
+	"context"
+	"fmt"
+	"iter"
+	"slices"
+	"sync"
+	"unicode/utf8"
+)
+
+// Room is a handle to a named room of a hub, returned by Hub.Room. Rooms
+// exist while they have members: the first join creates one and the last
+// leave removes it. A Room value stays valid across that: it always refers
+// to the hub's current room of that name, empty when nobody is in it.
+type Room struct {
+	hub  *Hub
+	name string
+}
+
+// room is the live state of a room with at least one member.
+type room struct {
+	mu      sync.Mutex // serializes broadcasts so all members see one order
+	members map[*Client]struct{}
+}
+
+// Name returns the room's name.
+func (r Room) Name() string { return r.name }
+
+// Broadcast sends m to every member of the room except the given clients,
+// as a message of type "message" (when m.Type is empty) with m.Room set to
+// the room's name. It never waits for a client: m is encoded once per codec
+// and queued for each member; a member whose send queue is full is closed
+// (see Options.SendQueue) and the others still get m. Members receive the
+// room's messages in one order. Broadcast does not modify m.
+//
+// It returns ErrInvalidRoom for an invalid name, ErrHubClosed once the hub
+// is closing, and the codec's error if m cannot be encoded. Broadcasting to
+// a room without members does nothing and returns nil.
+func (r Room) Broadcast(ctx context.Context, m *Message, except ...*Client) error {
+	if err := validRoom(r.name); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if r.hub.closing.Load() {
+		return ErrHubClosed
+	}
+	out := *m
+	if out.Type == "" {
+		out.Type = TypeMessage
+	}
+	out.Room = r.name
+	return r.hub.deliver(r.name, &out, except)
+}
+
+// Len returns the number of members.
+func (r Room) Len() int {
+	rm := r.hub.lookup(r.name)
+	if rm == nil {
+		return 0
+	}
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	return len(rm.members)
+}
+
+// Clients returns an iterator over the members at the time of the call.
+// The hub holds no lock while the loop body runs, so the body may call any
+// Hub, Room or Client method.
+func (r Room) Clients() iter.Seq[*Client] {
+	rm := r.hub.lookup(r.name)
+	if rm == nil {
+		return func(func(*Client) bool) {}
+	}
+	rm.mu.Lock()
+	members := make([]*Client, 0, len(rm.members))
+	for c := range rm.members {
+		members = append(members, c)
+	}
+	rm.mu.Unlock()
+	return slices.Values(members)
+}
+
+func validRoom(name string) error {
+	switch {
+	case name == "":
+		return fmt.Errorf("%w: empty", ErrInvalidRoom)
+	case len(name) > MaxRoomNameLen:
+		return fmt.Errorf("%w: longer than %d bytes", ErrInvalidRoom, MaxRoomNameLen)
+	case !utf8.ValidString(name):
+		return fmt.Errorf("%w: not UTF-8", ErrInvalidRoom)
+	}
+	return nil
+}
