@@ -71,7 +71,11 @@ func (c *Client) ID() string { return c.id }
 // Codec returns the codec negotiated with the client.
 func (c *Client) Codec() Codec { return c.codec }
 
-// Context returns a context that is canceled when the client disconnects.
+// Context returns a context that is canceled when the client starts
+// closing: the hub or the application closed it, or its connection failed.
+// The hub reads a client's next message only after the Handler returned, so
+// a peer's departure during a long handler is noticed after it returns (or,
+// with pings enabled, when the unanswered ping times out).
 func (c *Client) Context() context.Context { return c.ctx }
 
 // Value returns the client's value for key, or nil.
@@ -216,6 +220,7 @@ func (c *Client) closeLocked(code websocket.StatusCode, reason string, cause err
 		return
 	}
 	c.closeCode, c.closeReason, c.cause, c.flush = code, reason, cause, flush
+	c.cancel()
 	if !flush {
 		c.hub.dropped.Add(uint64(len(c.queue)))
 		clear(c.queue)

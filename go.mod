@@ -6,3 +6,5 @@ require (
 	github.com/coder/websocket v1.8.15
 	golang.org/x/sync v0.25.0
 )
+
+require go.uber.org/goleak v1.3.0
