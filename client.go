@@ -415,8 +415,12 @@ func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
 }
 
 func (c *Client) decode(typ websocket.MessageType, data []byte, m *Message) error {
-	if (typ == websocket.MessageBinary) != c.codec.Binary() {
-		return fmt.Errorf("%w: unexpected %v frame for codec %s", ErrInvalidMessage, typ, c.codec.Name())
+	if binary := typ == websocket.MessageBinary; binary != c.codec.Binary() {
+		kind := "text"
+		if binary {
+			kind = "binary"
+		}
+		return fmt.Errorf("%w: unexpected %s frame for codec %s", ErrInvalidMessage, kind, c.codec.Name())
 	}
 	if err := c.codec.Unmarshal(data, m); err != nil {
 		return fmt.Errorf("%w: %v", ErrInvalidMessage, err)

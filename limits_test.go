@@ -1,0 +1,367 @@
+package wshub_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/wshub/wshub"
+)
+
+func TestOriginCheck(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name     string
+		patterns []string
+		origin   string
+		ok       bool
+	}{
+		{"no origin", nil, "", true},
+		{"cross origin refused by default", nil, "https://evil.example", false},
+		{"allowed pattern", []string{"*.example.com"}, "https://app.example.com", true},
+		{"other origin with pattern", []string{"*.example.com"}, "https://evil.example", false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			ts := serve(t, wshub.New(nil, &wshub.Options{OriginPatterns: tt.patterns}))
+			hdr := http.Header{}
+			if tt.origin != "" {
+				hdr.Set("Origin", tt.origin)
+			}
+			conn, resp, err := websocket.Dial(testCtx(t), wsURL(ts), &websocket.DialOptions{HTTPHeader: hdr})
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("dial: %v", err)
+				}
+				conn.Close(websocket.StatusNormalClosure, "")
+				return
+			}
+			if err == nil {
+				conn.CloseNow()
+				t.Fatal("cross-origin dial succeeded")
+			}
+			equal(t, "status", resp.StatusCode, http.StatusForbidden)
+		})
+	}
+}
+
+func TestSameOriginAllowed(t *testing.T) {
+	t.Parallel()
+	ts := serve(t, wshub.New(nil, nil))
+	hdr := http.Header{"Origin": {ts.URL}}
+	conn, _, err := websocket.Dial(testCtx(t), wsURL(ts), &websocket.DialOptions{HTTPHeader: hdr})
+	if err != nil {
+		t.Fatalf("same-origin dial: %v", err)
+	}
+	conn.Close(websocket.StatusNormalClosure, "")
+}
+
+func TestReadLimitCloses1009(t *testing.T) {
+	t.Parallel()
+	reasons := make(chan error, 1)
+	h := wshub.New(nil, &wshub.Options{
+		ReadLimit:    1024,
+		OnDisconnect: func(_ *wshub.Client, err error) { reasons <- err },
+	})
+	ts := serve(t, h)
+	p := dial(t, ts)
+	p.sendRaw(`{"type":"x","data":"` + strings.Repeat("a", 2000) + `"}`)
+	equal(t, "client close status", p.readClose(), websocket.StatusMessageTooBig)
+	if err := <-reasons; !errors.Is(err, websocket.ErrMessageTooBig) {
+		t.Fatalf("disconnect reason: %v", err)
+	}
+}
+
+func TestDefaultReadLimit(t *testing.T) {
+	t.Parallel()
+	h := wshub.New(wshub.HandlerFunc(func(context.Context, *wshub.Client, *wshub.Message) error { return nil }), nil)
+	ts := serve(t, h)
+	p := dial(t, ts)
+	p.mustAck(`{"type":"x","id":"1","data":"%s"}`, strings.Repeat("a", wshub.DefaultReadLimit-100))
+	p.sendRaw(`{"type":"x","data":"` + strings.Repeat("a", wshub.DefaultReadLimit) + `"}`)
+	equal(t, "close status", p.readClose(), websocket.StatusMessageTooBig)
+}
+
+func TestInvalidMessagesClose1007(t *testing.T) {
+	t.Parallel()
+	reasons := make(chan error, 1)
+	h := wshub.New(nil, &wshub.Options{OnDisconnect: func(_ *wshub.Client, err error) { reasons <- err }})
+	ts := serve(t, h)
+	p := dial(t, ts)
+	// A valid message in between resets the count.
+	for range wshub.MaxInvalidMessages - 1 {
+		equal(t, "type", p.request(`{not json`).Type, "error")
+	}
+	equal(t, "valid", p.request(`{"type":"leave","room":"a"}`).Type, "error")
+	for range wshub.MaxInvalidMessages - 1 {
+		equal(t, "type", p.request(`[]`).Type, "error")
+	}
+	// A binary frame is invalid for the JSON codec; it is the last straw.
+	if err := p.conn.Write(p.ctx, websocket.MessageBinary, []byte(`{"type":"join"}`)); err != nil {
+		t.Fatal(err)
+	}
+	m := p.read()
+	if !strings.Contains(m.Error, "binary") {
+		t.Fatalf("error frame %+v does not name the binary frame", m)
+	}
+	equal(t, "close status", p.readClose(), websocket.StatusInvalidFramePayloadData)
+	if err := <-reasons; !errors.Is(err, wshub.ErrInvalidMessage) {
+		t.Fatalf("disconnect reason: %v", err)
+	}
+}
+
+func TestMaxClients503(t *testing.T) {
+	t.Parallel()
+	h := wshub.New(nil, &wshub.Options{MaxClients: 2})
+	ts := serve(t, h)
+	dial(t, ts)
+	p := dial(t, ts)
+	_, resp, err := websocket.Dial(testCtx(t), wsURL(ts), nil)
+	if err == nil {
+		t.Fatal("third client accepted")
+	}
+	equal(t, "status", resp.StatusCode, http.StatusServiceUnavailable)
+	// A slot frees when a client leaves.
+	p.conn.Close(websocket.StatusNormalClosure, "")
+	eventually(t, "client gone", func() bool { return h.Stats().Clients == 1 })
+	dial(t, ts)
+}
+
+func TestSlowClientKicked(t *testing.T) {
+	t.Parallel()
+	reasons := make(chan error, 1)
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{
+		SendQueue:    8,
+		PingInterval: -1,
+		OnConnect:    func(c *wshub.Client) { c.Join("feed"); connected <- c },
+		OnDisconnect: func(c *wshub.Client, err error) { reasons <- err },
+	})
+	ts := serve(t, h)
+	slow := dial(t, ts) // never reads until kicked
+	<-connected
+	fast := dial(t, ts)
+	fastClient := <-connected
+	ctx := testCtx(t)
+
+	// The fast client reads everything it is sent, concurrently.
+	var fastGot atomic.Int64
+	fastRead := make(chan struct{}, 1)
+	fastDone := make(chan error, 1)
+	go func() {
+		for {
+			if _, _, err := fast.conn.Read(ctx); err != nil {
+				fastDone <- err
+				return
+			}
+			fastGot.Add(1)
+			select {
+			case fastRead <- struct{}{}:
+			default:
+			}
+		}
+	}()
+
+	// Broadcast at the fast client's pace until the slow client's queue
+	// overflows (once the socket buffers are full); bounded in count.
+	payload := strings.Repeat("x", 4096)
+	sent := 0
+	kicked := false
+	for i := 0; i < 100_000 && !kicked; i++ {
+		if err := h.Room("feed").Broadcast(ctx, &wshub.Message{Data: payload}); err != nil {
+			t.Fatalf("broadcast %d: %v", i, err)
+		}
+		sent++
+		for fastGot.Load() < int64(sent) {
+			select {
+			case <-fastRead:
+			case <-ctx.Done():
+				t.Fatal("fast client stalled")
+			}
+		}
+		kicked = h.Stats().Kicked > 0
+	}
+	if !kicked {
+		t.Fatalf("slow client not kicked after %d broadcasts", sent)
+	}
+	s := h.Stats()
+	equal(t, "kicked", s.Kicked, 1)
+	if s.Dropped == 0 {
+		t.Fatal("no dropped messages counted")
+	}
+	equal(t, "slow close status", slow.readClose(), websocket.StatusPolicyViolation)
+	if err := <-reasons; !errors.Is(err, wshub.ErrSendQueueFull) {
+		t.Fatalf("disconnect reason: %v", err)
+	}
+
+	// The fast client got every broadcast and is still connected.
+	eventually(t, "fast client caught up", func() bool { return fastGot.Load() == int64(sent) })
+	if err := fastClient.Send(&wshub.Message{Data: "still here"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "fast client got the last one", func() bool { return fastGot.Load() == int64(sent)+1 })
+	fast.conn.Close(websocket.StatusNormalClosure, "")
+	<-fastDone
+}
+
+func TestPingTimeout(t *testing.T) {
+	t.Parallel()
+	reasons := make(chan error, 1)
+	h := wshub.New(nil, &wshub.Options{
+		PingInterval: 50 * time.Millisecond,
+		OnDisconnect: func(_ *wshub.Client, err error) { reasons <- err },
+	})
+	ts := serve(t, h)
+	// A coder/websocket client answers pings only while it reads; this one
+	// does not read, like a peer that vanished.
+	dial(t, ts)
+	if err := <-reasons; !errors.Is(err, wshub.ErrPongTimeout) {
+		t.Fatalf("disconnect reason: %v", err)
+	}
+}
+
+func TestPingKeepsLiveClient(t *testing.T) {
+	t.Parallel()
+	h := wshub.New(nil, &wshub.Options{PingInterval: 20 * time.Millisecond})
+	ts := serve(t, h)
+	pings := make(chan struct{}, 100)
+	ctx := testCtx(t)
+	conn, _, err := websocket.Dial(ctx, wsURL(ts), &websocket.DialOptions{
+		OnPingReceived: func(context.Context, []byte) bool {
+			select {
+			case pings <- struct{}{}:
+			default:
+			}
+			return true
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	readErr := make(chan error, 1)
+	go func() {
+		_, _, err := conn.Read(ctx)
+		readErr <- err
+	}()
+	for range 5 {
+		select {
+		case <-pings:
+		case err := <-readErr:
+			t.Fatalf("connection ended after answering pings: %v", err)
+		}
+	}
+	equal(t, "clients", h.Stats().Clients, 1)
+	conn.Close(websocket.StatusNormalClosure, "")
+	<-readErr
+}
+
+func TestShutdownFlushesAndCloses1001(t *testing.T) {
+	t.Parallel()
+	reasons := make(chan error, 1)
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{
+		OnConnect:    func(c *wshub.Client) { connected <- c },
+		OnDisconnect: func(_ *wshub.Client, err error) { reasons <- err },
+	})
+	ts := serve(t, h)
+	p := dial(t, ts)
+	c := <-connected
+	const n = 50
+	for i := range n {
+		if err := c.Send(&wshub.Message{Data: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.Shutdown(testCtx(t)) }()
+	for i := range n {
+		equal(t, "flushed message", string(p.read().Data), fmt.Sprint(i))
+	}
+	equal(t, "close status", p.readClose(), websocket.StatusGoingAway)
+	if err := <-done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	if err := <-reasons; !errors.Is(err, wshub.ErrHubClosed) {
+		t.Fatalf("disconnect reason: %v", err)
+	}
+
+	// After Shutdown: 503 for new clients, ErrHubClosed for broadcasts,
+	// and Shutdown and Close again are no-ops.
+	_, resp, err := websocket.Dial(testCtx(t), wsURL(ts), nil)
+	if err == nil {
+		t.Fatal("dial after shutdown succeeded")
+	}
+	equal(t, "status", resp.StatusCode, http.StatusServiceUnavailable)
+	if err := h.Room("x").Broadcast(testCtx(t), &wshub.Message{}); !errors.Is(err, wshub.ErrHubClosed) {
+		t.Fatalf("broadcast after shutdown: %v", err)
+	}
+	if err := h.Shutdown(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	h.Close()
+	h.Close()
+}
+
+func TestShutdownDeadlineForcesClose(t *testing.T) {
+	t.Parallel()
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{
+		SendQueue:    1 << 20,
+		PingInterval: -1,
+		OnConnect:    func(c *wshub.Client) { connected <- c },
+	})
+	ts := serve(t, h)
+	dial(t, ts) // never reads, so its queue cannot be flushed
+	c := <-connected
+	payload := strings.Repeat("x", 64<<10)
+	for range 1000 { // 64 MB: more than socket buffers hold
+		if err := c.Send(&wshub.Message{Data: payload}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := h.Shutdown(ctx); !errors.Is(err, context.Canceled) {
+		t.Fatalf("shutdown with an ended context: %v", err)
+	}
+	equal(t, "clients", h.Stats().Clients, 0)
+}
+
+func TestCloseAndShutdownFromHooks(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		stop func(h *wshub.Hub) error
+	}{
+		{"Shutdown", func(h *wshub.Hub) error { return h.Shutdown(context.Background()) }},
+		{"Close", func(h *wshub.Hub) error { return h.Close() }},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var h *wshub.Hub
+			stopped := make(chan error, 2)
+			h = wshub.New(wshub.HandlerFunc(func(ctx context.Context, c *wshub.Client, m *wshub.Message) error {
+				stopped <- tt.stop(h)
+				return nil
+			}), &wshub.Options{
+				OnDisconnect: func(*wshub.Client, error) { stopped <- tt.stop(h) },
+			})
+			ts := serve(t, h)
+			p := dial(t, ts)
+			dial(t, ts)
+			p.sendRaw(`{"type":"stop"}`)
+			for range 3 { // handler, then both clients' disconnect hooks
+				if err := <-stopped; err != nil {
+					t.Fatal(err)
+				}
+			}
+		})
+	}
+}
