@@ -473,7 +473,7 @@ func (c *Client) publish(m *Message) error {
 		}
 	}
 	out := Message{Type: TypeMessage, Room: m.Room, From: c.id, Data: m.Data}
-	return h.deliver(m.Room, &out, nil)
+	return h.publish(c.ctx, m.Room, &out, nil)
 }
 
 // reply sends a protocol answer; codecs that cannot carry it (RawCodec)

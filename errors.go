@@ -54,4 +54,8 @@ var (
 	// ErrRejected is wrapped by the error of a refused upgrade: an
 	// Authenticate error, MaxClients reached or a hub shutting down.
 	ErrRejected = errors.New("wshub: connection rejected")
+
+	// ErrBroker wraps an error of Options.Broker. A broadcast that fails
+	// with it was delivered to nobody.
+	ErrBroker = errors.New("wshub: broker")
 )

@@ -26,7 +26,11 @@ type Hub struct {
 	handler Handler
 	opts    options
 	accept  websocket.AcceptOptions
-	encKey  []int // codec index → index whose encoding it shares
+	encKey  []int  // codec index → its slot in an encoding
+	id      string // tells this hub's broker messages from others'
+
+	subMu      sync.Mutex // serializes Broker.Subscribe and Unsubscribe
+	subscribed map[string]bool
 
 	mu      sync.RWMutex
 	clients map[*Client]struct{}
@@ -43,6 +47,8 @@ type Hub struct {
 	drained   chan struct{}
 	drainOnce sync.Once
 
+	brokerOnce sync.Once
+
 	messagesIn, messagesOut, dropped, kicked atomic.Uint64
 
 	bufPool sync.Pool // *[]byte for batch frames
@@ -58,35 +64,25 @@ func New(handler Handler, opts *Options) *Hub {
 		clients: make(map[*Client]struct{}),
 		rooms:   make(map[string]*room),
 		drained: make(chan struct{}),
+		id:      newID(),
+
+		subscribed: make(map[string]bool),
 	}
 	h.accept = websocket.AcceptOptions{
 		Subprotocols:   h.opts.codecNames,
 		OriginPatterns: h.opts.OriginPatterns,
 	}
+	// The JSON codecs encode a message alike, so they share the JSON slot
+	// (the last one), which the broker uses too.
 	h.encKey = make([]int, len(h.opts.Codecs))
 	for i, c := range h.opts.Codecs {
 		h.encKey[i] = i
-		for j := range i {
-			if sameEncoding(h.opts.Codecs[j], c) {
-				h.encKey[i] = h.encKey[j]
-				break
-			}
+		switch c.(type) {
+		case JSONCodec, JSONBatchCodec:
+			h.encKey[i] = len(h.opts.Codecs)
 		}
 	}
 	return h
-}
-
-// sameEncoding reports whether two codecs encode a single message the same
-// way, so a broadcast encodes it once for both.
-func sameEncoding(a, b Codec) bool {
-	isJSON := func(c Codec) bool {
-		switch c.(type) {
-		case JSONCodec, JSONBatchCodec:
-			return true
-		}
-		return false
-	}
-	return isJSON(a) && isJSON(b)
 }
 
 // Stats are counters of a hub since New.
@@ -246,11 +242,22 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	}
 	select {
 	case <-h.drained:
+		h.closeBroker()
 		return nil
 	case <-ctx.Done():
 	}
 	h.Close()
 	return ctx.Err()
+}
+
+func (h *Hub) closeBroker() {
+	h.brokerOnce.Do(func() {
+		if h.opts.Broker != nil {
+			if err := h.opts.Broker.Close(); err != nil {
+				h.opts.Logger.Warn("wshub: closing broker", "err", err)
+			}
+		}
+	})
 }
 
 // Close closes the hub at once: new upgrades get 503 and every connection
@@ -269,6 +276,7 @@ func (h *Hub) Close() error {
 	}
 	g.Wait()
 	<-h.drained
+	h.closeBroker()
 	return nil
 }
 
@@ -309,13 +317,13 @@ func (h *Hub) lookup(name string) *room {
 	return h.rooms[name]
 }
 
-// deliver queues m for the members of room name, except some clients.
-func (h *Hub) deliver(name string, m *Message, except []*Client) error {
+// deliver queues a message for the local members of room name, except
+// some clients.
+func (h *Hub) deliver(name string, enc *encoding, except []*Client) {
 	rm := h.lookup(name)
 	if rm == nil {
-		return nil
+		return
 	}
-	enc := h.newEncoding(m)
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
 	for c := range rm.members {
@@ -324,7 +332,6 @@ func (h *Hub) deliver(name string, m *Message, except []*Client) error {
 		}
 		enc.send(c)
 	}
-	return enc.err
 }
 
 func contains(cs []*Client, c *Client) bool {
@@ -336,37 +343,67 @@ func contains(cs []*Client, c *Client) bool {
 	return false
 }
 
-// encoding is one message being broadcast, encoded at most once per codec.
+// encoding is one message being broadcast, encoded at most once per
+// codec: slot i for Options.Codecs[i], the last slot for JSON.
 type encoding struct {
 	h      *Hub
 	m      *Message
 	frames [][]byte
 	done   []bool
-	err    error
+	err    error // first encoding error
 }
 
 func (h *Hub) newEncoding(m *Message) *encoding {
-	n := len(h.opts.Codecs)
+	n := len(h.opts.Codecs) + 1
 	return &encoding{h: h, m: m, frames: make([][]byte, n), done: make([]bool, n)}
 }
 
-func (e *encoding) send(c *Client) {
-	k := e.h.encKey[c.codecIndex]
-	if !e.done[k] {
-		e.done[k] = true
-		b, err := e.h.opts.Codecs[k].Marshal(e.m)
+func (e *encoding) get(slot int) ([]byte, error) {
+	if !e.done[slot] {
+		e.done[slot] = true
+		var codec Codec = JSONCodec{}
+		if slot < len(e.h.opts.Codecs) {
+			codec = e.h.opts.Codecs[slot]
+		}
+		b, err := codec.Marshal(e.m)
 		if err != nil && e.err == nil {
 			e.err = err
 		}
-		e.frames[k] = b
+		e.frames[slot] = b
 	}
-	if b := e.frames[k]; b != nil {
+	if e.frames[slot] == nil {
+		return nil, e.err
+	}
+	return e.frames[slot], nil
+}
+
+func (e *encoding) json() ([]byte, error) { return e.get(len(e.frames) - 1) }
+
+// setJSON supplies the JSON encoding, as received from the broker.
+func (e *encoding) setJSON(b []byte) {
+	e.frames[len(e.frames)-1] = b
+	e.done[len(e.frames)-1] = true
+}
+
+func (e *encoding) send(c *Client) {
+	if b, _ := e.get(e.h.encKey[c.codecIndex]); b != nil {
 		c.enqueue(b)
 	}
 }
 
-// join adds c to room name.
+// join adds c to room name, subscribing the broker to it when it is new.
 func (h *Hub) join(c *Client, name string) error {
+	if err := h.addMember(c, name); err != nil {
+		return err
+	}
+	if err := h.syncSubscription(name); err != nil {
+		h.leave(c, name)
+		return err
+	}
+	return nil
+}
+
+func (h *Hub) addMember(c *Client, name string) error {
 	if err := validRoom(name); err != nil {
 		return err
 	}
@@ -388,6 +425,16 @@ func (h *Hub) join(c *Client, name string) error {
 
 // leave removes c from room name, and the room when it is empty.
 func (h *Hub) leave(c *Client, name string) error {
+	if err := h.removeMember(c, name); err != nil {
+		return err
+	}
+	if err := h.syncSubscription(name); err != nil {
+		h.opts.Logger.Warn("wshub: broker", "err", err)
+	}
+	return nil
+}
+
+func (h *Hub) removeMember(c *Client, name string) error {
 	if err := validRoom(name); err != nil {
 		return err
 	}

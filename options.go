@@ -97,6 +97,11 @@ type Options struct {
 	// reports.
 	OnDisconnect func(c *Client, reason error)
 
+	// Broker carries room messages to and from other hubs, so that rooms
+	// span processes. The hub closes it when Shutdown or Close finishes.
+	// Default: nil, rooms are local to this hub.
+	Broker Broker
+
 	// Logger receives connection-level events at debug level and
 	// kicked clients at warn level. Default: nil, discard.
 	Logger *slog.Logger

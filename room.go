@@ -34,9 +34,13 @@ func (r Room) Name() string { return r.name }
 // (see Options.SendQueue) and the others still get m. Members receive the
 // room's messages in one order. Broadcast does not modify m.
 //
+// With Options.Broker, m also goes to the room's members on other hubs;
+// ctx bounds that publish, and a broker error (ErrBroker) means nobody
+// got m. Across a broker, Data travels as JSON.
+//
 // It returns ErrInvalidRoom for an invalid name, ErrHubClosed once the hub
 // is closing, and the codec's error if m cannot be encoded. Broadcasting to
-// a room without members does nothing and returns nil.
+// a room without local members does nothing locally and returns nil.
 func (r Room) Broadcast(ctx context.Context, m *Message, except ...*Client) error {
 	if err := validRoom(r.name); err != nil {
 		return err
@@ -52,7 +56,7 @@ func (r Room) Broadcast(ctx context.Context, m *Message, except ...*Client) erro
 		out.Type = TypeMessage
 	}
 	out.Room = r.name
-	return r.hub.deliver(r.name, &out, except)
+	return r.hub.publish(ctx, r.name, &out, except)
 }
 
 // Len returns the number of members.

@@ -1,0 +1,3 @@
+module github.com/wshub/wshub/bench
+
+go 1.26

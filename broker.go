@@ -1,0 +1,104 @@
+package wshub
+
+import (
+	"context"
+	"fmt"
+)
+
+// A Broker carries room messages between hubs, so that a room spans every
+// process that has members in it. Set one in Options.Broker; without one,
+// rooms are local to the hub and cost nothing extra. The natsbroker module
+// implements Broker on NATS.
+//
+// The hub calls Subscribe when a room gets its first local member and
+// Unsubscribe when its last local member leaves; it calls these two one at
+// a time, never while holding a lock on its clients or rooms. It calls
+// Publish for every room broadcast, possibly concurrently. A message is
+// delivered to local members directly and sent to the broker; the hub
+// ignores its own messages coming back, so each member gets a message
+// exactly once.
+type Broker interface {
+	// Publish sends msg, an opaque encoded room message, to every hub
+	// subscribed to room. It must return an error, not drop msg, when it
+	// cannot hand msg to the bus.
+	Publish(ctx context.Context, room string, msg []byte) error
+
+	// Subscribe starts passing every message published to room, by any
+	// hub, to deliver, one at a time and in the order of each publisher.
+	// deliver owns msg and does not block on clients.
+	Subscribe(room string, deliver func(msg []byte)) error
+
+	// Unsubscribe stops the deliveries of room.
+	Unsubscribe(room string) error
+
+	// Close releases the broker. The hub calls it once Shutdown or Close
+	// has closed every connection.
+	Close() error
+}
+
+// Broker envelope: the origin hub's ID (hubIDLen bytes), then the message
+// encoded with JSONCodec.
+const hubIDLen = 16
+
+// syncSubscription makes the broker's subscription to room match whether
+// the room has local members. Calls are serialized by subMu, so the last
+// one wins whatever order joins and leaves ran in.
+func (h *Hub) syncSubscription(name string) error {
+	if h.opts.Broker == nil {
+		return nil
+	}
+	h.subMu.Lock()
+	defer h.subMu.Unlock()
+	want := h.lookup(name) != nil
+	if want == h.subscribed[name] {
+		return nil
+	}
+	if !want {
+		delete(h.subscribed, name)
+		if err := h.opts.Broker.Unsubscribe(name); err != nil {
+			return fmt.Errorf("%w: unsubscribe %q: %w", ErrBroker, name, err)
+		}
+		return nil
+	}
+	if err := h.opts.Broker.Subscribe(name, func(msg []byte) { h.receive(name, msg) }); err != nil {
+		return fmt.Errorf("%w: subscribe %q: %w", ErrBroker, name, err)
+	}
+	h.subscribed[name] = true
+	return nil
+}
+
+// publish delivers m to the room's local members and, with a broker, to
+// the other hubs. A broker error is returned before anything is delivered.
+func (h *Hub) publish(ctx context.Context, name string, m *Message, except []*Client) error {
+	enc := h.newEncoding(m)
+	if h.opts.Broker != nil {
+		b, err := enc.json()
+		if err != nil {
+			return err
+		}
+		env := make([]byte, 0, hubIDLen+len(b))
+		env = append(append(env, h.id...), b...)
+		if err := h.opts.Broker.Publish(ctx, name, env); err != nil {
+			return fmt.Errorf("%w: publish to %q: %w", ErrBroker, name, err)
+		}
+	}
+	h.deliver(name, enc, except)
+	return enc.err
+}
+
+// receive delivers a message from the broker to local members.
+func (h *Hub) receive(name string, env []byte) {
+	if len(env) < hubIDLen || string(env[:hubIDLen]) == h.id || h.closing.Load() {
+		return
+	}
+	b := env[hubIDLen:]
+	var m Message
+	if err := (JSONCodec{}).Unmarshal(b, &m); err != nil || m.Type == "" {
+		h.opts.Logger.Warn("wshub: undecodable broker message", "room", name, "err", err)
+		return
+	}
+	m.Room = name
+	enc := h.newEncoding(&m)
+	enc.setJSON(b)
+	h.deliver(name, enc, nil)
+}

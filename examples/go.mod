@@ -1,0 +1,3 @@
+module github.com/wshub/wshub/examples
+
+go 1.26

@@ -1,0 +1,3 @@
+module github.com/wshub/wshub/natsbroker
+
+go 1.26
