@@ -215,8 +215,15 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 	return c, nil
 }
 
+// connBufSize is the size of each connection's read and write buffers.
+// net/http's are 4 KiB each; most clients are idle most of the time, and
+// smaller buffers are most of the memory an idle client saves. A frame
+// bigger than this is written with one extra write call.
+const connBufSize = 1024
+
 // hijackWriter remembers the connection Accept hijacks, so that Close can
-// cut it at once even while a close handshake is under way.
+// cut it at once even while a close handshake is under way, and gives it
+// smaller buffers.
 type hijackWriter struct {
 	http.ResponseWriter
 	netConn net.Conn
@@ -224,8 +231,15 @@ type hijackWriter struct {
 
 func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
 	w.netConn = conn
-	return conn, brw, err
+	if brw.Reader.Buffered() == 0 { // else keep what the client already sent
+		brw.Reader = bufio.NewReaderSize(conn, connBufSize)
+	}
+	brw.Writer = bufio.NewWriterSize(conn, connBufSize)
+	return conn, brw, nil
 }
 
 // Shutdown closes the hub gracefully: new upgrades get 503, every client's

@@ -1,0 +1,88 @@
+// Package wshub gives a Go service WebSocket rooms: a Hub that any
+// net/http router can mount, clients that join rooms, and broadcasts that
+// never wait for a slow client.
+//
+//	hub := wshub.New(nil, &wshub.Options{
+//		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
+//	})
+//	mux.Handle("/ws", hub)
+//	...
+//	hub.Room("lobby").Broadcast(ctx, &wshub.Message{Data: "hello"})
+//	...
+//	hub.Shutdown(ctx)
+//
+// # Model
+//
+// A Hub is an http.Handler: each request it upgrades becomes a Client.
+// Clients join and leave named Rooms, from the server (Client.Join) or by
+// sending a join message, which Options.AuthorizeJoin must allow. A room
+// exists while it has members. Room.Broadcast sends to a room's members,
+// Hub.Broadcast to every client, Client.Send to one.
+//
+// A Codec turns Messages into frames. Each client picks one by offering its
+// name in the Sec-WebSocket-Protocol header; without an offer it gets the
+// first of Options.Codecs, JSONCodec by default. A broadcast is encoded once
+// per codec, not once per recipient. JSONBatchCodec and RawCodec ship with
+// the package; any type with Name, Binary, Marshal and Unmarshal is a codec.
+//
+// Application messages, those whose type is not join, leave or publish, go
+// to the Handler given to New.
+//
+// # Wire protocol (JSONCodec, subprotocol "wshub.json")
+//
+// Each text frame holds one JSON object. Client to server:
+//
+//	{"type":"join","room":"lobby","id":"1"}
+//	{"type":"leave","room":"lobby","id":"2"}
+//	{"type":"publish","room":"lobby","data":<any JSON>,"id":"3"}
+//
+// "id" is optional; when present the server answers {"type":"ack","id":"1"}
+// or {"type":"error","id":"1","error":"<reason>"}. Errors are sent even
+// without an id, so a refused request is never silent. Any other type goes
+// to the Handler. Server to client:
+//
+//	{"type":"message","room":"lobby","from":"<sender id>","data":<any JSON>}
+//
+// "from" is omitted when the server sent the message. A publish reaches
+// every member of the room, the sender included, in the order the room
+// received it; publishing to a room the client is not in is an error.
+//
+// With JSONBatchCodec (subprotocol "wshub.json-batch") every server frame
+// is a JSON array of one or more of these objects: a busy client gets many
+// messages per frame. Client frames stay single objects. Messages are never
+// joined with newlines inside a frame.
+//
+// Close codes: 1001 when the hub shuts down, 1007 after MaxInvalidMessages
+// undecodable messages in a row, 1008 when a client's send queue
+// overflows, 1009 for a message over Options.ReadLimit.
+//
+// # Goroutines and locks
+//
+// Every method of Hub, Room and Client is safe for concurrent use. Hooks
+// (Options.Authenticate, OnConnect, AuthorizeJoin, AuthorizePublish,
+// OnDisconnect) and the Handler are never called while the hub holds a
+// lock, so they may call back into the hub, including Shutdown and Close.
+// A client's messages are handled one at a time, in order, on the client's
+// read goroutine. Each client has one goroutine while idle; a writer
+// goroutine runs only while it has messages queued.
+//
+// # Slow clients
+//
+// Each client has a send queue of Options.SendQueue messages. Sending and
+// broadcasting only queue, so they never wait for a client and never for
+// each other. When a message would overflow a client's queue, the hub
+// closes that client with 1008 "send queue full" and reports
+// ErrSendQueueFull to OnDisconnect; its queued messages are counted in
+// Stats.Dropped. Nothing is dropped silently.
+//
+// # Shutdown
+//
+// Shutdown writes every client's queued messages, closes each with 1001 and
+// waits for the hub's goroutines, or cuts the connections when its context
+// ends. Close cuts them at once. Both are idempotent.
+//
+// # Many processes
+//
+// With Options.Broker, a room spans every hub connected to the same
+// message bus; the natsbroker module provides one for NATS.
+package wshub
