@@ -1,3 +1,15 @@
 module github.com/wshub/wshub/examples
 
-go 1.26
+go 1.26.0
+
+// The examples always build against the wshub next to them, with or
+// without the repository's go.work.
+replace github.com/wshub/wshub => ../
+
+require (
+	github.com/coder/websocket v1.8.15
+	github.com/wshub/wshub v0.0.0-00010101000000-000000000000
+	go.uber.org/goleak v1.3.0
+)
+
+require golang.org/x/sync v0.25.0 // indirect

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/wshub/wshub"
+)
+
+// Limits on what people type. The page enforces them too, but only the
+// server's checks count.
+const (
+	maxNameLen = 32   // runes
+	maxTextLen = 2000 // runes
+)
+
+// errEmptyText refuses a publish without text.
+var errEmptyText = errors.New("empty message")
+
+// chatMessage is the data of a chat message on the wire. Clients publish
+// {"text": "hi"}; the hub delivers {"name": "alice", "text": "hi"}.
+type chatMessage struct {
+	Name string `json:"name"`
+	Text string `json:"text"`
+}
+
+// welcome is sent to each client when it connects, so that the page can
+// tell its own messages (by their "from" ID) from others of the same name.
+type welcome struct {
+	ID   string `json:"id"`
+	Name string `json:"name"`
+}
+
+// newHub returns the chat hub: anyone may join any room, and every message
+// carries the name its sender connected with.
+func newHub(logger *slog.Logger) *wshub.Hub {
+	return wshub.New(nil, &wshub.Options{
+		Authenticate: authenticate,
+		// Rooms are open: any name the library accepts may be joined.
+		AuthorizeJoin:    func(*wshub.Client, string) error { return nil },
+		AuthorizePublish: stampName,
+		OnConnect: func(c *wshub.Client) {
+			name := clientName(c)
+			logger.Info("connect", "id", c.ID(), "name", name)
+			// Send fails only if the client is already gone, which
+			// OnDisconnect will log.
+			_ = c.Send(&wshub.Message{Type: "welcome", Data: welcome{ID: c.ID(), Name: name}})
+		},
+		OnDisconnect: func(c *wshub.Client, reason error) {
+			logger.Info("disconnect", "id", c.ID(), "name", clientName(c), "reason", reason)
+		},
+		Logger: logger,
+	})
+}
+
+// authenticate takes the nickname from the name query parameter. It is the
+// only place a name is read from the client; from then on the server
+// remembers it, so nobody can speak under another name.
+func authenticate(r *http.Request) (wshub.Identity, error) {
+	name := strings.TrimSpace(r.URL.Query().Get("name"))
+	switch {
+	case name == "":
+		return wshub.Identity{}, wshub.Reject(http.StatusBadRequest, "name is required")
+	case !utf8.ValidString(name) || utf8.RuneCountInString(name) > maxNameLen:
+		return wshub.Identity{}, wshub.Reject(http.StatusBadRequest,
+			fmt.Sprintf("name must be valid UTF-8 of at most %d characters", maxNameLen))
+	}
+	return wshub.Identity{Values: map[string]any{"name": name}}, nil
+}
+
+// stampName replaces whatever data a client published with its text and
+// the name it connected with.
+func stampName(c *wshub.Client, m *wshub.Message) error {
+	raw, _ := m.Data.(json.RawMessage) // the JSON codec's inbound Data
+	var in chatMessage
+	if err := json.Unmarshal(raw, &in); err != nil {
+		return fmt.Errorf("data must be {\"text\": \"...\"}: %w", err)
+	}
+	text := strings.TrimSpace(in.Text)
+	switch {
+	case text == "":
+		return errEmptyText
+	case utf8.RuneCountInString(text) > maxTextLen:
+		return fmt.Errorf("message longer than %d characters", maxTextLen)
+	}
+	m.Data = chatMessage{Name: clientName(c), Text: text}
+	return nil
+}
+
+func clientName(c *wshub.Client) string {
+	name, _ := c.Value("name").(string)
+	return name
+}

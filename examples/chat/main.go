@@ -1,0 +1,94 @@
+// Chat is a multi-room chat server: a single embedded web page at / and a
+// wshub hub at /ws.
+//
+//	go run ./examples/chat -addr localhost:8080
+//
+// Open http://localhost:8080 in two browser tabs, or talk to it from a
+// terminal with examples/client. The server trusts no one with names: a
+// client picks its nickname once, in the /ws?name= query parameter, and the
+// server stamps it on everything that client says.
+package main
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+)
+
+// page holds the chat page: plain HTML, CSS and JavaScript, no build step.
+//
+//go:embed index.html
+var page embed.FS
+
+// shutdownTimeout bounds how long Ctrl-C waits for clients to be told
+// goodbye before connections are cut.
+const shutdownTimeout = 5 * time.Second
+
+func main() {
+	addr := flag.String("addr", "localhost:8080", "address to listen on")
+	flag.Parse()
+
+	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		logger.Error("listen", "err", err)
+		os.Exit(1)
+	}
+	logger.Info("chat server listening", "url", "http://"+ln.Addr().String())
+	if err := serve(ctx, ln, logger); err != nil {
+		logger.Error("serve", "err", err)
+		os.Exit(1)
+	}
+}
+
+// serve runs the chat server on ln until ctx is done, then shuts it down
+// gracefully: clients are closed with status 1001 (going away), which tells
+// the page to reconnect, and the HTTP server stops. It returns nil after a
+// clean shutdown, or the error that stopped the server.
+func serve(ctx context.Context, ln net.Listener, logger *slog.Logger) error {
+	hub := newHub(logger)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFileFS(w, r, page, "index.html")
+	})
+	mux.Handle("/ws", hub)
+
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	served := make(chan error, 1)
+	go func() { served <- srv.Serve(ln) }()
+
+	select {
+	case err := <-served:
+		hub.Close()
+		return fmt.Errorf("http server: %w", err)
+	case <-ctx.Done():
+	}
+
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
+	defer cancel()
+	// The hub goes first: http.Server.Shutdown does not track upgraded
+	// (hijacked) connections, so it would neither wait for nor close them.
+	hubErr := hub.Shutdown(shutdownCtx)
+	srvErr := srv.Shutdown(shutdownCtx)
+	if err := <-served; !errors.Is(err, http.ErrServerClosed) {
+		srvErr = errors.Join(srvErr, err)
+	}
+	return errors.Join(hubErr, srvErr)
+}
