@@ -1,0 +1,267 @@
+package natsbroker
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/wshub/wshub"
+)
+
+// Defaults used for zero Options fields.
+const (
+	DefaultPrefix  = "wshub.room"
+	DefaultTimeout = 5 * time.Second
+)
+
+// Errors of the broker. Errors from nats.go are wrapped in them or returned
+// wrapped with %w; test for either with errors.Is.
+var (
+	// ErrNotConnected is returned by Publish while the NATS connection is
+	// not up (connecting, reconnecting, draining or closed), and when the
+	// connection broke before the server confirmed a message.
+	ErrNotConnected = errors.New("natsbroker: not connected to NATS")
+
+	// ErrClosed is returned by Publish and Subscribe after Close.
+	ErrClosed = errors.New("natsbroker: broker closed")
+
+	// ErrSubscribed is returned by Subscribe for a room that is already
+	// subscribed.
+	ErrSubscribed = errors.New("natsbroker: room already subscribed")
+)
+
+// Options configures a Broker. A nil *Options and every zero field mean
+// the documented default.
+type Options struct {
+	// Prefix is the subject prefix of the rooms: room r has the subject
+	// Prefix + "." + base64url(r). It must be a valid NATS subject without
+	// wildcards. Hubs that share rooms must use the same prefix.
+	// Default: DefaultPrefix ("wshub.room").
+	Prefix string
+
+	// Timeout bounds the wait for the server's confirmation in Publish
+	// when its context has no deadline, and in Subscribe.
+	// Default: DefaultTimeout (5s).
+	Timeout time.Duration
+
+	// NoConfirm makes Publish return as soon as the message is in nats.go's
+	// buffer for a connected connection, without waiting for the server to
+	// confirm it. Publishing is then faster, but a message written just
+	// before the connection breaks is lost although Publish returned nil.
+	// Default: false, Publish waits for the confirmation.
+	NoConfirm bool
+}
+
+// Broker is a wshub.Broker on a NATS connection. Its methods are safe for
+// concurrent use.
+type Broker struct {
+	nc        *nats.Conn
+	ownConn   bool // Close closes nc: Connect made it
+	prefix    string
+	timeout   time.Duration
+	noConfirm bool
+
+	mu     sync.Mutex
+	subs   map[string]*nats.Subscription
+	closed bool
+}
+
+var _ wshub.Broker = (*Broker)(nil)
+
+// New returns a broker on nc, which stays the caller's: Close does not
+// close it. opts may be nil for the defaults. nc should be made with
+// nats.ReconnectBufSize(-1): otherwise nats.go queues the messages
+// published while it reconnects, Publish cannot tell they may be lost, and
+// a confirmation may time out for a message delivered later. New returns
+// an error if nc is nil or the prefix is not a valid subject.
+func New(nc *nats.Conn, opts *Options) (*Broker, error) {
+	if nc == nil {
+		return nil, errors.New("natsbroker: nil connection")
+	}
+	var o Options
+	if opts != nil {
+		o = *opts
+	}
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if !validPrefix(o.Prefix) {
+		return nil, fmt.Errorf("natsbroker: prefix %q: %w", o.Prefix, nats.ErrBadSubject)
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = DefaultTimeout
+	}
+	return &Broker{
+		nc:        nc,
+		prefix:    o.Prefix + ".",
+		timeout:   o.Timeout,
+		noConfirm: o.NoConfirm,
+		subs:      make(map[string]*nats.Subscription),
+	}, nil
+}
+
+// validPrefix reports whether p is a subject without wildcards: dot
+// separated, non-empty tokens without whitespace.
+func validPrefix(p string) bool {
+	for tok := range strings.SplitSeq(p, ".") {
+		if tok == "" || tok == "*" || tok == ">" || strings.ContainsAny(tok, " \t\r\n") {
+			return false
+		}
+	}
+	return true
+}
+
+// Conn returns the broker's NATS connection.
+func (b *Broker) Conn() *nats.Conn { return b.nc }
+
+// Subject returns the NATS subject of room: the prefix, a dot and the room
+// name in unpadded base64url. Distinct names have distinct subjects.
+func (b *Broker) Subject(room string) string {
+	return b.prefix + base64.RawURLEncoding.EncodeToString([]byte(room))
+}
+
+// Publish sends msg to the subject of room. It returns ErrNotConnected at
+// once when the connection is not up. Unless Options.NoConfirm is set, it
+// then waits until the server has the message, until ctx is done or, when
+// ctx has no deadline, for at most Options.Timeout; if that wait fails it
+// returns the error, and the message may or may not have been delivered.
+// Publish does not retain msg.
+func (b *Broker) Publish(ctx context.Context, room string, msg []byte) error {
+	if b.isClosed() {
+		return ErrClosed
+	}
+	if !b.nc.IsConnected() {
+		return fmt.Errorf("%w (%v)", ErrNotConnected, b.nc.Status())
+	}
+	if err := b.nc.Publish(b.Subject(room), msg); err != nil {
+		return b.connErr(err)
+	}
+	if b.noConfirm {
+		return nil
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, b.timeout)
+		defer cancel()
+	}
+	if err := b.nc.FlushWithContext(ctx); err != nil {
+		return b.connErr(fmt.Errorf("natsbroker: publish not confirmed: %w", err))
+	}
+	return nil
+}
+
+// connErr wraps err in ErrNotConnected when the connection is down, which
+// is what nats.go's reconnect-buffer and closed-connection errors mean.
+func (b *Broker) connErr(err error) error {
+	if b.nc.IsConnected() && !errors.Is(err, nats.ErrReconnectBufExceeded) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrNotConnected, err)
+}
+
+// Subscribe passes every message published to room to deliver, one at a
+// time on a goroutine of nats.go, in the order of each publisher. When
+// connected, it returns once the server has the subscription, so every
+// message published after that reaches deliver; it fails, subscribing
+// nothing, if the server does not answer within Options.Timeout. While
+// nats.go reconnects, it returns nil at once and nats.go subscribes when
+// the connection is back. It returns ErrSubscribed if room is already
+// subscribed and ErrClosed after Close.
+func (b *Broker) Subscribe(room string, deliver func(msg []byte)) error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return ErrClosed
+	}
+	if b.subs[room] != nil {
+		b.mu.Unlock()
+		return fmt.Errorf("%w: %q", ErrSubscribed, room)
+	}
+	sub, err := b.nc.Subscribe(b.Subject(room), func(m *nats.Msg) { deliver(m.Data) })
+	if err != nil {
+		b.mu.Unlock()
+		return b.connErr(err)
+	}
+	b.subs[room] = sub
+	b.mu.Unlock()
+
+	err = b.nc.FlushTimeout(b.timeout)
+	if err == nil || (!b.nc.IsConnected() && !b.nc.IsClosed()) {
+		// Reconnecting: nats.go re-sends the subscription when it is back.
+		return nil
+	}
+	b.drop(room, sub)
+	return b.connErr(fmt.Errorf("natsbroker: subscription not confirmed: %w", err))
+}
+
+// drop removes sub, the subscription of room, unless Close or Unsubscribe
+// took it first.
+func (b *Broker) drop(room string, sub *nats.Subscription) {
+	b.mu.Lock()
+	if b.subs[room] == sub {
+		delete(b.subs, room)
+	}
+	b.mu.Unlock()
+	unsubscribe(sub)
+}
+
+// Unsubscribe stops the deliveries of room; a delivery in progress
+// finishes. Unsubscribing a room that is not subscribed does nothing and
+// returns nil. Without a connection, nats.go drops the subscription and
+// the server forgets it with the connection, so that is not an error.
+func (b *Broker) Unsubscribe(room string) error {
+	b.mu.Lock()
+	sub := b.subs[room]
+	delete(b.subs, room)
+	b.mu.Unlock()
+	if sub == nil {
+		return nil
+	}
+	return unsubscribe(sub)
+}
+
+func unsubscribe(sub *nats.Subscription) error {
+	err := sub.Unsubscribe()
+	if errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrBadSubscription) {
+		return nil
+	}
+	return err
+}
+
+// Close unsubscribes every room and, for a broker made by Connect, closes
+// the connection; a connection given to New stays open. Publish and
+// Subscribe return ErrClosed afterwards. Close returns the unsubscribe
+// errors joined; calling it again does nothing and returns nil.
+func (b *Broker) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	subs := b.subs
+	b.subs = nil
+	b.mu.Unlock()
+
+	var errs []error
+	for _, sub := range subs {
+		if err := unsubscribe(sub); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if b.ownConn {
+		b.nc.Close()
+	}
+	return errors.Join(errs...)
+}
+
+func (b *Broker) isClosed() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.closed
+}
