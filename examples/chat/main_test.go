@@ -1,0 +1,464 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"go.uber.org/goleak"
+)
+
+// timeout bounds every wait of a test; generous, since failing is the only
+// way to reach it.
+const timeout = 15 * time.Second
+
+// clientBin is examples/client, built once by TestMain so that tests drive
+// the real program, exactly as a user runs it.
+var clientBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "chat-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	clientBin = filepath.Join(dir, "client")
+	if runtime.GOOS == "windows" {
+		clientBin += ".exe"
+	}
+	if out, err := exec.Command("go", "build", "-o", clientBin, "../client").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building examples/client: %v\n%s", err, out)
+		os.RemoveAll(dir)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// server is the chat server running in-process on a random loopback port.
+type server struct {
+	addr   string
+	stop   context.CancelFunc // Ctrl-C
+	served chan error
+}
+
+func startServer(t *testing.T) *server {
+	t.Helper()
+	return startServerAt(t, "127.0.0.1:0")
+}
+
+func startServerAt(t *testing.T, addr string) *server {
+	t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	s := &server{addr: ln.Addr().String(), stop: stop, served: make(chan error, 1)}
+	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
+	go func() { s.served <- serve(ctx, ln, logger) }()
+	t.Cleanup(func() { s.shutdown(t) })
+	return s
+}
+
+// shutdown stops the server as Ctrl-C does and checks it stopped cleanly.
+// It may be called more than once.
+func (s *server) shutdown(t *testing.T) {
+	t.Helper()
+	s.stop()
+	select {
+	case err := <-s.served:
+		s.served <- err
+		if err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	case <-time.After(timeout):
+		t.Fatal("server did not shut down")
+	}
+}
+
+func (s *server) wsURL() string { return "ws://" + s.addr + "/ws" }
+
+// cli is one run of the client program, with piped stdin and stdout.
+type cli struct {
+	t      *testing.T
+	stdin  io.WriteCloser
+	lines  chan string // stdout, line by line
+	stderr *syncBuffer
+	exit   chan int
+}
+
+func startClient(t *testing.T, args ...string) *cli {
+	t.Helper()
+	cmd := exec.Command(clientBin, args...)
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outR, outW := io.Pipe()
+	c := &cli{t: t, stdin: stdin, lines: make(chan string, 1000), stderr: &syncBuffer{}, exit: make(chan int, 1)}
+	cmd.Stdout, cmd.Stderr = outW, c.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(c.lines)
+		sc := bufio.NewScanner(outR)
+		for sc.Scan() {
+			c.lines <- sc.Text()
+		}
+	}()
+	go func() {
+		cmd.Wait() // the exit status is all we need from the error
+		outW.Close()
+		c.exit <- cmd.ProcessState.ExitCode()
+	}()
+	t.Cleanup(func() {
+		stdin.Close() // EOF: the client says goodbye and exits
+		select {
+		case code := <-c.exit:
+			c.exit <- code
+		case <-time.After(timeout):
+			cmd.Process.Kill()
+			t.Error("client did not exit on EOF")
+			<-c.exit
+		}
+	})
+	return c
+}
+
+// connect starts a client and waits until it joined room.
+func connect(t *testing.T, s *server, name, room string) *cli {
+	t.Helper()
+	c := startClient(t, "-url", s.wsURL(), "-name", name, "-room", room)
+	c.expect("* connected to " + s.wsURL() + " as " + name)
+	c.expect("* joined " + room)
+	return c
+}
+
+func (c *cli) send(line string) {
+	c.t.Helper()
+	if _, err := io.WriteString(c.stdin, line+"\n"); err != nil {
+		c.t.Fatalf("stdin: %v", err)
+	}
+}
+
+// expect fails unless the next line of output is want.
+func (c *cli) expect(want string) {
+	c.t.Helper()
+	select {
+	case got, ok := <-c.lines:
+		if !ok {
+			c.t.Fatalf("output ended, want %q; stderr: %s", want, c.stderr)
+		}
+		if got != want {
+			c.t.Fatalf("got line %q, want %q", got, want)
+		}
+	case <-time.After(timeout):
+		c.t.Fatalf("no output, want %q; stderr: %s", want, c.stderr)
+	}
+}
+
+// wait returns the exit status.
+func (c *cli) wait() int {
+	c.t.Helper()
+	select {
+	case code := <-c.exit:
+		c.exit <- code
+		return code
+	case <-time.After(timeout):
+		c.t.Fatal("client did not exit")
+		return 0
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// peer is a hand-driven connection, for what the client program would
+// never send.
+type peer struct {
+	t    *testing.T
+	conn *websocket.Conn
+}
+
+func dial(t *testing.T, s *server, name string) *peer {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, s.wsURL()+"?name="+name, nil)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { conn.CloseNow() })
+	return &peer{t: t, conn: conn}
+}
+
+func (p *peer) send(frame string) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := p.conn.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
+		p.t.Fatalf("write: %v", err)
+	}
+}
+
+func (p *peer) read() (frame string, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	_, b, err := p.conn.Read(ctx)
+	return string(b), err
+}
+
+// readUntilClosed skips what is left to read (a few frames at most) and
+// returns the error that ended the connection.
+func (p *peer) readUntilClosed() error {
+	for range 100 {
+		if _, err := p.read(); err != nil {
+			return err
+		}
+	}
+	return errors.New("connection still open after 100 frames")
+}
+
+// expect fails unless the next frame is want, as JSON.
+func (p *peer) expect(want string) {
+	p.t.Helper()
+	got, err := p.read()
+	if err != nil {
+		p.t.Fatalf("read: %v", err)
+	}
+	if !jsonEqual(got, want) {
+		p.t.Fatalf("got %s, want %s", got, want)
+	}
+}
+
+// welcome reads the greeting every client gets first and returns its ID.
+func (p *peer) welcome(name string) string {
+	p.t.Helper()
+	got, err := p.read()
+	if err != nil {
+		p.t.Fatalf("read: %v", err)
+	}
+	var m struct {
+		Type string
+		Data welcome
+	}
+	if err := json.Unmarshal([]byte(got), &m); err != nil || m.Type != "welcome" || m.Data.Name != name || m.Data.ID == "" {
+		p.t.Fatalf("got %s, want a welcome for %s", got, name)
+	}
+	return m.Data.ID
+}
+
+func jsonEqual(a, b string) bool {
+	var va, vb any
+	if json.Unmarshal([]byte(a), &va) != nil || json.Unmarshal([]byte(b), &vb) != nil {
+		return false
+	}
+	ja, _ := json.Marshal(va)
+	jb, _ := json.Marshal(vb)
+	return bytes.Equal(ja, jb)
+}
+
+func equal[T comparable](t *testing.T, what string, got, want T) {
+	t.Helper()
+	if got != want {
+		t.Fatalf("%s: got %v, want %v", what, got, want)
+	}
+}
+
+func TestPage(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	for _, tc := range []struct {
+		path   string
+		status int
+		body   string
+	}{
+		{"/", http.StatusOK, "<title>wshub chat</title>"},
+		{"/index.html", http.StatusNotFound, ""},
+		{"/nope", http.StatusNotFound, ""},
+	} {
+			resp, err := http.Get("http://" + s.addr + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		equal(t, "GET "+tc.path, resp.StatusCode, tc.status)
+		if !strings.Contains(string(body), tc.body) {
+			t.Errorf("GET %s: body does not contain %q", tc.path, tc.body)
+		}
+	}
+}
+
+func TestRefusesBadNames(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	for _, tc := range []struct{ query, body string }{
+		{"", "name is required"},
+		{"?name=%20%20", "name is required"},
+		{"?name=" + strings.Repeat("x", maxNameLen+1), "name must be valid UTF-8 of at most 32 characters"},
+		{"?name=%ff", "name must be valid UTF-8 of at most 32 characters"},
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		_, resp, err := websocket.Dial(ctx, s.wsURL()+tc.query, nil)
+		cancel()
+		if err == nil || resp == nil {
+			t.Fatalf("%q: dial succeeded, want a refusal", tc.query)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		equal(t, tc.query+" status", resp.StatusCode, http.StatusBadRequest)
+		equal(t, tc.query+" body", strings.TrimSpace(string(body)), tc.body)
+	}
+}
+
+// TestWireFormat pins down the messages of the issue: what a page sends and
+// what everyone receives, with the name stamped by the server whatever the
+// sender claims.
+func TestWireFormat(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	mallory, bob := dial(t, s, "mallory"), dial(t, s, "bob")
+	malloryID := mallory.welcome("mallory")
+	bob.welcome("bob")
+	for _, p := range []*peer{mallory, bob} {
+		p.send(`{"type":"join","room":"lobby","id":"j"}`)
+		p.expect(`{"type":"ack","id":"j"}`)
+	}
+
+	mallory.send(`{"type":"publish","room":"lobby","data":{"name":"alice","text":"  hi  "}}`)
+	want := fmt.Sprintf(`{"type":"message","room":"lobby","from":%q,"data":{"name":"mallory","text":"hi"}}`, malloryID)
+	bob.expect(want)
+	mallory.expect(want)
+
+	for _, tc := range []struct{ frame, err string }{
+		{`{"type":"publish","room":"lobby","id":"1","data":{"text":"  "}}`, "wshub: publish denied: empty message"},
+		{`{"type":"publish","room":"lobby","id":"2","data":{"text":"` + strings.Repeat("é", maxTextLen+1) + `"}}`, "wshub: publish denied: message longer than 2000 characters"},
+		{`{"type":"publish","room":"lobby","id":"3","data":"hi"}`, `wshub: publish denied: data must be {"text": "..."}: json: cannot unmarshal string into Go value of type main.chatMessage`},
+	} {
+		mallory.send(tc.frame)
+		var m struct{ Type, Error string }
+		got, _ := mallory.read()
+		if json.Unmarshal([]byte(got), &m) != nil || m.Type != "error" || m.Error != tc.err {
+			t.Errorf("%.60s: got %s, want error %q", tc.frame, got, tc.err)
+		}
+	}
+}
+
+// TestClients drives two real client programs through the server: rooms
+// keep their messages to themselves, names come from the server, /leave
+// stops delivery, and a server shutdown reaches the clients as 1001.
+func TestClients(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	alice := connect(t, s, "alice", "lobby")
+	bob := connect(t, s, "bob", "games")
+
+	alice.send("hello lobby")
+	alice.expect("[lobby] alice: hello lobby")
+	alice.send("/join games")
+	alice.expect("* joined games")
+	alice.send("hello games")
+	alice.expect("[games] alice: hello games")
+	// alice spoke in the lobby first, and the hub handles her messages in
+	// order: had bob got the lobby message, it would come before this one.
+	bob.expect("[games] alice: hello games")
+
+	// Whatever a client puts in data, the server says who spoke.
+	mallory := dial(t, s, "mallory")
+	mallory.welcome("mallory")
+	mallory.send(`{"type":"join","room":"games","id":"j"}`)
+	mallory.expect(`{"type":"ack","id":"j"}`)
+	mallory.send(`{"type":"publish","room":"games","data":{"name":"alice","text":"I am alice"}}`)
+	bob.expect("[games] mallory: I am alice")
+	alice.expect("[games] mallory: I am alice")
+
+	bob.send("/join lobby")
+	bob.expect("* joined lobby")
+	bob.send("/leave lobby")
+	bob.expect("* left lobby")
+	alice.send("/join lobby")
+	alice.expect("* joined lobby")
+	alice.send("bob is gone")
+	alice.expect("[lobby] alice: bob is gone")
+	alice.send("/join games")
+	alice.expect("* joined games")
+	alice.send("still here?")
+	bob.expect("[games] alice: still here?")
+
+	// A peer answers the server's close frame only while it reads.
+	malloryErr := make(chan error, 1)
+	go func() { malloryErr <- mallory.readUntilClosed() }()
+	s.shutdown(t)
+	for _, c := range []*cli{alice, bob} {
+		equal(t, "exit status", c.wait(), 1)
+		equal(t, "stderr", c.stderr.String(), "client: server closed the connection: 1001 server shutting down\n")
+	}
+	equal(t, "close status", websocket.CloseStatus(<-malloryErr), websocket.StatusGoingAway)
+}
+
+func TestClientExits(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+
+	t.Run("EOF", func(t *testing.T) {
+		t.Parallel()
+		c := connect(t, s, "alice", "lobby")
+		c.stdin.Close()
+		equal(t, "exit status", c.wait(), 0)
+		equal(t, "stderr", c.stderr.String(), "")
+	})
+
+	t.Run("unreachable", func(t *testing.T) {
+		t.Parallel()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		url := "ws://" + ln.Addr().String() + "/ws"
+		ln.Close()
+		c := startClient(t, "-url", url)
+		equal(t, "exit status", c.wait(), 1)
+		if got, want := c.stderr.String(), "client: cannot connect to "+url+": "; !strings.HasPrefix(got, want) {
+			t.Errorf("stderr: got %q, want it to start with %q", got, want)
+		}
+	})
+}
