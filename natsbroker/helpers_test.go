@@ -239,17 +239,20 @@ func (p *peer) next() (wireMsg, error) {
 }
 
 // collect reads room messages until one from publisher sentinel and
-// returns the ones before it. An ack is sent to acks by ID; any other
-// frame is an error.
+// returns the ones before it. An ack is sent to acks by ID (an error
+// if acks is nil); any other frame is an error.
 func (p *peer) collect(sentinel string, acks chan<- string) ([]payload, error) {
 	var got []payload
-	for range 10000 {
+	for range 20000 {
 		m, err := p.next()
 		if err != nil {
 			return got, err
 		}
 		switch m.Type {
 		case "ack":
+			if acks == nil {
+				return got, fmt.Errorf("unexpected %+v", m)
+			}
 			acks <- m.ID
 			continue
 		case "message":
@@ -265,7 +268,7 @@ func (p *peer) collect(sentinel string, acks chan<- string) ([]payload, error) {
 		}
 		got = append(got, d)
 	}
-	return got, fmt.Errorf("no sentinel after 10000 messages")
+	return got, fmt.Errorf("no sentinel after 20000 messages")
 }
 
 // checkSequences fails unless got holds, for each publisher in want, the

@@ -1,0 +1,171 @@
+package natsbroker_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/wshub/wshub"
+	"github.com/wshub/wshub/natsbroker"
+)
+
+// The NATS server goes away in the middle of traffic and comes back on
+// the same port. Each publish attempted meanwhile, by a client or by
+// Room.Broadcast, either fails visibly or is delivered everywhere; nats.go
+// reconnects, re-creates the subscriptions, and traffic resumes.
+func TestNATSRestart(t *testing.T) {
+	t.Parallel()
+	s := startNATS(t, server.RANDOM_PORT)
+	port := natsPort(s)
+	nodes := newNodes(t, s.ClientURL(), 3, nil)
+	last := newNodes(t, s.ClientURL(), 1, nil)[0] // publishes the sentinel, see TestRoomSpansHubs
+	ctx := testCtx(t)
+	subject := nodes[0].broker.Subject("r")
+
+	readers := make([]*peer, len(nodes))
+	for i, n := range nodes {
+		readers[i] = dial(t, n)
+		readers[i].join("r")
+	}
+	pub := dial(t, nodes[1]) // a client publisher, also a member
+	pub.join("r")
+
+	if err := broadcast(ctx, nodes[0], "r", "before", 0); err != nil {
+		t.Fatalf("broadcast before the outage: %v", err)
+	}
+	type result struct {
+		got []payload
+		err error
+	}
+	results := make([]result, len(readers))
+	var reading sync.WaitGroup
+	for i, r := range readers {
+		reading.Go(func() {
+			got, err := r.collect("sentinel", nil)
+			results[i] = result{got, err}
+		})
+	}
+
+	// Room.Broadcast runs into the shutdown: some calls succeed, then they
+	// fail. Those that succeeded must be delivered.
+	const maxAttempts, wantFailures = 5000, 5
+	var okServer []int
+	var serverErr error
+	started := make(chan struct{})
+	var publishing sync.WaitGroup
+	publishing.Go(func() {
+		failures := 0
+		for seq := 0; seq < maxAttempts && failures < wantFailures; seq++ {
+			err := broadcast(ctx, nodes[0], "r", "down-server", seq)
+			if err == nil {
+				okServer = append(okServer, seq)
+			} else if failures++; !errors.Is(err, wshub.ErrBroker) {
+				serverErr = err
+				return
+			}
+			if seq == 0 {
+				close(started)
+			}
+		}
+	})
+	<-started
+	s.Shutdown()
+	s.WaitForShutdown()
+	publishing.Wait()
+	if serverErr != nil {
+		t.Fatalf("Room.Broadcast during the outage: %v, want ErrBroker", serverErr)
+	}
+	if err := broadcast(ctx, nodes[0], "r", "down-server", maxAttempts); !errors.Is(err, natsbroker.ErrNotConnected) {
+		t.Fatalf("Room.Broadcast while NATS is down: %v, want ErrNotConnected", err)
+	}
+
+	// A client publishes while the server is down.
+	const clientAttempts = 5
+	var okClient []int
+	for seq := range clientAttempts {
+		if pubDuringOutage(t, pub, seq) {
+			okClient = append(okClient, seq)
+		}
+	}
+	t.Logf("around the outage: %d server publishes succeeded, %d failed; %d of %d client publishes succeeded",
+		len(okServer), wantFailures, len(okClient), clientAttempts)
+
+	s2 := startNATS(t, port)
+	for i, n := range nodes {
+		eventually(t, fmt.Sprintf("hub %d to reconnect", i), n.nc.IsConnected)
+	}
+	// nats.go re-sends the subscriptions on reconnect; the new server has
+	// one per hub.
+	eventually(t, "subscriptions on the new server", func() bool {
+		return s2.GlobalAccount().Interest(subject) == len(nodes)
+	})
+
+	want := map[string]int{"before": 1, "after": 3}
+	for seq := range want["after"] {
+		if err := broadcast(ctx, nodes[2], "r", "after", seq); err != nil {
+			t.Fatalf("broadcast after the restart: %v", err)
+		}
+	}
+	eventually(t, "the sentinel's hub to reconnect", last.nc.IsConnected)
+	if err := broadcast(ctx, last, "r", "sentinel", 0); err != nil {
+		t.Fatalf("sentinel: %v", err)
+	}
+	reading.Wait()
+	for i, r := range results {
+		if r.err != nil {
+			t.Fatalf("reader %d: %v", i, r.err)
+		}
+		got := r.got
+		// A publish that returned nil during the outage was delivered:
+		// keep those, and check them and the rest as sequences.
+		delivered := map[string]map[int]bool{"down-server": {}, "down-client": {}}
+		var rest []payload
+		for _, d := range got {
+			if m, ok := delivered[d.Pub]; ok {
+				m[d.Seq] = true
+				continue
+			}
+			rest = append(rest, d)
+		}
+		for _, seq := range okServer {
+			if !delivered["down-server"][seq] {
+				t.Fatalf("reader %d: Room.Broadcast %d succeeded during the outage but was not delivered", i, seq)
+			}
+		}
+		for _, seq := range okClient {
+			if !delivered["down-client"][seq] {
+				t.Fatalf("reader %d: client publish %d was acknowledged during the outage but not delivered", i, seq)
+			}
+		}
+		checkSequences(t, fmt.Sprintf("reader %d", i), rest, want)
+	}
+}
+
+// pubDuringOutage publishes seq from p and reports whether the hub
+// acknowledged it; an error frame must be a broker error.
+func pubDuringOutage(t *testing.T, p *peer, seq int) bool {
+	t.Helper()
+	id := fmt.Sprint(seq)
+	p.send(`{"type":"publish","room":"r","id":%q,"data":{"pub":"down-client","seq":%d}}`, id, seq)
+	for range 100 {
+		m := p.read()
+		switch {
+		case m.Type == "ack" && m.ID == id:
+			return true
+		case m.Type == "error" && m.ID == id:
+			if !strings.Contains(m.Error, wshub.ErrBroker.Error()) {
+				t.Fatalf("publish %d: error %q, want %q", seq, m.Error, wshub.ErrBroker)
+			}
+			return false
+		case m.Type == "message":
+			// its own publish, or one from before the outage
+		default:
+			t.Fatalf("publish %d: got %+v", seq, m)
+		}
+	}
+	t.Fatalf("publish %d: no answer", seq)
+	return false
+}
