@@ -1,0 +1,204 @@
+// Command bench measures wshub against the hubs Go services would pick
+// instead: a minimal hub on coder/websocket (the baseline of every ratio),
+// melody, a gorilla/websocket chat-style hub and centrifuge. Each
+// contender's server runs in a child process (the bench binary re-executed)
+// on a loopback port, so that its CPU time and memory are its own; the
+// parent runs the shared WebSocket clients and prints one Markdown table
+// per scenario on stdout, progress on stderr.
+//
+//	go run ./bench                      # every scenario, every contender
+//	go run ./bench -quick               # a smoke run, under 2 minutes
+//	go run ./bench -scenario fanout-1000 -contender coder,wshub-batch
+//	go run ./bench -scenario fanout-1000 -contender wshub-batch -runs 1 -profile /tmp/prof
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"slices"
+	"strings"
+	"time"
+)
+
+func main() {
+	if len(os.Args) == 3 && os.Args[1] == childFlag {
+		if err := runChild(os.Args[2]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench server:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	if err := run(os.Args[1:], os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	quick := fs.Bool("quick", false, "smoke run: 1 run each, short windows, 1,000 idle clients (under 2 minutes)")
+	runs := fs.Int("runs", 0, "runs per figure (default 3, quick 1)")
+	duration := fs.Duration("duration", 0, "measured time of each run (default 2s, quick 600ms)")
+	warmup := fs.Duration("warmup", 0, "warm-up before each measurement (default 500ms, quick 200ms)")
+	idle := fs.Int("idle-clients", 0, "clients of the idle-memory scenario (default 10000, quick 1000)")
+	window := fs.Int("window", 64, "messages a room may be ahead of its slowest client")
+	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn (default all)")
+	who := fs.String("contender", "", "comma-separated contenders (default all): "+strings.Join(contenderNames(), ", "))
+	profile := fs.String("profile", "", "write CPU and heap profiles of each server child into this directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	raiseFileLimit()
+	cfg := &config{
+		quick: *quick, runs: 3, warmup: 500 * time.Millisecond, duration: 2 * time.Second,
+		window: *window, fanout: []int{100, 1000}, latencyN: 100, latencyHz: 50000,
+		roomsN: 1000, roomSize: 10, idleN: 10000, churnConc: 8, profileDir: *profile,
+	}
+	if *quick {
+		cfg.runs, cfg.warmup, cfg.duration, cfg.idleN = 1, 200*time.Millisecond, 600*time.Millisecond, 1000
+	}
+	if *runs > 0 {
+		cfg.runs = *runs
+	}
+	if *duration > 0 {
+		cfg.duration = *duration
+	}
+	if *warmup > 0 {
+		cfg.warmup = *warmup
+	}
+	if *idle > 0 {
+		cfg.idleN = *idle
+	}
+	if cfg.profileDir != "" {
+		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
+			return err
+		}
+	}
+	list, err := selectContenders(*who)
+	if err != nil {
+		return err
+	}
+	scs, err := selectScenarios(scenarios(cfg), *only)
+	if err != nil {
+		return err
+	}
+	// Every run is bounded; this bounds the whole in case one hangs.
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	defer cancel()
+
+	began := time.Now()
+	fmt.Fprintf(stdout, "<!-- go run ./bench %s -->\n", strings.Join(args, " "))
+	fmt.Fprintf(stdout, "Go %s, %s/%s, %d CPUs. %d run(s) per figure; cells are median [min–max]; × is the ratio of medians to %s.\n\n",
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cfg.runs, baseline)
+	for _, sc := range scs {
+		res := runScenario(ctx, cfg, sc, list, stderr)
+		printTable(stdout, cfg, sc, list, res)
+	}
+	fmt.Fprintf(stderr, "bench: done in %v\n", time.Since(began).Round(time.Second))
+	return nil
+}
+
+func contenderNames() []string {
+	var names []string
+	for _, c := range contenders() {
+		names = append(names, c.name)
+	}
+	return names
+}
+
+func selectContenders(spec string) ([]contender, error) {
+	if spec == "" {
+		return contenders(), nil
+	}
+	var list []contender
+	for name := range strings.SplitSeq(spec, ",") {
+		c, err := findContender(strings.TrimSpace(name))
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, c)
+	}
+	return list, nil
+}
+
+func selectScenarios(all []scenario, spec string) ([]scenario, error) {
+	if spec == "" {
+		return all, nil
+	}
+	var list []scenario
+	for want := range strings.SplitSeq(spec, ",") {
+		want = strings.TrimSpace(want)
+		exact := slices.ContainsFunc(all, func(s scenario) bool { return s.id == want })
+		found := false
+		for _, sc := range all {
+			match := sc.id == want || !exact && strings.HasPrefix(sc.id, want)
+			if match && !slices.ContainsFunc(list, func(s scenario) bool { return s.id == sc.id }) {
+				list = append(list, sc)
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown scenario %q", want)
+		}
+	}
+	return list, nil
+}
+
+// outcome gathers the runs of one contender in one scenario.
+type outcome struct {
+	values map[string][]float64
+	notes  []string
+	errs   []string
+}
+
+// runScenario runs sc cfg.runs times for every contender, interleaving
+// the contenders so that a noisy moment does not hit only one of them.
+func runScenario(ctx context.Context, cfg *config, sc scenario, list []contender, log io.Writer) map[string]*outcome {
+	res := make(map[string]*outcome)
+	for _, c := range list {
+		res[c.name] = &outcome{values: make(map[string][]float64)}
+	}
+	for run := range cfg.runs {
+		for _, c := range list {
+			o := res[c.name]
+			began := time.Now()
+			r, err := runOnce(ctx, cfg, sc, c)
+			if err != nil {
+				fmt.Fprintf(log, "bench: %s %s run %d: %v\n", sc.id, c.name, run+1, err)
+				o.errs = append(o.errs, err.Error())
+				continue
+			}
+			for k, v := range r.values {
+				o.values[k] = append(o.values[k], v)
+			}
+			for _, n := range r.notes {
+				o.notes = append(o.notes, fmt.Sprintf("run %d: %s", run+1, n))
+			}
+			fmt.Fprintf(log, "bench: %s %s run %d: %s (%v)\n", sc.id, c.name, run+1, brief(sc, r), time.Since(began).Round(10*time.Millisecond))
+		}
+	}
+	return res
+}
+
+func runOnce(ctx context.Context, cfg *config, sc scenario, c contender) (runResult, error) {
+	rm, err := startRemote(c.name)
+	if err != nil {
+		return runResult{}, err
+	}
+	defer rm.stop()
+	return sc.run(ctx, cfg, c, rm)
+}
+
+func brief(sc scenario, r runResult) string {
+	var parts []string
+	for _, m := range sc.metrics {
+		parts = append(parts, m.header+" "+format(r.values[m.key], m.digits))
+	}
+	parts = append(parts, r.notes...)
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"time"
+)
+
+// remote is the parent's handle on a server child process. One goroutine
+// uses it at a time.
+type remote struct {
+	cmd  *exec.Cmd
+	in   io.WriteCloser
+	w    *bufio.Writer
+	r    *bufio.Reader
+	addr string
+}
+
+// startRemote re-executes the bench binary as the server of contender
+// name and waits for its address.
+func startRemote(name string) (*remote, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(exe, childFlag, name)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, err
+	}
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	rm := &remote{cmd: cmd, in: in, w: bufio.NewWriter(in), r: bufio.NewReader(out)}
+	line, err := rm.readLine(30 * time.Second)
+	if err != nil {
+		rm.stop()
+		return nil, fmt.Errorf("server %s: %w", name, err)
+	}
+	addr, ok := strings.CutPrefix(line, "addr ")
+	if !ok {
+		rm.stop()
+		return nil, fmt.Errorf("server %s said %q", name, line)
+	}
+	rm.addr = addr
+	return rm, nil
+}
+
+// readLine reads one line of the child's output, waiting at most d.
+func (rm *remote) readLine(d time.Duration) (string, error) {
+	type result struct {
+		s   string
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		s, err := rm.r.ReadString('\n')
+		ch <- result{strings.TrimSpace(s), err}
+	}()
+	select {
+	case res := <-ch:
+		return res.s, res.err
+	case <-time.After(d):
+		// The reading goroutine ends when stop kills the child.
+		return "", errors.New("no answer from the server child")
+	}
+}
+
+// publish asks for n server-side publishes to room; it does not wait.
+func (rm *remote) publish(room string, n int) {
+	fmt.Fprintf(rm.w, "p %s %d\n", room, n)
+}
+
+// flush sends the buffered publish commands.
+func (rm *remote) flush() error { return rm.w.Flush() }
+
+// call sends a command and returns its answer.
+func (rm *remote) call(cmd string) (string, error) {
+	rm.w.WriteString(cmd)
+	rm.w.WriteByte('\n')
+	if err := rm.w.Flush(); err != nil {
+		return "", err
+	}
+	return rm.readLine(60 * time.Second)
+}
+
+func (rm *remote) stats(gc bool) (serverStats, error) {
+	cmd := "stats"
+	if gc {
+		cmd = "gc"
+	}
+	var st serverStats
+	line, err := rm.call(cmd)
+	if err != nil {
+		return st, err
+	}
+	err = json.Unmarshal([]byte(line), &st)
+	return st, err
+}
+
+// waitMembers polls the server until it counts want room memberships.
+func (rm *remote) waitMembers(want int, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		st, err := rm.stats(false)
+		if err != nil {
+			return err
+		}
+		if st.Members == want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("server has %d of %d members", st.Members, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop ends the child: it exits when its stdin closes; it is killed if it
+// has not after a few seconds.
+func (rm *remote) stop() {
+	rm.in.Close()
+	done := make(chan struct{})
+	go func() {
+		rm.cmd.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		rm.cmd.Process.Kill()
+		<-done
+	}
+}

@@ -1,0 +1,581 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// config holds the sizes and durations of a whole bench run.
+type config struct {
+	quick      bool
+	runs       int
+	warmup     time.Duration
+	duration   time.Duration
+	window     int
+	fanout     []int
+	latencyN   int
+	latencyHz  int // deliveries per second, in total
+	roomsN     int
+	roomSize   int
+	idleN      int
+	churnConc  int
+	profileDir string
+}
+
+// metric is one column of a scenario's table.
+type metric struct {
+	key    string
+	header string
+	ratio  bool // print the ratio to the baseline next to it
+	digits int  // decimals
+}
+
+// runResult is the outcome of one run of one contender.
+type runResult struct {
+	values map[string]float64
+	notes  []string
+}
+
+// scenario is one table of the report.
+type scenario struct {
+	id      string
+	title   string
+	about   func(cfg *config) string
+	metrics []metric
+	run     func(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error)
+}
+
+func scenarios(cfg *config) []scenario {
+	var list []scenario
+	for _, n := range cfg.fanout {
+		list = append(list, scenario{
+			id:    fmt.Sprintf("fanout-%d", n),
+			title: fmt.Sprintf("Fan-out, N = %d clients in one room", n),
+			about: func(cfg *config) string {
+				return fmt.Sprintf("Server-side publishes of ~100-byte JSON payloads to one room of %d clients, closed loop: at most %d messages outstanding against the slowest client. Measured for %v after a %v warm-up.", n, cfg.window, cfg.duration, cfg.warmup)
+			},
+			metrics: throughputMetrics,
+			run: func(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error) {
+				return runThroughput(ctx, cfg, c, rm, fmt.Sprintf("fanout-%d", n), n, 1)
+			},
+		})
+	}
+	list = append(list,
+		scenario{
+			id:    "latency",
+			title: "Latency at a paced rate",
+			about: func(cfg *config) string {
+				return fmt.Sprintf("%d clients in one room; server-side publishes paced at %d deliveries/s in total (%d messages/s), each payload stamped with the server's clock at publish; latency is receive time minus that stamp, in µs, over %v after a %v warm-up.", cfg.latencyN, cfg.latencyHz, cfg.latencyHz/cfg.latencyN, cfg.duration, cfg.warmup)
+			},
+			metrics: []metric{
+				{key: "p50", header: "p50 µs", ratio: true},
+				{key: "p99", header: "p99 µs", ratio: true},
+				{key: "rate", header: "deliveries/s"},
+				{key: "cpu", header: "server CPU µs/delivery", ratio: true, digits: 2},
+			},
+			run: runLatency,
+		},
+		scenario{
+			id:    "rooms",
+			title: fmt.Sprintf("Many rooms, %d clients in %d rooms of %d", cfg.roomsN, cfg.roomsN/cfg.roomSize, cfg.roomSize),
+			about: func(cfg *config) string {
+				return fmt.Sprintf("Server-side publishes to rooms picked in random order, each room kept at most %d messages ahead of its slowest member. Measured for %v after a %v warm-up.", cfg.window, cfg.duration, cfg.warmup)
+			},
+			metrics: throughputMetrics,
+			run: func(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error) {
+				return runThroughput(ctx, cfg, c, rm, "rooms", cfg.roomsN, cfg.roomsN/cfg.roomSize)
+			},
+		},
+		scenario{
+			id:    "idle",
+			title: fmt.Sprintf("Idle memory, %d connected clients", cfg.idleN),
+			about: func(cfg *config) string {
+				return fmt.Sprintf("%d clients connect and join one of %d rooms, then stay idle. Server child process, after two runtime.GC: (HeapInuse+StackInuse) after minus before, divided by the clients; likewise goroutines and RSS.", cfg.idleN, max(1, cfg.idleN/100))
+			},
+			metrics: []metric{
+				{key: "bytes", header: "heap+stack B/conn", ratio: true},
+				{key: "heap", header: "heap B/conn"},
+				{key: "stack", header: "stack B/conn"},
+				{key: "goroutines", header: "goroutines/conn", ratio: true, digits: 2},
+				{key: "rss", header: "RSS B/conn"},
+			},
+			run: runIdle,
+		},
+		scenario{
+			id:    "churn",
+			title: "Churn",
+			about: func(cfg *config) string {
+				return fmt.Sprintf("%d concurrent loops, each in a room of its own: connect, join, publish one message from the client and receive it, leave, close handshake. Measured for %v after a %v warm-up; server goroutines after a GC before the measured churn and once it is over (waiting up to 5 s for them to exit).", cfg.churnConc, cfg.duration, cfg.warmup)
+			},
+			metrics: []metric{
+				{key: "rate", header: "connections/s", ratio: true},
+				{key: "cpu", header: "server CPU µs/connection", ratio: true},
+				{key: "before", header: "goroutines before"},
+				{key: "after", header: "goroutines after"},
+			},
+			run: runChurn,
+		},
+	)
+	return list
+}
+
+var throughputMetrics = []metric{
+	{key: "rate", header: "deliveries/s", ratio: true},
+	{key: "cpu", header: "server CPU µs/delivery", ratio: true, digits: 2},
+}
+
+// publisher keeps every room at most window messages ahead of the slowest
+// of its members, so that no contender's send queue overflows.
+type publisher struct {
+	rm     *remote
+	rooms  [][]*client
+	sent   []int64
+	window int64
+	order  []int
+	rng    *rand.Rand
+}
+
+func newPublisher(rm *remote, clients []*client, nRooms, window int) *publisher {
+	p := &publisher{
+		rm:     rm,
+		rooms:  make([][]*client, nRooms),
+		sent:   make([]int64, nRooms),
+		window: int64(window),
+		order:  make([]int, nRooms),
+		rng:    rand.New(rand.NewPCG(1, 2)),
+	}
+	for _, c := range clients {
+		p.rooms[c.room] = append(p.rooms[c.room], c)
+	}
+	for i := range p.order {
+		p.order[i] = i
+	}
+	return p
+}
+
+// minReceived is the count of the slowest live member of room r.
+func (p *publisher) minReceived(r int) int64 {
+	m := int64(math.MaxInt64)
+	for _, c := range p.rooms[r] {
+		if c.lost.Load() {
+			continue
+		}
+		m = min(m, c.received.Load())
+	}
+	if m == math.MaxInt64 {
+		return p.sent[r]
+	}
+	return m
+}
+
+// run publishes for d.
+func (p *publisher) run(ctx context.Context, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) && ctx.Err() == nil {
+		p.rng.Shuffle(len(p.order), func(i, j int) { p.order[i], p.order[j] = p.order[j], p.order[i] })
+		published := false
+		for _, r := range p.order {
+			budget := p.window - (p.sent[r] - p.minReceived(r))
+			if budget <= 0 {
+				continue
+			}
+			p.rm.publish(roomName(r), int(budget))
+			p.sent[r] += budget
+			published = true
+		}
+		if !published {
+			time.Sleep(100 * time.Microsecond)
+			continue
+		}
+		if err := p.rm.flush(); err != nil {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// drain waits up to d for every live client to receive what was sent to
+// its room and returns how many deliveries are missing.
+func (p *publisher) drain(d time.Duration) int64 {
+	deadline := time.Now().Add(d)
+	for {
+		var missing int64
+		for r, members := range p.rooms {
+			for _, c := range members {
+				if !c.lost.Load() {
+					missing += max(0, p.sent[r]-c.received.Load())
+				}
+			}
+		}
+		if missing == 0 || time.Now().After(deadline) {
+			return missing
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// profiler takes a CPU and a heap profile of the server child during the
+// measured part of the first run of each scenario, when asked to.
+type profiler struct {
+	rm   *remote
+	base string
+}
+
+func startProfile(cfg *config, rm *remote, scenarioID, name string) (*profiler, error) {
+	if cfg.profileDir == "" {
+		return nil, nil
+	}
+	p := &profiler{rm: rm, base: filepath.Join(cfg.profileDir, scenarioID+"-"+name)}
+	_, err := rm.call("cpuprof " + p.base + ".cpu.pprof")
+	return p, err
+}
+
+func (p *profiler) stop() error {
+	if p == nil {
+		return nil
+	}
+	if _, err := p.rm.call("cpustop"); err != nil {
+		return err
+	}
+	_, err := p.rm.call("heapprof " + p.base + ".heap.pprof")
+	return err
+}
+
+// serverNotes reports what makes a run doubtful.
+func serverNotes(st serverStats, lost int, missing int64) []string {
+	var notes []string
+	if lost > 0 {
+		notes = append(notes, fmt.Sprintf("%d clients lost", lost))
+	}
+	if st.Kicked > 0 {
+		notes = append(notes, fmt.Sprintf("%d kicked/dropped", st.Kicked))
+	}
+	if missing > 0 {
+		notes = append(notes, fmt.Sprintf("%d deliveries missing", missing))
+	}
+	if st.Errors > 0 {
+		notes = append(notes, fmt.Sprintf("%d publish errors", st.Errors))
+	}
+	return notes
+}
+
+func runThroughput(ctx context.Context, cfg *config, c contender, rm *remote, id string, n, nRooms int) (runResult, error) {
+	clients, err := connectAll(ctx, rm.addr, c.proto, n, func(i int) int { return i % nRooms })
+	if err != nil {
+		return runResult{}, err
+	}
+	defer closeAll(clients)
+	if err := rm.waitMembers(n, 30*time.Second); err != nil {
+		return runResult{}, err
+	}
+	start(clients)
+	pub := newPublisher(rm, clients, nRooms, cfg.window)
+	if err := pub.run(ctx, cfg.warmup); err != nil {
+		return runResult{}, err
+	}
+	prof, err := startProfile(cfg, rm, id, c.name)
+	if err != nil {
+		return runResult{}, err
+	}
+	s0, err := rm.stats(false)
+	if err != nil {
+		return runResult{}, err
+	}
+	d0, t0 := totalReceived(clients), time.Now()
+	if err := pub.run(ctx, cfg.duration); err != nil {
+		return runResult{}, err
+	}
+	d1, t1 := totalReceived(clients), time.Now()
+	s1, err := rm.stats(false)
+	if err != nil {
+		return runResult{}, err
+	}
+	if err := prof.stop(); err != nil {
+		return runResult{}, err
+	}
+	missing := pub.drain(5 * time.Second)
+	delivered := float64(d1 - d0)
+	return runResult{
+		values: map[string]float64{
+			"rate": delivered / t1.Sub(t0).Seconds(),
+			"cpu":  float64(s1.CPUNanos-s0.CPUNanos) / 1e3 / max(delivered, 1),
+		},
+		notes: serverNotes(s1, countLost(clients), missing),
+	}, nil
+}
+
+func runLatency(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error) {
+	n := cfg.latencyN
+	clients, err := connectAll(ctx, rm.addr, c.proto, n, func(int) int { return 0 })
+	if err != nil {
+		return runResult{}, err
+	}
+	defer closeAll(clients)
+	if err := rm.waitMembers(n, 30*time.Second); err != nil {
+		return runResult{}, err
+	}
+	var recording atomic.Bool
+	for _, cl := range clients {
+		cl.hist, cl.recording = new(histogram), &recording
+	}
+	start(clients)
+	pub := newPublisher(rm, clients, 1, cfg.window)
+	msgRate := float64(cfg.latencyHz) / float64(n)
+	if _, err := pace(ctx, pub, msgRate, cfg.warmup); err != nil {
+		return runResult{}, err
+	}
+	prof, err := startProfile(cfg, rm, "latency", c.name)
+	if err != nil {
+		return runResult{}, err
+	}
+	recording.Store(true)
+	s0, err := rm.stats(false)
+	if err != nil {
+		return runResult{}, err
+	}
+	d0, t0 := totalReceived(clients), time.Now()
+	late, err := pace(ctx, pub, msgRate, cfg.duration)
+	if err != nil {
+		return runResult{}, err
+	}
+	d1, t1 := totalReceived(clients), time.Now()
+	recording.Store(false)
+	s1, err := rm.stats(false)
+	if err != nil {
+		return runResult{}, err
+	}
+	if err := prof.stop(); err != nil {
+		return runResult{}, err
+	}
+	missing := pub.drain(5 * time.Second)
+	notes := serverNotes(s1, countLost(clients), missing)
+	if late > 0 {
+		notes = append(notes, fmt.Sprintf("window full %d times: rate not sustained", late))
+	}
+	closeAll(clients) // the histograms are complete once the read loops ended
+	var h histogram
+	for _, cl := range clients {
+		h.merge(cl.hist)
+	}
+	delivered := float64(d1 - d0)
+	return runResult{
+		values: map[string]float64{
+			"p50":  float64(h.quantile(0.50)),
+			"p99":  float64(h.quantile(0.99)),
+			"rate": delivered / t1.Sub(t0).Seconds(),
+			"cpu":  float64(s1.CPUNanos-s0.CPUNanos) / 1e3 / max(delivered, 1),
+		},
+		notes: notes,
+	}, nil
+}
+
+// pace publishes to room 0 at rate messages per second for d, and returns
+// how many times the window was full when a message was due.
+func pace(ctx context.Context, p *publisher, rate float64, d time.Duration) (int, error) {
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	begin, base := time.Now(), p.sent[0]
+	full := 0
+	for ctx.Err() == nil {
+		now := <-tick.C
+		elapsed := now.Sub(begin)
+		if elapsed >= d {
+			break
+		}
+		due := base + int64(elapsed.Seconds()*rate) - p.sent[0]
+		if due <= 0 {
+			continue
+		}
+		if room := p.window - (p.sent[0] - p.minReceived(0)); room < due {
+			full++
+			due = max(0, room)
+		}
+		if due == 0 {
+			continue
+		}
+		p.rm.publish(roomName(0), int(due))
+		p.sent[0] += due
+		if err := p.rm.flush(); err != nil {
+			return full, err
+		}
+	}
+	return full, ctx.Err()
+}
+
+func runIdle(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error) {
+	n := cfg.idleN
+	nRooms := max(1, n/100)
+	before, err := rm.stats(true)
+	if err != nil {
+		return runResult{}, err
+	}
+	clients, err := connectAll(ctx, rm.addr, c.proto, n, func(i int) int { return i % nRooms })
+	if err != nil {
+		return runResult{}, err
+	}
+	defer closeAll(clients)
+	if err := rm.waitMembers(n, 60*time.Second); err != nil {
+		return runResult{}, err
+	}
+	start(clients)
+	after, err := settle(rm, 5*time.Second)
+	if err != nil {
+		return runResult{}, err
+	}
+	if cfg.profileDir != "" {
+		if _, err := rm.call("heapprof " + filepath.Join(cfg.profileDir, "idle-"+c.name+".heap.pprof")); err != nil {
+			return runResult{}, err
+		}
+	}
+	per := func(a, b uint64) float64 { return (float64(a) - float64(b)) / float64(n) }
+	return runResult{
+		values: map[string]float64{
+			"bytes":      per(after.HeapInuse+after.StackInuse, before.HeapInuse+before.StackInuse),
+			"heap":       per(after.HeapInuse, before.HeapInuse),
+			"stack":      per(after.StackInuse, before.StackInuse),
+			"goroutines": float64(after.Goroutines-before.Goroutines) / float64(n),
+			"rss":        per(after.RSS, before.RSS),
+		},
+		notes: serverNotes(after, countLost(clients), 0),
+	}, nil
+}
+
+// settle waits until the server's goroutine count is the same in two GC'd
+// samples 200 ms apart (goroutines that wrote join answers have exited),
+// at most d, and returns the last sample.
+func settle(rm *remote, d time.Duration) (serverStats, error) {
+	deadline := time.Now().Add(d)
+	prev, err := rm.stats(true)
+	for err == nil && time.Now().Before(deadline) {
+		time.Sleep(200 * time.Millisecond)
+		var cur serverStats
+		cur, err = rm.stats(true)
+		if err == nil && cur.Goroutines == prev.Goroutines {
+			return cur, nil
+		}
+		prev = cur
+	}
+	return prev, err
+}
+
+func runChurn(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error) {
+	if _, _, err := churn(ctx, cfg, c, rm, cfg.warmup); err != nil {
+		return runResult{}, err
+	}
+	before, err := settle(rm, 5*time.Second)
+	if err != nil {
+		return runResult{}, err
+	}
+	t0 := time.Now()
+	cycles, failed, err := churn(ctx, cfg, c, rm, cfg.duration)
+	if err != nil {
+		return runResult{}, err
+	}
+	elapsed := time.Since(t0)
+	s1, err := rm.stats(false)
+	if err != nil {
+		return runResult{}, err
+	}
+	after := s1
+	deadline := time.Now().Add(5 * time.Second)
+	for after.Goroutines > before.Goroutines && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+		if after, err = rm.stats(true); err != nil {
+			return runResult{}, err
+		}
+	}
+	var notes []string
+	if failed > 0 {
+		notes = append(notes, fmt.Sprintf("%d cycles failed", failed))
+	}
+	if after.Goroutines > before.Goroutines {
+		notes = append(notes, "goroutines grew")
+	}
+	return runResult{
+		values: map[string]float64{
+			"rate":   float64(cycles) / elapsed.Seconds(),
+			"cpu":    float64(s1.CPUNanos-before.CPUNanos) / 1e3 / max(float64(cycles), 1),
+			"before": float64(before.Goroutines),
+			"after":  float64(after.Goroutines),
+		},
+		notes: notes,
+	}, nil
+}
+
+// churn runs cfg.churnConc loops of connect-join-receive-leave-close for
+// d and returns the completed and the failed cycles. It fails only when
+// every cycle failed.
+func churn(ctx context.Context, cfg *config, c contender, rm *remote, d time.Duration) (int, int, error) {
+	deadline := time.Now().Add(d)
+	var (
+		wg           sync.WaitGroup
+		done, failed atomic.Int64
+		firstErr     atomic.Pointer[error]
+	)
+	for w := range cfg.churnConc {
+		wg.Go(func() {
+			room := fmt.Sprintf("churn-%d", w)
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				if err := cycle(ctx, rm.addr, c.proto, room); err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, &err)
+					continue
+				}
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if done.Load() == 0 && failed.Load() > 0 {
+		return 0, int(failed.Load()), fmt.Errorf("churn: every cycle failed: %w", *firstErr.Load())
+	}
+	return int(done.Load()), int(failed.Load()), nil
+}
+
+// cycle connects, joins room, publishes one message, waits for it, leaves
+// and closes with a close handshake.
+func cycle(ctx context.Context, addr string, p protocol, room string) error {
+	conn, err := dial(ctx, addr, p, room)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if err := conn.WriteMessage(websocket.TextMessage, p.publishFrame(room, newPayload())); err != nil {
+		return err
+	}
+	conn.SetReadDeadline(time.Now().Add(setupTimeout))
+	for {
+		_, data, err := conn.ReadMessage()
+		if err != nil {
+			return fmt.Errorf("waiting for the message: %w", err)
+		}
+		if containsAll(data, []string{string(tsKey)}) {
+			break
+		}
+	}
+	if err := p.leave(conn, room); err != nil {
+		return err
+	}
+	closeMsg := websocket.FormatCloseMessage(websocket.CloseNormalClosure, "")
+	if err := conn.WriteControl(websocket.CloseMessage, closeMsg, time.Now().Add(time.Second)); err != nil {
+		return err
+	}
+	// Read up to the server's close frame.
+	conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	for {
+		if _, _, err := conn.ReadMessage(); err != nil {
+			if websocket.IsCloseError(err, websocket.CloseNormalClosure, websocket.CloseNoStatusReceived) {
+				return nil
+			}
+			return fmt.Errorf("closing: %w", err)
+		}
+	}
+}
