@@ -316,7 +316,7 @@ func TestPage(t *testing.T) {
 		{"/index.html", http.StatusNotFound, ""},
 		{"/nope", http.StatusNotFound, ""},
 	} {
-			resp, err := http.Get("http://" + s.addr + tc.path)
+		resp, err := http.Get("http://" + s.addr + tc.path)
 		if err != nil {
 			t.Fatal(err)
 		}
