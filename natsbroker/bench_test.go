@@ -135,4 +135,3 @@ func kicked(hubs []*wshub.Hub) (n uint64) {
 	}
 	return n
 }
-
