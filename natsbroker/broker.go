@@ -190,9 +190,13 @@ func (b *Broker) Subscribe(room string, deliver func(msg []byte)) error {
 	b.subs[room] = sub
 	b.mu.Unlock()
 
+	// While reconnecting, nats.go sends the subscription when it is back;
+	// a flush would wait for that.
+	if !b.nc.IsConnected() {
+		return nil
+	}
 	err = b.nc.FlushTimeout(b.timeout)
 	if err == nil || (!b.nc.IsConnected() && !b.nc.IsClosed()) {
-		// Reconnecting: nats.go re-sends the subscription when it is back.
 		return nil
 	}
 	b.drop(room, sub)

@@ -23,7 +23,7 @@ func TestNATSRestart(t *testing.T) {
 	nodes := newNodes(t, s.ClientURL(), 3, nil)
 	last := newNodes(t, s.ClientURL(), 1, nil)[0] // publishes the sentinel, see TestRoomSpansHubs
 	ctx := testCtx(t)
-	subject := nodes[0].broker.Subject("r")
+	subject, subject2 := nodes[0].broker.Subject("r"), nodes[0].broker.Subject("late")
 
 	readers := make([]*peer, len(nodes))
 	for i, n := range nodes {
@@ -90,6 +90,11 @@ func TestNATSRestart(t *testing.T) {
 			okClient = append(okClient, seq)
 		}
 	}
+	// A client joins a new room while NATS is down: the join succeeds at
+	// once, and the room works once NATS is back.
+	late := dial(t, nodes[2])
+	late.join("late")
+
 	t.Logf("around the outage: %d server publishes succeeded, %d failed; %d of %d client publishes succeeded",
 		len(okServer), wantFailures, len(okClient), clientAttempts)
 
@@ -100,8 +105,14 @@ func TestNATSRestart(t *testing.T) {
 	// nats.go re-sends the subscriptions on reconnect; the new server has
 	// one per hub.
 	eventually(t, "subscriptions on the new server", func() bool {
-		return s2.GlobalAccount().Interest(subject) == len(nodes)
+		return s2.GlobalAccount().Interest(subject) == len(nodes) && s2.GlobalAccount().Interest(subject2) == 1
 	})
+
+	equal(t, "subscriptions of the room joined during the outage", s2.GlobalAccount().Interest(subject2), 1)
+	if err := broadcast(ctx, nodes[0], "late", "late", 0); err != nil {
+		t.Fatalf("broadcast to the room joined during the outage: %v", err)
+	}
+	equal(t, "message in the room joined during the outage", data(t, late.read()).Pub, "late")
 
 	want := map[string]int{"before": 1, "after": 3}
 	for seq := range want["after"] {
