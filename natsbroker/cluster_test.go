@@ -126,6 +126,19 @@ func TestLeaveUnsubscribes(t *testing.T) {
 			t.Fatalf("broadcast: %v", err)
 		}
 	}
+	// a's publishes are handled in order: once the last is acknowledged,
+	// all went out, and none can reach hub B after it joins again below.
+	a.send(`{"type":"publish","room":"r","id":"last","data":{"pub":"a","seq":5}}`)
+	for i := 0; ; i++ { // a's and the server's eleven messages, then the ack
+		m := a.read()
+		if m.Type == "ack" {
+			break
+		}
+		equal(t, "a's frame", m.Type, "message")
+		if i == 11 {
+			t.Fatal("no ack after eleven messages")
+		}
+	}
 	if err := broadcast(ctx, nodes[0], "other", "sentinel", 0); err != nil {
 		t.Fatalf("sentinel: %v", err)
 	}

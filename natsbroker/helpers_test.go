@@ -70,6 +70,8 @@ func newNodes(t testing.TB, url string, n int, opts *natsbroker.Options) []*node
 			nats.MaxReconnects(-1),
 			nats.ReconnectWait(10*time.Millisecond),
 			nats.ReconnectJitter(0, 0),
+			// The restart test breaks connections on purpose.
+			nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}),
 		)
 		if err != nil {
 			t.Fatalf("connect: %v", err)
