@@ -29,7 +29,9 @@
 // Delivery across hubs is at most once. NATS core does not store messages:
 // a hub that is disconnected from NATS, or whose subscription the server
 // has not registered yet (right after a reconnect), misses what is
-// published meanwhile, and its members never see those messages.
+// published meanwhile, and its members never see those messages; so do
+// the other hubs when a server fails between confirming a message and
+// forwarding it.
 //
 // A publish that fails is reported. Broker.Publish returns ErrNotConnected
 // when the connection is not up, so Room.Broadcast returns an error and a
