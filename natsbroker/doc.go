@@ -35,8 +35,9 @@
 //
 // A publish that fails is reported. Broker.Publish returns ErrNotConnected
 // when the connection is not up, so Room.Broadcast returns an error and a
-// client's publish gets an error frame; the hub then delivered the message
-// to nobody, not even locally. By default Publish also waits for the
+// client's publish gets an error frame; the hub then delivers the message
+// to none of its own members (other hubs got it only if the connection
+// broke after the server read it). By default Publish also waits for the
 // server to confirm it has the message (a PING round trip), so a message
 // written to a connection that broke before the server read it is an
 // error too, not a silent loss. Options.NoConfirm trades that for
@@ -60,5 +61,6 @@
 // that nats.go cannot hand to the hub fast enough are dropped by nats.go
 // as a slow consumer and reported to the connection's nats.ErrorHandler;
 // the hub's delivery only queues messages for clients, so this takes a
-// flood of tens of megabytes.
+// flood past nats.go's pending limits (by default 512k messages or 64 MB
+// per room).
 package natsbroker
