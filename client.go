@@ -342,7 +342,9 @@ func (c *Client) run() {
 		h.userCode(func() { h.opts.OnConnect(c) })
 	}
 	err := c.readLoop()
-
+	if ce, ok := errors.AsType[websocket.CloseError](err); ok {
+		err = ce // the peer closed: its status and reason are the whole story
+	}
 	c.closeWith(0, "", err, false)
 	if c.pinger != nil {
 		c.pinger.Stop()
