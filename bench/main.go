@@ -93,14 +93,28 @@ func run(args []string, stdout, stderr io.Writer) error {
 
 	began := time.Now()
 	fmt.Fprintf(stdout, "<!-- go run ./bench %s -->\n", strings.Join(args, " "))
-	fmt.Fprintf(stdout, "Go %s, %s/%s, %d CPUs. %d run(s) per figure; cells are median [min–max]; × is the ratio of medians to %s.\n\n",
-		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cfg.runs, baseline)
+	fmt.Fprintf(stdout, "Go %s, %s/%s, %d CPUs (%s). %d run(s) per figure; cells are median [min–max]; × is the ratio of medians to %s.\n\n",
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cpuModel(), cfg.runs, baseline)
 	for _, sc := range scs {
 		res := runScenario(ctx, cfg, sc, list, stderr)
 		printTable(stdout, cfg, sc, list, res)
 	}
 	fmt.Fprintf(stderr, "bench: done in %v\n", time.Since(began).Round(time.Second))
 	return nil
+}
+
+// cpuModel is the CPU model named by /proc/cpuinfo, or "unknown CPU".
+func cpuModel() string {
+	b, err := os.ReadFile("/proc/cpuinfo")
+	if err != nil {
+		return "unknown CPU"
+	}
+	for line := range strings.Lines(string(b)) {
+		if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "unknown CPU"
 }
 
 func contenderNames() []string {
