@@ -3,6 +3,7 @@ package wshub
 import (
 	"context"
 	"fmt"
+	"sync"
 )
 
 // A Broker carries room messages between hubs, so that a room spans every
@@ -11,12 +12,17 @@ import (
 // implements Broker on NATS.
 //
 // The hub calls Subscribe when a room gets its first local member and
-// Unsubscribe when its last local member leaves; it calls these two one at
-// a time, never while holding a lock on its clients or rooms. It calls
-// Publish for every room broadcast, possibly concurrently. A message is
-// delivered to local members directly and sent to the broker; the hub
-// ignores its own messages coming back, so each member gets a message
-// exactly once.
+// Unsubscribe when its last local member leaves; for one room it calls
+// these one at a time, for different rooms possibly concurrently, and never
+// while holding a lock on its clients or rooms. It calls Publish for every
+// room broadcast, possibly concurrently. A message is delivered to local
+// members directly and sent to the broker; the hub ignores its own messages
+// coming back, so each member gets a message exactly once.
+//
+// Ordering across hubs is per publisher: the messages of one client, or of
+// one goroutine calling Room.Broadcast, reach every member in the order
+// they were sent, but messages of different publishers may interleave
+// differently on different hubs. Hub.Broadcast stays local to its hub.
 type Broker interface {
 	// Publish sends msg, an opaque encoded room message, to every hub
 	// subscribed to room. It must return an error, not drop msg, when it
@@ -40,21 +46,29 @@ type Broker interface {
 // encoded with JSONCodec.
 const hubIDLen = 16
 
+// subscription is the broker state of one room name. Its mutex
+// serializes Subscribe and Unsubscribe for that room, so the last call wins
+// whatever order joins and leaves ran in, while other rooms go on.
+type subscription struct {
+	mu         sync.Mutex
+	subscribed bool // guarded by mu
+	refs       int  // callers holding or waiting for mu; guarded by Hub.subMu
+}
+
 // syncSubscription makes the broker's subscription to room match whether
-// the room has local members. Calls are serialized by subMu, so the last
-// one wins whatever order joins and leaves ran in.
+// the room has local members.
 func (h *Hub) syncSubscription(name string) error {
 	if h.opts.Broker == nil {
 		return nil
 	}
-	h.subMu.Lock()
-	defer h.subMu.Unlock()
+	s := h.lockSubscription(name)
+	defer h.unlockSubscription(name, s)
 	want := h.lookup(name) != nil
-	if want == h.subscribed[name] {
+	if want == s.subscribed {
 		return nil
 	}
 	if !want {
-		delete(h.subscribed, name)
+		s.subscribed = false
 		if err := h.opts.Broker.Unsubscribe(name); err != nil {
 			return fmt.Errorf("%w: unsubscribe %q: %w", ErrBroker, name, err)
 		}
@@ -63,8 +77,32 @@ func (h *Hub) syncSubscription(name string) error {
 	if err := h.opts.Broker.Subscribe(name, func(msg []byte) { h.receive(name, msg) }); err != nil {
 		return fmt.Errorf("%w: subscribe %q: %w", ErrBroker, name, err)
 	}
-	h.subscribed[name] = true
+	s.subscribed = true
 	return nil
+}
+
+func (h *Hub) lockSubscription(name string) *subscription {
+	h.subMu.Lock()
+	s := h.subs[name]
+	if s == nil {
+		s = new(subscription)
+		h.subs[name] = s
+	}
+	s.refs++
+	h.subMu.Unlock()
+	s.mu.Lock()
+	return s
+}
+
+func (h *Hub) unlockSubscription(name string, s *subscription) {
+	subscribed := s.subscribed
+	s.mu.Unlock()
+	h.subMu.Lock()
+	s.refs--
+	if s.refs == 0 && !subscribed {
+		delete(h.subs, name)
+	}
+	h.subMu.Unlock()
 }
 
 // publish delivers m to the room's local members and, with a broker, to

@@ -29,8 +29,8 @@ type Hub struct {
 	encKey  []int  // codec index → its slot in an encoding
 	id      string // tells this hub's broker messages from others'
 
-	subMu      sync.Mutex // serializes Broker.Subscribe and Unsubscribe
-	subscribed map[string]bool
+	subMu sync.Mutex // guards subs
+	subs  map[string]*subscription
 
 	mu      sync.RWMutex
 	clients map[*Client]struct{}
@@ -66,7 +66,7 @@ func New(handler Handler, opts *Options) *Hub {
 		drained: make(chan struct{}),
 		id:      newID(),
 
-		subscribed: make(map[string]bool),
+		subs: make(map[string]*subscription),
 	}
 	h.accept = websocket.AcceptOptions{
 		Subprotocols:   h.opts.codecNames,
@@ -111,7 +111,8 @@ func (h *Hub) Stats() Stats {
 // room; clients joining it do.
 func (h *Hub) Room(name string) Room { return Room{hub: h, name: name} }
 
-// Broadcast sends m to every connected client, as a message of type
+// Broadcast sends m to every client connected to this hub (with a Broker,
+// not to other hubs' clients: use a room for that), as a message of type
 // "message" when m.Type is empty. Like Room.Broadcast it never waits for a
 // client and does not modify m. It returns ErrHubClosed once the hub is
 // closing and the codec's error if m cannot be encoded.

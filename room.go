@@ -31,8 +31,9 @@ func (r Room) Name() string { return r.name }
 // as a message of type "message" (when m.Type is empty) with m.Room set to
 // the room's name. It never waits for a client: m is encoded once per codec
 // and queued for each member; a member whose send queue is full is closed
-// (see Options.SendQueue) and the others still get m. Members receive the
-// room's messages in one order. Broadcast does not modify m.
+// (see Options.SendQueue) and the others still get m. A hub's members
+// receive the room's messages in one order (across hubs, see Broker).
+// Broadcast does not modify m.
 //
 // With Options.Broker, m also goes to the room's members on other hubs;
 // ctx bounds that publish, and a broker error (ErrBroker) means nobody
