@@ -21,7 +21,8 @@ type client struct {
 	conn     *websocket.Conn
 	room     int
 	received atomic.Int64
-	lost     atomic.Bool // the connection failed before close
+	frames   atomic.Int64 // frames that carried at least one message
+	lost     atomic.Bool  // the connection failed before close
 	closing  atomic.Bool
 	done     chan struct{}
 
@@ -149,6 +150,7 @@ func (c *client) count(data []byte) {
 		}
 	}
 	c.received.Add(int64(n))
+	c.frames.Add(1)
 }
 
 // parseInt parses the decimal digits at the start of b.
@@ -201,6 +203,14 @@ func totalReceived(clients []*client) int64 {
 	var n int64
 	for _, c := range clients {
 		n += c.received.Load()
+	}
+	return n
+}
+
+func totalFrames(clients []*client) int64 {
+	var n int64
+	for _, c := range clients {
+		n += c.frames.Load()
 	}
 	return n
 }

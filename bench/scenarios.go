@@ -130,6 +130,7 @@ func scenarios(cfg *config) []scenario {
 var throughputMetrics = []metric{
 	{key: "rate", header: "deliveries/s", ratio: true},
 	{key: "cpu", header: "server CPU µs/delivery", ratio: true, digits: 2},
+	{key: "batch", header: "messages/frame", digits: 1},
 }
 
 // publisher keeps every room at most window messages ahead of the slowest
@@ -289,11 +290,11 @@ func runThroughput(ctx context.Context, cfg *config, c contender, rm *remote, id
 	if err != nil {
 		return runResult{}, err
 	}
-	d0, t0 := totalReceived(clients), time.Now()
+	d0, f0, t0 := totalReceived(clients), totalFrames(clients), time.Now()
 	if err := pub.run(ctx, cfg.duration); err != nil {
 		return runResult{}, err
 	}
-	d1, t1 := totalReceived(clients), time.Now()
+	d1, f1, t1 := totalReceived(clients), totalFrames(clients), time.Now()
 	s1, err := rm.stats(false)
 	if err != nil {
 		return runResult{}, err
@@ -305,8 +306,9 @@ func runThroughput(ctx context.Context, cfg *config, c contender, rm *remote, id
 	delivered := float64(d1 - d0)
 	return runResult{
 		values: map[string]float64{
-			"rate": delivered / t1.Sub(t0).Seconds(),
-			"cpu":  float64(s1.CPUNanos-s0.CPUNanos) / 1e3 / max(delivered, 1),
+			"rate":  delivered / t1.Sub(t0).Seconds(),
+			"cpu":   float64(s1.CPUNanos-s0.CPUNanos) / 1e3 / max(delivered, 1),
+			"batch": delivered / max(float64(f1-f0), 1),
 		},
 		notes: serverNotes(s1, countLost(clients), missing),
 	}, nil
@@ -474,12 +476,19 @@ func runChurn(ctx context.Context, cfg *config, c contender, rm *remote) (runRes
 	if err != nil {
 		return runResult{}, err
 	}
+	prof, err := startProfile(cfg, rm, "churn", c.name)
+	if err != nil {
+		return runResult{}, err
+	}
 	t0 := time.Now()
 	cycles, failed, err := churn(ctx, cfg, c, rm, cfg.duration)
 	if err != nil {
 		return runResult{}, err
 	}
 	elapsed := time.Since(t0)
+	if err := prof.stop(); err != nil {
+		return runResult{}, err
+	}
 	s1, err := rm.stats(false)
 	if err != nil {
 		return runResult{}, err
