@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"net"
 	"slices"
 	"sync"
 	"time"
@@ -19,7 +18,7 @@ import (
 type Client struct {
 	hub        *Hub
 	conn       *websocket.Conn
-	netConn    net.Conn
+	netConn    *corkConn
 	codec      Codec
 	codecIndex int
 	id         string
@@ -49,7 +48,7 @@ type Client struct {
 	invalidRun int // consecutive invalid messages; read goroutine only
 }
 
-func newClient(h *Hub, conn *websocket.Conn, netConn net.Conn, id Identity) *Client {
+func newClient(h *Hub, conn *websocket.Conn, netConn *corkConn, id Identity) *Client {
 	c := &Client{hub: h, conn: conn, netConn: netConn, id: id.ID}
 	if c.id == "" {
 		c.id = newID()
@@ -296,8 +295,16 @@ func (c *Client) writeLoop() {
 	}
 }
 
-// write writes msgs, as batch frames if the codec batches.
-func (c *Client) write(msgs [][]byte) error {
+// write writes msgs, as batch frames if the codec batches. The frames of
+// one call go out together, with as few system calls as corkConn allows:
+// usually one, even for a frame bigger than the connection's buffer.
+func (c *Client) write(msgs [][]byte) (err error) {
+	c.netConn.cork()
+	defer func() {
+		if uerr := c.netConn.uncork(); err == nil {
+			err = uerr
+		}
+	}()
 	typ := websocket.MessageText
 	if c.codec.Binary() {
 		typ = websocket.MessageBinary

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 
@@ -183,4 +184,51 @@ func FuzzJSONCodec(f *testing.F) {
 			t.Fatalf("round trip changed %+v into %+v", m, again)
 		}
 	})
+}
+
+// TestLargeMessagesInBursts checks frames bigger than the connection's
+// buffer and than a batch, mixed with small ones, arrive intact and in
+// order for plain and batching clients.
+func TestLargeMessagesInBursts(t *testing.T) {
+	t.Parallel()
+	connected := make(chan *wshub.Client, 2)
+	h := wshub.New(nil, &wshub.Options{OnConnect: func(c *wshub.Client) { connected <- c }})
+	ts := serve(t, h)
+	sizes := []int{10, 2000, 100_000, 5, 40_000, 33_000, 1}
+	for _, proto := range []string{"wshub.json", "wshub.json-batch"} {
+		p := dial(t, ts, proto)
+		p.conn.SetReadLimit(1 << 20)
+		c := <-connected
+		for _, n := range sizes {
+			if err := c.Send(&wshub.Message{Data: strings.Repeat("x", n)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var got []int
+		for len(got) < len(sizes) {
+			_, b, err := p.conn.Read(p.ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var msgs []wireMsg
+			if proto == "wshub.json" {
+				msgs = make([]wireMsg, 1)
+				err = json.Unmarshal(b, &msgs[0])
+			} else {
+				err = json.Unmarshal(b, &msgs)
+			}
+			if err != nil {
+				t.Fatalf("%s: frame of %d bytes: %v", proto, len(b), err)
+			}
+			for _, m := range msgs {
+				var s string
+				json.Unmarshal(m.Data, &s)
+				if strings.Trim(s, "x") != "" {
+					t.Fatalf("%s: corrupted payload", proto)
+				}
+				got = append(got, len(s))
+			}
+		}
+		equal(t, proto+" sizes", fmt.Sprint(got), fmt.Sprint(sizes))
+	}
 }

@@ -68,6 +68,10 @@ func New(handler Handler, opts *Options) *Hub {
 
 		subs: make(map[string]*subscription),
 	}
+	h.bufPool.New = func() any {
+		b := make([]byte, 0, maxBatchBytes+1024)
+		return &b
+	}
 	h.accept = websocket.AcceptOptions{
 		Subprotocols:   h.opts.codecNames,
 		OriginPatterns: h.opts.OriginPatterns,
@@ -197,12 +201,12 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 			return nil, err
 		}
 	}
-	hw := &hijackWriter{ResponseWriter: w}
+	hw := &hijackWriter{ResponseWriter: w, pool: &h.bufPool}
 	conn, err := websocket.Accept(hw, r, &h.accept)
 	if err != nil {
 		return nil, err
 	}
-	c := newClient(h, conn, hw.netConn, id)
+	c := newClient(h, conn, hw.cork, id)
 	h.mu.Lock()
 	h.pending--
 	if h.closing.Load() {
@@ -218,16 +222,17 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 
 // connBufSize is the size of each connection's read and write buffers.
 // net/http's are 4 KiB each; most clients are idle most of the time, and
-// smaller buffers are most of the memory an idle client saves. A frame
-// bigger than this is written with one extra write call.
+// smaller buffers are most of the memory an idle client saves. Bigger
+// frames go through corkConn, which gathers a batch's writes anyway.
 const connBufSize = 1024
 
 // hijackWriter remembers the connection Accept hijacks, so that Close can
-// cut it at once even while a close handshake is under way, and gives it
-// smaller buffers.
+// cut it at once even while a close handshake is under way, gives it
+// smaller buffers, and puts a corkConn under its writes.
 type hijackWriter struct {
 	http.ResponseWriter
-	netConn net.Conn
+	pool *sync.Pool
+	cork *corkConn
 }
 
 func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -235,11 +240,11 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.netConn = conn
+	w.cork = &corkConn{Conn: conn, pool: w.pool}
 	if brw.Reader.Buffered() == 0 { // else keep what the client already sent
 		brw.Reader = bufio.NewReaderSize(conn, connBufSize)
 	}
-	brw.Writer = bufio.NewWriterSize(conn, connBufSize)
+	brw.Writer = bufio.NewWriterSize(w.cork, connBufSize)
 	return conn, brw, nil
 }
 
@@ -487,10 +492,4 @@ func newID() string {
 	return hex.EncodeToString(b[:])
 }
 
-func (h *Hub) getBuf() *[]byte {
-	if p, ok := h.bufPool.Get().(*[]byte); ok {
-		return p
-	}
-	b := make([]byte, 0, maxBatchBytes+1024)
-	return &b
-}
+func (h *Hub) getBuf() *[]byte { return h.bufPool.Get().(*[]byte) }

@@ -1,0 +1,67 @@
+package wshub
+
+import (
+	"net"
+	"sync"
+)
+
+// corkConn sits under coder/websocket's write buffer, which is flushed
+// after every frame. While corked it gathers those flushes, so that the
+// writer goroutine writes a batch of frames, each still a frame of its own,
+// with one system call. Other goroutines' frames (pings, close frames) wait
+// in it until the batch ends, which is soon: the batch is already in memory.
+type corkConn struct {
+	net.Conn
+	pool *sync.Pool // of *[]byte, the hub's
+
+	mu     sync.Mutex
+	corked bool
+	buf    *[]byte // pending bytes while corked
+}
+
+// Write writes p, or keeps it while corked and the batch is under
+// maxBatchBytes.
+func (c *corkConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.corked && len(*c.buf)+len(p) <= maxBatchBytes {
+		*c.buf = append(*c.buf, p...)
+		return len(p), nil
+	}
+	if err := c.flushLocked(); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
+
+func (c *corkConn) cork() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = true
+	if c.buf == nil {
+		c.buf = c.pool.Get().(*[]byte)
+		*c.buf = (*c.buf)[:0]
+	}
+}
+
+// uncork writes what was gathered and returns its buffer to the pool.
+func (c *corkConn) uncork() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	err := c.flushLocked()
+	if c.buf != nil {
+		c.pool.Put(c.buf)
+		c.buf = nil
+	}
+	return err
+}
+
+func (c *corkConn) flushLocked() error {
+	if c.buf == nil || len(*c.buf) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(*c.buf)
+	*c.buf = (*c.buf)[:0]
+	return err
+}
