@@ -100,8 +100,9 @@ func (c *Client) SetValue(key string, v any) {
 
 // Join adds the client to a room, creating the room if needed; joining a
 // room twice is not an error. It is the server's decision, so
-// Options.AuthorizeJoin is not consulted. It returns ErrInvalidRoom or, once
-// the client is closing, ErrClientClosed.
+// Options.AuthorizeJoin is not consulted. It returns ErrInvalidRoom, once
+// the client is closing ErrClientClosed, and with a Broker that cannot
+// subscribe to a new room ErrBroker (the client is then not in the room).
 func (c *Client) Join(room string) error { return c.hub.join(c, room) }
 
 // Leave removes the client from a room, and the room when it is empty. It

@@ -57,7 +57,9 @@ type Options struct {
 
 	// PingInterval is how often the hub pings each client. A client that has
 	// not answered a ping by the next one is closed with ErrPongTimeout.
-	// Default: DefaultPingInterval (30s); negative disables pings.
+	// Pongs are read between messages, so a Handler that blocks longer than
+	// this also times its client out. Default: DefaultPingInterval (30s);
+	// negative disables pings.
 	PingInterval time.Duration
 
 	// MaxClients caps connected clients; past it, upgrades get 503 Service
