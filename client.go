@@ -321,7 +321,7 @@ func (c *Client) write(msgs [][]byte) (err error) {
 		return nil
 	}
 	bufp := c.hub.getBuf()
-	defer c.hub.bufPool.Put(bufp)
+	defer c.hub.putBuf(bufp)
 	for len(msgs) > 0 {
 		n, size := 1, len(msgs[0])
 		for n < len(msgs) && size+len(msgs[n])+1 <= maxBatchBytes {

@@ -12,7 +12,7 @@ import (
 // in it until the batch ends, which is soon: the batch is already in memory.
 type corkConn struct {
 	net.Conn
-	pool *sync.Pool // of *[]byte, the hub's
+	hub *Hub // for its buffer pool
 
 	mu     sync.Mutex
 	corked bool
@@ -39,7 +39,7 @@ func (c *corkConn) cork() {
 	defer c.mu.Unlock()
 	c.corked = true
 	if c.buf == nil {
-		c.buf = c.pool.Get().(*[]byte)
+		c.buf = c.hub.getBuf()
 		*c.buf = (*c.buf)[:0]
 	}
 }
@@ -51,7 +51,7 @@ func (c *corkConn) uncork() error {
 	c.corked = false
 	err := c.flushLocked()
 	if c.buf != nil {
-		c.pool.Put(c.buf)
+		c.hub.putBuf(c.buf)
 		c.buf = nil
 	}
 	return err

@@ -51,7 +51,7 @@ type Hub struct {
 
 	messagesIn, messagesOut, dropped, kicked atomic.Uint64
 
-	bufPool sync.Pool // *[]byte for batch frames
+	bufPool sync.Pool // *[]byte: batch frames and corkConn's pending bytes
 }
 
 // New returns a hub that passes application messages to handler (which may
@@ -68,8 +68,10 @@ func New(handler Handler, opts *Options) *Hub {
 
 		subs: make(map[string]*subscription),
 	}
+	// Buffers start small and grow with the batch, so a writer holds about
+	// what it writes, not a maximum.
 	h.bufPool.New = func() any {
-		b := make([]byte, 0, maxBatchBytes+1024)
+		b := make([]byte, 0, 4<<10)
 		return &b
 	}
 	h.accept = websocket.AcceptOptions{
@@ -201,7 +203,7 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 			return nil, err
 		}
 	}
-	hw := &hijackWriter{ResponseWriter: w, pool: &h.bufPool}
+	hw := &hijackWriter{ResponseWriter: w, hub: h}
 	conn, err := websocket.Accept(hw, r, &h.accept)
 	if err != nil {
 		return nil, err
@@ -231,7 +233,7 @@ const connBufSize = 1024
 // smaller buffers, and puts a corkConn under its writes.
 type hijackWriter struct {
 	http.ResponseWriter
-	pool *sync.Pool
+	hub  *Hub
 	cork *corkConn
 }
 
@@ -240,7 +242,7 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	w.cork = &corkConn{Conn: conn, pool: w.pool}
+	w.cork = &corkConn{Conn: conn, hub: w.hub}
 	if brw.Reader.Buffered() == 0 { // else keep what the client already sent
 		brw.Reader = bufio.NewReaderSize(conn, connBufSize)
 	}
@@ -493,3 +495,11 @@ func newID() string {
 }
 
 func (h *Hub) getBuf() *[]byte { return h.bufPool.Get().(*[]byte) }
+
+// putBuf returns a buffer to the pool, unless one big message grew it
+// past what a batch needs.
+func (h *Hub) putBuf(b *[]byte) {
+	if cap(*b) <= 2*maxBatchBytes {
+		h.bufPool.Put(b)
+	}
+}
