@@ -134,8 +134,10 @@ func (c *Client) Send(m *Message) error {
 }
 
 // Close writes the client's queued messages, then closes the connection
-// with code and reason (at most 123 bytes). Its disconnect reason is
-// ErrClientClosed. Close does not wait; calling it again does nothing.
+// with code and reason. A code that may not be sent on the wire or a reason
+// over 123 bytes makes the close frame unsendable: the connection is then
+// cut without one. Its disconnect reason is ErrClientClosed. Close does not
+// wait; calling it again does nothing.
 func (c *Client) Close(code websocket.StatusCode, reason string) {
 	c.closeWith(code, reason, ErrClientClosed, true)
 }
@@ -258,7 +260,7 @@ func (c *Client) closeConn() {
 // abort cuts the connection without a handshake.
 func (c *Client) abort(cause error) {
 	c.closeWith(websocket.StatusGoingAway, "", cause, false)
-	c.netConn.Close()
+	c.netConn.cut()
 }
 
 // writeLoop writes queued messages until the queue is empty, then exits;
@@ -343,7 +345,9 @@ func (c *Client) run() {
 	defer c.hub.release()
 	h := c.hub
 	if h.opts.PingInterval > 0 {
+		c.mu.Lock() // ping reads c.pinger under c.mu
 		c.pinger = time.AfterFunc(h.opts.PingInterval, c.ping)
+		c.mu.Unlock()
 	}
 	h.opts.Logger.Debug("wshub: client connected", "client", c.id, "codec", c.codec.Name())
 	if h.opts.OnConnect != nil {
@@ -385,7 +389,11 @@ func (c *Client) ping() {
 		err := c.conn.Ping(ctx)
 		switch {
 		case err == nil:
-			c.pinger.Reset(c.hub.opts.PingInterval)
+			c.mu.Lock()
+			if c.cause == nil { // else run has stopped the timer for good
+				c.pinger.Reset(c.hub.opts.PingInterval)
+			}
+			c.mu.Unlock()
 		case errors.Is(err, context.DeadlineExceeded):
 			c.abort(ErrPongTimeout)
 		}

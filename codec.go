@@ -94,8 +94,9 @@ func (JSONBatchCodec) AppendBatch(dst []byte, msgs [][]byte) []byte {
 // RawCodec carries only message data, in binary frames, for applications
 // with their own format. An inbound frame becomes a Message of type
 // "message" whose Data is the frame's []byte; it goes to the Handler, since
-// it has no join, leave or publish. Outbound, Data must be a []byte or a
-// string and only messages of type "message" can be sent; anything else
+// it has no join, leave or publish. Outbound, Data must be a []byte, a
+// json.RawMessage (a JSON client's publish arrives as its JSON text) or a
+// string, and only messages of type "message" can be sent; anything else
 // fails with ErrUnsupportedData (so raw clients get no ack or error frames).
 type RawCodec struct{}
 
@@ -115,6 +116,8 @@ func (RawCodec) Marshal(v any) ([]byte, error) {
 	}
 	switch d := v.(type) {
 	case []byte:
+		return append([]byte(nil), d...), nil
+	case json.RawMessage: // a JSON client's publish: its JSON text
 		return append([]byte(nil), d...), nil
 	case string:
 		return []byte(d), nil

@@ -3,6 +3,7 @@ package wshub
 import (
 	"net"
 	"sync"
+	"time"
 )
 
 // corkConn sits under coder/websocket's write buffer, which is flushed
@@ -65,3 +66,22 @@ func (c *corkConn) flushLocked() error {
 	*c.buf = (*c.buf)[:0]
 	return err
 }
+
+// closeFlushTimeout bounds the write of what a corkConn holds when it is
+// closed, so that a peer that stopped reading cannot hold up Close.
+const closeFlushTimeout = time.Second
+
+// Close writes what is gathered, typically a close frame coder/websocket
+// just sent, then closes the connection. A write stuck on a slow peer is
+// cut short by the deadline.
+func (c *corkConn) Close() error {
+	c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
+	c.mu.Lock()
+	c.corked = false
+	c.flushLocked()
+	c.mu.Unlock()
+	return c.Conn.Close()
+}
+
+// cut closes the connection at once, dropping what is gathered.
+func (c *corkConn) cut() error { return c.Conn.Close() }

@@ -23,8 +23,8 @@ var (
 	// a keepalive ping in time.
 	ErrPongTimeout = errors.New("wshub: pong timeout")
 
-	// ErrInvalidRoom reports a room name that is empty or too long
-	// (see MaxRoomNameLen).
+	// ErrInvalidRoom reports a room name that is empty, too long
+	// (see MaxRoomNameLen) or not valid UTF-8.
 	ErrInvalidRoom = errors.New("wshub: invalid room name")
 
 	// ErrJoinDenied reports a client-initiated join refused because no
@@ -51,9 +51,12 @@ var (
 	// encode, such as a non-[]byte value given to RawCodec.
 	ErrUnsupportedData = errors.New("wshub: data not supported by codec")
 
-	// ErrRejected is wrapped by the error of a refused upgrade: an
-	// Authenticate error, MaxClients reached or a hub shutting down.
+	// ErrRejected is wrapped by the errors that Reject returns.
 	ErrRejected = errors.New("wshub: connection rejected")
+
+	// ErrTooManyClients is the body of the 503 answer to an upgrade past
+	// Options.MaxClients.
+	ErrTooManyClients = errors.New("wshub: too many clients")
 
 	// ErrBroker wraps an error of Options.Broker. A broadcast that fails
 	// with it was delivered to nobody.

@@ -173,7 +173,7 @@ func (h *Hub) reserve() error {
 		return ErrHubClosed
 	}
 	if h.opts.MaxClients > 0 && len(h.clients)+h.pending >= h.opts.MaxClients {
-		return errors.New("wshub: too many clients")
+		return ErrTooManyClients
 	}
 	h.pending++
 	h.hold()
@@ -202,6 +202,10 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 			http.Error(w, body, status)
 			return nil, err
 		}
+		if h.closing.Load() { // Shutdown began while Authenticate ran
+			http.Error(w, ErrHubClosed.Error(), http.StatusServiceUnavailable)
+			return nil, ErrHubClosed
+		}
 	}
 	hw := &hijackWriter{ResponseWriter: w, hub: h}
 	conn, err := websocket.Accept(hw, r, &h.accept)
@@ -210,13 +214,13 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 	}
 	c := newClient(h, conn, hw.cork, id)
 	h.mu.Lock()
-	h.pending--
 	if h.closing.Load() {
+		// Too late for a 503: ServeHTTP's unreserve releases the slot.
 		h.mu.Unlock()
-		conn.Close(websocket.StatusGoingAway, ErrHubClosed.Error())
-		h.release()
+		conn.Close(websocket.StatusGoingAway, "server shutting down")
 		return nil, ErrHubClosed
 	}
+	h.pending--
 	h.clients[c] = struct{}{}
 	h.mu.Unlock()
 	return c, nil
@@ -247,7 +251,9 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		brw.Reader = bufio.NewReaderSize(conn, connBufSize)
 	}
 	brw.Writer = bufio.NewWriterSize(w.cork, connBufSize)
-	return conn, brw, nil
+	// coder/websocket closes what Hijack returns: the cork, so that a close
+	// frame it holds is written first.
+	return w.cork, brw, nil
 }
 
 // Shutdown closes the hub gracefully: new upgrades get 503, every client's

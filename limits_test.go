@@ -348,22 +348,129 @@ func TestCloseAndShutdownFromHooks(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			var h *wshub.Hub
-			stopped := make(chan error, 2)
+			stopped := make(chan error, 3)
+			connected := make(chan struct{}, 2)
 			h = wshub.New(wshub.HandlerFunc(func(ctx context.Context, c *wshub.Client, m *wshub.Message) error {
 				stopped <- tt.stop(h)
 				return nil
 			}), &wshub.Options{
+				OnConnect:    func(*wshub.Client) { connected <- struct{}{} },
 				OnDisconnect: func(*wshub.Client, error) { stopped <- tt.stop(h) },
 			})
 			ts := serve(t, h)
-			p := dial(t, ts)
-			dial(t, ts)
-			p.sendRaw(`{"type":"stop"}`)
+			peers := []*peer{dial(t, ts), dial(t, ts)}
+			<-connected
+			<-connected
+			for _, p := range peers {
+				go p.readClose() // answer the close handshake
+			}
+			peers[0].sendRaw(`{"type":"stop"}`)
 			for range 3 { // handler, then both clients' disconnect hooks
 				if err := <-stopped; err != nil {
 					t.Fatal(err)
 				}
 			}
 		})
+	}
+}
+
+// TestUpgradeDuringShutdown: an upgrade that was past the MaxClients and
+// closing checks when Shutdown began still gets 503, and Shutdown waits for
+// the clients it must flush.
+func TestUpgradeDuringShutdown(t *testing.T) {
+	t.Parallel()
+	inAuth, release := make(chan struct{}, 2), make(chan struct{})
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{
+		PingInterval: -1,
+		SendQueue:    1 << 20,
+		Authenticate: func(r *http.Request) (wshub.Identity, error) {
+			if r.URL.Query().Get("late") != "" {
+				inAuth <- struct{}{}
+				<-release
+			}
+			return wshub.Identity{}, nil
+		},
+		OnConnect: func(c *wshub.Client) { connected <- c },
+	})
+	ts := serve(t, h)
+	dial(t, ts) // never reads: Shutdown cannot flush it before its deadline
+	c := <-connected
+	payload := strings.Repeat("x", 64<<10)
+	for range 1000 {
+		c.Send(&wshub.Message{Data: payload})
+	}
+	ctx := testCtx(t)
+	statuses := make(chan int, 2)
+	for range 2 {
+		go func() {
+			_, resp, err := websocket.Dial(ctx, wsURL(ts)+"?late=1", nil)
+			if err == nil {
+				statuses <- 101
+				return
+			}
+			statuses <- resp.StatusCode
+		}()
+		<-inAuth
+	}
+	shutdownCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- h.Shutdown(shutdownCtx) }()
+	eventually(t, "shutdown to begin", func() bool {
+		return h.Room("x").Broadcast(ctx, &wshub.Message{}) != nil
+	})
+	close(release)
+	for range 2 {
+		equal(t, "late upgrade status", <-statuses, http.StatusServiceUnavailable)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("Shutdown returned %v while a client still had queued messages", err)
+	default:
+	}
+	cancel()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("shutdown: %v", err)
+	}
+}
+
+// TestPeerCloseWhileStreaming: a client that closes while the server is
+// writing to it gets the close handshake answered, not a cut connection.
+func TestPeerCloseWhileStreaming(t *testing.T) {
+	t.Parallel()
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{SendQueue: 1 << 16, OnConnect: func(c *wshub.Client) { connected <- c }})
+	ts := serve(t, h)
+	for i := range 20 {
+		p := dial(t, ts)
+		c := <-connected
+		stop := make(chan struct{})
+		streamed := make(chan struct{})
+		go func() {
+			defer close(streamed)
+			for j := 0; j < 100_000; j++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if c.Send(&wshub.Message{Data: j}) != nil {
+					return
+				}
+			}
+		}()
+		go func() {
+			for {
+				if _, _, err := p.conn.Read(p.ctx); err != nil {
+					return
+				}
+			}
+		}()
+		err := p.conn.Close(websocket.StatusNormalClosure, "bye")
+		close(stop)
+		<-streamed
+		if err != nil {
+			t.Fatalf("close %d: %v", i, err)
+		}
 	}
 }

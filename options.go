@@ -19,7 +19,8 @@ const (
 	MaxRoomNameLen = 128
 
 	// MaxInvalidMessages is how many undecodable or invalid messages in a
-	// row a client may send; the next one closes it with status 1007.
+	// row close a client with status 1007; each is answered with an error
+	// frame first.
 	MaxInvalidMessages = 5
 
 	// maxBatchBytes bounds a batch frame so that a client with the usual
@@ -94,9 +95,9 @@ type Options struct {
 
 	// OnDisconnect runs once per client after it left all rooms and its
 	// connection is closed, with the reason: one of this package's errors
-	// (ErrSendQueueFull, ErrPongTimeout, ErrHubClosed, ErrInvalidMessage)
-	// or the connection error, whose close status websocket.CloseStatus
-	// reports.
+	// (ErrSendQueueFull, ErrPongTimeout, ErrHubClosed, ErrClientClosed,
+	// ErrInvalidMessage), the peer's websocket.CloseError, or the
+	// connection's error; websocket.CloseStatus reports a close status.
 	OnDisconnect func(c *Client, reason error)
 
 	// Broker carries room messages to and from other hubs, so that rooms

@@ -60,7 +60,7 @@ func (r Room) Broadcast(ctx context.Context, m *Message, except ...*Client) erro
 	return r.hub.publish(ctx, r.name, &out, except)
 }
 
-// Len returns the number of members.
+// Len returns the number of members. It takes the room's lock briefly.
 func (r Room) Len() int {
 	rm := r.hub.lookup(r.name)
 	if rm == nil {
@@ -71,7 +71,8 @@ func (r Room) Len() int {
 	return len(rm.members)
 }
 
-// Clients returns an iterator over the members at the time of the call.
+// Clients returns an iterator over the members at the time of the call
+// (taken under the room's lock, briefly).
 // The hub holds no lock while the loop body runs, so the body may call any
 // Hub, Room or Client method.
 func (r Room) Clients() iter.Seq[*Client] {
