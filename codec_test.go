@@ -232,3 +232,23 @@ func TestLargeMessagesInBursts(t *testing.T) {
 		equal(t, proto+" sizes", fmt.Sprint(got), fmt.Sprint(sizes))
 	}
 }
+
+func TestRawMemberGetsJSONPublish(t *testing.T) {
+	t.Parallel()
+	h := wshub.New(nil, &wshub.Options{
+		Codecs:    []wshub.Codec{wshub.JSONCodec{}, wshub.RawCodec{}},
+		OnConnect: func(c *wshub.Client) { c.Join("mixed") },
+	})
+	ts := serve(t, h)
+	raw := dial(t, ts, "wshub.raw")
+	js := dial(t, ts)
+	eventually(t, "both joined", func() bool { return h.Room("mixed").Len() == 2 })
+	m := js.request(`{"type":"publish","room":"mixed","data":{"a":1},"id":"p"}`)
+	equal(t, "json member", string(m.Data), `{"a":1}`)
+	equal(t, "ack", js.read().Type, "ack")
+	_, b, err := raw.conn.Read(raw.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "raw payload", string(b), `{"a":1}`)
+}
