@@ -257,9 +257,16 @@ func (c *Client) closeConn() {
 	})
 }
 
-// abort cuts the connection without a handshake.
+// abort cuts the connection without a handshake, dropping the queue even
+// if a graceful close was flushing it.
 func (c *Client) abort(cause error) {
-	c.closeWith(websocket.StatusGoingAway, "", cause, false)
+	c.mu.Lock()
+	c.closeLocked(websocket.StatusGoingAway, "", cause, false)
+	c.flush = false
+	c.hub.dropped.Add(uint64(len(c.queue)))
+	clear(c.queue)
+	c.queue = c.queue[:0]
+	c.mu.Unlock()
 	c.netConn.cut()
 }
 

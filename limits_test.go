@@ -333,7 +333,11 @@ func TestShutdownDeadlineForcesClose(t *testing.T) {
 	if err := h.Shutdown(ctx); !errors.Is(err, context.Canceled) {
 		t.Fatalf("shutdown with an ended context: %v", err)
 	}
-	equal(t, "clients", h.Stats().Clients, 0)
+	s := h.Stats()
+	equal(t, "clients", s.Clients, 0)
+	if s.Dropped == 0 || s.MessagesOut+s.Dropped > 1000 {
+		t.Fatalf("forced close: %d written, %d counted dropped, of 1000", s.MessagesOut, s.Dropped)
+	}
 }
 
 func TestCloseAndShutdownFromHooks(t *testing.T) {
