@@ -122,10 +122,7 @@ func (c *Client) Rooms() []string {
 // and ErrSendQueueFull if the queue was full: the client is then closed
 // with status 1008.
 func (c *Client) Send(m *Message) error {
-	out := *m
-	if out.Type == "" {
-		out.Type = TypeMessage
-	}
+	out := m.orMessage()
 	b, err := c.codec.Marshal(&out)
 	if err != nil {
 		return err
@@ -224,9 +221,7 @@ func (c *Client) closeLocked(code websocket.StatusCode, reason string, cause err
 	c.closeCode, c.closeReason, c.cause, c.flush = code, reason, cause, flush
 	c.cancel()
 	if !flush {
-		c.hub.dropped.Add(uint64(len(c.queue)))
-		clear(c.queue)
-		c.queue = c.queue[:0]
+		c.dropQueueLocked()
 	}
 	if !c.writing {
 		// The writer closes the connection once the queue is empty.
@@ -263,11 +258,16 @@ func (c *Client) abort(cause error) {
 	c.mu.Lock()
 	c.closeLocked(websocket.StatusGoingAway, "", cause, false)
 	c.flush = false
+	c.dropQueueLocked()
+	c.mu.Unlock()
+	c.netConn.cut()
+}
+
+// dropQueueLocked discards the queued messages, counting them as Dropped.
+func (c *Client) dropQueueLocked() {
 	c.hub.dropped.Add(uint64(len(c.queue)))
 	clear(c.queue)
 	c.queue = c.queue[:0]
-	c.mu.Unlock()
-	c.netConn.cut()
 }
 
 // writeLoop writes queued messages until the queue is empty, then exits;

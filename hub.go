@@ -129,10 +129,7 @@ func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
 	if h.closing.Load() {
 		return ErrHubClosed
 	}
-	out := *m
-	if out.Type == "" {
-		out.Type = TypeMessage
-	}
+	out := m.orMessage()
 	enc := h.newEncoding(&out)
 	h.bcastMu.Lock()
 	defer h.bcastMu.Unlock()

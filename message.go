@@ -29,6 +29,16 @@ type Message struct {
 	Error string `json:"error,omitempty"` // reason of an error answer
 }
 
+// orMessage returns a copy of m, of type "message" when m has no type: what
+// the server sends when the application names no type.
+func (m *Message) orMessage() Message {
+	out := *m
+	if out.Type == "" {
+		out.Type = TypeMessage
+	}
+	return out
+}
+
 // A Handler receives the application messages of clients: every inbound
 // message whose type is not join, leave or publish. The hub calls it on the
 // client's read goroutine, one message at a time and in order, never while

@@ -52,10 +52,7 @@ func (r Room) Broadcast(ctx context.Context, m *Message, except ...*Client) erro
 	if r.hub.closing.Load() {
 		return ErrHubClosed
 	}
-	out := *m
-	if out.Type == "" {
-		out.Type = TypeMessage
-	}
+	out := m.orMessage()
 	out.Room = r.name
 	return r.hub.publish(ctx, r.name, &out, except)
 }
