@@ -4,8 +4,16 @@ import (
 	"context"
 	"net"
 	"net/http"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	cws "github.com/coder/websocket"
+	"github.com/gorilla/websocket"
 )
 
 // serveInProcess serves contender c on a loopback port for the test.
@@ -111,6 +119,146 @@ func TestFormat(t *testing.T) {
 	}{{1234567, 0, "1,234,567"}, {999, 0, "999"}, {12.345, 2, "12.35"}, {-1000, 0, "-1,000"}} {
 		if got := format(tc.v, tc.digits); got != tc.want {
 			t.Errorf("format(%v, %d) = %q, want %q", tc.v, tc.digits, got, tc.want)
+		}
+	}
+}
+
+// testFloodPlan is a flood below every contender's queue (256 messages),
+// so every reader must get every message. Its time bounds only stop a hang.
+var testFloodPlan = floodPlan{messages: 100, publishFor: 10 * time.Second, drainFor: 10 * time.Second, quiet: 5 * time.Second}
+
+// TestFlood checks, for every contender, that a flood within the queues
+// reaches every reader and is counted as such.
+func TestFlood(t *testing.T) {
+	for _, c := range contenders() {
+		t.Run(c.name, func(t *testing.T) {
+			srv, addr := serveInProcess(t, c)
+			const n = 4
+			clients, err := connectAll(context.Background(), addr, c.proto, n+1, func(int) int { return 0 })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer closeAll(clients)
+			waitUntil(t, "members", func() bool { return srv.members() == n+1 })
+			res := flood(context.Background(), c.proto, roomName(0), clients[n], clients[:n], testFloodPlan)
+			want := floodResult{sent: 100, delivered: n * 100, expected: n * 100, reasons: map[string]int{}}
+			if got := outcomeOf(res); !reflect.DeepEqual(got, want) {
+				t.Errorf("flood: got %+v, want %+v", got, want)
+			}
+			if res.deliverTime <= 0 || res.publishTime <= 0 {
+				t.Errorf("flood times: publish %v, deliver %v", res.publishTime, res.deliverTime)
+			}
+		})
+	}
+}
+
+// outcomeOf is res without its times.
+func outcomeOf(res floodResult) floodResult {
+	res.publishTime, res.deliverTime = 0, 0
+	return res
+}
+
+// TestFloodReportsClosedReaders floods a server that forwards 10 messages
+// and then closes every reader with 1008: the flood must report the
+// closes and the missing deliveries, not fail.
+func TestFloodReportsClosedReaders(t *testing.T) {
+	h := &closingHub{forward: 10}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: h}
+	go hs.Serve(ln)
+	t.Cleanup(func() {
+		hs.Close()
+		h.closers.Wait()
+	})
+	const n = 4
+	p := queryProtocol{}
+	clients, err := connectAll(context.Background(), ln.Addr().String(), p, n+1, func(int) int { return 0 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAll(clients)
+	waitUntil(t, "members", func() bool { return h.len() == n+1 })
+	plan := testFloodPlan
+	plan.messages = 50
+	res := flood(context.Background(), p, roomName(0), clients[n], clients[:n], plan)
+	want := floodResult{sent: 50, delivered: n * 10, expected: n * 50, readersClosed: n, reasons: map[string]int{"1008 full": n}}
+	if got := outcomeOf(res); !reflect.DeepEqual(got, want) {
+		t.Errorf("flood: got %+v, want %+v", got, want)
+	}
+	notes := strings.Join(floodNotes(res, plan), "; ")
+	for _, s := range []string{"40 of 200 delivered", "4 readers closed: 1008 full"} {
+		if !strings.Contains(notes, s) {
+			t.Errorf("notes %q lack %q", notes, s)
+		}
+	}
+}
+
+// closingHub echoes the frames of any client to every client, up to
+// forward frames; at the next one it closes every client but the sender
+// with 1008 "full" and then only reads.
+type closingHub struct {
+	forward int
+	closers sync.WaitGroup
+
+	mu    sync.Mutex
+	conns []*cws.Conn
+	seen  int
+}
+
+func (h *closingHub) len() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.conns)
+}
+
+func (h *closingHub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	conn, err := cws.Accept(w, r, nil)
+	if err != nil {
+		return
+	}
+	defer conn.CloseNow()
+	h.mu.Lock()
+	h.conns = append(h.conns, conn)
+	h.mu.Unlock()
+	ctx := r.Context()
+	for {
+		_, data, err := conn.Read(ctx)
+		if err != nil {
+			return
+		}
+		h.mu.Lock()
+		h.seen++
+		seen, conns := h.seen, slices.Clone(h.conns)
+		h.mu.Unlock()
+		for _, c := range conns {
+			switch {
+			case seen <= h.forward:
+				c.Write(ctx, cws.MessageText, data)
+			case seen == h.forward+1 && c != conn:
+				// Close waits for the peer's close frame; the sender
+				// keeps reading meanwhile.
+				h.closers.Go(func() { c.Close(cws.StatusPolicyViolation, "full") })
+			}
+		}
+	}
+}
+
+func TestCloseReason(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{&websocket.CloseError{Code: 1008, Text: "send queue full"}, "1008 send queue full"},
+		{&websocket.CloseError{Code: 3008}, "3008"},
+		{&websocket.CloseError{Code: websocket.CloseAbnormalClosure, Text: "unexpected EOF"}, "cut without a close frame"},
+		{&websocket.CloseError{Code: websocket.CloseNoStatusReceived}, "close frame without a status"},
+		{&net.OpError{Op: "read", Net: "tcp", Err: syscall.ECONNRESET}, "cut: connection reset by peer"},
+	} {
+		if got := closeReason(tc.err); got != tc.want {
+			t.Errorf("closeReason(%v) = %q, want %q", tc.err, got, tc.want)
 		}
 	}
 }

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -25,6 +27,18 @@ type client struct {
 	lost     atomic.Bool  // the connection failed before close
 	closing  atomic.Bool
 	done     chan struct{}
+
+	// why says how a lost connection ended; it is set before lost.
+	why string
+
+	// wmu serializes writes: the read loop answers centrifuge pings while
+	// a flood publisher writes on the same connection.
+	wmu sync.Mutex
+
+	// stamp, when set before start, makes the read loop keep in last the
+	// time (unix ns) of the latest message received.
+	stamp bool
+	last  atomic.Int64
 
 	// hist, when set, records the latency of each message received while
 	// *recording is true.
@@ -121,6 +135,7 @@ func (c *client) readLoop() {
 		}
 		if err != nil {
 			if !c.closing.Load() {
+				c.why = closeReason(err)
 				c.lost.Store(true)
 			}
 			return
@@ -134,7 +149,7 @@ func (c *client) count(data []byte) {
 	if n == 0 {
 		if string(data) == "{}" {
 			// A centrifuge ping: answer with a pong.
-			c.conn.WriteMessage(websocket.TextMessage, data)
+			c.write(data)
 		}
 		return
 	}
@@ -149,8 +164,40 @@ func (c *client) count(data []byte) {
 			c.hist.record((now - parseInt(rest)) / 1000)
 		}
 	}
+	if c.stamp {
+		c.last.Store(time.Now().UnixNano())
+	}
 	c.received.Add(int64(n))
 	c.frames.Add(1)
+}
+
+// write sends one text frame; it may be called while the read loop runs.
+func (c *client) write(data []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.conn.WriteMessage(websocket.TextMessage, data)
+}
+
+// closeReason names how a connection ended: the close status and reason
+// the server sent, or that it was cut without a close frame.
+func closeReason(err error) string {
+	ce, ok := errors.AsType[*websocket.CloseError](err)
+	if !ok {
+		if oe, ok := errors.AsType[*net.OpError](err); ok {
+			err = oe.Err // without the addresses, which differ per client
+		}
+		return "cut: " + err.Error()
+	}
+	switch ce.Code {
+	case websocket.CloseAbnormalClosure:
+		return "cut without a close frame"
+	case websocket.CloseNoStatusReceived:
+		return "close frame without a status"
+	}
+	if ce.Text == "" {
+		return strconv.Itoa(ce.Code)
+	}
+	return strconv.Itoa(ce.Code) + " " + ce.Text
 }
 
 // parseInt parses the decimal digits at the start of b.

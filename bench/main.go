@@ -8,6 +8,7 @@
 //
 //	go run ./bench                      # every scenario, every contender
 //	go run ./bench -quick               # a smoke run, under 2 minutes
+//	go run ./bench -scenario flood -contender coder,wshub
 //	go run ./bench -scenario fanout-1000 -contender coder,wshub-batch
 //	go run ./bench -scenario fanout-1000 -contender wshub-batch -runs 1 -profile /tmp/prof
 package main
@@ -47,7 +48,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	warmup := fs.Duration("warmup", 0, "warm-up before each measurement (default 500ms, quick 200ms)")
 	idle := fs.Int("idle-clients", 0, "clients of the idle-memory scenario (default 10000, quick 1000)")
 	window := fs.Int("window", 64, "messages a room may be ahead of its slowest client")
-	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn (default all)")
+	floodMsgs := fs.Int("flood-messages", 0, "messages the flood publisher sends (default 20000, quick 2000)")
+	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all)")
 	who := fs.String("contender", "", "comma-separated contenders (default all): "+strings.Join(contenderNames(), ", "))
 	profile := fs.String("profile", "", "write CPU and heap profiles of each server child into this directory")
 	if err := fs.Parse(args); err != nil {
@@ -58,9 +60,12 @@ func run(args []string, stdout, stderr io.Writer) error {
 		quick: *quick, runs: 3, warmup: 500 * time.Millisecond, duration: 2 * time.Second,
 		window: *window, fanout: []int{100, 1000}, latencyN: 100, latencyHz: 50000,
 		roomsN: 1000, roomSize: 10, idleN: 10000, churnConc: 8, profileDir: *profile,
+		floodN: []int{4, 100}, floodMessages: 20000, floodFor: 10 * time.Second,
+		floodDrain: 10 * time.Second, floodQuiet: time.Second,
 	}
 	if *quick {
 		cfg.runs, cfg.warmup, cfg.duration, cfg.idleN = 1, 200*time.Millisecond, 600*time.Millisecond, 1000
+		cfg.floodMessages, cfg.floodFor, cfg.floodDrain, cfg.floodQuiet = 2000, 2*time.Second, 3*time.Second, 500*time.Millisecond
 	}
 	if *runs > 0 {
 		cfg.runs = *runs
@@ -73,6 +78,9 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if *idle > 0 {
 		cfg.idleN = *idle
+	}
+	if *floodMsgs > 0 {
+		cfg.floodMessages = *floodMsgs
 	}
 	if cfg.profileDir != "" {
 		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {

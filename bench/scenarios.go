@@ -28,6 +28,12 @@ type config struct {
 	idleN      int
 	churnConc  int
 	profileDir string
+
+	floodN        []int         // readers of each flood scenario
+	floodMessages int           // messages of one flood
+	floodFor      time.Duration // bound of the publishing
+	floodDrain    time.Duration // bound of the wait for the readers
+	floodQuiet    time.Duration // the wait ends after this long without a delivery
 }
 
 // metric is one column of a scenario's table.
@@ -124,6 +130,19 @@ func scenarios(cfg *config) []scenario {
 			run: runChurn,
 		},
 	)
+	for _, n := range cfg.floodN {
+		list = append(list, scenario{
+			id:    fmt.Sprintf("flood-%d", n),
+			title: fmt.Sprintf("Flood, one client publishing into a room of N = %d readers", n),
+			about: func(cfg *config) string {
+				return fmt.Sprintf("One more member of the room publishes %s ~100-byte messages from the client side, with no window, as fast as its connection takes them (writing for at most %v); the %d readers read as fast as loopback allows. Then the bench waits for the readers, at most %v and no more than %v after the last delivery. deliveries/s counts the readers' messages from the first publish to the last delivery; delivered %% is of sent × %d; published/s is the publisher's write rate (the publisher reads its own echoes, not counted). Closing readers or dropping messages here is each contender's policy for a room whose input outruns its output, reported, not an error of the run.", format(float64(cfg.floodMessages), 0), cfg.floodFor, n, cfg.floodDrain, cfg.floodQuiet, n)
+			},
+			metrics: floodMetrics,
+			run: func(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error) {
+				return runFlood(ctx, cfg, c, rm, n)
+			},
+		})
+	}
 	return list
 }
 
