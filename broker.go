@@ -67,18 +67,24 @@ func (h *Hub) syncSubscription(name string) error {
 	if want == s.subscribed {
 		return nil
 	}
-	if !want {
-		s.subscribed = false
-		if err := h.opts.Broker.Unsubscribe(name); err != nil {
-			return fmt.Errorf("%w: unsubscribe %q: %w", ErrBroker, name, err)
+	err := h.withBroker(func(b Broker) error {
+		if !want {
+			s.subscribed = false
+			if err := b.Unsubscribe(name); err != nil {
+				return fmt.Errorf("%w: unsubscribe %q: %w", ErrBroker, name, err)
+			}
+			return nil
 		}
+		if err := b.Subscribe(name, func(msg []byte) { h.receive(name, msg) }); err != nil {
+			return fmt.Errorf("%w: subscribe %q: %w", ErrBroker, name, err)
+		}
+		s.subscribed = true
 		return nil
+	})
+	if err == ErrHubClosed && !want {
+		return nil // closing the broker dropped the subscription
 	}
-	if err := h.opts.Broker.Subscribe(name, func(msg []byte) { h.receive(name, msg) }); err != nil {
-		return fmt.Errorf("%w: subscribe %q: %w", ErrBroker, name, err)
-	}
-	s.subscribed = true
-	return nil
+	return err
 }
 
 func (h *Hub) lockSubscription(name string) *subscription {
@@ -94,15 +100,18 @@ func (h *Hub) lockSubscription(name string) *subscription {
 	return s
 }
 
+// unlockSubscription releases s, and forgets it when nobody else holds or
+// waits for it and the room is not subscribed. It decides while still
+// holding s.mu: a caller that counted itself in refs may subscribe as soon
+// as s.mu is released, and then s must stay.
 func (h *Hub) unlockSubscription(name string, s *subscription) {
-	subscribed := s.subscribed
-	s.mu.Unlock()
 	h.subMu.Lock()
 	s.refs--
-	if s.refs == 0 && !subscribed {
+	if s.refs == 0 && !s.subscribed {
 		delete(h.subs, name)
 	}
 	h.subMu.Unlock()
+	s.mu.Unlock()
 }
 
 // publish delivers m to the room's local members and, with a broker, to
@@ -116,12 +125,18 @@ func (h *Hub) publish(ctx context.Context, name string, m *Message, except []*Cl
 		}
 		env := make([]byte, 0, hubIDLen+len(b))
 		env = append(append(env, h.id...), b...)
-		if err := h.opts.Broker.Publish(ctx, name, env); err != nil {
-			return fmt.Errorf("%w: publish to %q: %w", ErrBroker, name, err)
+		err = h.withBroker(func(br Broker) error {
+			if err := br.Publish(ctx, name, env); err != nil {
+				return fmt.Errorf("%w: publish to %q: %w", ErrBroker, name, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 	}
 	h.deliver(name, enc, except)
-	return enc.err
+	return enc.result()
 }
 
 // receive delivers a message from the broker to local members.

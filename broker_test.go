@@ -3,12 +3,16 @@ package wshub_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 
+	"github.com/coder/websocket"
 	"github.com/wshub/wshub"
+	"golang.org/x/sync/errgroup"
 )
 
 // memBus is a working in-process Broker: one per hub, all sharing a bus.
@@ -127,4 +131,224 @@ func TestBrokerSpansHubs(t *testing.T) {
 		equal(t, "broker closed once", brokers[i].closed.Load(), 1)
 	}
 	equal(t, "subscribed hubs after shutdown", bus.subscribers("lobby"), 0)
+}
+
+// strictBroker refuses a second Subscribe of a room and an Unsubscribe of
+// a room it does not have, as natsbroker does, and records any call made
+// after Close or while another call for the same room is under way.
+type strictBroker struct {
+	mu         sync.Mutex
+	subscribed map[string]bool
+	busy       map[string]bool
+	closed     bool
+	violations []string
+	publish    func(ctx context.Context) error // optional, runs before Publish returns
+}
+
+func newStrictBroker() *strictBroker {
+	return &strictBroker{subscribed: make(map[string]bool), busy: make(map[string]bool)}
+}
+
+func (b *strictBroker) enter(op, room string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		b.violations = append(b.violations, op+" "+room+" after Close")
+	}
+	if room != "" && b.busy[room] {
+		b.violations = append(b.violations, op+" "+room+" overlaps another call")
+	}
+	if room != "" {
+		b.busy[room] = true
+	}
+}
+
+func (b *strictBroker) exit(room string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.busy, room)
+}
+
+func (b *strictBroker) Publish(ctx context.Context, room string, msg []byte) error {
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return errors.New("publish after Close")
+	}
+	if b.publish != nil {
+		return b.publish(ctx)
+	}
+	return nil
+}
+
+func (b *strictBroker) Subscribe(room string, deliver func([]byte)) error {
+	b.enter("Subscribe", room)
+	defer b.exit(room)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.subscribed[room] {
+		return errors.New("room already subscribed")
+	}
+	b.subscribed[room] = true
+	return nil
+}
+
+func (b *strictBroker) Unsubscribe(room string) error {
+	b.enter("Unsubscribe", room)
+	defer b.exit(room)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.subscribed[room] {
+		return errors.New("room not subscribed")
+	}
+	delete(b.subscribed, room)
+	return nil
+}
+
+func (b *strictBroker) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.closed = true
+	return nil
+}
+
+func (b *strictBroker) state() (subscribed int, violations []string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.subscribed), slices.Clone(b.violations)
+}
+
+// TestBrokerSubscriptionFollowsMembership: concurrent joins and leaves of
+// one room leave the broker subscribed exactly while the room has members,
+// with Subscribe and Unsubscribe never overlapping or repeated.
+func TestBrokerSubscriptionFollowsMembership(t *testing.T) {
+	t.Parallel()
+	b := newStrictBroker()
+	connected := make(chan *wshub.Client, 16)
+	h := wshub.New(nil, &wshub.Options{Broker: b, PingInterval: -1, OnConnect: func(c *wshub.Client) { connected <- c }})
+	ts := serve(t, h)
+	var clients []*wshub.Client
+	for range 16 {
+		dial(t, ts)
+		clients = append(clients, <-connected)
+	}
+	var g errgroup.Group
+	for _, c := range clients {
+		g.Go(func() error {
+			for range 1000 {
+				if err := c.Join("r"); err != nil {
+					return err
+				}
+				if err := c.Leave("r"); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		t.Fatalf("join/leave: %v", err)
+	}
+	equal(t, "room members", h.Room("r").Len(), 0)
+	subscribed, violations := b.state()
+	equal(t, "broker subscriptions after the last leave", subscribed, 0)
+	if len(violations) > 0 {
+		t.Fatalf("broker contract broken: %v", violations)
+	}
+	// The room can still be joined.
+	if err := clients[0].Join("r"); err != nil {
+		t.Fatalf("join after the churn: %v", err)
+	}
+}
+
+// TestShutdownWaitsForClientsInHandlers: with every client's read goroutine
+// inside a Handler, Shutdown still writes each client's queue and closes it
+// with 1001 before it returns, and nothing calls the broker after Close.
+func TestShutdownWaitsForClientsInHandlers(t *testing.T) {
+	t.Parallel()
+	b := newStrictBroker()
+	inHandler := make(chan *wshub.Client, 4)
+	release := make(chan struct{})
+	gone := make(chan struct{}, 4)
+	h := wshub.New(wshub.HandlerFunc(func(ctx context.Context, c *wshub.Client, m *wshub.Message) error {
+		inHandler <- c
+		<-release
+		return nil
+	}), &wshub.Options{
+		Broker:       b,
+		PingInterval: -1,
+		OnConnect:    func(c *wshub.Client) { c.Join("r") },
+		OnDisconnect: func(*wshub.Client, error) { gone <- struct{}{} },
+	})
+	ts := serve(t, h)
+	// No client has a writer running when Shutdown begins: each one's
+	// queue is empty and its read goroutine is in the Handler.
+	const n = 4
+	statuses := make(chan string, n)
+	for range n {
+		p := dial(t, ts)
+		p.sendRaw(`{"type":"block"}`)
+		<-inHandler
+		go func() {
+			got := 0
+			for {
+				_, _, err := p.conn.Read(p.ctx)
+				if err != nil {
+					statuses <- fmt.Sprintf("%d messages, then %v", got, websocket.CloseStatus(err))
+					return
+				}
+				got++
+			}
+		}()
+	}
+	if err := h.Shutdown(testCtx(t)); err != nil {
+		t.Fatal(err)
+	}
+	// A server that stops here must have said goodbye to everyone: Close
+	// cuts whatever Shutdown left behind.
+	h.Close()
+	want := fmt.Sprintf("0 messages, then %v", websocket.StatusGoingAway)
+	for range n {
+		equal(t, "client saw", <-statuses, want)
+	}
+	close(release)
+	for range n {
+		<-gone
+	}
+	if _, violations := b.state(); len(violations) > 0 {
+		t.Fatalf("broker used after Close: %v", violations)
+	}
+}
+
+// TestBroadcastRacingShutdown: a room broadcast whose broker publish is
+// still under way when Shutdown closes the room's members either reaches
+// them or returns ErrHubClosed, never nil for nobody.
+func TestBroadcastRacingShutdown(t *testing.T) {
+	t.Parallel()
+	b := newStrictBroker()
+	inPublish, releasePublish := make(chan struct{}), make(chan struct{})
+	b.publish = func(ctx context.Context) error {
+		close(inPublish)
+		<-releasePublish
+		return nil
+	}
+	h := wshub.New(nil, &wshub.Options{Broker: b, PingInterval: -1, OnConnect: func(c *wshub.Client) { c.Join("r") }})
+	ts := serve(t, h)
+	p := dial(t, ts)
+	eventually(t, "member joined", func() bool { return h.Room("r").Len() == 1 })
+	broadcast := make(chan error, 1)
+	go func() { broadcast <- h.Room("r").Broadcast(testCtx(t), &wshub.Message{Data: "late"}) }()
+	<-inPublish
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- h.Shutdown(testCtx(t)) }()
+	// The member is closed while the broadcast waits for the broker.
+	equal(t, "close status", p.readClose(), websocket.StatusGoingAway)
+	close(releasePublish)
+	if err := <-broadcast; !errors.Is(err, wshub.ErrHubClosed) {
+		t.Fatalf("broadcast that reached nobody returned %v, want ErrHubClosed", err)
+	}
+	if err := <-shutdown; err != nil {
+		t.Fatal(err)
+	}
 }

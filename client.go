@@ -46,6 +46,8 @@ type Client struct {
 	rooms       map[string]struct{}
 
 	invalidRun int // consecutive invalid messages; read goroutine only
+
+	ends []frameEnd // the writer's frames of the batch it writes; writer only
 }
 
 func newClient(h *Hub, conn *websocket.Conn, netConn *corkConn, id Identity) *Client {
@@ -290,7 +292,9 @@ func (c *Client) writeLoop() {
 		c.queue, c.spare = c.spare, nil
 		c.mu.Unlock()
 
-		err := c.write(batch)
+		written, err := c.write(batch)
+		c.hub.messagesOut.Add(uint64(written))
+		c.hub.dropped.Add(uint64(len(batch) - written))
 
 		clear(batch)
 		c.mu.Lock()
@@ -307,12 +311,21 @@ func (c *Client) writeLoop() {
 
 // write writes msgs, as batch frames if the codec batches. The frames of
 // one call go out together, with as few system calls as corkConn allows:
-// usually one, even for a frame bigger than the connection's buffer.
-func (c *Client) write(msgs [][]byte) (err error) {
+// usually one, even for a frame bigger than the connection's buffer. It
+// returns how many of msgs reached the socket; after an error the others
+// were not written.
+func (c *Client) write(msgs [][]byte) (written int, err error) {
+	c.ends = c.ends[:0]
 	c.netConn.cork()
 	defer func() {
 		if uerr := c.netConn.uncork(); err == nil {
 			err = uerr
+		}
+		_, flushed := c.netConn.progress()
+		for _, f := range c.ends {
+			if f.end <= flushed {
+				written += f.msgs
+			}
 		}
 	}()
 	typ := websocket.MessageText
@@ -323,28 +336,49 @@ func (c *Client) write(msgs [][]byte) (err error) {
 	if !ok {
 		for _, b := range msgs {
 			if err := c.conn.Write(context.Background(), typ, b); err != nil {
-				return err
+				return 0, err
 			}
-			c.hub.messagesOut.Add(1)
+			c.frameWritten(1)
 		}
-		return nil
+		return 0, nil
 	}
 	bufp := c.hub.getBuf()
 	defer c.hub.putBuf(bufp)
 	for len(msgs) > 0 {
-		n, size := 1, len(msgs[0])
-		for n < len(msgs) && size+len(msgs[n])+1 <= maxBatchBytes {
-			size += len(msgs[n]) + 1
-			n++
-		}
+		n := batchLen(msgs)
 		*bufp = bc.AppendBatch((*bufp)[:0], msgs[:n])
 		if err := c.conn.Write(context.Background(), typ, *bufp); err != nil {
-			return err
+			return 0, err
 		}
-		c.hub.messagesOut.Add(uint64(n))
+		c.frameWritten(n)
 		msgs = msgs[n:]
 	}
-	return nil
+	return 0, nil
+}
+
+// frameEnd is where a frame of msgs messages ends in corkConn's stream.
+type frameEnd struct {
+	end  int64
+	msgs int
+}
+
+// frameWritten records that the frame just handed to the connection holds
+// n messages.
+func (c *Client) frameWritten(n int) {
+	taken, _ := c.netConn.progress()
+	c.ends = append(c.ends, frameEnd{end: taken, msgs: n})
+}
+
+// batchLen returns how many of msgs, at least one, go into the next batch
+// frame: as many as fit in maxBatchBytes with a separator between them and
+// two bytes around them.
+func batchLen(msgs [][]byte) int {
+	n, size := 1, len(msgs[0])+2
+	for n < len(msgs) && size+len(msgs[n])+1 <= maxBatchBytes {
+		size += len(msgs[n]) + 1
+		n++
+	}
+	return n
 }
 
 // run serves the client on its read goroutine until it disconnects.
@@ -391,7 +425,10 @@ func (c *Client) ping() {
 		return
 	}
 	c.spawn(func() {
-		ctx, cancel := context.WithTimeout(c.ctx, c.hub.opts.PingInterval)
+		// Not c.ctx: closing cancels it, and a ping frame whose context
+		// ends mid-write makes coder/websocket cut the connection, which
+		// would turn a graceful close into an abrupt one.
+		ctx, cancel := context.WithTimeout(context.Background(), c.hub.opts.PingInterval)
 		defer cancel()
 		err := c.conn.Ping(ctx)
 		switch {

@@ -26,8 +26,9 @@ type Codec interface {
 // When a client using it has more than one message queued, the hub encodes
 // each with Marshal and writes AppendBatch of them as a single frame; it
 // uses AppendBatch even for a single message, so every frame has the batch
-// format. A batch frame holds at most 32 KiB of messages unless one message
-// alone is bigger.
+// format. A batch frame is at most 32 KiB, unless one message alone is
+// bigger, provided AppendBatch adds at most one byte between messages and
+// two around them, as JSONBatchCodec does.
 type BatchCodec interface {
 	Codec
 	// AppendBatch appends the frame made of msgs, each a result of
@@ -116,9 +117,9 @@ func (RawCodec) Marshal(v any) ([]byte, error) {
 	}
 	switch d := v.(type) {
 	case []byte:
-		return append([]byte(nil), d...), nil
+		return append([]byte{}, d...), nil
 	case json.RawMessage: // a JSON client's publish: its JSON text
-		return append([]byte(nil), d...), nil
+		return append([]byte{}, d...), nil
 	case string:
 		return []byte(d), nil
 	default:

@@ -252,3 +252,67 @@ func TestRawMemberGetsJSONPublish(t *testing.T) {
 	}
 	equal(t, "raw payload", string(b), `{"a":1}`)
 }
+
+// TestBatchFramesFitReadLimit: batch frames stay within 32 KiB, brackets
+// included, so a client with the usual 32 KiB read limit reads them all.
+func TestBatchFramesFitReadLimit(t *testing.T) {
+	t.Parallel()
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{
+		SendQueue:    1 << 12,
+		PingInterval: -1,
+		OnConnect:    func(c *wshub.Client) { connected <- c },
+	})
+	ts := serve(t, h)
+	p := dial(t, ts, "wshub.json-batch")
+	p.conn.SetReadLimit(32 << 10)
+	c := <-connected
+	// Three encoded messages and their two commas make exactly 32 KiB: with
+	// the brackets, one byte too many for a batch of three.
+	empty, _ := json.Marshal(&wshub.Message{Type: "message", Data: ""})
+	payload := strings.Repeat("x", (32<<10-2)/3-len(empty))
+	const n = 3000 // 30 MB: the queue backs up, so batches form
+	for range n {
+		if err := c.Send(&wshub.Message{Data: payload}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := 0
+	for got < n {
+		_, b, err := p.conn.Read(p.ctx)
+		if err != nil {
+			t.Fatalf("after %d messages: %v", got, err)
+		}
+		var batch []json.RawMessage
+		if err := json.Unmarshal(b, &batch); err != nil {
+			t.Fatal(err)
+		}
+		got += len(batch)
+	}
+}
+
+// TestRawBroadcastOfEmptyData: an empty payload is a message too.
+func TestRawBroadcastOfEmptyData(t *testing.T) {
+	t.Parallel()
+	h := wshub.New(nil, &wshub.Options{
+		Codecs:    []wshub.Codec{wshub.RawCodec{}},
+		OnConnect: func(c *wshub.Client) { c.Join("r") },
+	})
+	ts := serve(t, h)
+	p := dial(t, ts, "wshub.raw")
+	eventually(t, "joined", func() bool { return h.Room("r").Len() == 1 })
+	ctx := testCtx(t)
+	for _, data := range []any{[]byte{}, "", []byte("end")} {
+		if err := h.Room("r").Broadcast(ctx, &wshub.Message{Data: data}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []string{"", "", "end"} {
+		typ, b, err := p.conn.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		equal(t, "frame type", typ, websocket.MessageBinary)
+		equal(t, "payload", string(b), want)
+	}
+}

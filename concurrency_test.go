@@ -3,6 +3,7 @@ package wshub_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -170,4 +171,146 @@ func FuzzDispatch(f *testing.F) {
 			t.Fatalf("frame %q got no answer", frame)
 		}
 	})
+}
+
+// TestStopFromOnConnect: OnConnect may close its client or the whole hub.
+func TestStopFromOnConnect(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		name string
+		stop func(h *wshub.Hub, c *wshub.Client) error
+		code websocket.StatusCode
+	}{
+		{"Client.Close", func(_ *wshub.Hub, c *wshub.Client) error {
+			c.Close(websocket.StatusPolicyViolation, "no")
+			return nil
+		}, websocket.StatusPolicyViolation},
+		{"Hub.Shutdown", func(h *wshub.Hub, _ *wshub.Client) error { return h.Shutdown(context.Background()) }, websocket.StatusGoingAway},
+		{"Hub.Close", func(h *wshub.Hub, _ *wshub.Client) error { return h.Close() }, -1},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			var h *wshub.Hub
+			stopped := make(chan error, 1)
+			gone := make(chan error, 1)
+			h = wshub.New(nil, &wshub.Options{
+				OnConnect:    func(c *wshub.Client) { stopped <- tt.stop(h, c) },
+				OnDisconnect: func(_ *wshub.Client, err error) { gone <- err },
+			})
+			p := dial(t, serve(t, h))
+			equal(t, "close status", p.readClose(), tt.code)
+			if err := <-stopped; err != nil {
+				t.Fatal(err)
+			}
+			if err := <-gone; err == nil {
+				t.Fatal("no disconnect reason")
+			}
+			equal(t, "clients", h.Stats().Clients, 0)
+		})
+	}
+}
+
+// TestChurnWithBroker: clients join, leave, publish and disconnect in
+// every way while the server broadcasts; afterwards the hub is empty,
+// OnDisconnect ran once per client, the broker's Subscribe and Unsubscribe
+// never overlapped or repeated, and a gone client's Send and Join fail.
+func TestChurnWithBroker(t *testing.T) {
+	t.Parallel()
+	b := newStrictBroker()
+	var mu sync.Mutex
+	disconnects := make(map[*wshub.Client]int)
+	var all []*wshub.Client
+	h := wshub.New(nil, &wshub.Options{
+		Broker:        b,
+		AuthorizeJoin: allowAll,
+		PingInterval:  -1,
+		OnConnect: func(c *wshub.Client) {
+			mu.Lock()
+			all = append(all, c)
+			mu.Unlock()
+		},
+		OnDisconnect: func(c *wshub.Client, _ error) {
+			mu.Lock()
+			disconnects[c]++
+			mu.Unlock()
+		},
+	})
+	ts := serve(t, h)
+	ctx := testCtx(t)
+	const nClients, rounds = 24, 30
+	var g errgroup.Group
+	for i := range nClients {
+		g.Go(func() error {
+			conn, _, err := websocket.Dial(ctx, wsURL(ts), nil)
+			if err != nil {
+				return err
+			}
+			go func() {
+				for {
+					if _, _, err := conn.Read(ctx); err != nil {
+						return
+					}
+				}
+			}()
+			for j := range rounds {
+				room := fmt.Sprintf("r%d", (i+j)%3)
+				for _, msg := range []string{
+					`{"type":"join","room":"%s"}`,
+					`{"type":"publish","room":"%s","data":1}`,
+					`{"type":"leave","room":"%s"}`,
+					`{"type":"join","room":"%s"}`,
+				} {
+					if err := conn.Write(ctx, websocket.MessageText, fmt.Appendf(nil, msg, room)); err != nil {
+						return nil // closed by the server below
+					}
+				}
+			}
+			switch i % 3 {
+			case 0:
+				conn.Close(websocket.StatusNormalClosure, "")
+			case 1:
+				conn.CloseNow()
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		for i := range 200 {
+			h.Room(fmt.Sprintf("r%d", i%3)).Broadcast(ctx, &wshub.Message{Data: i})
+			if i%50 == 0 {
+				mu.Lock()
+				if len(all) > 0 {
+					all[i%len(all)].Close(websocket.StatusNormalClosure, "bye")
+				}
+				mu.Unlock()
+			}
+		}
+		return nil
+	})
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	s := h.Stats()
+	equal(t, "clients", s.Clients, 0)
+	equal(t, "rooms", s.Rooms, 0)
+	mu.Lock()
+	defer mu.Unlock()
+	equal(t, "clients seen", len(all), nClients)
+	for _, c := range all {
+		equal(t, "OnDisconnect calls", disconnects[c], 1)
+		if err := c.Send(&wshub.Message{Data: 1}); !errors.Is(err, wshub.ErrClientClosed) {
+			t.Fatalf("Send after disconnect: %v", err)
+		}
+		if err := c.Join("r0"); !errors.Is(err, wshub.ErrClientClosed) {
+			t.Fatalf("Join after disconnect: %v", err)
+		}
+	}
+	subscribed, violations := b.state()
+	equal(t, "broker subscriptions", subscribed, 0)
+	if len(violations) > 0 {
+		t.Fatalf("broker contract broken: %v", violations)
+	}
 }

@@ -15,9 +15,11 @@ type corkConn struct {
 	net.Conn
 	hub *Hub // for its buffer pool
 
-	mu     sync.Mutex
-	corked bool
-	buf    *[]byte // pending bytes while corked
+	mu      sync.Mutex
+	corked  bool
+	buf     *[]byte // pending bytes while corked
+	taken   int64   // bytes ever given to Write
+	written int64   // bytes of those that reached the socket, a prefix
 }
 
 // Write writes p, or keeps it while corked and the batch is under
@@ -25,6 +27,7 @@ type corkConn struct {
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.taken += int64(len(p))
 	if c.corked && len(*c.buf)+len(p) <= maxBatchBytes {
 		*c.buf = append(*c.buf, p...)
 		return len(p), nil
@@ -32,7 +35,18 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	if err := c.flushLocked(); err != nil {
 		return 0, err
 	}
-	return c.Conn.Write(p)
+	n, err := c.Conn.Write(p)
+	c.written += int64(n)
+	return n, err
+}
+
+// progress returns how many bytes Write was given and how many of those
+// reached the socket. A message whose last byte is at or before written
+// has been written.
+func (c *corkConn) progress() (taken, written int64) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.taken, c.written
 }
 
 func (c *corkConn) cork() {
@@ -62,7 +76,8 @@ func (c *corkConn) flushLocked() error {
 	if c.buf == nil || len(*c.buf) == 0 {
 		return nil
 	}
-	_, err := c.Conn.Write(*c.buf)
+	n, err := c.Conn.Write(*c.buf)
+	c.written += int64(n)
 	*c.buf = (*c.buf)[:0]
 	return err
 }

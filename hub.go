@@ -47,7 +47,8 @@ type Hub struct {
 	drained   chan struct{}
 	drainOnce sync.Once
 
-	brokerOnce sync.Once
+	brokerMu     sync.RWMutex // held for reading around broker calls
+	brokerClosed bool
 
 	messagesIn, messagesOut, dropped, kicked atomic.Uint64
 
@@ -91,13 +92,14 @@ func New(handler Handler, opts *Options) *Hub {
 	return h
 }
 
-// Stats are counters of a hub since New.
+// Stats are counters of a hub since New. Once a hub's clients are gone,
+// every message ever queued for one is in MessagesOut or in Dropped.
 type Stats struct {
 	Clients     int    // connected clients
 	Rooms       int    // rooms with at least one member
 	MessagesIn  uint64 // messages read from clients
-	MessagesOut uint64 // messages written to clients; a batch frame counts each
-	Dropped     uint64 // queued messages discarded because their client was closed first
+	MessagesOut uint64 // queued messages written to a client's socket; a batch frame counts each
+	Dropped     uint64 // queued messages not written because their client was closed first
 	Kicked      uint64 // clients closed because their send queue was full
 }
 
@@ -121,7 +123,8 @@ func (h *Hub) Room(name string) Room { return Room{hub: h, name: name} }
 // not to other hubs' clients: use a room for that), as a message of type
 // "message" when m.Type is empty. Like Room.Broadcast it never waits for a
 // client and does not modify m. It returns ErrHubClosed once the hub is
-// closing and the codec's error if m cannot be encoded.
+// closing, also when closing began during the call and m did not reach
+// every client, and the codec's error if m cannot be encoded.
 func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -138,7 +141,7 @@ func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
 	for c := range h.clients {
 		enc.send(c)
 	}
-	return enc.err
+	return enc.result()
 }
 
 // ServeHTTP upgrades the request to a WebSocket connection and serves the
@@ -212,9 +215,10 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 	c := newClient(h, conn, hw.cork, id)
 	h.mu.Lock()
 	if h.closing.Load() {
-		// Too late for a 503: ServeHTTP's unreserve releases the slot.
+		// Too late for a 503: ServeHTTP's unreserve releases the slot. The
+		// connection is cut, since a close handshake would hold up Close.
 		h.mu.Unlock()
-		conn.Close(websocket.StatusGoingAway, "server shutting down")
+		conn.CloseNow()
 		return nil, ErrHubClosed
 	}
 	h.pending--
@@ -262,9 +266,14 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // the remaining connections at once, waits for the goroutines and returns
 // ctx.Err(). Shutdown may be called many times, concurrently with Close.
 func (h *Hub) Shutdown(ctx context.Context) error {
+	// Held until every close has begun: clients whose read goroutines are
+	// in user code hold nothing, and the hub must not look drained before
+	// their writers start the close handshake.
+	h.hold()
 	for _, c := range h.beginClose() {
 		c.closeWith(websocket.StatusGoingAway, "server shutting down", ErrHubClosed, true)
 	}
+	h.release()
 	select {
 	case <-h.drained:
 		h.closeBroker()
@@ -275,14 +284,34 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
+// closeBroker closes the broker once its calls under way have returned;
+// withBroker makes no call after that.
 func (h *Hub) closeBroker() {
-	h.brokerOnce.Do(func() {
-		if h.opts.Broker != nil {
-			if err := h.opts.Broker.Close(); err != nil {
-				h.opts.Logger.Warn("wshub: closing broker", "err", err)
-			}
-		}
-	})
+	if h.opts.Broker == nil {
+		return
+	}
+	h.brokerMu.Lock()
+	defer h.brokerMu.Unlock()
+	if h.brokerClosed {
+		return
+	}
+	h.brokerClosed = true
+	if err := h.opts.Broker.Close(); err != nil {
+		h.opts.Logger.Warn("wshub: closing broker", "err", err)
+	}
+}
+
+// withBroker calls f with the broker, unless it is closed: then it
+// returns ErrHubClosed. Clients whose hooks were still running when
+// Shutdown returned leave their rooms later, without the broker, which
+// has dropped every subscription.
+func (h *Hub) withBroker(f func(b Broker) error) error {
+	h.brokerMu.RLock()
+	defer h.brokerMu.RUnlock()
+	if h.brokerClosed {
+		return ErrHubClosed
+	}
+	return f(h.opts.Broker)
 }
 
 // Close closes the hub at once: new upgrades get 503 and every connection
@@ -290,6 +319,7 @@ func (h *Hub) closeBroker() {
 // (they count as Dropped). It waits for the hub's goroutines as Shutdown does
 // and returns nil. Close may be called many times, from any goroutine.
 func (h *Hub) Close() error {
+	h.hold() // as in Shutdown
 	clients := h.beginClose()
 	var g errgroup.Group
 	g.SetLimit(64)
@@ -300,6 +330,7 @@ func (h *Hub) Close() error {
 		})
 	}
 	g.Wait()
+	h.release()
 	<-h.drained
 	h.closeBroker()
 	return nil
@@ -314,9 +345,6 @@ func (h *Hub) beginClose() []*Client {
 		clients = append(clients, c)
 	}
 	h.mu.Unlock()
-	if h.live.Load() == 0 {
-		h.drainOnce.Do(func() { close(h.drained) })
-	}
 	return clients
 }
 
@@ -374,13 +402,16 @@ type encoding struct {
 	h      *Hub
 	m      *Message
 	frames [][]byte
+	errs   []error
 	done   []bool
 	err    error // first encoding error
+	queued int   // clients it was queued for
+	closed int   // clients that were closing
 }
 
 func (h *Hub) newEncoding(m *Message) *encoding {
 	n := len(h.opts.Codecs) + 1
-	return &encoding{h: h, m: m, frames: make([][]byte, n), done: make([]bool, n)}
+	return &encoding{h: h, m: m, frames: make([][]byte, n), errs: make([]error, n), done: make([]bool, n)}
 }
 
 func (e *encoding) get(slot int) ([]byte, error) {
@@ -391,15 +422,31 @@ func (e *encoding) get(slot int) ([]byte, error) {
 			codec = e.h.opts.Codecs[slot]
 		}
 		b, err := codec.Marshal(e.m)
-		if err != nil && e.err == nil {
-			e.err = err
+		switch {
+		case err != nil:
+			e.errs[slot] = err
+			if e.err == nil {
+				e.err = err
+			}
+		case b == nil:
+			b = []byte{} // an empty message is still a frame
 		}
 		e.frames[slot] = b
 	}
-	if e.frames[slot] == nil {
-		return nil, e.err
+	return e.frames[slot], e.errs[slot]
+}
+
+// result is what a broadcast of e returns: a codec's error, or
+// ErrHubClosed when the hub began closing before e reached every member
+// (Shutdown then writes the queues e did reach).
+func (e *encoding) result() error {
+	if e.err != nil {
+		return e.err
 	}
-	return e.frames[slot], nil
+	if e.h.closing.Load() && (e.closed > 0 || e.queued == 0) {
+		return ErrHubClosed
+	}
+	return nil
 }
 
 func (e *encoding) json() ([]byte, error) { return e.get(len(e.frames) - 1) }
@@ -411,8 +458,15 @@ func (e *encoding) setJSON(b []byte) {
 }
 
 func (e *encoding) send(c *Client) {
-	if b, _ := e.get(e.h.encKey[c.codecIndex]); b != nil {
-		c.enqueue(b)
+	b, err := e.get(e.h.encKey[c.codecIndex])
+	if err != nil {
+		return
+	}
+	switch c.enqueue(b) {
+	case nil:
+		e.queued++
+	case ErrClientClosed:
+		e.closed++
 	}
 }
 

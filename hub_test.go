@@ -252,8 +252,12 @@ func TestServerSideRoomsAndExcept(t *testing.T) {
 		connected <- c
 	}})
 	ts := serve(t, h)
-	a, b := dial(t, ts), dial(t, ts)
-	ca, cb := <-connected, <-connected
+	// Wait for each OnConnect before dialing the next: two concurrent
+	// connections may run their hooks in either order.
+	a := dial(t, ts)
+	ca := <-connected
+	b := dial(t, ts)
+	cb := <-connected
 	room := h.Room("news")
 	equal(t, "len", room.Len(), 2)
 	n := 0

@@ -1,10 +1,13 @@
 package wshub_test
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -335,7 +338,7 @@ func TestShutdownDeadlineForcesClose(t *testing.T) {
 	}
 	s := h.Stats()
 	equal(t, "clients", s.Clients, 0)
-	if s.Dropped == 0 || s.MessagesOut+s.Dropped > 1000 {
+	if s.Dropped == 0 || s.MessagesOut+s.Dropped != 1000 {
 		t.Fatalf("forced close: %d written, %d counted dropped, of 1000", s.MessagesOut, s.Dropped)
 	}
 }
@@ -477,4 +480,205 @@ func TestPeerCloseWhileStreaming(t *testing.T) {
 			t.Fatalf("close %d: %v", i, err)
 		}
 	}
+}
+
+// gatedServer serves h behind a middleware that hands the hub a server-side
+// connection whose writes wait while its gate is shut: a socket whose peer
+// stopped reading, under the test's control. hijacked (optional) runs in
+// Hijack before the connection is handed over.
+type gatedServer struct {
+	open     chan struct{} // closed while the gate is open
+	shut     atomic.Bool
+	blocked  chan struct{} // receives when a write starts waiting
+	hijacked func()
+}
+
+type gatedConn struct {
+	net.Conn
+	g *gatedServer
+}
+
+func (c gatedConn) Write(p []byte) (int, error) {
+	if c.g.shut.Load() {
+		select {
+		case c.g.blocked <- struct{}{}:
+		default:
+		}
+		<-c.g.open
+	}
+	return c.Conn.Write(p)
+}
+
+type gatedWriter struct {
+	http.ResponseWriter
+	g *gatedServer
+}
+
+func (w gatedWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	if w.g.hijacked != nil {
+		w.g.hijacked()
+	}
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	gc := gatedConn{Conn: conn, g: w.g}
+	brw.Writer.Reset(gc)
+	return gc, brw, nil
+}
+
+func serveGated(t testing.TB, h *wshub.Hub, hijacked func()) (*httptest.Server, *gatedServer) {
+	g := &gatedServer{open: make(chan struct{}), blocked: make(chan struct{}, 1), hijacked: hijacked}
+	mux := http.NewServeMux()
+	mux.Handle("/ws", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h.ServeHTTP(gatedWriter{ResponseWriter: w, g: g}, r)
+	}))
+	ts := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		g.openGate()
+		h.Close()
+		ts.Close()
+	})
+	return ts, g
+}
+
+func (g *gatedServer) shutGate() { g.shut.Store(true) }
+
+func (g *gatedServer) openGate() {
+	if g.shut.CompareAndSwap(true, false) {
+		close(g.open)
+	}
+}
+
+// TestPendingPingKeepsGracefulClose: a keepalive ping waiting behind a
+// writer that is stuck on its socket does not turn Shutdown's graceful
+// close into a cut connection.
+func TestPendingPingKeepsGracefulClose(t *testing.T) {
+	t.Parallel()
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{
+		PingInterval: time.Hour, // pings only when the test says
+		SendQueue:    1 << 12,
+		OnConnect:    func(c *wshub.Client) { connected <- c },
+	})
+	ts, g := serveGated(t, h, nil)
+	p := dial(t, ts)
+	c := <-connected
+	g.shutGate()
+	const n = 257
+	payload := strings.Repeat("x", 1000)
+	for range n {
+		if err := c.Send(&wshub.Message{Data: payload}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// The writer is stuck on the socket with its first small batch, which
+	// it writes after the frames: a ping then waits for that write.
+	<-g.blocked
+	wshub.PingNow(c)
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- h.Shutdown(testCtx(t)) }()
+	eventually(t, "shutdown to begin", func() bool {
+		return h.Room("probe").Broadcast(testCtx(t), &wshub.Message{}) != nil
+	})
+	g.openGate()
+	got := 0
+	for {
+		_, _, err := p.conn.Read(p.ctx)
+		if err != nil {
+			equal(t, fmt.Sprintf("close status after %d of %d messages", got, n), websocket.CloseStatus(err), websocket.StatusGoingAway)
+			break
+		}
+		got++
+	}
+	equal(t, "messages", got, n)
+	if err := <-shutdown; err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestForcedCloseAccountsForEveryMessage: when Close cuts a client whose
+// writer is in the middle of a batch, every queued message is counted
+// once, as written (it reached the socket) or as dropped.
+func TestForcedCloseAccountsForEveryMessage(t *testing.T) {
+	t.Parallel()
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{
+		PingInterval: -1,
+		SendQueue:    1 << 14,
+		OnConnect:    func(c *wshub.Client) { connected <- c },
+	})
+	ts, g := serveGated(t, h, nil)
+	p := dial(t, ts)
+	c := <-connected
+	received := make(chan int, 1)
+	go func() {
+		got := 0
+		for {
+			if _, _, err := p.conn.Read(p.ctx); err != nil {
+				received <- got
+				return
+			}
+			got++
+		}
+	}()
+	const n = 10_001
+	for i := range n {
+		if i == n/3 {
+			g.shutGate()
+		}
+		if err := c.Send(&wshub.Message{Data: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-g.blocked // the writer holds a batch it cannot write
+	closed := make(chan struct{})
+	go func() { h.Close(); close(closed) }()
+	eventually(t, "close to begin", func() bool {
+		return h.Room("probe").Broadcast(testCtx(t), &wshub.Message{}) != nil
+	})
+	g.openGate() // the cut connection fails the write
+	<-closed
+	s := h.Stats()
+	equal(t, "written + dropped", s.MessagesOut+s.Dropped, uint64(n))
+	if got := <-received; uint64(got) > s.MessagesOut {
+		t.Fatalf("peer received %d messages, more than the %d counted as written", got, s.MessagesOut)
+	}
+}
+
+// TestLateUpgradeIsCut: an upgrade that completes after Close began is cut
+// at once, not closed with a handshake that Close would wait for.
+func TestLateUpgradeIsCut(t *testing.T) {
+	t.Parallel()
+	inHijack, release := make(chan struct{}), make(chan struct{})
+	h := wshub.New(nil, &wshub.Options{PingInterval: -1})
+	ts, _ := serveGated(t, h, func() {
+		close(inHijack)
+		<-release
+	})
+	dialed := make(chan *websocket.Conn, 1)
+	go func() {
+		conn, _, err := websocket.Dial(testCtx(t), wsURL(ts), nil)
+		if err != nil {
+			t.Error(err)
+		}
+		dialed <- conn
+	}()
+	<-inHijack
+	closed := make(chan struct{})
+	go func() { h.Close(); close(closed) }()
+	eventually(t, "close to begin", func() bool {
+		return h.Room("probe").Broadcast(testCtx(t), &wshub.Message{}) != nil
+	})
+	close(release)
+	conn := <-dialed
+	if conn == nil {
+		return
+	}
+	defer conn.CloseNow()
+	// The peer does not read, so a close handshake could not finish: Close
+	// returns only because the connection is cut.
+	<-closed
+	_, _, err := conn.Read(testCtx(t))
+	equal(t, "late client's close status", websocket.CloseStatus(err), -1)
 }

@@ -40,7 +40,9 @@ func (r Room) Name() string { return r.name }
 // got m. Across a broker, Data travels as JSON.
 //
 // It returns ErrInvalidRoom for an invalid name, ErrHubClosed once the hub
-// is closing, and the codec's error if m cannot be encoded. Broadcasting to
+// is closing (also when closing began during the call and m did not reach
+// every member: the members it did reach get it before Shutdown's close),
+// and the codec's error if m cannot be encoded. Broadcasting to
 // a room without local members does nothing locally and returns nil.
 func (r Room) Broadcast(ctx context.Context, m *Message, except ...*Client) error {
 	if err := validRoom(r.name); err != nil {
