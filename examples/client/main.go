@@ -2,12 +2,31 @@
 //
 //	go run ./examples/client -url ws://localhost:8080/ws -name alice -room lobby
 //
-// Lines typed are published to the current room; messages of every joined
-// room are printed as "[lobby] alice: hi". Commands:
+// Lines typed are published to the current room, which the prompt shows
+// ("lobby> "); messages of every joined room are printed as
+// "[lobby] alice: hi". Commands, in any case:
 //
-//	/join ROOM    join ROOM and make it the current room
-//	/leave ROOM   leave ROOM
-//	/quit         close the connection and exit (as do EOF and Ctrl-C)
+//	/join ROOM     join ROOM and make it the current room
+//	/leave [ROOM]  leave ROOM (default: the current room); the room that
+//	               was current before becomes current again
+//	/rooms         list the joined rooms
+//	/help          list the commands
+//	/quit          close the connection and exit (as do EOF and Ctrl-C)
+//
+// A /join or /leave waits for the server's answer before the next line is
+// read, so the rooms the client shows are the rooms the server has it in: a
+// refused join changes nothing.
+//
+// When the server goes away (close status 1001) or the connection is lost
+// (1006), the client reconnects with exponential backoff and jitter and
+// joins its rooms again, as the chat page does: rooms belong to a
+// connection, and the server forgets them with it. Any other close status
+// means the server closed this client on purpose (1008: it could not keep
+// up; 1007, 1009: it sent bad messages), so it exits with status 1 instead
+// of trying again.
+//
+// Text from the network is printed with control characters escaped: a peer
+// must not be able to send escape sequences to other people's terminals.
 //
 // It imports nothing from wshub on purpose: it shows everything a client in
 // any language has to do, which is to dial a WebSocket and exchange the JSON
@@ -22,26 +41,54 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"mime"
 	"net/http"
 	"net/url"
 	"os"
 	"os/signal"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 )
 
-// dialTimeout bounds connecting, so an unreachable server is reported
-// instead of hanging.
-const dialTimeout = 10 * time.Second
+const (
+	dialTimeout   = 10 * time.Second // connecting, so that an unreachable server is reported
+	writeTimeout  = 10 * time.Second // a server that stops reading is a lost connection
+	answerTimeout = 10 * time.Second // how long /join and /leave wait for the server's answer
+
+	// Reconnecting waits firstRetry, then twice as long after each failure
+	// up to maxRetry, each delay ±25 % at random so that the clients of a
+	// restarted server do not all come back at the same instant.
+	firstRetry = 500 * time.Millisecond
+	maxRetry   = 15 * time.Second
+)
+
+const help = `commands (in any case):
+  /join ROOM     join ROOM and make it the current room
+  /leave [ROOM]  leave ROOM (default: the current room)
+  /rooms         list the joined rooms
+  /help          show this list
+  /quit          exit (as do Ctrl-D and Ctrl-C)
+other lines are sent to the current room, shown in the prompt`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	prompt := isTerminal(os.Stdin) && isTerminal(os.Stdout)
+	code := run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr, prompt)
 	stop()
 	os.Exit(code)
+}
+
+func isTerminal(f *os.File) bool {
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // message is one protocol message, in either direction.
@@ -62,76 +109,92 @@ type chatData struct {
 }
 
 // run is the whole client: it parses args, connects, and relays between the
-// connection and stdin/stdout until the user quits (exit status 0), ctx is
-// done (0), the connection fails or the server closes it (1), or the
-// arguments are wrong (2).
-func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+// connection and stdin/stdout until the user quits or ctx is done (exit
+// status 0), the first connection fails or the server closes this client
+// for good (1), or the arguments are wrong (2). With prompt, it shows the
+// current room in a prompt, for a terminal.
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, prompt bool) int {
 	flags := flag.NewFlagSet("client", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	rawURL := flags.String("url", "ws://localhost:8080/ws", "WebSocket URL of the chat server")
 	name := flags.String("name", "guest", "nickname")
-	room := flags.String("room", "lobby", "room to join first")
+	room := flags.String("room", "lobby", "room to join first (empty: none)")
 	if err := flags.Parse(args); err != nil {
 		return 2
 	}
 
-	conn, err := dial(ctx, *rawURL, *name)
+	s := &session{url: *rawURL, name: *name, out: stdout, errs: stderr, prompt: prompt}
+	ws, err := dial(ctx, s.url, s.name)
 	if err != nil {
-		fmt.Fprintf(stderr, "client: cannot connect to %s: %v\n", *rawURL, err)
+		fmt.Fprintf(stderr, "client: cannot connect to %s: %v\n", s.url, err)
 		return 1
 	}
-	defer conn.CloseNow()
-	fmt.Fprintf(stdout, "* connected to %s as %s\n", *rawURL, *name)
+	s.connected(ws)
 
-	// The reader owns stdout from here on and reports on done why the
-	// connection ended. It does not read with ctx: canceling a read cuts the
-	// connection at once, while Ctrl-C should first say goodbye with status
-	// 1000. It ends when the connection closes, which run always does.
-	done := make(chan error, 1)
-	go func() { done <- printMessages(conn, stdout) }()
+	lines, stopLines := readLines(stdin)
+	defer stopLines()
 
-	// Reading stdin blocks in a way nothing can interrupt, so this goroutine
-	// is the one that run does not wait for: it ends at the next line or
-	// EOF, or with the process.
-	lines := make(chan string)
-	stopLines := make(chan struct{})
-	defer close(stopLines)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(stdin)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			case <-stopLines:
-				return
-			}
+	if *room != "" {
+		if code, stop := s.request(ctx, "join", *room); stop {
+			return code
 		}
-	}()
-
-	c := &session{conn: conn, stderr: stderr}
-	if err := c.join(ctx, *room); err != nil {
-		return c.fail(err, done)
 	}
 	for {
+		s.showPrompt()
 		select {
 		case <-ctx.Done():
-			return c.quit(done)
-		case err := <-done:
-			return c.disconnected(err)
-		case line, ok := <-lines:
+			return s.quit()
+		case b, ok := <-s.frames():
 			if !ok {
-				return c.quit(done)
+				if code, stop := s.lost(); stop {
+					return code
+				}
+				continue
 			}
-			quit, err := c.command(ctx, line)
-			if err != nil {
-				return c.fail(err, done)
+			s.show(b)
+		case <-s.retryTimer():
+			if code, stop := s.reconnect(ctx); stop {
+				return code
 			}
-			if quit {
-				return c.quit(done)
+		case line, ok := <-lines:
+			s.promptShown = false // Enter took the cursor to a new line
+			if !ok {
+				return s.quit()
+			}
+			if code, stop := s.command(ctx, line); stop {
+				return code
 			}
 		}
 	}
 }
+
+// readLines reads stdin line by line. Reading stdin blocks in a way nothing
+// can interrupt, so its goroutine is the one run does not wait for: after
+// stop it ends at the next line or EOF, or with the process.
+func readLines(stdin io.Reader) (lines <-chan string, stop func()) {
+	ch := make(chan string)
+	done := make(chan struct{})
+	go func() {
+		defer close(ch)
+		sc := bufio.NewScanner(stdin)
+		for sc.Scan() {
+			select {
+			case ch <- sc.Text():
+			case <-done:
+				return
+			}
+		}
+	}()
+	return ch, func() { close(done) }
+}
+
+// refusedError is an HTTP answer other than a WebSocket upgrade.
+type refusedError struct {
+	status int
+	msg    string // one line, safe to print
+}
+
+func (e *refusedError) Error() string { return e.msg }
 
 // dial connects to rawURL with name as the query parameter the server reads
 // the nickname from.
@@ -148,152 +211,456 @@ func dial(ctx context.Context, rawURL, name string) (*websocket.Conn, error) {
 	defer cancel()
 	conn, resp, err := websocket.Dial(ctx, u.String(), nil)
 	if err != nil && resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
-		// The server refused the upgrade (bad name, full, shutting down):
-		// its reason is in the body, which is more useful than the status.
-		body, _ := io.ReadAll(resp.Body)
-		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+		return nil, refused(resp)
 	}
 	return conn, err
 }
 
-// session is the sending side of a connection and the current room.
-type session struct {
-	conn   *websocket.Conn
-	stderr io.Writer
-	room   string // where typed lines go; empty after leaving it
+// refused explains in one line an HTTP answer that is not an upgrade: with
+// the server's reason when it gave a short one in plain text (examples/chat
+// refuses a missing name so), else with a hint about the URL. It never
+// prints a web page.
+func refused(resp *http.Response) error {
+	body, _ := io.ReadAll(resp.Body) // coder/websocket keeps at most 1 KiB of it
+	reason := strings.TrimSpace(string(body))
+	mediaType, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	status := clean(resp.Status)
+	switch {
+	case resp.StatusCode >= 400 && resp.StatusCode != http.StatusNotFound &&
+		mediaType == "text/plain" && reason != "" && len(reason) <= 200 && !strings.Contains(reason, "\n"):
+		return &refusedError{resp.StatusCode, status + ": " + clean(reason)}
+	case mediaType == "text/html":
+		return &refusedError{resp.StatusCode, status + ": the server sent a web page, not a WebSocket: check -url (e.g. ws://localhost:8080/ws)"}
+	}
+	return &refusedError{resp.StatusCode, status + ": no WebSocket endpoint there: check -url (e.g. ws://localhost:8080/ws)"}
 }
 
-// command handles one line of input. It reports whether the user quit, and
-// an error only if the connection failed.
-func (c *session) command(ctx context.Context, line string) (quit bool, err error) {
+// conn is one connection to the server and the goroutine that reads it.
+type conn struct {
+	ws      *websocket.Conn
+	frames  chan []byte   // what the server sends; closed when the connection ends
+	err     error         // why it ended; set before frames is closed
+	closing chan struct{} // closed when the session closes the connection
+}
+
+func newConn(ws *websocket.Conn) *conn {
+	c := &conn{ws: ws, frames: make(chan []byte, 16), closing: make(chan struct{})}
+	go c.read()
+	return c
+}
+
+// read passes on what the server sends until the connection ends. It does
+// not read with a context: canceling a read cuts the connection at once,
+// while Ctrl-C should first say goodbye with status 1000. Once the session
+// is closing, it drops what it reads, so that the close handshake, which
+// needs a reader, never waits for the session.
+func (c *conn) read() {
+	defer close(c.frames)
+	for {
+		_, b, err := c.ws.Read(context.Background())
+		if err != nil {
+			c.err = err
+			return
+		}
+		select {
+		case c.frames <- b:
+		case <-c.closing:
+		}
+	}
+}
+
+// close says goodbye (status 1000) and waits for the reader, which gets
+// the server's answering close frame.
+func (c *conn) close() {
+	close(c.closing)
+	c.ws.Close(websocket.StatusNormalClosure, "bye")
+	for range c.frames {
+	}
+}
+
+// session is the client's state: its connection, if any, and its rooms.
+type session struct {
+	url, name   string
+	out, errs   io.Writer // stdout, stderr
+	prompt      bool
+	promptShown bool // the prompt is the last thing on the terminal
+
+	conn    *conn       // nil while disconnected
+	rooms   []string    // joined rooms, least recently current first: the last is current
+	nextID  int         // of the last request
+	attempt int         // reconnections tried since the last success
+	retry   *time.Timer // while disconnected: when to dial again
+}
+
+// current is the room typed lines go to, or "".
+func (s *session) current() string {
+	if len(s.rooms) == 0 {
+		return ""
+	}
+	return s.rooms[len(s.rooms)-1]
+}
+
+// enter makes room the current room.
+func (s *session) enter(room string) {
+	s.drop(room)
+	s.rooms = append(s.rooms, room)
+}
+
+// drop forgets room; the room current before it becomes current again.
+func (s *session) drop(room string) {
+	s.rooms = slices.DeleteFunc(s.rooms, func(r string) bool { return r == room })
+}
+
+func (s *session) frames() <-chan []byte {
+	if s.conn == nil {
+		return nil
+	}
+	return s.conn.frames
+}
+
+func (s *session) retryTimer() <-chan time.Time {
+	if s.retry == nil {
+		return nil
+	}
+	return s.retry.C
+}
+
+func (s *session) connected(ws *websocket.Conn) {
+	s.conn = newConn(ws)
+	s.attempt = 0
+	s.println(s.out, fmt.Sprintf("* connected to %s as %s", s.url, s.name))
+}
+
+// command handles one line of input. It reports whether the session ended,
+// and with which exit status.
+func (s *session) command(ctx context.Context, line string) (code int, stop bool) {
 	line = strings.TrimSpace(line)
+	if line == "" {
+		return 0, false
+	}
+	if !strings.HasPrefix(line, "/") {
+		return s.say(ctx, line)
+	}
 	cmd, arg, _ := strings.Cut(line, " ")
 	arg = strings.TrimSpace(arg)
-	switch {
-	case line == "":
-		return false, nil
-	case cmd == "/quit":
-		return true, nil
-	case cmd == "/join" && arg != "":
-		return false, c.join(ctx, arg)
-	case cmd == "/leave" && arg != "":
-		if arg == c.room {
-			c.room = ""
+	switch strings.ToLower(cmd) {
+	case "/quit":
+		return s.quit(), true
+	case "/help":
+		s.println(s.out, help)
+	case "/rooms":
+		s.listRooms()
+	case "/join":
+		if arg == "" {
+			s.println(s.errs, "usage: /join ROOM")
+			return 0, false
 		}
-		// Like the join, the ID makes the server's answer say what it is
-		// about, so no table of pending requests is needed.
-		return false, c.send(ctx, message{Type: "leave", Room: arg, ID: "leave:" + arg})
-	case strings.HasPrefix(line, "/"):
-		fmt.Fprintln(c.stderr, "commands: /join ROOM, /leave ROOM, /quit")
-		return false, nil
-	case c.room == "":
-		fmt.Fprintln(c.stderr, "not in a room: /join ROOM first")
-		return false, nil
+		return s.request(ctx, "join", arg)
+	case "/leave":
+		if arg == "" {
+			arg = s.current()
+		}
+		if arg == "" {
+			s.println(s.errs, "not in a room")
+			return 0, false
+		}
+		if s.conn == nil { // the server forgot the rooms with the connection
+			s.drop(arg)
+			s.println(s.out, "* left "+clean(arg))
+			return 0, false
+		}
+		return s.request(ctx, "leave", arg)
+	default:
+		s.println(s.errs, "unknown command "+clean(cmd)+" (/help lists the commands)")
 	}
-	data, _ := json.Marshal(chatData{Text: line})
-	return false, c.send(ctx, message{Type: "publish", Room: c.room, Data: data})
+	return 0, false
 }
 
-func (c *session) join(ctx context.Context, room string) error {
-	c.room = room
-	return c.send(ctx, message{Type: "join", Room: room, ID: "join:" + room})
+func (s *session) listRooms() {
+	if len(s.rooms) == 0 {
+		s.println(s.out, "* not in a room")
+		return
+	}
+	names := make([]string, len(s.rooms))
+	for i, r := range s.rooms {
+		names[i] = clean(r)
+	}
+	s.println(s.out, "* rooms: "+strings.Join(names, ", ")+"; typing to "+names[len(names)-1])
 }
 
-func (c *session) send(ctx context.Context, m message) error {
+// say publishes text to the current room.
+func (s *session) say(ctx context.Context, text string) (code int, stop bool) {
+	switch {
+	case s.conn == nil:
+		s.println(s.errs, "not connected, message not sent: reconnecting")
+	case s.current() == "":
+		s.println(s.errs, "not in a room: /join ROOM first")
+	default:
+		data, _ := json.Marshal(chatData{Text: text})
+		if err := s.send(ctx, message{Type: "publish", Room: s.current(), Data: data}); err != nil {
+			return s.sendFailed(ctx)
+		}
+	}
+	return 0, false
+}
+
+// request sends a join or a leave and waits for the server's answer,
+// showing what arrives meanwhile, so that the rooms change as the server
+// says and the next line goes where the user expects.
+func (s *session) request(ctx context.Context, typ, room string) (code int, stop bool) {
+	if s.conn == nil {
+		s.println(s.errs, "not connected, "+typ+" not sent: reconnecting")
+		return 0, false
+	}
+	s.nextID++
+	id := strconv.Itoa(s.nextID)
+	if err := s.send(ctx, message{Type: typ, Room: room, ID: id}); err != nil {
+		return s.sendFailed(ctx)
+	}
+	timer := time.NewTimer(answerTimeout)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return s.quit(), true
+		case <-timer.C:
+			s.println(s.errs, "no answer from the server to "+typ+" "+clean(room))
+			return 0, false
+		case b, ok := <-s.conn.frames:
+			if !ok {
+				return s.lost()
+			}
+			var m message
+			if json.Unmarshal(b, &m) == nil && m.ID == id && (m.Type == "ack" || m.Type == "error") {
+				s.answered(typ, room, m)
+				return 0, false
+			}
+			s.show(b)
+		}
+	}
+}
+
+// answered updates the rooms with the server's answer to a join or leave.
+func (s *session) answered(typ, room string, m message) {
+	if m.Type == "error" {
+		// Whatever it was, the server now does not have us in the room.
+		s.drop(room)
+		if m.Room == "" {
+			m.Room = room
+		}
+		s.println(s.out, format(m, nil))
+		return
+	}
+	if typ == "join" {
+		s.enter(room)
+		s.println(s.out, "* joined "+clean(room))
+		return
+	}
+	s.drop(room)
+	s.println(s.out, "* left "+clean(room))
+}
+
+func (s *session) send(ctx context.Context, m message) error {
 	b, err := json.Marshal(m)
 	if err != nil {
 		return err
 	}
-	return c.conn.Write(ctx, websocket.MessageText, b)
+	ctx, cancel := context.WithTimeout(ctx, writeTimeout)
+	defer cancel()
+	return s.conn.ws.Write(ctx, websocket.MessageText, b)
 }
 
-// quit closes the connection normally (status 1000) and waits for the
-// reader, which sees the server's answering close frame.
-func (c *session) quit(done <-chan error) int {
-	c.conn.Close(websocket.StatusNormalClosure, "bye")
-	<-done
+// sendFailed ends the connection after a failed write: on Ctrl-C, the
+// session; otherwise it was lost.
+func (s *session) sendFailed(ctx context.Context) (code int, stop bool) {
+	if ctx.Err() != nil {
+		return s.quit(), true
+	}
+	s.conn.ws.CloseNow()
+	for range s.conn.frames { // what was still on the way is of no use now
+	}
+	return s.lost()
+}
+
+// quit closes the connection normally (status 1000) and ends the session.
+func (s *session) quit() int {
+	if s.conn != nil {
+		s.conn.close()
+		s.conn = nil
+	}
+	if s.retry != nil {
+		s.retry.Stop()
+	}
 	return 0
 }
 
-// fail reports a failed write and ends the session.
-func (c *session) fail(err error, done <-chan error) int {
-	c.conn.CloseNow()
-	if readErr := <-done; websocket.CloseStatus(readErr) != -1 {
-		return c.disconnected(readErr) // the close frame says more than the write error
-	}
-	fmt.Fprintf(c.stderr, "client: %v\n", err)
-	return 1
-}
-
-// disconnected reports a connection ended by the server or the network.
-func (c *session) disconnected(err error) int {
+// lost handles the end of the connection, which the reader reported by
+// closing frames: after a server shutdown or a network failure it plans a
+// reconnection; any other close status ends the session.
+func (s *session) lost() (code int, stop bool) {
+	c := s.conn
+	s.conn = nil
+	c.ws.CloseNow() // frees it; the reader has ended already
 	var ce websocket.CloseError
-	if errors.As(err, &ce) {
-		fmt.Fprintf(c.stderr, "client: server closed the connection: %d %s\n", int(ce.Code), closeReason(ce))
-	} else {
-		fmt.Fprintf(c.stderr, "client: connection lost: %v\n", err)
+	if !errors.As(c.err, &ce) {
+		s.reconnectLater("connection lost: " + c.err.Error())
+		return 0, false
 	}
-	return 1
+	why := fmt.Sprintf("%d %s", int(ce.Code), closeReason(ce))
+	if ce.Code != websocket.StatusGoingAway && ce.Code != websocket.StatusAbnormalClosure {
+		s.println(s.errs, "client: server closed the connection: "+why)
+		return 1, true
+	}
+	s.reconnectLater("disconnected: " + why)
+	return 0, false
 }
 
 func closeReason(ce websocket.CloseError) string {
 	if ce.Reason != "" {
-		return ce.Reason
+		return clean(ce.Reason)
 	}
 	return strings.TrimPrefix(ce.Code.String(), "Status")
 }
 
-// printMessages prints what the server sends until the connection ends,
-// and returns the error that ended it.
-func printMessages(conn *websocket.Conn, stdout io.Writer) error {
-	for {
-		_, b, err := conn.Read(context.Background())
-		if err != nil {
-			return err
+// reconnectLater says why the client is offline and when it tries again.
+func (s *session) reconnectLater(why string) {
+	delay := min(firstRetry<<s.attempt, maxRetry)
+	delay = time.Duration(float64(delay) * (0.75 + rand.Float64()/2))
+	s.attempt = min(s.attempt+1, 10) // enough to reach maxRetry, and no overflow
+	s.retry = time.NewTimer(delay)
+	s.println(s.out, fmt.Sprintf("* %s; reconnecting in %.1fs", why, delay.Seconds()))
+}
+
+// reconnect dials again and joins the rooms the client was in, in the same
+// order, so that the same room is current.
+func (s *session) reconnect(ctx context.Context) (code int, stop bool) {
+	s.retry = nil
+	ws, err := dial(ctx, s.url, s.name)
+	if err != nil {
+		if ctx.Err() != nil {
+			return s.quit(), true
 		}
-		var m message
-		if err := json.Unmarshal(b, &m); err != nil {
-			fmt.Fprintf(stdout, "? %s\n", b)
-			continue
+		var re *refusedError
+		if errors.As(err, &re) && re.status < 500 && re.status != http.StatusTooManyRequests {
+			// Trying again would get the same answer.
+			s.println(s.errs, fmt.Sprintf("client: cannot reconnect to %s: %v", s.url, err))
+			return 1, true
 		}
-		if line := format(m, b); line != "" {
-			fmt.Fprintln(stdout, line)
+		s.reconnectLater("cannot reconnect: " + err.Error())
+		return 0, false
+	}
+	s.connected(ws)
+	for _, room := range slices.Clone(s.rooms) {
+		if code, stop := s.request(ctx, "join", room); stop || s.conn == nil {
+			return code, stop // if lost again, the next connection joins what is left
 		}
+	}
+	return 0, false
+}
+
+// show prints one frame from the server.
+func (s *session) show(b []byte) {
+	var m message
+	if err := json.Unmarshal(b, &m); err != nil {
+		s.println(s.out, "? "+clean(string(b)))
+		return
+	}
+	if line := format(m, b); line != "" {
+		s.println(s.out, line)
 	}
 }
 
+// println writes a line to w (stdout or stderr, which share the terminal),
+// erasing the prompt first if it is shown.
+func (s *session) println(w io.Writer, line string) {
+	if s.prompt {
+		io.WriteString(w, "\r\x1b[K")
+		s.promptShown = false
+	}
+	fmt.Fprintln(w, line)
+}
+
+// showPrompt shows where typed lines go, unless it is shown already.
+func (s *session) showPrompt() {
+	if !s.prompt || s.promptShown {
+		return
+	}
+	p := clean(s.current())
+	if p == "" {
+		p = "(no room)"
+	}
+	if s.conn == nil {
+		p += " (offline)"
+	}
+	fmt.Fprint(s.out, p+"> ")
+	s.promptShown = true
+}
+
 // format renders one message for the terminal, or returns "" for one not
-// worth showing; raw is the frame, shown for types this client does not know.
+// worth showing; raw is the frame, shown for types this client does not
+// know. Everything from the network goes through clean.
 func format(m message, raw []byte) string {
 	switch m.Type {
 	case "message":
-		var d chatData
-		if json.Unmarshal(m.Data, &d) != nil || d.Text == "" {
-			d.Text = string(m.Data) // not a chat message: show the data as is
-		}
-		if d.Name == "" {
-			d.Name = "(server)"
-		}
+		sender, text := chatLine(m)
 		if m.Room == "" {
-			return fmt.Sprintf("%s: %s", d.Name, d.Text)
+			return fmt.Sprintf("%s: %s", clean(sender), clean(text))
 		}
-		return fmt.Sprintf("[%s] %s: %s", m.Room, d.Name, d.Text)
+		return fmt.Sprintf("[%s] %s: %s", clean(m.Room), clean(sender), clean(text))
 	case "ack":
-		what, room, _ := strings.Cut(m.ID, ":")
-		switch what {
-		case "join":
-			return "* joined " + room
-		case "leave":
-			return "* left " + room
-		}
-		return "* ok " + m.ID
+		return "* ok " + clean(m.ID)
 	case "error":
 		if m.Room != "" {
-			return fmt.Sprintf("! [%s] %s", m.Room, m.Error)
+			return fmt.Sprintf("! [%s] %s", clean(m.Room), clean(m.Error))
 		}
-		return "! " + m.Error
+		return "! " + clean(m.Error)
 	case "welcome":
 		return "" // examples/chat's greeting; the client knows who it is
 	}
-	return string(raw)
+	return clean(string(raw))
+}
+
+// chatLine returns who sent a message and what it says: the name the chat
+// server stamped, else the sender's client ID, else "(server)" for a
+// message the server sent itself; the text, else the data as it came.
+func chatLine(m message) (sender, text string) {
+	var d chatData
+	if json.Unmarshal(m.Data, &d) != nil || d.Text == "" {
+		d = chatData{Text: string(m.Data)}
+		var s string
+		if json.Unmarshal(m.Data, &s) == nil {
+			d.Text = s // a bare string, as from the Quick start's /announce
+		}
+	}
+	switch {
+	case d.Name != "":
+		return d.Name, d.Text
+	case m.From != "":
+		return m.From, d.Text
+	}
+	return "(server)", d.Text
+}
+
+// clean makes text from the network safe to print: control characters,
+// among them ESC, which starts the terminal's escape sequences, and the
+// Unicode controls that reorder text are shown escaped as in Go ("\x1b");
+// invalid UTF-8 becomes U+FFFD.
+func clean(s string) string {
+	if !strings.ContainsFunc(s, unprintable) && utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s { // invalid bytes come as U+FFFD
+		if unprintable(r) {
+			q := strconv.QuoteRune(r)
+			b.WriteString(q[1 : len(q)-1])
+		} else {
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+func unprintable(r rune) bool {
+	return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r)
 }

@@ -5,12 +5,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -28,17 +30,33 @@ func TestMain(m *testing.M) {
 const timeout = 10 * time.Second
 
 // server is a chat hub like examples/chat's, reporting each client's
-// disconnect reason.
+// disconnect reason. Rooms named private-* are refused, and the publishes
+// of clients named raw-* are passed on as they are, without a name. Its URL leads to
+// whichever hub is current, so that a test can restart the hub behind it.
 type server struct {
-	hub  *wshub.Hub
-	url  string
-	gone chan error // OnDisconnect reasons
+	t       *testing.T
+	hub     *wshub.Hub                   // the first hub
+	handler atomic.Pointer[http.Handler] // what the URL leads to
+	url     string
+	gone    chan error         // OnDisconnect reasons
+	clients chan *wshub.Client // OnConnect
 }
 
 func newServer(t *testing.T) *server {
 	t.Helper()
-	s := &server{gone: make(chan error, 16)}
-	s.hub = wshub.New(nil, &wshub.Options{
+	s := &server{t: t, gone: make(chan error, 16), clients: make(chan *wshub.Client, 16)}
+	s.hub = s.newHub()
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		(*s.handler.Load()).ServeHTTP(w, r)
+	}))
+	t.Cleanup(ts.Close)
+	s.url = "ws" + strings.TrimPrefix(ts.URL, "http") + "/ws"
+	return s
+}
+
+// newHub starts a hub and makes the URL lead to it.
+func (s *server) newHub() *wshub.Hub {
+	hub := wshub.New(nil, &wshub.Options{
 		Authenticate: func(r *http.Request) (wshub.Identity, error) {
 			name := r.URL.Query().Get("name")
 			if name == "" {
@@ -46,8 +64,16 @@ func newServer(t *testing.T) *server {
 			}
 			return wshub.Identity{Values: map[string]any{"name": name}}, nil
 		},
-		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
+		AuthorizeJoin: func(_ *wshub.Client, room string) error {
+			if strings.HasPrefix(room, "private-") {
+				return errors.New("private room")
+			}
+			return nil
+		},
 		AuthorizePublish: func(c *wshub.Client, m *wshub.Message) error {
+			if strings.HasPrefix(c.Value("name").(string), "raw-") {
+				return nil
+			}
 			var d chatData
 			if err := json.Unmarshal(m.Data.(json.RawMessage), &d); err != nil {
 				return err
@@ -55,17 +81,37 @@ func newServer(t *testing.T) *server {
 			m.Data = chatData{Name: c.Value("name").(string), Text: d.Text}
 			return nil
 		},
+		OnConnect:    func(c *wshub.Client) { s.clients <- c },
 		OnDisconnect: func(_ *wshub.Client, reason error) { s.gone <- reason },
 	})
-	mux := http.NewServeMux()
-	mux.Handle("/ws", s.hub)
-	ts := httptest.NewServer(mux)
-	t.Cleanup(func() {
-		s.hub.Close()
-		ts.Close()
-	})
-	s.url = "ws" + strings.TrimPrefix(ts.URL, "http") + "/ws"
-	return s
+	s.t.Cleanup(func() { hub.Close() })
+	s.serve(hub)
+	return hub
+}
+
+// serve makes the URL lead to h.
+func (s *server) serve(h http.Handler) { s.handler.Store(&h) }
+
+// shutdown shuts hub down as a server does when it stops.
+func (s *server) shutdown(hub *wshub.Hub) {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	if err := hub.Shutdown(ctx); err != nil {
+		s.t.Fatalf("Shutdown: %v", err)
+	}
+}
+
+// client returns the next client that connected.
+func (s *server) client() *wshub.Client {
+	s.t.Helper()
+	select {
+	case c := <-s.clients:
+		return c
+	case <-time.After(timeout):
+		s.t.Fatal("no client connected")
+		return nil
+	}
 }
 
 // closeStatus waits for the next client to disconnect and returns the close
@@ -86,6 +132,8 @@ type cli struct {
 	t      *testing.T
 	stdin  *io.PipeWriter
 	lines  chan string // stdout, line by line
+	stdout *syncBuffer // stdout as it came, prompts included
+	seen   int         // how much of stdout waitOutput went through
 	stderr *syncBuffer
 	exit   chan int
 	cancel context.CancelFunc // Ctrl-C
@@ -93,19 +141,25 @@ type cli struct {
 
 func start(t *testing.T, args ...string) *cli {
 	t.Helper()
+	return startWith(t, false, args...)
+}
+
+// startWith starts a client, with a prompt as on a terminal or without.
+func startWith(t *testing.T, prompt bool, args ...string) *cli {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
-	c := &cli{t: t, stdin: inW, lines: make(chan string, 1000), stderr: &syncBuffer{}, exit: make(chan int, 1), cancel: cancel}
+	c := &cli{t: t, stdin: inW, lines: make(chan string, 1000), stdout: &syncBuffer{}, stderr: &syncBuffer{}, exit: make(chan int, 1), cancel: cancel}
 	go func() {
 		defer close(c.lines)
-		sc := bufio.NewScanner(outR)
+		sc := bufio.NewScanner(io.TeeReader(outR, c.stdout))
 		for sc.Scan() {
 			c.lines <- sc.Text()
 		}
 	}()
 	go func() {
-		code := run(ctx, args, inR, outW, c.stderr)
+		code := run(ctx, args, inR, outW, c.stderr, prompt)
 		outW.Close()
 		c.exit <- code
 	}()
@@ -193,6 +247,32 @@ func equal[T comparable](t *testing.T, what string, got, want T) {
 	}
 }
 
+// expectPrefix fails unless the next line of output starts with prefix.
+func (c *cli) expectPrefix(prefix string) {
+	c.t.Helper()
+	if got := c.next(); !strings.HasPrefix(got, prefix) {
+		c.t.Fatalf("got line %q, want one starting with %q", got, prefix)
+	}
+}
+
+// waitOutput waits until stdout, as a terminal gets it, contains want
+// after what the previous waitOutput found.
+func (c *cli) waitOutput(want string) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		out := c.stdout.String()[c.seen:]
+		if i := strings.Index(out, want); i >= 0 {
+			c.seen += i + len(want)
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("stdout %q does not contain %q", out, want)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func TestConversation(t *testing.T) {
 	t.Parallel()
 	s := newServer(t)
@@ -207,18 +287,214 @@ func TestConversation(t *testing.T) {
 	bob.expect("* joined games")
 	bob.send("gg")
 	bob.expect("[games] bob: gg") // typed lines go to the room joined last
+	bob.send("/leave games")
+	bob.expect("* left games")
+	bob.send("back") // to the lobby, current again
+	alice.expect("[lobby] bob: back")
+	bob.expect("[lobby] bob: back")
 
 	bob.send("/leave nowhere")
 	bob.expect("! [nowhere] wshub: not a member of the room")
-	bob.send("/leave games")
-	bob.expect("* left games")
+	bob.send("/leave")
+	bob.expect("* left lobby")
 	bob.send("lost")
 	bob.send("/join lobby")
 	bob.expect("* joined lobby")
 	// Lines are handled in order, so the hint is written by now.
 	equal(t, "stderr", bob.stderr.String(), "not in a room: /join ROOM first\n")
-	bob.send("back")
-	alice.expect("[lobby] bob: back")
+	bob.send("here again")
+	alice.expect("[lobby] bob: here again")
+}
+
+// TestRooms runs sequences of commands and checks which rooms the client
+// says it is in, which one typed lines go to, and that they really go there.
+func TestRooms(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	for _, tc := range []struct {
+		name     string
+		commands []string
+		rooms    string // what /rooms says
+		current  string // where a typed line goes
+	}{
+		{"leave the room joined last", []string{"/join lobby", "/join dev", "/leave dev"}, "* rooms: lobby; typing to lobby", "lobby"},
+		{"leave the current room", []string{"/join lobby", "/join dev", "/leave"}, "* rooms: lobby; typing to lobby", "lobby"},
+		{"leave another room", []string{"/join lobby", "/join dev", "/leave lobby"}, "* rooms: dev; typing to dev", "dev"},
+		{"join again to switch", []string{"/join lobby", "/join dev", "/join lobby"}, "* rooms: dev, lobby; typing to lobby", "lobby"},
+		{"back to the one before", []string{"/join a", "/join b", "/join c", "/join a", "/leave a"}, "* rooms: b, c; typing to c", "c"},
+		{"refused join", []string{"/join lobby", "/join private-x"}, "* rooms: lobby; typing to lobby", "lobby"},
+		{"leave a room not joined", []string{"/join lobby", "/leave dev"}, "* rooms: lobby; typing to lobby", "lobby"},
+		{"any case", []string{"/JOIN lobby", "/Join dev", "/LEAVE"}, "* rooms: lobby; typing to lobby", "lobby"},
+		{"leave everything", []string{"/join lobby", "/leave", "/leave lobby"}, "* not in a room", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			c := start(t, "-url", s.url, "-name", "alice", "-room", "")
+			c.expect("* connected to " + s.url + " as alice")
+			for _, cmd := range tc.commands {
+				c.send(cmd)
+			}
+			c.send("/rooms")
+			for got := c.next(); got != tc.rooms; got = c.next() {
+				if strings.HasPrefix(got, "* rooms") || strings.HasPrefix(got, "* not in") {
+					t.Fatalf("/rooms: got %q, want %q", got, tc.rooms)
+				}
+			}
+			c.send("hello")
+			if tc.current == "" {
+				c.send("/rooms") // a line after the hint, to know it is written
+				c.expect(tc.rooms)
+				equal(t, "stderr", c.stderr.String(), "not in a room: /join ROOM first\n")
+				return
+			}
+			c.expect("[" + tc.current + "] alice: hello")
+		})
+	}
+}
+
+// TestPrompt checks that a terminal shows the current room in the prompt,
+// and that a message arriving meanwhile is written over the prompt, which
+// comes back after it.
+func TestPrompt(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	alice := startWith(t, true, "-url", s.url, "-name", "alice", "-room", "lobby")
+	alice.waitOutput("* joined lobby\nlobby> ")
+	alice.send("/join dev")
+	alice.waitOutput("* joined dev\ndev> ")
+	alice.send("/leave")
+	alice.waitOutput("* left dev\nlobby> ")
+	alice.send("/leave")
+	alice.waitOutput("* left lobby\n(no room)> ")
+	alice.send("/join lobby")
+	alice.waitOutput("* joined lobby\nlobby> ")
+
+	bob := connect(t, s, "bob", "lobby")
+	bob.send("hi")
+	alice.waitOutput("\r\x1b[K[lobby] bob: hi\nlobby> ") // over the prompt "lobby> " found above
+
+	s.shutdown(s.hub)
+	alice.waitOutput("reconnecting in ")
+	alice.waitOutput("\nlobby (offline)> ")
+}
+
+// TestReconnect restarts the server behind the client: on 1001, and when
+// the connection is cut, the client comes back, joins its rooms again in
+// the same order, and goes on talking in the same room.
+func TestReconnect(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		stop func(s *server)
+		why  string
+	}{
+		{"shutdown", func(s *server) { s.shutdown(s.hub) }, "* disconnected: 1001 server shutting down; reconnecting in "},
+		{"cut", func(s *server) { s.hub.Close() }, "* connection lost: "},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newServer(t)
+			alice := connect(t, s, "alice", "dev")
+			alice.send("/join lobby")
+			alice.expect("* joined lobby")
+
+			s.newHub() // where the client will reconnect to
+			tc.stop(s)
+			alice.expectPrefix(tc.why)
+			alice.expect("* connected to " + s.url + " as alice")
+			alice.expect("* joined dev")
+			alice.expect("* joined lobby")
+			alice.send("still here")
+			alice.expect("[lobby] alice: still here")
+
+			bob := connect(t, s, "bob", "dev")
+			bob.send("in dev")
+			alice.expect("[dev] bob: in dev")
+			equal(t, "stderr", alice.stderr.String(), "")
+		})
+	}
+}
+
+// TestReconnectRetries keeps a client offline for a while: it tries again
+// on a server that refuses it for now (503), and a line typed meanwhile is
+// refused with a hint instead of being lost silently.
+func TestReconnectRetries(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	alice := connect(t, s, "alice", "lobby")
+	s.shutdown(s.hub) // the URL still leads to it: every upgrade gets 503
+	alice.expectPrefix("* disconnected: 1001 server shutting down; reconnecting in ")
+	alice.expectPrefix("* cannot reconnect: 503 Service Unavailable")
+	alice.send("anyone?")
+	alice.send("/rooms") // answered locally: the hint is written before it
+	alice.expectPrefix("* ")
+	if got := alice.stderr.String(); got != "not connected, message not sent: reconnecting\n" {
+		t.Fatalf("stderr: %q", got)
+	}
+
+	s.newHub()
+	for line := alice.next(); line != "* connected to "+s.url+" as alice"; line = alice.next() {
+		if !strings.HasPrefix(line, "* cannot reconnect: 503 Service Unavailable") && !strings.HasPrefix(line, "* rooms: lobby") {
+			t.Fatalf("while reconnecting: %q", line)
+		}
+	}
+	alice.expect("* joined lobby")
+}
+
+// TestReconnectRefused ends the client when the server refuses it for
+// good (a 4xx answer), since trying again would get the same answer.
+func TestReconnectRefused(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	alice := connect(t, s, "alice", "lobby")
+	s.serve(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "banned", http.StatusForbidden)
+	}))
+	s.shutdown(s.hub)
+	alice.expectPrefix("* disconnected: 1001 server shutting down; reconnecting in ")
+	equal(t, "exit status", alice.wait(), 1)
+	equal(t, "stderr", alice.stderr.String(), "client: cannot reconnect to "+s.url+": 403 Forbidden: banned\n")
+}
+
+// TestKicked ends the client when the server closes it with a status other
+// than 1001: it closed this client on purpose.
+func TestKicked(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	alice := connect(t, s, "alice", "lobby")
+	s.client().Close(websocket.StatusPolicyViolation, "go away")
+	equal(t, "exit status", alice.wait(), 1)
+	equal(t, "stderr", alice.stderr.String(), "client: server closed the connection: 1008 go away\n")
+}
+
+// TestSender: a message without a name in its data shows the sender's
+// client ID, and only one the server sent itself shows "(server)".
+func TestSender(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	alice := connect(t, s, "alice", "lobby")
+	s.client() // alice's
+
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	raw, _, err := websocket.Dial(ctx, s.url+"?name=raw-bot", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.CloseNow()
+	bot := s.client()
+	if err := bot.Join("lobby"); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Write(ctx, websocket.MessageText, []byte(`{"type":"publish","room":"lobby","data":{"text":"beep"}}`)); err != nil {
+		t.Fatal(err)
+	}
+	alice.expect("[lobby] " + bot.ID() + ": beep")
+
+	if err := s.hub.Room("lobby").Broadcast(ctx, &wshub.Message{Data: chatData{Text: "maintenance at noon"}}); err != nil {
+		t.Fatal(err)
+	}
+	alice.expect("[lobby] (server): maintenance at noon")
 }
 
 func TestLeaveStopsDelivery(t *testing.T) {
@@ -234,13 +510,28 @@ func TestLeaveStopsDelivery(t *testing.T) {
 	bob.expect("* left lobby")
 
 	alice.send("/join lobby")
-	alice.expect("* joined lobby")
 	alice.send("only lobby")
 	alice.send("/join games")
 	alice.send("in games")
 	// A room's messages are delivered in order and alice sent the lobby one
 	// first, so had bob still got it, it would come before this one.
 	bob.expect("[games] alice: in games")
+}
+
+func TestCommands(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	c := connect(t, s, "alice", "lobby")
+	c.send("/bogus")
+	c.send("/join")
+	c.send("/HeLp")
+	for _, want := range strings.Split(help, "\n") {
+		c.expect(want)
+	}
+	equal(t, "stderr", c.stderr.String(), "unknown command /bogus (/help lists the commands)\nusage: /join ROOM\n")
+	if !strings.Contains(help, "/help") {
+		t.Error("/help does not list itself")
+	}
 }
 
 func TestExitNormally(t *testing.T) {
@@ -251,6 +542,7 @@ func TestExitNormally(t *testing.T) {
 	}{
 		{"EOF", func(c *cli) { c.stdin.Close() }},
 		{"quit", func(c *cli) { c.send("/quit") }},
+		{"QUIT", func(c *cli) { c.send("/QUIT") }},
 		{"interrupt", func(c *cli) { c.cancel() }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -265,17 +557,28 @@ func TestExitNormally(t *testing.T) {
 	}
 }
 
-func TestServerShutdown(t *testing.T) {
+// TestExitWhileOffline: Ctrl-C and EOF still end the client normally while
+// it waits to reconnect.
+func TestExitWhileOffline(t *testing.T) {
 	t.Parallel()
-	s := newServer(t)
-	c := connect(t, s, "alice", "lobby")
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	if err := s.hub.Shutdown(ctx); err != nil {
-		t.Fatalf("Shutdown: %v", err)
+	for _, tc := range []struct {
+		name string
+		quit func(c *cli)
+	}{
+		{"EOF", func(c *cli) { c.stdin.Close() }},
+		{"interrupt", func(c *cli) { c.cancel() }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newServer(t)
+			c := connect(t, s, "alice", "lobby")
+			s.shutdown(s.hub)
+			c.expectPrefix("* disconnected: 1001 server shutting down; reconnecting in ")
+			tc.quit(c)
+			equal(t, "exit status", c.wait(), 0)
+			equal(t, "stderr", c.stderr.String(), "")
+		})
 	}
-	equal(t, "exit status", c.wait(), 1)
-	equal(t, "stderr", c.stderr.String(), "client: server closed the connection: 1001 server shutting down\n")
 }
 
 func TestCannotConnect(t *testing.T) {
@@ -287,20 +590,37 @@ func TestCannotConnect(t *testing.T) {
 	closedURL := "ws://" + ln.Addr().String() + "/ws"
 	ln.Close()
 	s := newServer(t)
+	web := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/" {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "text/html; charset=utf-8")
+		io.WriteString(w, "<!doctype html><html><head><style>"+strings.Repeat("body { margin: 0 }\n", 100)+"</style></head></html>")
+	}))
+	t.Cleanup(web.Close)
+	hint := ": check -url (e.g. ws://localhost:8080/ws)\n"
 
 	for _, tc := range []struct {
 		name, url, nick, want string
+		exact                 bool
 	}{
-		{"unreachable", closedURL, "alice", "client: cannot connect to " + closedURL + ": "},
-		{"refused", s.url, "", "client: cannot connect to " + s.url + ": 400 Bad Request: name is required\n"},
-		{"bad URL", "ws://[::1", "alice", "client: cannot connect to ws://[::1: "},
+		{"unreachable", closedURL, "alice", "client: cannot connect to " + closedURL + ": ", false},
+		{"refused", s.url, "", "client: cannot connect to " + s.url + ": 400 Bad Request: name is required\n", true},
+		{"bad URL", "ws://[::1", "alice", "client: cannot connect to ws://[::1: ", false},
+		{"web page", web.URL + "/", "alice", "client: cannot connect to " + web.URL + "/: 200 OK: the server sent a web page, not a WebSocket" + hint, true},
+		{"not found", web.URL + "/nope", "alice", "client: cannot connect to " + web.URL + "/nope: 404 Not Found: no WebSocket endpoint there" + hint, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			c := start(t, "-url", tc.url, "-name", tc.nick)
 			equal(t, "exit status", c.wait(), 1)
-			if got := c.stderr.String(); !strings.HasPrefix(got, tc.want) {
-				t.Errorf("stderr: got %q, want it to start with %q", got, tc.want)
+			got := c.stderr.String()
+			if tc.exact && got != tc.want || !strings.HasPrefix(got, tc.want) {
+				t.Errorf("stderr: got %q, want %q", got, tc.want)
+			}
+			if strings.Count(got, "\n") != 1 {
+				t.Errorf("stderr: got %q, want one line", got)
 			}
 		})
 	}
@@ -321,16 +641,21 @@ func TestFormat(t *testing.T) {
 		frame, want string
 	}{
 		{`{"type":"message","room":"lobby","from":"x","data":{"name":"alice","text":"hi"}}`, "[lobby] alice: hi"},
+		{`{"type":"message","room":"lobby","from":"c42","data":{"text":"no name"}}`, "[lobby] c42: no name"},
 		{`{"type":"message","room":"news","data":{"text":"extra"}}`, "[news] (server): extra"},
 		{`{"type":"message","data":{"text":"to all"}}`, "(server): to all"},
-		{`{"type":"message","room":"raw","data":[1,2]}`, "[raw] (server): [1,2]"},
-		{`{"type":"ack","id":"join:lobby"}`, "* joined lobby"},
-		{`{"type":"ack","id":"leave:lobby"}`, "* left lobby"},
+		{`{"type":"message","room":"lobby","data":"hello"}`, "[lobby] (server): hello"},
+		{`{"type":"message","room":"raw","from":"c7","data":[1,2]}`, "[raw] c7: [1,2]"},
 		{`{"type":"ack","id":"7"}`, "* ok 7"},
 		{`{"type":"error","room":"x","error":"wshub: join denied"}`, "! [x] wshub: join denied"},
 		{`{"type":"error","error":"wshub: invalid message"}`, "! wshub: invalid message"},
 		{`{"type":"welcome","data":{"id":"x","name":"alice"}}`, ""},
 		{`{"type":"custom","data":1}`, `{"type":"custom","data":1}`},
+		// Nothing from the network reaches the terminal raw.
+		{`{"type":"message","room":"a\u001b[2Jb","data":{"name":"ev\u0000e","text":"x\u0007y\nz\u202ew"}}`, `[a\x1b[2Jb] ev\x00e: x\ay\nz\u202ew`},
+		{`{"type":"message","from":"\u009b31m","data":"\u001b]0;pwned\u0007"}`, `\u009b31m: \x1b]0;pwned\a`},
+		{`{"type":"error","room":"\r","error":"\u001bc"}`, `! [\r] \x1bc`},
+		{`{"type":"custom","data":"\u001b[31m"}`, `{"type":"custom","data":"\u001b[31m"}`},
 	} {
 		var m message
 		if err := json.Unmarshal([]byte(tc.frame), &m); err != nil {
@@ -338,4 +663,5 @@ func TestFormat(t *testing.T) {
 		}
 		equal(t, tc.frame, format(m, []byte(tc.frame)), tc.want)
 	}
+	equal(t, "invalid UTF-8", clean("a\xffb\x1b"), `a`+"\uFFFD"+`b\x1b`)
 }
