@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/wshub/wshub"
@@ -41,8 +42,9 @@ type welcome struct {
 func newHub(logger *slog.Logger) *wshub.Hub {
 	return wshub.New(nil, &wshub.Options{
 		Authenticate: authenticate,
-		// Rooms are open: any name the library accepts may be joined.
-		AuthorizeJoin:    func(*wshub.Client, string) error { return nil },
+		// Rooms are open: any name the library accepts may be joined, as long
+		// as it prints safely.
+		AuthorizeJoin:    authorizeJoin,
 		AuthorizePublish: stampName,
 		OnConnect: func(c *wshub.Client) {
 			name := clientName(c)
@@ -69,8 +71,30 @@ func authenticate(r *http.Request) (wshub.Identity, error) {
 	case !utf8.ValidString(name) || utf8.RuneCountInString(name) > maxNameLen:
 		return wshub.Identity{}, wshub.Reject(http.StatusBadRequest,
 			fmt.Sprintf("name must be valid UTF-8 of at most %d characters", maxNameLen))
+	case hasControl(name):
+		return wshub.Identity{}, wshub.Reject(http.StatusBadRequest, "name must not contain control characters")
 	}
 	return wshub.Identity{Values: map[string]any{"name": name}}, nil
+}
+
+// errControlRoom refuses a room name with control characters.
+var errControlRoom = errors.New("room name must not contain control characters")
+
+func authorizeJoin(_ *wshub.Client, room string) error {
+	if hasControl(room) {
+		return errControlRoom
+	}
+	return nil
+}
+
+// hasControl reports whether s holds a control character (ESC, NUL, a
+// newline...) or a Unicode control that reorders text. Names and rooms are
+// shown to everyone, and a terminal would obey an escape sequence in them;
+// so the server refuses them, and clients escape what they print anyway.
+func hasControl(s string) bool {
+	return strings.ContainsFunc(s, func(r rune) bool {
+		return unicode.IsControl(r) || unicode.Is(unicode.Bidi_Control, r)
+	})
 }
 
 // stampName replaces whatever data a client published with its text and

@@ -24,9 +24,10 @@ import (
 	"time"
 )
 
-// page holds the chat page: plain HTML, CSS and JavaScript, no build step.
+// page holds the chat page, plain HTML, CSS and JavaScript with no build
+// step, and its icon.
 //
-//go:embed index.html
+//go:embed index.html favicon.svg
 var page embed.FS
 
 // shutdownTimeout bounds how long Ctrl-C waits for clients to be told
@@ -64,11 +65,24 @@ func serve(ctx context.Context, ln net.Listener, logger *slog.Logger) error {
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.ServeFileFS(w, r, page, "index.html")
 	})
+	icon := func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "image/svg+xml")
+		http.ServeFileFS(w, r, page, "favicon.svg")
+	}
+	mux.HandleFunc("GET /favicon.svg", icon) // the page links it
+	mux.HandleFunc("GET /favicon.ico", icon) // for what asks without reading the page
 	mux.Handle("/ws", hub)
 
+	// The timeouts are for plain HTTP: net/http clears a connection's
+	// deadlines when the hub takes it over for a WebSocket, and the hub's
+	// pings watch it from then on. ReadHeaderTimeout stops a client that
+	// sends its headers slowly from holding a connection (slowloris);
+	// IdleTimeout closes keep-alive connections nobody uses, which would
+	// otherwise stay open for ever.
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
 	}
 	served := make(chan error, 1)

@@ -105,6 +105,8 @@ func (s *server) wsURL() string { return "ws://" + s.addr + "/ws" }
 // cli is one run of the client program, with piped stdin and stdout.
 type cli struct {
 	t      *testing.T
+	name   string  // as connect gave it
+	pushed *string // a line skipPrefix read too far
 	stdin  io.WriteCloser
 	lines  chan string // stdout, line by line
 	stderr *syncBuffer
@@ -154,6 +156,7 @@ func startClient(t *testing.T, args ...string) *cli {
 func connect(t *testing.T, s *server, name, room string) *cli {
 	t.Helper()
 	c := startClient(t, "-url", s.wsURL(), "-name", name, "-room", room)
+	c.name = name
 	c.expect("* connected to " + s.wsURL() + " as " + name)
 	c.expect("* joined " + room)
 	return c
@@ -166,19 +169,65 @@ func (c *cli) send(line string) {
 	}
 }
 
+// expectPrefix fails unless the next line of output starts with prefix.
+func (c *cli) expectPrefix(prefix string) {
+	c.t.Helper()
+	if got := c.next(); !strings.HasPrefix(got, prefix) {
+		c.t.Fatalf("got line %q, want one starting with %q", got, prefix)
+	}
+}
+
+// skipPrefix skips the lines of output that start with prefix; the next
+// expect sees the first that does not.
+func (c *cli) skipPrefix(prefix string) {
+	c.t.Helper()
+	for {
+		line := c.next()
+		if !strings.HasPrefix(line, prefix) {
+			c.pushed = &line
+			return
+		}
+	}
+}
+
+// next returns the next line of output.
+func (c *cli) next() string {
+	c.t.Helper()
+	if c.pushed != nil {
+		line := *c.pushed
+		c.pushed = nil
+		return line
+	}
+	select {
+	case line, ok := <-c.lines:
+		if !ok {
+			c.t.Fatalf("output ended; stderr: %s", c.stderr)
+		}
+		return line
+	case <-time.After(timeout):
+		c.t.Fatalf("no output; stderr: %s", c.stderr)
+		return ""
+	}
+}
+
 // expect fails unless the next line of output is want.
 func (c *cli) expect(want string) {
 	c.t.Helper()
-	select {
-	case got, ok := <-c.lines:
-		if !ok {
-			c.t.Fatalf("output ended, want %q; stderr: %s", want, c.stderr)
+	if got := c.next(); got != want {
+		c.t.Fatalf("got line %q, want %q", got, want)
+	}
+}
+
+// waitStderr waits until the client wrote want on stderr, which reaches
+// the test on its own pipe, and so possibly after later lines of stdout.
+func (c *cli) waitStderr(want string) {
+	c.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for c.stderr.String() != want {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("stderr: got %q, want %q", c.stderr, want)
 		}
-		if got != want {
-			c.t.Fatalf("got line %q, want %q", got, want)
-		}
-	case <-time.After(timeout):
-		c.t.Fatalf("no output, want %q; stderr: %s", want, c.stderr)
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -313,6 +362,8 @@ func TestPage(t *testing.T) {
 		body   string
 	}{
 		{"/", http.StatusOK, "<title>wshub chat</title>"},
+		{"/favicon.svg", http.StatusOK, "<svg"},
+		{"/favicon.ico", http.StatusOK, "<svg"},
 		{"/index.html", http.StatusNotFound, ""},
 		{"/nope", http.StatusNotFound, ""},
 	} {
@@ -337,6 +388,10 @@ func TestRefusesBadNames(t *testing.T) {
 		{"?name=%20%20", "name is required"},
 		{"?name=" + strings.Repeat("x", maxNameLen+1), "name must be valid UTF-8 of at most 32 characters"},
 		{"?name=%ff", "name must be valid UTF-8 of at most 32 characters"},
+		{"?name=%1b%5b2Jevil", "name must not contain control characters"},
+		{"?name=a%00b", "name must not contain control characters"},
+		{"?name=a%0ab", "name must not contain control characters"},
+		{"?name=%e2%80%aeevil", "name must not contain control characters"}, // U+202E reverses text
 	} {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		_, resp, err := websocket.Dial(ctx, s.wsURL()+tc.query, nil)
@@ -423,16 +478,93 @@ func TestClients(t *testing.T) {
 	alice.expect("* joined games")
 	alice.send("still here?")
 	bob.expect("[games] alice: still here?")
+	alice.expect("[games] alice: still here?")
 
 	// A peer answers the server's close frame only while it reads.
 	malloryErr := make(chan error, 1)
 	go func() { malloryErr <- mallory.readUntilClosed() }()
 	s.shutdown(t)
-	for _, c := range []*cli{alice, bob} {
-		equal(t, "exit status", c.wait(), 1)
-		equal(t, "stderr", c.stderr.String(), "client: server closed the connection: 1001 server shutting down\n")
-	}
 	equal(t, "close status", websocket.CloseStatus(<-malloryErr), websocket.StatusGoingAway)
+
+	// The clients do not exit: they try again until the server is back,
+	// and join their rooms again, the current one last.
+	for _, c := range []*cli{alice, bob} {
+		c.expectPrefix("* disconnected: 1001 server shutting down; reconnecting in ")
+	}
+	startServerAt(t, s.addr)
+	for _, c := range []*cli{alice, bob} {
+		c.skipPrefix("* cannot reconnect: ")
+		c.expect("* connected to " + s.wsURL() + " as " + c.name)
+	}
+	alice.expect("* joined lobby")
+	alice.expect("* joined games")
+	bob.expect("* joined games")
+	alice.send("welcome back")
+	bob.expect("[games] alice: welcome back")
+	for _, c := range []*cli{alice, bob} {
+		equal(t, "stderr", c.stderr.String(), "")
+	}
+}
+
+// TestClientRooms drives the real client through the command sequences of
+// issue 13: the rooms it is in and the one typed lines go to follow the
+// server's answers.
+func TestClientRooms(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	alice := startClient(t, "-url", s.wsURL(), "-name", "alice", "-room", "")
+	alice.expect("* connected to " + s.wsURL() + " as alice")
+	bob := connect(t, s, "bob", "lobby")
+
+	alice.send("/join lobby")
+	alice.expect("* joined lobby")
+	alice.send("/join dev")
+	alice.expect("* joined dev")
+	alice.send("/leave dev")
+	alice.expect("* left dev")
+	alice.send("still in the lobby")
+	bob.expect("[lobby] alice: still in the lobby")
+	alice.expect("[lobby] alice: still in the lobby")
+
+	// A refused join does not become the current room: the chat server
+	// refuses room names with control characters.
+	alice.send("/JOIN bad\x1b[2Jroom")
+	alice.expect(`! [bad\x1b[2Jroom] wshub: join denied: room name must not contain control characters`)
+	alice.send("still here")
+	bob.expect("[lobby] alice: still here")
+	alice.expect("[lobby] alice: still here")
+
+	alice.send("/bogus")
+	alice.send("/Help")
+	alice.expect("commands (in any case):")
+	alice.waitStderr("unknown command /bogus (/help lists the commands)\n")
+}
+
+// TestClientEscapes: whatever a peer puts in a message, the client prints
+// no control character raw.
+func TestClientEscapes(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	alice := connect(t, s, "alice", "lobby")
+	mallory := dial(t, s, "mallory")
+	mallory.welcome("mallory")
+	mallory.send(`{"type":"join","room":"lobby","id":"j"}`)
+	mallory.expect(`{"type":"ack","id":"j"}`)
+	mallory.send(`{"type":"publish","room":"lobby","data":{"text":"\u001b]0;pwned\u0007\u001b[2J\u009b1m\r\nfake line\u202e"}}`)
+	alice.expect(`[lobby] mallory: \x1b]0;pwned\a\x1b[2J\u009b1m\r\nfake line\u202e`)
+}
+
+// TestClientWrongURL points the client at the page instead of /ws: it says
+// so in one line, without printing the page.
+func TestClientWrongURL(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	for _, url := range []string{"http://" + s.addr + "/", "ws://" + s.addr + "/"} {
+		c := startClient(t, "-url", url, "-name", "alice")
+		equal(t, "exit status", c.wait(), 1)
+		want := "client: cannot connect to " + url + ": 200 OK: the server sent a web page, not a WebSocket: check -url (e.g. ws://localhost:8080/ws)\n"
+		equal(t, "stderr", c.stderr.String(), want)
+	}
 }
 
 func TestClientExits(t *testing.T) {
