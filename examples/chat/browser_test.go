@@ -7,9 +7,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 )
@@ -99,10 +103,14 @@ type tab struct {
 	t    *testing.T
 	name string
 	ctx  context.Context
+
+	mu       sync.Mutex
+	problems []string // errors in the console
 }
 
-// openTab opens the chat page in a new tab of the browser and signs in.
-func openTab(t *testing.T, browser context.Context, url, name string, width, height int64) *tab {
+// newTab opens the chat page in a new tab of the browser, which asks for a
+// name.
+func newTab(t *testing.T, browser context.Context, url, name string, width, height int64) *tab {
 	t.Helper()
 	ctx, cancel := chromedp.NewContext(browser)
 	t.Cleanup(cancel)
@@ -112,15 +120,93 @@ func openTab(t *testing.T, browser context.Context, url, name string, width, hei
 		t.Fatalf("opening a tab: %v", err)
 	}
 	tb := &tab{t: t, name: name, ctx: ctx}
+	tb.watchConsole()
 	tb.do("open page",
 		chromedp.EmulateViewport(width, height),
 		chromedp.Navigate(url),
 		chromedp.WaitVisible(chromedp.ID("name")),
-		chromedp.SetValue(chromedp.ID("name"), name),
-		chromedp.Click(chromedp.CSS("#login-form button")),
 	)
+	return tb
+}
+
+// openTab opens the chat page in a new tab of the browser and signs in.
+func openTab(t *testing.T, browser context.Context, url, name string, width, height int64) *tab {
+	t.Helper()
+	tb := newTab(t, browser, url, name, width, height)
+	tb.signIn()
 	tb.waitJoined("lobby")
 	return tb
+}
+
+// signIn types the tab's name as a user does, after checking that the page
+// neither offers the name of another tab (typing would add to it) nor shows
+// itself offline before it ever tried to connect.
+func (tb *tab) signIn() {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, timeout)
+	defer cancel()
+	got, err := chromedp.Run(ctx, chromedp.Evaluate[[]string](`[
+		document.getElementById("name").value,
+		document.body.dataset.state,
+		getComputedStyle(document.getElementById("status")).visibility,
+	]`))
+	if err != nil {
+		tb.t.Fatalf("%s: reading the sign-in page: %v", tb.name, err)
+	}
+	if want := []string{"", "signed-out", "hidden"}; !slices.Equal(got, want) {
+		tb.t.Errorf("%s: before signing in, [name field, state, status visibility] = %q, want %q", tb.name, got, want)
+	}
+	tb.do("sign in",
+		chromedp.SendKeys(chromedp.ID("name"), tb.name),
+		chromedp.Click(chromedp.CSS("#login-form button")),
+	)
+	tb.do("wait for the name", chromedp.WaitVisible(chromedp.CSS(`body:not([data-state="signed-out"])`)))
+	who := tb.eval(`document.getElementById("who").textContent`)
+	equal(tb.t, tb.name+": name shown", who, tb.name)
+}
+
+// watchConsole records the errors the page writes to the console, such as
+// a resource that failed to load, until the test ends.
+func (tb *tab) watchConsole() {
+	ctx, cancel := context.WithCancel(tb.ctx)
+	messages := chromedp.Console(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for m, err := range messages {
+			if err != nil {
+				return
+			}
+			if m.Type == chromedp.ConsoleError || m.IsException() {
+				tb.mu.Lock()
+				tb.problems = append(tb.problems, m.String()+" "+m.URL)
+				tb.mu.Unlock()
+			}
+		}
+	}()
+	tb.t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+}
+
+// consoleErrors returns the errors the console got so far.
+func (tb *tab) consoleErrors() []string {
+	tb.mu.Lock()
+	defer tb.mu.Unlock()
+	return slices.Clone(tb.problems)
+}
+
+// eval evaluates a JavaScript expression that returns a string.
+func (tb *tab) eval(js string) string {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, timeout)
+	defer cancel()
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](js))
+	if err != nil {
+		tb.t.Fatalf("%s: %s: %v", tb.name, js, err)
+	}
+	return s
 }
 
 // do runs steps, failing the test on error or after timeout.
@@ -204,7 +290,7 @@ func TestBrowser(t *testing.T) {
 	url := "http://" + s.addr + "/"
 
 	alice := openTab(t, browser, url, "alice", 1000, 640)
-	bob := openTab(t, browser, url, "bob", 390, 720) // a phone
+	bob := openTab(t, browser, url, "bob", 390, 844) // a phone, and the second tab
 
 	alice.say("Hi bob! Did the deploy go out?")
 	name, class := bob.lastMessage("Hi bob! Did the deploy go out?")
@@ -216,7 +302,8 @@ func TestBrowser(t *testing.T) {
 		t.Errorf("bob sees alice's message with classes %q, want just msg", class)
 	}
 	bob.say("Yes, 10 minutes ago. Rooms over WebSocket, no polling.")
-	alice.lastMessage("Yes, 10 minutes ago. Rooms over WebSocket, no polling.")
+	name, _ = alice.lastMessage("Yes, 10 minutes ago. Rooms over WebSocket, no polling.")
+	equal(t, "sender", name, "bob")
 	bob.say("Join #random for the memes")
 	alice.lastMessage("Join #random for the memes")
 	alice.say("Nice, thanks!")
@@ -240,6 +327,12 @@ func TestBrowser(t *testing.T) {
 		copyFile(t, filepath.Join(dir, "chat-phone.png"), phonePath(dst))
 	}
 
+	for _, tb := range []*tab{alice, bob} {
+		if errs := tb.consoleErrors(); len(errs) > 0 {
+			t.Errorf("%s: console errors: %q", tb.name, errs)
+		}
+	}
+
 	// Restart the server on the same address: the pages see 1001, back off
 	// and reconnect, and rejoin their rooms.
 	s.shutdown(t)
@@ -251,6 +344,117 @@ func TestBrowser(t *testing.T) {
 	bob.waitJoined("lobby")
 	alice.say("Back online")
 	bob.lastMessage("Back online")
+}
+
+// TestBrowserPage checks the page's details: its icon, the rooms strip of
+// a phone with more rooms than fit, and a message over the length limit.
+func TestBrowserPage(t *testing.T) {
+	t.Parallel()
+	browser := startBrowser(t)
+	s := startServer(t)
+	url := "http://" + s.addr + "/"
+
+	t.Run("icon", func(t *testing.T) {
+		tb := openTab(t, browser, url, "alice", 1000, 640)
+		ctx, cancel := context.WithTimeout(tb.ctx, timeout)
+		defer cancel()
+		got, err := chromedp.Run(ctx, chromedp.Evaluate[string](
+			`fetch(document.querySelector('link[rel="icon"]').href).then(r => r.status + " " + r.headers.get("Content-Type"))`,
+			chromedp.EvalAwaitPromise))
+		if err != nil {
+			t.Fatal(err)
+		}
+		equal(t, "icon", got, "200 image/svg+xml")
+		if errs := tb.consoleErrors(); len(errs) > 0 {
+			t.Errorf("console errors: %q", errs)
+		}
+	})
+
+	t.Run("phone rooms", func(t *testing.T) {
+		tb := openTab(t, browser, url, "carol", 390, 844)
+		for i := 1; i <= 12; i++ {
+			room := fmt.Sprintf("room-%02d", i)
+			tb.do("join #"+room,
+				chromedp.SetValue(chromedp.ID("join-room"), room),
+				chromedp.Click(chromedp.CSS("#join-form button")),
+			)
+			tb.waitJoined(room)
+			tb.waitCurrentInView(room)
+		}
+		if tb.eval(`String(document.getElementById("rooms").scrollWidth > document.getElementById("rooms").clientWidth)`) != "true" {
+			t.Fatal("the rooms fit in the strip: the test proves nothing")
+		}
+		// Leaving the current room goes back to the first one, which is
+		// scrolled out of view by now.
+		tb.do("leave #room-12", chromedp.Click(chromedp.CSS(`#rooms li[data-room="room-12"] .leave`)))
+		tb.waitCurrentInView("lobby")
+		equal(t, "title", tb.eval(`document.getElementById("room-title").textContent`), "lobby")
+	})
+
+	t.Run("long paste", func(t *testing.T) {
+		tb := openTab(t, browser, url, "dave", 1000, 640)
+		long := strings.Repeat("0123456789", 250) // 2,500 characters
+		tb.do("paste", chromedp.Focus(chromedp.ID("text")))
+		ctx, cancel := context.WithTimeout(tb.ctx, timeout)
+		defer cancel()
+		if _, err := chromedp.Call(ctx, input.InsertText, input.InsertTextParams{Text: long}); err != nil {
+			t.Fatal(err)
+		}
+		got, err := chromedp.Run(ctx, chromedp.Evaluate[struct {
+			Length   int
+			Hint     string
+			Shown    bool
+			Disabled bool
+		}](`({
+			length: document.getElementById("text").value.length,
+			hint: document.getElementById("too-long").textContent,
+			shown: !document.getElementById("too-long").hidden,
+			disabled: document.getElementById("send").disabled,
+		})`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		equal(t, "length kept", got.Length, len(long))
+		equal(t, "hint shown", got.Shown, true)
+		equal(t, "hint", got.Hint, "Too long to send: 2,500 characters, the limit is 2,000.")
+		equal(t, "Send disabled", got.Disabled, true)
+
+		tb.do("press Enter", chromedp.SendKeys(chromedp.ID("text"), kb.Enter))
+		// Select it all and type over it, as a user does.
+		tb.eval(`document.getElementById("text").select() ?? ""`)
+		tb.do("shorten it",
+			chromedp.SendKeys(chromedp.ID("text"), "short"),
+			chromedp.WaitNotVisible(chromedp.ID("too-long")),
+			chromedp.SendKeys(chromedp.ID("text"), kb.Enter),
+		)
+		tb.lastMessage("short")
+		// Messages arrive in order: had the long one been sent, it would
+		// be there before this one.
+		equal(t, "messages", tb.eval(`[...document.querySelectorAll("#log .messages li.msg .text")].map(e => e.textContent).join("|")`), "short")
+	})
+}
+
+// waitCurrentInView waits until room is the current room and its entry in
+// the rooms list is entirely in view.
+func (tb *tab) waitCurrentInView(room string) {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, timeout)
+	defer cancel()
+	js := fmt.Sprintf(`(() => {
+		const ul = document.getElementById("rooms");
+		const li = ul.querySelector("li.current");
+		if (!li || li.dataset.room !== %q) return false;
+		const u = ul.getBoundingClientRect(), r = li.getBoundingClientRect();
+		return r.left >= u.left - 1 && r.right <= u.right + 1 && r.top >= u.top - 1 && r.bottom <= u.bottom + 1 &&
+			u.left >= 0 && u.right <= innerWidth + 1;
+	})()`, room)
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](js)); err != nil {
+		tb.t.Fatalf("%s: #%s is not the current room in view: %v\nrooms strip: %s", tb.name, room, err, tb.eval(`(() => {
+			const ul = document.getElementById("rooms"), u = ul.getBoundingClientRect();
+			const li = ul.querySelector("li.current"), r = li ? li.getBoundingClientRect() : null;
+			return "strip " + u.left + ".." + u.right + ", current " + (li ? li.dataset.room + " " + r.left + ".." + r.right : "none");
+		})()`))
+	}
 }
 
 // phonePath names the phone screenshot after the desktop one: chat.png
