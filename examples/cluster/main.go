@@ -4,6 +4,9 @@
 //
 //	go run ./examples/cluster
 //
+// The first run builds the embedded NATS server, which takes over a minute
+// and prints nothing meanwhile; later runs start in seconds.
+//
 // Open http://localhost:8081 and http://localhost:8082 in two windows:
 // each page is served by its own hub, and a message sent on one appears
 // on the other, tagged with the node it was sent from. Ctrl-C shuts down
@@ -13,13 +16,16 @@
 // per process as it would be on separate machines:
 //
 //	nats-server -a 127.0.0.1 -p 4222   # or: docker run -p 4222:4222 nats
-//	go run ./examples/cluster -nats nats://127.0.0.1:4222 -a :8081 -b ''
-//	go run ./examples/cluster -nats nats://127.0.0.1:4222 -a :8082 -b ''
+//	go run ./examples/cluster -nats nats://127.0.0.1:4222 -a localhost:8081 -b ''
+//	go run ./examples/cluster -nats nats://127.0.0.1:4222 -a localhost:8082 -b ''
+//
+// The hubs listen on localhost only; on separate machines, give them an
+// address others can reach, such as -a :8081 for every interface.
 //
 // Flags:
 //
-//	-a ADDR         listen address of node A (default :8081; empty: no node A)
-//	-b ADDR         listen address of node B (default :8082; empty: no node B)
+//	-a ADDR         listen address of node A (default localhost:8081; empty: no node A)
+//	-b ADDR         listen address of node B (default localhost:8082; empty: no node B)
 //	-nats URL       NATS server to use; empty starts an embedded one
 //	-nats-port N    port of the embedded NATS server (default -1: any free port)
 package main
@@ -59,8 +65,8 @@ type config struct {
 
 func main() {
 	var cfg config
-	a := flag.String("a", ":8081", "listen address of node A (empty: no node A)")
-	b := flag.String("b", ":8082", "listen address of node B (empty: no node B)")
+	a := flag.String("a", "localhost:8081", "listen address of node A (empty: no node A)")
+	b := flag.String("b", "localhost:8082", "listen address of node B (empty: no node B)")
 	flag.StringVar(&cfg.NATSURL, "nats", "", "NATS server URL; empty starts an embedded server on 127.0.0.1")
 	flag.IntVar(&cfg.NATSPort, "nats-port", server.RANDOM_PORT, "port of the embedded NATS server (-1: any free port)")
 	flag.Parse()
@@ -206,7 +212,9 @@ func startNode(name, addr, natsURL string, logger *slog.Logger) (*node, error) {
 			logger.Warn("page", "err", err)
 		}
 	})
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	// Timeouts for plain HTTP (see examples/chat): net/http clears them on
+	// the connections the hub takes over.
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: time.Minute}
 	return &node{name: name, hub: hub, srv: srv, ln: ln}, nil
 }
 
