@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/wshub/wshub"
 	"go.uber.org/goleak"
 )
 
@@ -50,6 +52,46 @@ func TestREADME(t *testing.T) {
 	block, _, _ = strings.Cut(block, "```\n")
 	if block != string(code) {
 		t.Errorf("README.md's Quick start differs from examples/quickstart/main.go; copy the file into the README.\n%s", firstDifference(block, string(code)))
+	}
+}
+
+// TestREADMEErrorFrames checks that the error frames the README shows in
+// "Clients over time" are the ones a hub sends.
+func TestREADMEErrorFrames(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, _ := strings.Cut(string(readme), "\n## Clients over time\n")
+	section, _, _ = strings.Cut(section, "\n## ")
+
+	hub := wshub.New(nil, nil) // joins are denied by default
+	ts := httptest.NewServer(hub)
+	t.Cleanup(func() {
+		hub.Close()
+		ts.Close()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(ts.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.CloseNow()
+	for _, frame := range []string{
+		`{"type":"join","room":"lobby","id":"1"}`,
+		`{"type":"publish","room":"lobby","data":"hi"}`,
+	} {
+		if err := conn.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
+			t.Fatal(err)
+		}
+		_, got, err := conn.Read(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(section, "\n"+string(got)+"\n") {
+			t.Errorf("the answer to %s is %s, which README.md's Clients over time does not show", frame, got)
+		}
 	}
 }
 
