@@ -43,6 +43,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -212,6 +213,10 @@ func dial(ctx context.Context, rawURL, name string) (*websocket.Conn, error) {
 	conn, resp, err := websocket.Dial(ctx, u.String(), nil)
 	if err != nil && resp != nil && resp.StatusCode != http.StatusSwitchingProtocols {
 		return nil, refused(resp)
+	}
+	var netErr *net.OpError
+	if errors.As(err, &netErr) {
+		return nil, netErr // "dial tcp 127.0.0.1:8080: connect: connection refused", without the layers above
 	}
 	return conn, err
 }
