@@ -4,8 +4,8 @@
 //
 //	go run ./examples/cluster
 //
-// The first run builds the embedded NATS server, which takes over a minute
-// and prints nothing meanwhile; later runs start in seconds.
+// The first run compiles the embedded NATS server, which can take a minute
+// or more and prints nothing meanwhile; later runs start in seconds.
 //
 // Open http://localhost:8081 and http://localhost:8082 in two windows:
 // each page is served by its own hub, and a message sent on one appears
