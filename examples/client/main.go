@@ -111,9 +111,9 @@ type chatData struct {
 
 // run is the whole client: it parses args, connects, and relays between the
 // connection and stdin/stdout until the user quits or ctx is done (exit
-// status 0), the first connection fails or the server closes this client
-// for good (1), or the arguments are wrong (2). With prompt, it shows the
-// current room in a prompt, for a terminal.
+// status 0), the first connection fails or the server refuses or closes
+// this client for good (1), or the arguments are wrong (2). With prompt, it
+// shows the current room in a prompt, for a terminal.
 func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer, prompt bool) int {
 	flags := flag.NewFlagSet("client", flag.ContinueOnError)
 	flags.SetOutput(stderr)
