@@ -391,6 +391,25 @@ func TestBrowserPage(t *testing.T) {
 		equal(t, "title", tb.eval(`document.getElementById("room-title").textContent`), "lobby")
 	})
 
+	t.Run("closed by the server", func(t *testing.T) {
+		// Five undecodable messages in a row get this page closed with
+		// 1007: a close about the client, which the page must not retry
+		// on its own, unlike 1001.
+		tb := openTab(t, browser, url, "erin", 1000, 640)
+		tb.eval(`(() => { for (let i = 0; i < 5; i++) state.ws.send("not JSON"); return ""; })()`)
+		tb.do("wait for the close",
+			chromedp.WaitVisible(chromedp.ID("reconnect")),
+			chromedp.WaitVisible(chromedp.CSS(`body[data-state="offline"]`)),
+		)
+		equal(t, "status", tb.eval(`document.getElementById("status").textContent`), "Disconnected")
+		if got := tb.eval(`document.querySelector("#log .notice.error:last-child").textContent`); !strings.HasPrefix(got, "The server closed the connection: 1007") {
+			t.Errorf("notice: %q", got)
+		}
+		tb.do("reconnect", chromedp.Click(chromedp.ID("reconnect")))
+		tb.waitJoined("lobby")
+		tb.do("button gone", chromedp.WaitNotVisible(chromedp.ID("reconnect")))
+	})
+
 	t.Run("long paste", func(t *testing.T) {
 		tb := openTab(t, browser, url, "dave", 1000, 640)
 		long := strings.Repeat("0123456789", 250) // 2,500 characters
