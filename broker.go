@@ -116,8 +116,11 @@ func (h *Hub) unlockSubscription(name string, s *subscription) {
 
 // publish delivers m to the room's local members and, with a broker, to
 // the other hubs. A broker error is returned before anything is delivered.
-func (h *Hub) publish(ctx context.Context, name string, m *Message, except []*Client) error {
+// from is the publishing client when publish runs on its read goroutine,
+// so that it waits for the queues it congests; nil for the server.
+func (h *Hub) publish(ctx context.Context, name string, m *Message, from *Client, except []*Client) error {
 	enc := h.newEncoding(m)
+	enc.from = from
 	if h.opts.Broker != nil {
 		b, err := enc.json()
 		if err != nil {

@@ -5,9 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"os"
 	"slices"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/coder/websocket"
 	"golang.org/x/sync/errgroup"
@@ -36,16 +38,21 @@ type Client struct {
 	values   map[string]any
 
 	mu          sync.Mutex
-	queue       [][]byte // messages waiting for the writer
-	spare       [][]byte // the writer's previous batch, reused
-	writing     bool     // a writer goroutine is running
+	queue       [][]byte      // messages waiting for the writer
+	queueBytes  int           // bytes in queue
+	space       chan struct{} // closed when the queue is taken or the client closes; made by a waiter
+	spare       [][]byte      // the writer's previous batch, reused
+	writing     bool          // a writer goroutine is running
 	closeCode   websocket.StatusCode
 	closeReason string
 	cause       error // disconnect reason, set once
 	flush       bool  // write the queue before closing
 	rooms       map[string]struct{}
 
-	invalidRun int // consecutive invalid messages; read goroutine only
+	// Read goroutine only.
+	invalidRun int       // consecutive invalid or rate-limited messages
+	waitFor    []*Client // clients its last message left congested; see flow.go
+	rate       rateLimit
 
 	ends []frameEnd // the writer's frames of the batch it writes; writer only
 }
@@ -102,8 +109,9 @@ func (c *Client) SetValue(key string, v any) {
 
 // Join adds the client to a room, creating the room if needed; joining a
 // room twice is not an error. It is the server's decision, so
-// Options.AuthorizeJoin is not consulted. It returns ErrInvalidRoom, once
-// the client is closing ErrClientClosed, and with a Broker that cannot
+// Options.AuthorizeJoin is not consulted. It returns ErrInvalidRoom,
+// ErrTooManyRooms past Options.MaxRooms, once the client is closing
+// ErrClientClosed, and with a Broker that cannot
 // subscribe to a new room ErrBroker (the client is then not in the room).
 func (c *Client) Join(room string) error { return c.hub.join(c, room) }
 
@@ -129,7 +137,8 @@ func (c *Client) Send(m *Message) error {
 	if err != nil {
 		return err
 	}
-	return c.enqueue(b)
+	_, err = c.enqueue(b)
+	return err
 }
 
 // Close writes the client's queued messages, then closes the connection
@@ -146,6 +155,12 @@ func (c *Client) addRoom(name string) error {
 	defer c.mu.Unlock()
 	if c.cause != nil {
 		return ErrClientClosed
+	}
+	if _, ok := c.rooms[name]; ok {
+		return nil
+	}
+	if max := c.hub.opts.MaxRooms; max > 0 && len(c.rooms) >= max {
+		return fmt.Errorf("%w: %d", ErrTooManyRooms, max)
 	}
 	if c.rooms == nil {
 		c.rooms = make(map[string]struct{})
@@ -172,21 +187,34 @@ func (c *Client) inRoom(name string) bool {
 }
 
 // enqueue queues an encoded message and starts the writer if it is idle.
-func (c *Client) enqueue(b []byte) error {
+// It reports whether the queue is now congested (see flow.go). A message
+// that overflows the queue closes the client.
+func (c *Client) enqueue(b []byte) (congested bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.cause != nil {
-		return ErrClientClosed
+		return false, ErrClientClosed
 	}
-	if len(c.queue) >= c.hub.opts.SendQueue {
+	o := &c.hub.opts
+	if len(c.queue) >= o.SendQueue || (len(c.queue) > 0 && c.queueBytes+len(b) > o.SendQueueBytes) {
 		c.hub.dropped.Add(1)
-		c.hub.kicked.Add(1)
-		c.closeLocked(websocket.StatusPolicyViolation, "send queue full", ErrSendQueueFull, false)
-		return ErrSendQueueFull
+		c.kickLocked(ErrSendQueueFull)
+		return false, ErrSendQueueFull
 	}
 	c.queue = append(c.queue, b)
+	c.queueBytes += len(b)
 	c.startWriterLocked()
-	return nil
+	return c.congestedLocked(), nil
+}
+
+// kickLocked closes the client with 1008 for hurting others, dropping its
+// queue, and counts it in Stats.Kicked.
+func (c *Client) kickLocked(cause error) {
+	if c.cause != nil {
+		return
+	}
+	c.hub.kicked.Add(1)
+	c.closeLocked(websocket.StatusPolicyViolation, cause.Error()[len("wshub: "):], cause, false)
 }
 
 func (c *Client) startWriterLocked() {
@@ -222,6 +250,7 @@ func (c *Client) closeLocked(code websocket.StatusCode, reason string, cause err
 	}
 	c.closeCode, c.closeReason, c.cause, c.flush = code, reason, cause, flush
 	c.cancel()
+	c.wakeLocked()
 	if !flush {
 		c.dropQueueLocked()
 	}
@@ -270,6 +299,7 @@ func (c *Client) dropQueueLocked() {
 	c.hub.dropped.Add(uint64(len(c.queue)))
 	clear(c.queue)
 	c.queue = c.queue[:0]
+	c.queueBytes = 0
 }
 
 // writeLoop writes queued messages until the queue is empty, then exits;
@@ -290,6 +320,8 @@ func (c *Client) writeLoop() {
 		}
 		batch := c.queue
 		c.queue, c.spare = c.spare, nil
+		c.queueBytes = 0
+		c.wakeLocked()
 		c.mu.Unlock()
 
 		written, err := c.write(batch)
@@ -303,6 +335,16 @@ func (c *Client) writeLoop() {
 		}
 		c.mu.Unlock()
 		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// No write progress for WriteTimeout: the socket is full,
+				// so no close frame could reach the peer either.
+				err = ErrWriteTimeout
+				c.mu.Lock()
+				if c.cause == nil {
+					c.hub.kicked.Add(1)
+				}
+				c.mu.Unlock()
+			}
 			c.abort(err)
 			return
 		}
@@ -444,6 +486,8 @@ func (c *Client) ping() {
 	})
 }
 
+// readLoop reads and handles messages until the connection fails. Once
+// the client is closing, it reads only to see the peer's close frame.
 func (c *Client) readLoop() error {
 	for {
 		typ, data, err := c.conn.Read(context.Background())
@@ -451,19 +495,28 @@ func (c *Client) readLoop() error {
 			return err
 		}
 		c.hub.messagesIn.Add(1)
+		if c.ctx.Err() != nil {
+			continue
+		}
 		c.dispatch(typ, data)
+		c.awaitFlow()
 	}
 }
 
 // dispatch handles one inbound frame.
 func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
+	if typ == websocket.MessageText && !utf8.Valid(data) {
+		err := fmt.Errorf("%w: text frame is not valid UTF-8", ErrInvalidMessage)
+		c.closeWith(websocket.StatusInvalidFramePayloadData, "invalid UTF-8", err, true)
+		return
+	}
 	var m Message
 	if err := c.decode(typ, data, &m); err != nil {
-		c.invalidRun++
-		c.reply(&Message{Type: TypeError, ID: m.ID, Error: err.Error()})
-		if c.invalidRun >= MaxInvalidMessages {
-			c.closeWith(websocket.StatusInvalidFramePayloadData, "too many invalid messages", err, true)
-		}
+		c.refuse(&m, err, websocket.StatusInvalidFramePayloadData, "too many invalid messages")
+		return
+	}
+	if !c.rate.allow(&c.hub.opts) {
+		c.refuse(&m, ErrRateLimited, websocket.StatusPolicyViolation, "rate limit exceeded")
 		return
 	}
 	c.invalidRun = 0
@@ -473,6 +526,16 @@ func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
 		c.reply(&Message{Type: TypeError, ID: m.ID, Room: m.Room, Error: err.Error()})
 	case m.ID != "":
 		c.reply(&Message{Type: TypeAck, ID: m.ID})
+	}
+}
+
+// refuse answers a message that was not handled with an error frame, and
+// closes the client with code after MaxInvalidMessages in a row.
+func (c *Client) refuse(m *Message, err error, code websocket.StatusCode, reason string) {
+	c.invalidRun++
+	c.reply(&Message{Type: TypeError, ID: m.ID, Error: err.Error()})
+	if c.invalidRun >= MaxInvalidMessages {
+		c.closeWith(code, reason, err, true)
 	}
 }
 
@@ -535,13 +598,22 @@ func (c *Client) publish(m *Message) error {
 		}
 	}
 	out := Message{Type: TypeMessage, Room: m.Room, From: c.id, Data: m.Data}
-	return h.publish(c.ctx, m.Room, &out, nil)
+	return h.publish(c.ctx, m.Room, &out, c, nil)
 }
 
-// reply sends a protocol answer; codecs that cannot carry it (RawCodec)
-// leave the client without one.
+// reply sends a protocol answer, on the read goroutine, which then waits
+// if the reply congested the client's queue. Codecs that cannot carry it
+// (RawCodec) leave the client without one.
 func (c *Client) reply(m *Message) {
-	if err := c.Send(m); err != nil && !errors.Is(err, ErrClientClosed) {
+	b, err := c.codec.Marshal(m)
+	if err == nil {
+		var congested bool
+		congested, err = c.enqueue(b)
+		if congested {
+			c.congested(c)
+		}
+	}
+	if err != nil && !errors.Is(err, ErrClientClosed) {
 		c.hub.opts.Logger.Debug("wshub: reply not sent", "client", c.id, "err", err)
 	}
 }

@@ -259,9 +259,10 @@ func TestBatchFramesFitReadLimit(t *testing.T) {
 	t.Parallel()
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
-		SendQueue:    1 << 12,
-		PingInterval: -1,
-		OnConnect:    func(c *wshub.Client) { connected <- c },
+		SendQueue:      1 << 12,
+		SendQueueBytes: 1 << 30,
+		PingInterval:   -1,
+		OnConnect:      func(c *wshub.Client) { connected <- c },
 	})
 	ts := serve(t, h)
 	p := dial(t, ts, "wshub.json-batch")

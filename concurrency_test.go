@@ -111,7 +111,9 @@ func TestStats(t *testing.T) {
 	equal(t, "clients", s.Clients, 2)
 	equal(t, "rooms", s.Rooms, 2)
 	equal(t, "in", s.MessagesIn, 3)
-	equal(t, "out (acks)", s.MessagesOut, 3)
+	// A message is counted once its write returns, which may be after the
+	// peer read it.
+	eventually(t, "out (acks)", func() bool { return h.Stats().MessagesOut == 3 })
 	a.request(`{"type":"publish","room":"x","data":1}`)
 	b.read()
 	eventually(t, "out counted", func() bool { return h.Stats().MessagesOut == 5 })
@@ -296,6 +298,13 @@ func TestChurnWithBroker(t *testing.T) {
 	s := h.Stats()
 	equal(t, "clients", s.Clients, 0)
 	equal(t, "rooms", s.Rooms, 0)
+	// OnDisconnect hooks run outside what Shutdown waits for (so that they
+	// may call it), and may finish after it returns.
+	eventually(t, "every OnDisconnect", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(disconnects) == len(all)
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	equal(t, "clients seen", len(all), nClients)

@@ -11,11 +11,16 @@ import (
 // writer goroutine writes a batch of frames, each still a frame of its own,
 // with one system call. Other goroutines' frames (pings, close frames) wait
 // in it until the batch ends, which is soon: the batch is already in memory.
+//
+// Every write to the socket must make progress within the hub's
+// WriteTimeout: a peer that stops reading fails the write with
+// os.ErrDeadlineExceeded instead of holding its writer forever.
 type corkConn struct {
 	net.Conn
-	hub *Hub // for its buffer pool
+	hub *Hub // for its buffer pool and WriteTimeout
 
 	mu      sync.Mutex
+	closing bool
 	corked  bool
 	buf     *[]byte // pending bytes while corked
 	taken   int64   // bytes ever given to Write
@@ -34,6 +39,16 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	}
 	if err := c.flushLocked(); err != nil {
 		return 0, err
+	}
+	n, err := c.writeLocked(p)
+	return n, err
+}
+
+// writeLocked writes p to the socket, within WriteTimeout unless the
+// connection is closing (Close set its own deadline).
+func (c *corkConn) writeLocked(p []byte) (int, error) {
+	if !c.closing {
+		c.Conn.SetWriteDeadline(time.Now().Add(c.hub.opts.WriteTimeout))
 	}
 	n, err := c.Conn.Write(p)
 	c.written += int64(n)
@@ -76,8 +91,7 @@ func (c *corkConn) flushLocked() error {
 	if c.buf == nil || len(*c.buf) == 0 {
 		return nil
 	}
-	n, err := c.Conn.Write(*c.buf)
-	c.written += int64(n)
+	_, err := c.writeLocked(*c.buf)
 	*c.buf = (*c.buf)[:0]
 	return err
 }
@@ -92,6 +106,7 @@ const closeFlushTimeout = time.Second
 func (c *corkConn) Close() error {
 	c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
 	c.mu.Lock()
+	c.closing = true
 	c.corked = false
 	c.flushLocked()
 	c.mu.Unlock()

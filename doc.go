@@ -52,9 +52,11 @@
 // messages per frame. Client frames stay single objects. Messages are never
 // joined with newlines inside a frame.
 //
-// Close codes: 1001 when the hub shuts down, 1007 after MaxInvalidMessages
-// undecodable messages in a row, 1008 when a client's send queue
-// overflows, 1009 for a message over Options.ReadLimit.
+// Close codes: 1001 when the hub shuts down; 1007 after MaxInvalidMessages
+// undecodable messages in a row, or at once for a text frame that is not
+// valid UTF-8; 1008 when a client's send queue overflows, it hits
+// Options.WriteTimeout, or it sends MaxInvalidMessages rate-limited
+// messages in a row; 1009 for a message over Options.ReadLimit.
 //
 // # Goroutines and locks
 //
@@ -66,14 +68,28 @@
 // read goroutine. Each client has one goroutine while idle; a writer
 // goroutine runs only while it has messages queued.
 //
-// # Slow clients
+// # Slow clients and floods
 //
-// Each client has a send queue of Options.SendQueue messages. Sending and
-// broadcasting only queue, so they never wait for a client and never for
-// each other. When a message would overflow a client's queue, the hub
-// closes that client with 1008 "send queue full" and reports
-// ErrSendQueueFull to OnDisconnect; its queued messages are counted in
-// Stats.Dropped. Nothing is dropped silently.
+// Each client has a send queue of Options.SendQueue messages and
+// Options.SendQueueBytes bytes. Server-side sends (Client.Send,
+// Room.Broadcast, Hub.Broadcast) only queue, so they never wait for a
+// client and never for each other.
+//
+// A client's own messages are paced instead: after handling one, the hub
+// reads the client's next message only once every queue that message went
+// to (its room's members' for a publish, its own for a reply) is no more
+// than a quarter full, or WriteTimeout has passed. A client that publishes
+// as fast as it can is slowed down by TCP; the members who read are not
+// disconnected. A member whose queue still holds up a publisher after
+// WriteTimeout (10 s by default), or whose socket takes no bytes for that
+// long, is closed with 1008 and ErrWriteTimeout. A message that would
+// overflow a queue closes that client with 1008 and ErrSendQueueFull. Either
+// way its unwritten messages are counted in Stats.Dropped, the close in
+// Stats.Kicked, and OnDisconnect gets the reason. Nothing is dropped
+// silently.
+//
+// Options.MaxRooms caps the rooms of a client (128), and Options.RateLimit
+// can cap the messages per second read from each (off by default).
 //
 // # Shutdown
 //

@@ -19,6 +19,19 @@ var (
 	// closed with status 1008.
 	ErrSendQueueFull = errors.New("wshub: send queue full")
 
+	// ErrWriteTimeout is the disconnect reason of a client that took no
+	// bytes for Options.WriteTimeout, or whose congested queue held up
+	// another client's publish that long. It is closed with status 1008.
+	ErrWriteTimeout = errors.New("wshub: write timeout")
+
+	// ErrTooManyRooms reports a join past Options.MaxRooms.
+	ErrTooManyRooms = errors.New("wshub: too many rooms")
+
+	// ErrRateLimited answers a message read past Options.RateLimit; the
+	// message was not handled. It is also the disconnect reason (status
+	// 1008) of a client that sent MaxInvalidMessages of them in a row.
+	ErrRateLimited = errors.New("wshub: rate limit exceeded")
+
 	// ErrPongTimeout is the disconnect reason of a client that did not answer
 	// a keepalive ping in time.
 	ErrPongTimeout = errors.New("wshub: pong timeout")
@@ -40,7 +53,8 @@ var (
 
 	// ErrInvalidMessage reports an inbound frame that the client's codec
 	// cannot decode or that breaks the protocol. After MaxInvalidMessages of
-	// them in a row the client is closed with status 1007.
+	// them in a row the client is closed with status 1007; a text frame
+	// that is not valid UTF-8 closes it with 1007 at once (RFC 6455 8.1).
 	ErrInvalidMessage = errors.New("wshub: invalid message")
 
 	// ErrUnknownType answers a message whose type is not a protocol type

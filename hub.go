@@ -404,9 +404,10 @@ type encoding struct {
 	frames [][]byte
 	errs   []error
 	done   []bool
-	err    error // first encoding error
-	queued int   // clients it was queued for
-	closed int   // clients that were closing
+	err    error   // first encoding error
+	queued int     // clients it was queued for
+	closed int     // clients that were closing
+	from   *Client // the publishing client, on its read goroutine; nil for the server
 }
 
 func (h *Hub) newEncoding(m *Message) *encoding {
@@ -462,9 +463,13 @@ func (e *encoding) send(c *Client) {
 	if err != nil {
 		return
 	}
-	switch c.enqueue(b) {
+	congested, err := c.enqueue(b)
+	switch err {
 	case nil:
 		e.queued++
+		if congested && e.from != nil {
+			e.from.congested(c)
+		}
 	case ErrClientClosed:
 		e.closed++
 	}

@@ -318,9 +318,10 @@ func TestShutdownDeadlineForcesClose(t *testing.T) {
 	t.Parallel()
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
-		SendQueue:    1 << 20,
-		PingInterval: -1,
-		OnConnect:    func(c *wshub.Client) { connected <- c },
+		SendQueue:      1 << 20,
+		SendQueueBytes: 1 << 30,
+		PingInterval:   -1,
+		OnConnect:      func(c *wshub.Client) { connected <- c },
 	})
 	ts := serve(t, h)
 	dial(t, ts) // never reads, so its queue cannot be flushed
@@ -389,8 +390,9 @@ func TestUpgradeDuringShutdown(t *testing.T) {
 	inAuth, release := make(chan struct{}, 2), make(chan struct{})
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
-		PingInterval: -1,
-		SendQueue:    1 << 20,
+		PingInterval:   -1,
+		SendQueue:      1 << 20,
+		SendQueueBytes: 1 << 30,
 		Authenticate: func(r *http.Request) (wshub.Identity, error) {
 			if r.URL.Query().Get("late") != "" {
 				inAuth <- struct{}{}
@@ -681,4 +683,84 @@ func TestLateUpgradeIsCut(t *testing.T) {
 	<-closed
 	_, _, err := conn.Read(testCtx(t))
 	equal(t, "late client's close status", websocket.CloseStatus(err), -1)
+}
+
+func TestInvalidUTF8Closes1007(t *testing.T) {
+	t.Parallel()
+	reasons := make(chan error, 1)
+	h := wshub.New(nil, &wshub.Options{
+		AuthorizeJoin: allowAll,
+		OnDisconnect:  func(_ *wshub.Client, err error) { reasons <- err },
+	})
+	ts := serve(t, h)
+	p := dial(t, ts)
+	p.join("r")
+	p.sendRaw("{\"type\":\"publish\",\"room\":\"r\",\"data\":\"\xff\xfe\"}")
+	equal(t, "close status", p.readClose(), websocket.StatusInvalidFramePayloadData)
+	if err := <-reasons; !errors.Is(err, wshub.ErrInvalidMessage) {
+		t.Fatalf("disconnect reason: %v", err)
+	}
+}
+
+func TestMaxRooms(t *testing.T) {
+	t.Parallel()
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{
+		AuthorizeJoin: allowAll,
+		MaxRooms:      2,
+		OnConnect:     func(c *wshub.Client) { connected <- c },
+	})
+	ts := serve(t, h)
+	p := dial(t, ts)
+	c := <-connected
+	p.join("a")
+	if err := c.Join("b"); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Join("b"); err != nil {
+		t.Fatalf("joining a room twice: %v", err)
+	}
+	if err := c.Join("c"); !errors.Is(err, wshub.ErrTooManyRooms) {
+		t.Fatalf("server-side join past the cap: %v", err)
+	}
+	m := p.request(`{"type":"join","room":"c","id":"3"}`)
+	equal(t, "type", m.Type, "error")
+	equal(t, "id", m.ID, "3")
+	equal(t, "room", m.Room, "c")
+	if !strings.HasPrefix(m.Error, wshub.ErrTooManyRooms.Error()) {
+		t.Fatalf("error %q", m.Error)
+	}
+	// Leaving frees a slot.
+	p.mustAck(`{"type":"leave","room":"a","id":"l"}`)
+	p.join("c")
+	equal(t, "rooms", strings.Join(c.Rooms(), ","), "b,c")
+}
+
+func TestRateLimit(t *testing.T) {
+	t.Parallel()
+	reasons := make(chan error, 1)
+	h := wshub.New(nil, &wshub.Options{
+		AuthorizeJoin: allowAll,
+		RateLimit:     0.001, // no token comes back during the test
+		RateBurst:     3,
+		OnDisconnect:  func(_ *wshub.Client, err error) { reasons <- err },
+	})
+	ts := serve(t, h)
+	p := dial(t, ts)
+	for i := range 3 {
+		p.mustAck(`{"type":"join","room":"r%d","id":"%d"}`, i, i)
+	}
+	// Past the burst, each message is refused with its id, and the
+	// MaxInvalidMessages-th refusal in a row closes the client.
+	for i := range wshub.MaxInvalidMessages {
+		m := p.request(`{"type":"join","room":"x","id":"x%d"}`, i)
+		equal(t, "type", m.Type, "error")
+		equal(t, "id", m.ID, fmt.Sprintf("x%d", i))
+		equal(t, "error", m.Error, wshub.ErrRateLimited.Error())
+	}
+	equal(t, "close status", p.readClose(), websocket.StatusPolicyViolation)
+	if err := <-reasons; !errors.Is(err, wshub.ErrRateLimited) {
+		t.Fatalf("disconnect reason: %v", err)
+	}
+	eventually(t, "rooms emptied", func() bool { return h.Stats().Rooms == 0 })
 }

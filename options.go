@@ -2,15 +2,19 @@ package wshub
 
 import (
 	"log/slog"
+	"math"
 	"net/http"
 	"time"
 )
 
 // Defaults used for zero Options fields.
 const (
-	DefaultReadLimit    = 32 << 10 // bytes
-	DefaultSendQueue    = 256      // messages
-	DefaultPingInterval = 30 * time.Second
+	DefaultReadLimit      = 32 << 10 // bytes
+	DefaultSendQueue      = 256      // messages
+	DefaultSendQueueBytes = 1 << 20  // bytes
+	DefaultWriteTimeout   = 10 * time.Second
+	DefaultPingInterval   = 30 * time.Second
+	DefaultMaxRooms       = 128 // rooms per client
 )
 
 // Limits of the protocol that are not options.
@@ -19,8 +23,8 @@ const (
 	MaxRoomNameLen = 128
 
 	// MaxInvalidMessages is how many undecodable or invalid messages in a
-	// row close a client with status 1007; each is answered with an error
-	// frame first.
+	// row close a client with status 1007, and how many rate-limited ones
+	// close it with 1008; each is answered with an error frame first.
 	MaxInvalidMessages = 5
 
 	// maxBatchBytes bounds a batch frame so that a client with the usual
@@ -49,12 +53,37 @@ type Options struct {
 	// closes the client with status 1009. Default: DefaultReadLimit (32 KiB).
 	ReadLimit int64
 
-	// SendQueue is how many outbound messages may wait for one client. When
-	// a message would exceed it, the client is closed with status 1008
-	// ("send queue full") and ErrSendQueueFull, and its queued messages are
-	// counted in Stats.Dropped. Senders never wait. Default:
-	// DefaultSendQueue (256).
-	SendQueue int
+	// SendQueue is how many outbound messages may wait for one client, and
+	// SendQueueBytes how many bytes (a single bigger message is let into an
+	// empty queue). When a message would exceed either, the client is
+	// closed with status 1008 ("send queue full") and ErrSendQueueFull, and
+	// its queued messages are counted in Stats.Dropped. Server-side senders
+	// never wait; a client's own publishes and requests are paced so that
+	// they do not fill others' queues (see the package documentation).
+	// Defaults: DefaultSendQueue (256) and DefaultSendQueueBytes (1 MiB).
+	SendQueue      int
+	SendQueueBytes int
+
+	// WriteTimeout bounds how long a client may hold things up: a client
+	// whose socket takes no bytes for this long, or whose congested queue
+	// has kept another client's publish waiting this long, is closed with
+	// ErrWriteTimeout (status 1008 when a close frame can still be written)
+	// and counted in Stats.Kicked. Default: DefaultWriteTimeout (10s).
+	WriteTimeout time.Duration
+
+	// MaxRooms caps the rooms one client may be in; a join past it fails
+	// with ErrTooManyRooms. Default: DefaultMaxRooms (128); negative means
+	// no limit.
+	MaxRooms int
+
+	// RateLimit caps the messages per second the hub reads from one client,
+	// with bursts of up to RateBurst (default: RateLimit rounded up, at
+	// least 1). A message past the limit is not handled: it is answered
+	// with an error frame wrapping ErrRateLimited, and MaxInvalidMessages of
+	// them in a row close the client with 1008. Default: 0, no limit, since
+	// what a legitimate client sends depends on the application.
+	RateLimit float64
+	RateBurst int
 
 	// PingInterval is how often the hub pings each client. A client that has
 	// not answered a ping by the next one is closed with ErrPongTimeout.
@@ -158,6 +187,18 @@ func (o *Options) withDefaults() options {
 	}
 	if opts.SendQueue <= 0 {
 		opts.SendQueue = DefaultSendQueue
+	}
+	if opts.SendQueueBytes <= 0 {
+		opts.SendQueueBytes = DefaultSendQueueBytes
+	}
+	if opts.WriteTimeout <= 0 {
+		opts.WriteTimeout = DefaultWriteTimeout
+	}
+	if opts.MaxRooms == 0 {
+		opts.MaxRooms = DefaultMaxRooms
+	}
+	if opts.RateLimit > 0 && opts.RateBurst <= 0 {
+		opts.RateBurst = max(1, int(math.Ceil(opts.RateLimit)))
 	}
 	if opts.PingInterval == 0 {
 		opts.PingInterval = DefaultPingInterval

@@ -56,7 +56,7 @@ func (r Room) Broadcast(ctx context.Context, m *Message, except ...*Client) erro
 	}
 	out := m.orMessage()
 	out.Room = r.name
-	return r.hub.publish(ctx, r.name, &out, except)
+	return r.hub.publish(ctx, r.name, &out, nil, except)
 }
 
 // Len returns the number of members. It takes the room's lock briefly.

@@ -1,0 +1,99 @@
+package wshub
+
+import (
+	"time"
+)
+
+// Flow control. A client's read goroutine is what produces most of the
+// hub's traffic: its publishes are queued for every member of a room and
+// its requests for replies. Left alone, one client writing as fast as it
+// can fills the queues of readers that keep up perfectly well, only
+// because one goroutine can queue faster than many writers get scheduled.
+//
+// So the read goroutine is paced by the writers it feeds. When a message
+// it handled left a client's queue congested, more than a quarter full in
+// messages or bytes, it reads its next message only once each such queue
+// has been taken by its writer, that client is closed, or WriteTimeout
+// has passed since it began to wait. TCP then slows the sender, not the
+// room. A client still congested at that deadline held up the room for
+// WriteTimeout: it is closed with 1008 and ErrWriteTimeout. Every sender
+// queues at most one message beyond a quarter of a queue before it waits,
+// so senders overflow a queue only when more of them than three quarters
+// of it holds send at the same moment.
+//
+// Server-side sends (Client.Send, Room.Broadcast and Hub.Broadcast, from a
+// Handler too) and messages from the Broker never wait: a queue they
+// overflow closes its client with ErrSendQueueFull.
+
+// congestedLocked reports whether c's queue is more than a quarter full.
+func (c *Client) congestedLocked() bool {
+	o := &c.hub.opts
+	return 4*len(c.queue) > o.SendQueue || 4*c.queueBytes > o.SendQueueBytes
+}
+
+// wakeLocked releases the read goroutines waiting for c's queue.
+func (c *Client) wakeLocked() {
+	if c.space != nil {
+		close(c.space)
+		c.space = nil
+	}
+}
+
+// spaceSignal returns a channel closed once c's queue is taken or c
+// closes, or nil if c is not congested.
+func (c *Client) spaceSignal() <-chan struct{} {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil || !c.congestedLocked() {
+		return nil
+	}
+	if c.space == nil {
+		c.space = make(chan struct{})
+	}
+	return c.space
+}
+
+// congested records, on the read goroutine of c, that the message it is
+// handling left d congested.
+func (c *Client) congested(d *Client) {
+	c.waitFor = append(c.waitFor, d)
+}
+
+// awaitFlow waits, on c's read goroutine, for the clients that c's last
+// message congested, as the comment at the top of this file describes.
+func (c *Client) awaitFlow() {
+	if len(c.waitFor) == 0 {
+		return
+	}
+	defer func() {
+		clear(c.waitFor)
+		c.waitFor = c.waitFor[:0]
+	}()
+	var timer *time.Timer
+	expired := false
+	for _, d := range c.waitFor {
+		space := d.spaceSignal()
+		if space == nil {
+			continue
+		}
+		if !expired {
+			if timer == nil {
+				timer = time.NewTimer(c.hub.opts.WriteTimeout)
+				defer timer.Stop()
+			}
+			select {
+			case <-space:
+				continue
+			case <-c.ctx.Done():
+				return
+			case <-timer.C:
+				expired = true
+			}
+		}
+		d.mu.Lock()
+		if d.congestedLocked() {
+			d.kickLocked(ErrWriteTimeout)
+		}
+		d.mu.Unlock()
+	}
+}
