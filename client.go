@@ -38,8 +38,10 @@ type Client struct {
 	values   map[string]any
 
 	mu          sync.Mutex
-	queue       [][]byte      // messages waiting for the writer
-	queueBytes  int           // bytes in queue
+	queue       [][]byte // messages waiting for the writer
+	queueBytes  int      // bytes in queue
+	replayed    int      // messages of queue that a history replay put there, past the limits
+	replayBytes int
 	space       chan struct{} // closed when the queue is taken or the client closes; made by a waiter
 	spare       [][]byte      // the writer's previous batch, reused
 	writing     bool          // a writer goroutine is running
@@ -113,7 +115,10 @@ func (c *Client) SetValue(key string, v any) {
 // ErrTooManyRooms past Options.MaxRooms, once the client is closing
 // ErrClientClosed, and with a Broker that cannot
 // subscribe to a new room ErrBroker (the client is then not in the room).
-func (c *Client) Join(room string) error { return c.hub.join(c, room) }
+func (c *Client) Join(room string) error {
+	_, err := c.hub.join(c, room, nil)
+	return err
+}
 
 // Leave removes the client from a room, and the room when it is empty. It
 // returns ErrNotMember if the client is not in it.
@@ -196,7 +201,8 @@ func (c *Client) enqueue(b []byte) (congested bool, err error) {
 		return false, ErrClientClosed
 	}
 	o := &c.hub.opts
-	if len(c.queue) >= o.SendQueue || (len(c.queue) > 0 && c.queueBytes+len(b) > o.SendQueueBytes) {
+	n, size := len(c.queue)-c.replayed, c.queueBytes-c.replayBytes
+	if n >= o.SendQueue || (n > 0 && size+len(b) > o.SendQueueBytes) {
 		c.hub.dropped.Add(1)
 		c.kickLocked(ErrSendQueueFull)
 		return false, ErrSendQueueFull
@@ -205,6 +211,30 @@ func (c *Client) enqueue(b []byte) (congested bool, err error) {
 	c.queueBytes += len(b)
 	c.startWriterLocked()
 	return c.congestedLocked(), nil
+}
+
+// enqueueReplay queues a join's replay of history at once, since it must
+// come before any live message of the room. It does not count against the
+// queue's limits until the writer takes it (it is bounded by
+// MaxHistoryReplay or the room's HistoryPolicy.Messages), so a long replay
+// does not get its client closed; it does count as congestion, so the
+// client's next message and the room's publishers wait for it.
+func (c *Client) enqueueReplay(frames [][]byte) {
+	if len(frames) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return
+	}
+	for _, b := range frames {
+		c.queue = append(c.queue, b)
+		c.queueBytes += len(b)
+		c.replayBytes += len(b)
+	}
+	c.replayed += len(frames)
+	c.startWriterLocked()
 }
 
 // kickLocked closes the client with 1008 for hurting others, dropping its
@@ -299,7 +329,7 @@ func (c *Client) dropQueueLocked() {
 	c.hub.dropped.Add(uint64(len(c.queue)))
 	clear(c.queue)
 	c.queue = c.queue[:0]
-	c.queueBytes = 0
+	c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
 }
 
 // writeLoop writes queued messages until the queue is empty, then exits;
@@ -320,7 +350,7 @@ func (c *Client) writeLoop() {
 		}
 		batch := c.queue
 		c.queue, c.spare = c.spare, nil
-		c.queueBytes = 0
+		c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
 		c.wakeLocked()
 		c.mu.Unlock()
 
@@ -520,12 +550,16 @@ func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
 		return
 	}
 	c.invalidRun = 0
-	err := c.handle(&m)
+	ack, err := c.handle(&m)
 	switch {
 	case err != nil:
 		c.reply(&Message{Type: TypeError, ID: m.ID, Room: m.Room, Error: err.Error()})
 	case m.ID != "":
-		c.reply(&Message{Type: TypeAck, ID: m.ID})
+		if ack == nil {
+			ack = &Message{Type: TypeAck}
+		}
+		ack.ID = m.ID
+		c.reply(ack)
 	}
 }
 
@@ -553,33 +587,53 @@ func (c *Client) decode(typ websocket.MessageType, data []byte, m *Message) erro
 	return nil
 }
 
-func (c *Client) handle(m *Message) error {
+// handle handles a decoded message and returns its ack, if not the plain
+// one.
+func (c *Client) handle(m *Message) (*Message, error) {
 	h := c.hub
 	switch m.Type {
 	case TypeJoin:
-		if err := validRoom(m.Room); err != nil {
-			return err
-		}
-		if h.opts.AuthorizeJoin == nil {
-			return ErrJoinDenied
-		}
-		var err error
-		h.userCode(func() { err = h.opts.AuthorizeJoin(c, m.Room) })
-		if err != nil {
-			return fmt.Errorf("%w: %w", ErrJoinDenied, err)
-		}
-		return c.Join(m.Room)
+		return c.join(m)
 	case TypeLeave:
-		return c.Leave(m.Room)
+		return nil, c.Leave(m.Room)
 	case TypePublish:
-		return c.publish(m)
+		return nil, c.publish(m)
 	}
 	if h.handler == nil {
-		return fmt.Errorf("%w: %q", ErrUnknownType, m.Type)
+		return nil, fmt.Errorf("%w: %q", ErrUnknownType, m.Type)
 	}
 	var err error
 	h.userCode(func() { err = h.handler.ServeMessage(c.ctx, c, m) })
-	return err
+	return nil, err
+}
+
+// maxEpochLen bounds the epoch a join may name; the hub's own are 16
+// bytes, a shared store's may be longer.
+const maxEpochLen = 128
+
+// join handles a client's join request, with its history fields.
+func (c *Client) join(m *Message) (*Message, error) {
+	h := c.hub
+	if err := validRoom(m.Room); err != nil {
+		return nil, err
+	}
+	switch {
+	case m.History < 0:
+		return nil, fmt.Errorf("%w: history %d is negative", ErrInvalidMessage, m.History)
+	case m.Since > 0 && m.Epoch == "":
+		return nil, fmt.Errorf("%w: since needs the epoch it refers to", ErrInvalidMessage)
+	case len(m.Epoch) > maxEpochLen:
+		return nil, fmt.Errorf("%w: epoch longer than %d bytes", ErrInvalidMessage, maxEpochLen)
+	}
+	if h.opts.AuthorizeJoin == nil {
+		return nil, ErrJoinDenied
+	}
+	var err error
+	h.userCode(func() { err = h.opts.AuthorizeJoin(c, m.Room) })
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrJoinDenied, err)
+	}
+	return h.join(c, m.Room, m)
 }
 
 func (c *Client) publish(m *Message) error {
@@ -598,7 +652,7 @@ func (c *Client) publish(m *Message) error {
 		}
 	}
 	out := Message{Type: TypeMessage, Room: m.Room, From: c.id, Data: m.Data}
-	return h.publish(c.ctx, m.Room, &out, c, nil)
+	return h.publish(c.ctx, m.Room, &out, c, nil, HistoryPolicy{})
 }
 
 // reply sends a protocol answer, on the read goroutine, which then waits

@@ -58,6 +58,20 @@
 // Options.WriteTimeout, or it sends MaxInvalidMessages rate-limited
 // messages in a row; 1009 for a message over Options.ReadLimit.
 //
+// # History
+//
+// A room whose Options.History policy keeps messages numbers them: every
+// room message carries "seq", 1, 2, 3, … per room, in the order its
+// members receive it, and the hub keeps the last ones in the HistoryStore
+// (in memory by default). The history has an epoch that changes whenever
+// it is lost or restarted. A client's join may ask for the last messages
+// ({"type":"join","room":"r","history":50,"id":"1"}) or for everything
+// after the last seq it saw ({"type":"join","room":"r","epoch":"E",
+// "since":41,"id":"2"}): it gets exactly those, before any live message,
+// and the ack ({"type":"ack","id":"2","room":"r","epoch":"E","seq":57,
+// "recovered":true}) says where the room stands, and whether the recovery
+// was complete. Room.History and Room.Position read it from the server.
+//
 // # Goroutines and locks
 //
 // Every method of Hub, Room and Client is safe for concurrent use. Hooks

@@ -72,6 +72,10 @@ var (
 	// Options.MaxClients.
 	ErrTooManyClients = errors.New("wshub: too many clients")
 
+	// ErrHistory wraps an error of Options.HistoryStore. A broadcast that
+	// fails with it was delivered to no member of this hub.
+	ErrHistory = errors.New("wshub: history")
+
 	// ErrBroker wraps an error of Options.Broker. A broadcast that fails
 	// with it was delivered to nobody.
 	ErrBroker = errors.New("wshub: broker")

@@ -89,7 +89,7 @@ func TestFloodDoesNotKickReaders(t *testing.T) {
 			p.join(room)
 			peers = append(peers, p)
 		}
-		ctx := testCtx(t)
+		ctx := testCtxFor(t, 2*time.Minute)
 		var g errgroup.Group
 		for _, p := range peers {
 			g.Go(func() error { return readRoom(ctx, p.conn, n) })
@@ -122,7 +122,7 @@ func TestPipelinedJoinsAreAllAnswered(t *testing.T) {
 	ts := serve(t, h)
 	p := dial(t, ts)
 	const n = 20_000
-	ctx := testCtx(t)
+	ctx := testCtxFor(t, 2*time.Minute)
 	var g errgroup.Group
 	g.Go(func() error {
 		for i := range n {
@@ -163,8 +163,10 @@ func TestStalledMemberClosedAlone(t *testing.T) {
 	closed := make(chan string, 3)
 	h := wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: allowAll,
-		WriteTimeout:  200 * time.Millisecond,
-		PingInterval:  -1,
+		// Long enough that a member which reads, on a busy machine under
+		// -race, is never taken for a stalled one.
+		WriteTimeout: 2 * time.Second,
+		PingInterval: -1,
 		OnDisconnect: func(c *wshub.Client, err error) {
 			gone.record(c, err)
 			closed <- c.ID()
@@ -175,7 +177,7 @@ func TestStalledMemberClosedAlone(t *testing.T) {
 	for _, p := range []*peer{publisher, reader, stalled} {
 		p.join("r")
 	}
-	ctx := testCtx(t)
+	ctx := testCtxFor(t, 2*time.Minute)
 	// Enough to fill the stalled member's socket buffers many times over.
 	const n = 20_000
 	payload := strings.Repeat("x", 1000)

@@ -29,6 +29,8 @@ type Hub struct {
 	encKey  []int  // codec index → its slot in an encoding
 	id      string // tells this hub's broker messages from others'
 
+	history HistoryStore // nil without Options.History
+
 	subMu sync.Mutex // guards subs
 	subs  map[string]*subscription
 
@@ -74,6 +76,12 @@ func New(handler Handler, opts *Options) *Hub {
 	h.bufPool.New = func() any {
 		b := make([]byte, 0, 4<<10)
 		return &b
+	}
+	if h.opts.History != nil {
+		h.history = h.opts.HistoryStore
+		if h.history == nil {
+			h.history = NewMemoryHistory(0)
+		}
 	}
 	h.accept = websocket.AcceptOptions{
 		Subprotocols:   h.opts.codecNames,
@@ -364,147 +372,75 @@ func (h *Hub) userCode(f func()) {
 	f()
 }
 
+// policyFor returns the history policy of room name, running the
+// application's Options.History outside the hub's goroutines.
+func (h *Hub) policyFor(name string) HistoryPolicy {
+	var p HistoryPolicy
+	if h.opts.History != nil {
+		h.userCode(func() { p = h.opts.History(name) })
+	}
+	return p
+}
+
 func (h *Hub) lookup(name string) *room {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	return h.rooms[name]
 }
 
-// deliver queues a message for the local members of room name, except
-// some clients.
-func (h *Hub) deliver(name string, enc *encoding, except []*Client) {
-	rm := h.lookup(name)
-	if rm == nil {
-		return
-	}
-	rm.mu.Lock()
-	defer rm.mu.Unlock()
-	for c := range rm.members {
-		if len(except) > 0 && contains(except, c) {
-			continue
-		}
-		enc.send(c)
-	}
-}
-
-func contains(cs []*Client, c *Client) bool {
-	for _, x := range cs {
-		if x == c {
-			return true
-		}
-	}
-	return false
-}
-
-// encoding is one message being broadcast, encoded at most once per
-// codec: slot i for Options.Codecs[i], the last slot for JSON.
-type encoding struct {
-	h      *Hub
-	m      *Message
-	frames [][]byte
-	errs   []error
-	done   []bool
-	err    error   // first encoding error
-	queued int     // clients it was queued for
-	closed int     // clients that were closing
-	from   *Client // the publishing client, on its read goroutine; nil for the server
-}
-
-func (h *Hub) newEncoding(m *Message) *encoding {
-	n := len(h.opts.Codecs) + 1
-	return &encoding{h: h, m: m, frames: make([][]byte, n), errs: make([]error, n), done: make([]bool, n)}
-}
-
-func (e *encoding) get(slot int) ([]byte, error) {
-	if !e.done[slot] {
-		e.done[slot] = true
-		var codec Codec = JSONCodec{}
-		if slot < len(e.h.opts.Codecs) {
-			codec = e.h.opts.Codecs[slot]
-		}
-		b, err := codec.Marshal(e.m)
-		switch {
-		case err != nil:
-			e.errs[slot] = err
-			if e.err == nil {
-				e.err = err
-			}
-		case b == nil:
-			b = []byte{} // an empty message is still a frame
-		}
-		e.frames[slot] = b
-	}
-	return e.frames[slot], e.errs[slot]
-}
-
-// result is what a broadcast of e returns: a codec's error, or
-// ErrHubClosed when the hub began closing before e reached every member
-// (Shutdown then writes the queues e did reach).
-func (e *encoding) result() error {
-	if e.err != nil {
-		return e.err
-	}
-	if e.h.closing.Load() && (e.closed > 0 || e.queued == 0) {
-		return ErrHubClosed
-	}
-	return nil
-}
-
-func (e *encoding) json() ([]byte, error) { return e.get(len(e.frames) - 1) }
-
-// setJSON supplies the JSON encoding, as received from the broker.
-func (e *encoding) setJSON(b []byte) {
-	e.frames[len(e.frames)-1] = b
-	e.done[len(e.frames)-1] = true
-}
-
-func (e *encoding) send(c *Client) {
-	b, err := e.get(e.h.encKey[c.codecIndex])
-	if err != nil {
-		return
-	}
-	congested, err := c.enqueue(b)
-	switch err {
-	case nil:
-		e.queued++
-		if congested && e.from != nil {
-			e.from.congested(c)
-		}
-	case ErrClientClosed:
-		e.closed++
-	}
-}
-
 // join adds c to room name, subscribing the broker to it when it is new.
-func (h *Hub) join(c *Client, name string) error {
-	if err := h.addMember(c, name); err != nil {
-		return err
+// req is the client's join message, nil for Client.Join; the returned ack
+// says where the room's history stands, if it has one.
+func (h *Hub) join(c *Client, name string, req *Message) (*Message, error) {
+	if err := validRoom(name); err != nil {
+		return nil, err
+	}
+	ack, err := h.addMember(c, name, h.policyFor(name), req)
+	if err != nil {
+		return nil, err
 	}
 	if err := h.syncSubscription(name); err != nil {
 		h.leave(c, name)
-		return err
+		return nil, err
 	}
-	return nil
+	return ack, nil
 }
 
-func (h *Hub) addMember(c *Client, name string) error {
-	if err := validRoom(name); err != nil {
-		return err
-	}
+// addMember adds c to the room, creating it with policy if needed. In a
+// room with history it queues, in the same step, what req asks to replay,
+// so that nothing is missed or repeated between that and live messages.
+func (h *Hub) addMember(c *Client, name string, policy HistoryPolicy, req *Message) (*Message, error) {
 	h.mu.Lock()
-	defer h.mu.Unlock()
 	rm := h.rooms[name]
 	if rm == nil {
-		rm = &room{members: make(map[*Client]struct{})}
+		rm = newRoom(policy)
+		h.rooms[name] = rm
 	}
 	rm.mu.Lock()
-	defer rm.mu.Unlock()
+	h.mu.Unlock()
+	_, member := rm.members[c]
 	if err := c.addRoom(name); err != nil {
-		return err
+		h.unlockRoom(name, rm)
+		return nil, err
+	}
+	ack := &Message{Type: TypeAck}
+	switch {
+	case rm.policy.on():
+		ack.Room = name
+		if err := h.replay(c, name, rm, req, member, ack); err != nil {
+			if !member {
+				c.removeRoom(name)
+			}
+			h.unlockRoom(name, rm)
+			return nil, err
+		}
+	case req != nil && req.Epoch != "":
+		ack.Room = name
+		ack.Recovered = new(bool) // the room keeps no history
 	}
 	rm.members[c] = struct{}{}
-	h.rooms[name] = rm
-	return nil
+	rm.mu.Unlock()
+	return ack, nil
 }
 
 // leave removes c from room name, and the room when it is empty.
@@ -535,6 +471,7 @@ func (h *Hub) removeMember(c *Client, name string) error {
 	}
 	delete(rm.members, c)
 	if len(rm.members) == 0 {
+		rm.dead = true
 		delete(h.rooms, name)
 	}
 	return nil

@@ -41,7 +41,13 @@ func wsURL(ts *httptest.Server) string {
 }
 
 func testCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	return testCtxFor(t, time.Minute)
+}
+
+// testCtxFor is testCtx for tests that move a lot of data: their bound
+// must hold on a busy machine under -race too.
+func testCtxFor(t testing.TB, d time.Duration) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), d)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -79,6 +85,7 @@ type wireMsg struct {
 	From  string          `json:"from"`
 	Data  json.RawMessage `json:"data"`
 	Error string          `json:"error"`
+	Seq   uint64          `json:"seq"`
 }
 
 func (p *peer) read() wireMsg {
@@ -138,7 +145,7 @@ func equal[T comparable](t testing.TB, what string, got, want T) {
 // eventually polls cond until it holds, failing after a generous deadline.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	deadline := time.Now().Add(time.Minute)
 	for !cond() {
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)

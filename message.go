@@ -18,8 +18,8 @@ const (
 )
 
 // Message is one protocol message, in either direction. With JSONCodec it
-// is the JSON object {"type","id","room","from","data","error"}, empty
-// fields omitted.
+// is the JSON object {"type","id","room","from","data","error",...}, empty
+// fields omitted. The fields after Error concern rooms with history.
 type Message struct {
 	Type  string `json:"type"`
 	ID    string `json:"id,omitempty"`    // set by a client to get an ack or error answer
@@ -27,6 +27,26 @@ type Message struct {
 	From  string `json:"from,omitempty"`  // ID of the publishing client; empty when the server sent it
 	Data  any    `json:"data,omitempty"`  // payload; inbound, what the codec decoded (json.RawMessage for JSON)
 	Error string `json:"error,omitempty"` // reason of an error answer
+
+	// Seq is a room message's number in its room's history, or, in a join's
+	// ack, the room's latest seq. The server sets it; it is ignored inbound.
+	Seq uint64 `json:"seq,omitempty"`
+
+	// Epoch names a room's history: in a join, the one Since refers to; in
+	// a join's ack, the room's current one.
+	Epoch string `json:"epoch,omitempty"`
+
+	// Since, in a join with Epoch, is the last seq the client saw: the
+	// server replays every later message, or says it cannot.
+	Since uint64 `json:"since,omitempty"`
+
+	// History, in a join, asks for the room's last messages (at most
+	// MaxHistoryReplay).
+	History int `json:"history,omitempty"`
+
+	// Recovered, in the ack of a join with Epoch, tells whether every
+	// message after Since is replayed.
+	Recovered *bool `json:"recovered,omitempty"`
 }
 
 // orMessage returns a copy of m, of type "message" when m has no type: what
@@ -59,23 +79,34 @@ func (f HandlerFunc) ServeMessage(ctx context.Context, c *Client, m *Message) er
 
 // jsonMessage is Message as decoded from JSON, keeping data raw.
 type jsonMessage struct {
-	Type  string          `json:"type"`
-	ID    string          `json:"id"`
-	Room  string          `json:"room"`
-	From  string          `json:"from"`
-	Data  json.RawMessage `json:"data"`
-	Error string          `json:"error"`
+	Type      string          `json:"type"`
+	ID        string          `json:"id"`
+	Room      string          `json:"room"`
+	From      string          `json:"from"`
+	Data      json.RawMessage `json:"data"`
+	Error     string          `json:"error"`
+	Seq       uint64          `json:"seq"`
+	Epoch     string          `json:"epoch"`
+	Since     uint64          `json:"since"`
+	History   int             `json:"history"`
+	Recovered *bool           `json:"recovered"`
 }
 
 func unmarshalJSONMessage(data []byte, m *Message) error {
 	var jm jsonMessage
 	if err := json.Unmarshal(data, &jm); err != nil {
+		// A field of the wrong type leaves the others decoded: keep what
+		// the error frame needs to answer the request.
+		m.ID, m.Room = jm.ID, jm.Room
 		return err
 	}
 	if jm.Type == "" {
 		return fmt.Errorf("missing message type")
 	}
-	*m = Message{Type: jm.Type, ID: jm.ID, Room: jm.Room, From: jm.From, Error: jm.Error}
+	*m = Message{
+		Type: jm.Type, ID: jm.ID, Room: jm.Room, From: jm.From, Error: jm.Error,
+		Seq: jm.Seq, Epoch: jm.Epoch, Since: jm.Since, History: jm.History, Recovered: jm.Recovered,
+	}
 	if jm.Data != nil {
 		m.Data = jm.Data
 	}

@@ -129,6 +129,19 @@ type Options struct {
 	// connection's error; websocket.CloseStatus reports a close status.
 	OnDisconnect func(c *Client, reason error)
 
+	// History gives the history policy of a room: how many of its recent
+	// messages the hub keeps and for how long, so that clients can ask for
+	// them when they join and recover what they missed after a reconnect
+	// (see the package documentation). It is called with a room's name when
+	// the room is created by a join and on every Room.Broadcast, never under
+	// a lock; it must be fast and safe for concurrent use. Default: nil, no
+	// room keeps history and room messages carry no seq.
+	History func(room string) HistoryPolicy
+
+	// HistoryStore keeps the histories. Default: NewMemoryHistory(0), in
+	// memory, local to this hub, at most DefaultMaxHistoryBytes (64 MiB).
+	HistoryStore HistoryStore
+
 	// Broker carries room messages to and from other hubs, so that rooms
 	// span processes. The hub closes it when Shutdown or Close finishes.
 	// Default: nil, rooms are local to this hub.

@@ -18,10 +18,17 @@ type Room struct {
 	name string
 }
 
-// room is the live state of a room with at least one member.
+// room is the live state of a room with at least one member, or of a
+// history room while a server broadcast to it is stored.
 type room struct {
 	mu      sync.Mutex // serializes broadcasts so all members see one order
 	members map[*Client]struct{}
+	policy  HistoryPolicy // fixed when the room is created
+	dead    bool          // removed from Hub.rooms; a new room of the name may exist
+}
+
+func newRoom(policy HistoryPolicy) *room {
+	return &room{members: make(map[*Client]struct{}), policy: policy}
 }
 
 // Name returns the room's name.
@@ -56,7 +63,8 @@ func (r Room) Broadcast(ctx context.Context, m *Message, except ...*Client) erro
 	}
 	out := m.orMessage()
 	out.Room = r.name
-	return r.hub.publish(ctx, r.name, &out, nil, except)
+	out.Seq = 0
+	return r.hub.publish(ctx, r.name, &out, nil, except, r.hub.policyFor(r.name))
 }
 
 // Len returns the number of members. It takes the room's lock briefly.
