@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"runtime"
+	"syscall"
 	"testing"
 
 	"github.com/coder/websocket"
@@ -24,10 +26,78 @@ func BenchmarkBroadcast(b *testing.B) {
 	}
 }
 
+// BenchmarkHistoryFanout is BenchmarkBroadcast at 1,000 plain clients in
+// a room without and with history (the last 1,000 messages kept).
+func BenchmarkHistoryFanout(b *testing.B) {
+	for _, keep := range []int{0, 1000} {
+		name := "history=off"
+		if keep > 0 {
+			name = "history=on"
+		}
+		b.Run(name, func(b *testing.B) {
+			benchBroadcastWith(b, "wshub.json", 1000, func(string) wshub.HistoryPolicy {
+				return wshub.HistoryPolicy{Messages: keep}
+			})
+		})
+	}
+}
+
+// BenchmarkHistoryMemory measures the in-memory store's heap per retained
+// message and per room, filling 10,000 rooms with 100 messages of a
+// typical chat line each. One op fills all of them in a new store.
+func BenchmarkHistoryMemory(b *testing.B) {
+	const rooms, perRoom = 10_000, 100
+	msg := []byte(`{"type":"message","room":"room-1234","from":"0123456789abcdef","data":{"name":"alice","text":"a chat line of about sixty bytes, as people type"}}`)
+	policy := wshub.HistoryPolicy{Messages: perRoom}
+	names := make([]string, rooms)
+	for i := range names {
+		names[i] = fmt.Sprintf("room-%04d", i)
+	}
+	ctx := context.Background()
+	var perMsg, perRoomBytes float64
+	for b.Loop() {
+		before := heapInUse()
+		store := wshub.NewMemoryHistory(1 << 40)
+		for _, name := range names {
+			if _, _, _, err := store.Read(ctx, name, policy, 0, 0); err != nil {
+				b.Fatal(err)
+			}
+		}
+		empty := heapInUse()
+		for range perRoom {
+			for _, name := range names {
+				// The hub hands the store a message it encoded for it.
+				if _, _, err := store.Append(ctx, name, policy, append([]byte(nil), msg...)); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		full := heapInUse()
+		perRoomBytes = float64(empty-before) / rooms
+		perMsg = float64(full-empty) / (rooms * perRoom)
+		runtime.KeepAlive(store)
+	}
+	b.ReportMetric(perMsg, "B/retained-msg")
+	b.ReportMetric(perMsg-float64(len(msg)), "B-overhead/msg")
+	b.ReportMetric(perRoomBytes, "B/empty-room")
+}
+
+func heapInUse() int64 {
+	runtime.GC()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return int64(ms.HeapAlloc)
+}
+
 func benchBroadcast(b *testing.B, proto string, n int) {
+	benchBroadcastWith(b, proto, n, nil)
+}
+
+func benchBroadcastWith(b *testing.B, proto string, n int, history func(string) wshub.HistoryPolicy) {
 	joined := make(chan struct{}, n)
 	h := wshub.New(nil, &wshub.Options{
 		PingInterval: -1,
+		History:      history,
 		OnConnect:    func(c *wshub.Client) { c.Join("r"); joined <- struct{}{} },
 	})
 	ts := serve(b, h)
@@ -41,6 +111,7 @@ func benchBroadcast(b *testing.B, proto string, n int) {
 	msg := &wshub.Message{Data: map[string]string{"text": "a message of about a hundred bytes, like a chat line"}}
 	const window = 64
 	b.ReportAllocs()
+	cpu0 := cpuTime()
 	b.ResetTimer()
 	for i := range b.N {
 		if err := room.Broadcast(ctx, msg); err != nil {
@@ -59,6 +130,18 @@ func benchBroadcast(b *testing.B, proto string, n int) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N*n)/b.Elapsed().Seconds(), "deliveries/s")
+	// CPU time, of the hub and its clients alike, depends less than
+	// seconds on what else the machine runs.
+	b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N*n), "cpu-ns/delivery")
+}
+
+// cpuTime returns the CPU time this process has used, in nanoseconds.
+func cpuTime() int64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return ru.Utime.Nano() + ru.Stime.Nano()
 }
 
 // discard reads frames until the connection closes. Its context has no

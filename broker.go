@@ -70,6 +70,11 @@ func (h *Hub) syncSubscription(name string) error {
 	err := h.withBroker(func(b Broker) error {
 		if !want {
 			s.subscribed = false
+			if m, ok := h.history.(*memoryHistory); ok {
+				// Unsubscribed, this hub misses the room's messages from
+				// other hubs: its history of the room ends here.
+				m.forget(name)
+			}
 			if err := b.Unsubscribe(name); err != nil {
 				return fmt.Errorf("%w: unsubscribe %q: %w", ErrBroker, name, err)
 			}

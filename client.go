@@ -7,6 +7,7 @@ import (
 	"maps"
 	"os"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 	"unicode/utf8"
@@ -244,7 +245,7 @@ func (c *Client) kickLocked(cause error) {
 		return
 	}
 	c.hub.kicked.Add(1)
-	c.closeLocked(websocket.StatusPolicyViolation, cause.Error()[len("wshub: "):], cause, false)
+	c.closeLocked(websocket.StatusPolicyViolation, strings.TrimPrefix(cause.Error(), "wshub: "), cause, false)
 }
 
 func (c *Client) startWriterLocked() {

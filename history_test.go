@@ -548,3 +548,37 @@ func FuzzJoinHistory(f *testing.F) {
 		}
 	})
 }
+
+// TestHistoryWithBroker: with the in-memory store, each hub numbers the
+// room's messages, other hubs' included, in the order it delivers them;
+// when the room's last local member leaves, the hub stops receiving the
+// room and its history of it ends: the next one has a new epoch.
+func TestHistoryWithBroker(t *testing.T) {
+	t.Parallel()
+	bus := &memBus{subs: make(map[string]map[*memBroker]func([]byte))}
+	var hubs []*wshub.Hub
+	var peers []*peer
+	for range 2 {
+		h := wshub.New(nil, &wshub.Options{Broker: &memBroker{bus: bus}, AuthorizeJoin: allowAll, History: keep(100)})
+		hubs = append(hubs, h)
+		peers = append(peers, dial(t, serve(t, h)))
+	}
+	_, ackA := peers[0].joinHist("r", "")
+	peers[1].joinHist("r", "")
+	m := peers[1].request(`{"type":"publish","room":"r","data":"from b","id":"p"}`)
+	equal(t, "seq on b", m.Seq, uint64(1))
+	m = peers[0].read()
+	equal(t, "on a", string(m.Data)+fmt.Sprint(m.Seq), `"from b"1`)
+	hist, err := hubs[0].Room("r").History(testCtx(t), 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "a keeps b's message", len(hist), 1)
+
+	peers[0].mustAck(`{"type":"leave","room":"r","id":"l"}`)
+	_, ack := peers[0].joinHist("r", fmt.Sprintf(`,"epoch":%q,"since":1`, ackA.Epoch))
+	equal(t, "recovered after the hub stopped receiving the room", *ack.Recovered, false)
+	if ack.Epoch == ackA.Epoch {
+		t.Fatal("the hub's history of the room kept its epoch across a gap")
+	}
+}

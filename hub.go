@@ -108,7 +108,7 @@ type Stats struct {
 	MessagesIn  uint64 // messages read from clients
 	MessagesOut uint64 // queued messages written to a client's socket; a batch frame counts each
 	Dropped     uint64 // queued messages not written because their client was closed first
-	Kicked      uint64 // clients closed because their send queue was full
+	Kicked      uint64 // clients closed for holding others up: a full send queue or a write timeout
 }
 
 // Stats returns the hub's counters. It is cheap and safe to call any time.
