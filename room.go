@@ -42,6 +42,10 @@ func (r Room) Name() string { return r.name }
 // receive the room's messages in one order (across hubs, see Broker).
 // Broadcast does not modify m.
 //
+// In a room with history (Options.History), m is numbered and kept, also
+// when the room has no members; the clients left out with except see its
+// seq skipped.
+//
 // With Options.Broker, m also goes to the room's members on other hubs;
 // ctx bounds that publish, and a broker error (ErrBroker) means nobody
 // got m. Across a broker, Data travels as JSON.
