@@ -7,7 +7,7 @@
 // per scenario on stdout, progress on stderr.
 //
 //	go run ./bench                      # every scenario, every contender
-//	go run ./bench -quick               # a smoke run, under 2 minutes
+//	go run ./bench -quick               # a smoke run, under a minute on 2 cores
 //	go run ./bench -scenario flood -contender coder,wshub
 //	go run ./bench -scenario fanout-1000 -contender coder,wshub-batch
 //	go run ./bench -scenario fanout-1000 -contender wshub-batch -runs 1 -profile /tmp/prof
@@ -42,7 +42,7 @@ func main() {
 func run(args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	quick := fs.Bool("quick", false, "smoke run: 1 run each, short windows, 1,000 idle clients (under 2 minutes)")
+	quick := fs.Bool("quick", false, "smoke run: 1 run each, short windows, 1,000 idle clients (under a minute on 2 cores)")
 	runs := fs.Int("runs", 0, "runs per figure (default 3, quick 1)")
 	duration := fs.Duration("duration", 0, "measured time of each run (default 2s, quick 600ms)")
 	warmup := fs.Duration("warmup", 0, "warm-up before each measurement (default 500ms, quick 200ms)")
