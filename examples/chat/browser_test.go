@@ -342,8 +342,89 @@ func TestBrowser(t *testing.T) {
 	startServerAt(t, s.addr)
 	alice.waitJoined("lobby")
 	bob.waitJoined("lobby")
+	// The new server has a new, empty history: the pages cannot know what
+	// was said between the shutdown and the restart, and say so.
+	for _, tb := range []*tab{alice, bob} {
+		tb.do("wait for the notice", chromedp.WaitVisible(chromedp.CSS(`#log .notice.missing`)))
+		equal(t, tb.name+": notice", tb.eval(`document.querySelector("#log .notice.missing").textContent`), missingNotice)
+	}
 	alice.say("Back online")
 	bob.lastMessage("Back online")
+}
+
+// missingNotice is what the page shows in a room whose missed messages
+// the server could not replay.
+const missingNotice = "Some messages may be missing here: the server could not replay what was sent while this page was offline."
+
+// TestBrowserHistory: a page shows a room's recent messages when it opens
+// it, on a reload too; and a page whose connection was cut while another
+// published shows what it missed, once, after it reconnects on its own.
+func TestBrowserHistory(t *testing.T) {
+	t.Parallel()
+	browser := startBrowser(t)
+	s := startServer(t)
+	p := startProxy(t, s.addr)
+
+	alice := openTab(t, browser, "http://"+s.addr+"/", "alice", 1000, 640)
+	for _, text := range []string{"one", "two", "three"} {
+		alice.say(text)
+		alice.lastMessage(text)
+	}
+	alice.do("reload", chromedp.Reload())
+	alice.waitJoined("lobby")
+	equal(t, "alice's messages after a reload", alice.messages(), "one|two|three")
+	equal(t, "alice's own messages after a reload", alice.eval(`String(document.querySelectorAll("#log .messages li.msg.mine").length)`), "3")
+
+	// bob's tab talks to the server through the proxy, which can cut it off.
+	bob := openTab(t, browser, "http://"+p.addr()+"/", "bob", 1000, 640)
+	equal(t, "bob's messages", bob.messages(), "one|two|three")
+
+	p.cut()
+	bob.do("wait for offline", chromedp.WaitVisible(chromedp.CSS(`body[data-state="offline"]`)))
+	alice.say("while bob was away")
+	alice.lastMessage("while bob was away")
+	p.restore()
+	bob.waitJoined("lobby")
+	bob.lastMessage("while bob was away")
+	alice.say("after")
+	bob.lastMessage("after")
+	equal(t, "bob's messages after reconnecting", bob.messages(), "one|two|three|while bob was away|after")
+	equal(t, "bob's seqs", bob.eval(`[...document.querySelectorAll("#log .messages li.msg")].map(e => e.dataset.seq).join("|")`), "1|2|3|4|5")
+	equal(t, "bob's notices", bob.eval(`String(document.querySelectorAll("#log .notice").length)`), "0")
+
+	// A reload shows the last 50 messages, not more.
+	dave := dial(t, s, "dave")
+	dave.welcome("dave")
+	dave.join("lobby")
+	var last50 []string
+	for i := 1; i <= 51; i++ {
+		text := fmt.Sprint("n", i)
+		dave.send(fmt.Sprintf(`{"type":"publish","room":"lobby","data":{"text":%q}}`, text))
+		if i > 1 {
+			last50 = append(last50, text)
+		}
+	}
+	alice.lastMessage("n51")
+	alice.do("reload", chromedp.Reload())
+	alice.waitJoined("lobby")
+	equal(t, "alice's messages after a reload", alice.messages(), strings.Join(last50, "|"))
+
+	// While the network was out, the browser logged each failed attempt
+	// to reconnect; nothing else is allowed.
+	for _, tb := range []*tab{alice, bob} {
+		errs := slices.DeleteFunc(tb.consoleErrors(), func(e string) bool {
+			return tb == bob && strings.Contains(e, "WebSocket connection to 'ws://"+p.addr()+"/ws?name=bob' failed")
+		})
+		if len(errs) > 0 {
+			t.Errorf("%s: console errors: %q", tb.name, errs)
+		}
+	}
+}
+
+// messages returns the texts of the current room's messages, joined by |.
+func (tb *tab) messages() string {
+	tb.t.Helper()
+	return tb.eval(`[...document.querySelectorAll("#log .messages li.msg .text")].map(e => e.textContent).join("|")`)
 }
 
 // TestBrowserPage checks the page's details: its icon, the rooms strip of

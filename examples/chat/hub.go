@@ -20,6 +20,12 @@ const (
 	maxTextLen = 2000 // runes
 )
 
+// historyMessages is how many of its last messages every room keeps, for
+// an hour (wshub's default age): enough for the page to show the last 50
+// when it opens a room, and to replay what it missed while offline for a
+// while. Past them, or after a restart, the page is told it missed some.
+const historyMessages = 200
+
 // errEmptyText refuses a publish without text.
 var errEmptyText = errors.New("empty message")
 
@@ -37,10 +43,14 @@ type welcome struct {
 	Name string `json:"name"`
 }
 
-// newHub returns the chat hub: anyone may join any room, and every message
-// carries the name its sender connected with.
+// newHub returns the chat hub: anyone may join any room, every message
+// carries the name its sender connected with, and every room keeps its
+// last historyMessages messages, in memory: a restart forgets them.
 func newHub(logger *slog.Logger) *wshub.Hub {
 	return wshub.New(nil, &wshub.Options{
+		History: func(string) wshub.HistoryPolicy {
+			return wshub.HistoryPolicy{Messages: historyMessages}
+		},
 		Authenticate: authenticate,
 		// Rooms are open: any name the library accepts may be joined, as long
 		// as it prints safely.

@@ -7,6 +7,12 @@
 // terminal with examples/client. The server trusts no one with names: a
 // client picks its nickname once, in the /ws?name= query parameter, and the
 // server stamps it on everything that client says.
+//
+// Every room keeps its last 200 messages for an hour, in memory. The page
+// shows a room's last 50 when it opens it, and after a reconnect it gets
+// exactly what it missed; when the server cannot replay that (it
+// restarted, or more than 200 messages went by), the page says that some
+// messages may be missing. The terminal client does the same.
 package main
 
 import (

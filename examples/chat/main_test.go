@@ -155,11 +155,128 @@ func startClient(t *testing.T, args ...string) *cli {
 // connect starts a client and waits until it joined room.
 func connect(t *testing.T, s *server, name, room string) *cli {
 	t.Helper()
-	c := startClient(t, "-url", s.wsURL(), "-name", name, "-room", room)
+	return connectTo(t, s.wsURL(), name, room)
+}
+
+// connectTo starts a client of the server at url and waits until it
+// joined room.
+func connectTo(t *testing.T, url, name, room string) *cli {
+	t.Helper()
+	c := startClient(t, "-url", url, "-name", name, "-room", room)
 	c.name = name
-	c.expect("* connected to " + s.wsURL() + " as " + name)
+	c.expect("* connected to " + url + " as " + name)
 	c.expect("* joined " + room)
 	return c
+}
+
+// missing is what the client prints when it cannot get a room's missed
+// messages back.
+func missing(room string) string {
+	return "* [" + room + "] some messages may be missing: the server could not replay what was sent while this client was away"
+}
+
+// proxy forwards TCP connections to the server, and can cut them: a
+// network failure between a client behind it and the server, which the
+// client sees as a connection lost without a close frame (1006).
+type proxy struct {
+	ln     net.Listener
+	target string
+	wg     sync.WaitGroup // the goroutines that accept and forward
+
+	mu    sync.Mutex
+	down  bool // the network is out: connections are closed at once
+	conns map[net.Conn]bool
+}
+
+// startProxy starts a proxy to the server at target on a loopback port.
+func startProxy(t *testing.T, target string) *proxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	p := &proxy{ln: ln, target: target, conns: make(map[net.Conn]bool)}
+	p.wg.Go(p.accept)
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return // closed by the cleanup
+		}
+		if p.track(c) {
+			p.wg.Go(func() { p.forward(c) })
+		}
+	}
+}
+
+// track adds c to the connections to cut, or closes it if the network is
+// out, and reports which.
+func (p *proxy) track(c net.Conn) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.down {
+		c.Close()
+		return false
+	}
+	p.conns[c] = true
+	return true
+}
+
+func (p *proxy) untrack(cs ...net.Conn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range cs {
+		c.Close()
+		delete(p.conns, c)
+	}
+}
+
+// forward copies between c and a new connection to the server until
+// either side closes, or the proxy cuts them.
+func (p *proxy) forward(c net.Conn) {
+	s, err := net.Dial("tcp", p.target)
+	if err != nil {
+		p.untrack(c)
+		return
+	}
+	if !p.track(s) {
+		p.untrack(c)
+		return
+	}
+	done := make(chan struct{}, 2)
+	go func() { io.Copy(s, c); done <- struct{}{} }()
+	go func() { io.Copy(c, s); done <- struct{}{} }()
+	<-done
+	p.untrack(c, s) // ends the other copy
+	<-done
+}
+
+// cut closes every connection through the proxy, and closes those that
+// come until restore.
+func (p *proxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
+	for c := range p.conns {
+		c.Close()
+	}
+}
+
+// restore lets connections through again.
+func (p *proxy) restore() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = false
 }
 
 func (c *cli) send(line string) {
@@ -319,6 +436,32 @@ func (p *peer) expect(want string) {
 	}
 }
 
+// join joins room, asking for no history, and returns the room's epoch.
+func (p *peer) join(room string) string {
+	p.t.Helper()
+	p.send(fmt.Sprintf(`{"type":"join","room":%q,"id":"j"}`, room))
+	return p.ack("j", room, -1)
+}
+
+// ack reads the ack of a join with id, which must say that room's history
+// is at seq (any seq if negative), and returns the room's epoch.
+func (p *peer) ack(id, room string, seq int) string {
+	p.t.Helper()
+	got, err := p.read()
+	if err != nil {
+		p.t.Fatalf("read: %v", err)
+	}
+	var m struct {
+		Type, ID, Room, Epoch string
+		Seq                   *int
+	}
+	if err := json.Unmarshal([]byte(got), &m); err != nil || m.Type != "ack" || m.ID != id || m.Room != room || m.Epoch == "" ||
+		seq >= 0 && (m.Seq == nil && seq != 0 || m.Seq != nil && *m.Seq != seq) {
+		p.t.Fatalf("got %s, want the ack %q of joining %s at seq %d", got, id, room, seq)
+	}
+	return m.Epoch
+}
+
 // welcome reads the greeting every client gets first and returns its ID.
 func (p *peer) welcome(name string) string {
 	p.t.Helper()
@@ -415,14 +558,25 @@ func TestWireFormat(t *testing.T) {
 	malloryID := mallory.welcome("mallory")
 	bob.welcome("bob")
 	for _, p := range []*peer{mallory, bob} {
-		p.send(`{"type":"join","room":"lobby","id":"j"}`)
-		p.expect(`{"type":"ack","id":"j"}`)
+		p.join("lobby")
 	}
 
 	mallory.send(`{"type":"publish","room":"lobby","data":{"name":"alice","text":"  hi  "}}`)
-	want := fmt.Sprintf(`{"type":"message","room":"lobby","from":%q,"data":{"name":"mallory","text":"hi"}}`, malloryID)
+	want := fmt.Sprintf(`{"type":"message","room":"lobby","from":%q,"data":{"name":"mallory","text":"hi"},"seq":1}`, malloryID)
 	bob.expect(want)
 	mallory.expect(want)
+
+	// Rooms keep history: a join may ask for the last messages, which come
+	// before the ack, and the ack says where the room's history stands.
+	carol := dial(t, s, "carol")
+	carol.welcome("carol")
+	carol.send(`{"type":"join","room":"lobby","history":50,"id":"h"}`)
+	carol.expect(want)
+	epoch := carol.ack("h", "lobby", 1)
+	carol.send(`{"type":"leave","room":"lobby","id":"l"}`)
+	carol.expect(`{"type":"ack","id":"l"}`)
+	carol.send(fmt.Sprintf(`{"type":"join","room":"lobby","epoch":%q,"since":1,"history":50,"id":"r"}`, epoch))
+	carol.expect(fmt.Sprintf(`{"type":"ack","id":"r","room":"lobby","epoch":%q,"seq":1,"recovered":true}`, epoch))
 
 	for _, tc := range []struct{ frame, err string }{
 		{`{"type":"publish","room":"lobby","id":"1","data":{"text":"  "}}`, "wshub: publish denied: empty message"},
@@ -460,14 +614,14 @@ func TestClients(t *testing.T) {
 	// Whatever a client puts in data, the server says who spoke.
 	mallory := dial(t, s, "mallory")
 	mallory.welcome("mallory")
-	mallory.send(`{"type":"join","room":"games","id":"j"}`)
-	mallory.expect(`{"type":"ack","id":"j"}`)
+	mallory.join("games")
 	mallory.send(`{"type":"publish","room":"games","data":{"name":"alice","text":"I am alice"}}`)
 	bob.expect("[games] mallory: I am alice")
 	alice.expect("[games] mallory: I am alice")
 
 	bob.send("/join lobby")
 	bob.expect("* joined lobby")
+	bob.expect("[lobby] alice: hello lobby") // the room's history
 	bob.send("/leave lobby")
 	bob.expect("* left lobby")
 	alice.send("/join lobby")
@@ -487,7 +641,9 @@ func TestClients(t *testing.T) {
 	equal(t, "close status", websocket.CloseStatus(<-malloryErr), websocket.StatusGoingAway)
 
 	// The clients do not exit: they try again until the server is back,
-	// and join their rooms again, the current one last.
+	// and join their rooms again, the current one last. The new server
+	// has no history of them: the clients say they may have missed
+	// messages.
 	for _, c := range []*cli{alice, bob} {
 		c.expectPrefix("* disconnected: 1001 server shutting down; reconnecting in ")
 	}
@@ -497,13 +653,68 @@ func TestClients(t *testing.T) {
 		c.expect("* connected to " + s.wsURL() + " as " + c.name)
 	}
 	alice.expect("* joined lobby")
+	alice.expect(missing("lobby"))
 	alice.expect("* joined games")
+	alice.expect(missing("games"))
 	bob.expect("* joined games")
+	bob.expect(missing("games"))
 	alice.send("welcome back")
 	bob.expect("[games] alice: welcome back")
 	for _, c := range []*cli{alice, bob} {
 		equal(t, "stderr", c.stderr.String(), "")
 	}
+}
+
+// TestClientHistory: the client prints the last 20 messages of a room it
+// joins, with -room or /join, then the live ones.
+func TestClientHistory(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	alice := connect(t, s, "alice", "lobby")
+	for i := 1; i <= 25; i++ {
+		alice.send(fmt.Sprint("m", i))
+		alice.expect(fmt.Sprint("[lobby] alice: m", i))
+	}
+	bob := connect(t, s, "bob", "lobby")
+	carol := connect(t, s, "carol", "games")
+	carol.send("/join lobby")
+	carol.expect("* joined lobby")
+	for _, c := range []*cli{bob, carol} {
+		for i := 6; i <= 25; i++ {
+			c.expect(fmt.Sprint("[lobby] alice: m", i))
+		}
+	}
+	alice.send("live")
+	bob.expect("[lobby] alice: live")
+	carol.expect("[lobby] alice: live")
+}
+
+// TestClientRecovers cuts the network between a client and the server,
+// publishes while it is out, and brings it back: the client prints the
+// message it missed, once, and nothing it printed before.
+func TestClientRecovers(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	p := startProxy(t, s.addr)
+	viaProxy := "ws://" + p.addr() + "/ws"
+	alice := connect(t, s, "alice", "lobby")
+	bob := connectTo(t, viaProxy, "bob", "lobby")
+	alice.send("before")
+	alice.expect("[lobby] alice: before")
+	bob.expect("[lobby] alice: before")
+
+	p.cut()
+	bob.expectPrefix("* connection lost: ")
+	alice.send("while you were away")
+	alice.expect("[lobby] alice: while you were away")
+	p.restore()
+	bob.skipPrefix("* cannot reconnect: ")
+	bob.expect("* connected to " + viaProxy + " as bob")
+	bob.expect("* joined lobby")
+	bob.expect("[lobby] alice: while you were away")
+	alice.send("after")
+	bob.expect("[lobby] alice: after")
+	equal(t, "stderr", bob.stderr.String(), "")
 }
 
 // TestClientRooms drives the real client through the command sequences of
@@ -548,8 +759,7 @@ func TestClientEscapes(t *testing.T) {
 	alice := connect(t, s, "alice", "lobby")
 	mallory := dial(t, s, "mallory")
 	mallory.welcome("mallory")
-	mallory.send(`{"type":"join","room":"lobby","id":"j"}`)
-	mallory.expect(`{"type":"ack","id":"j"}`)
+	mallory.join("lobby")
 	mallory.send(`{"type":"publish","room":"lobby","data":{"text":"\u001b]0;pwned\u0007\u001b[2J\u009b1m\r\nfake line\u202e"}}`)
 	alice.expect(`[lobby] mallory: \x1b]0;pwned\a\x1b[2J\u009b1m\r\nfake line\u202e`)
 }

@@ -15,12 +15,19 @@
 //
 // A /join or /leave waits for the server's answer before the next line is
 // read, so the rooms the client shows are the rooms the server has it in: a
-// refused join changes nothing.
+// refused join changes nothing. In a room with history (examples/chat's
+// rooms have it), /join prints the room's last 20 messages after
+// "* joined ROOM".
 //
 // When the server goes away (close status 1001) or the connection is lost
 // (1006), the client reconnects with exponential backoff and jitter and
 // joins its rooms again, as the chat page does: rooms belong to a
-// connection, and the server forgets them with it. Any other close status
+// connection, and the server forgets them with it. In a room with history
+// it asks for every message after the last one it printed, so it prints
+// what it missed, each message once; when the server cannot replay them
+// (it restarted, or no longer has them all) it prints
+// "* [ROOM] some messages may be missing: ...", then the room's last 20
+// messages it has not printed. Any other close status
 // means the server closed this client on purpose (1008: it could not keep
 // up; 1007, 1009: it sent bad messages), so it exits with status 1 instead
 // of trying again.
@@ -64,6 +71,10 @@ const (
 	writeTimeout  = 10 * time.Second // a server that stops reading is a lost connection
 	answerTimeout = 10 * time.Second // how long /join and /leave wait for the server's answer
 
+	// historyOnJoin is how many of a room's last messages a join asks
+	// for: on /join, and after a reconnect when the missed ones are gone.
+	historyOnJoin = 20
+
 	// Reconnecting waits firstRetry, then twice as long after each failure
 	// up to maxRetry, each delay ±25 % at random so that the clients of a
 	// restarted server do not all come back at the same instant.
@@ -92,14 +103,31 @@ func isTerminal(f *os.File) bool {
 	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
-// message is one protocol message, in either direction.
+// message is one protocol message, in either direction. The fields after
+// Error are those of rooms with history: a room message's seq; in a join,
+// how many recent messages to replay, or the epoch and the last seq seen to
+// replay what came after; in a join's ack, the room's epoch and latest seq,
+// and whether what came after since was replayed.
 type message struct {
-	Type  string          `json:"type"`
-	ID    string          `json:"id,omitempty"`
-	Room  string          `json:"room,omitempty"`
-	From  string          `json:"from,omitempty"`
-	Data  json.RawMessage `json:"data,omitempty"`
-	Error string          `json:"error,omitempty"`
+	Type      string          `json:"type"`
+	ID        string          `json:"id,omitempty"`
+	Room      string          `json:"room,omitempty"`
+	From      string          `json:"from,omitempty"`
+	Data      json.RawMessage `json:"data,omitempty"`
+	Error     string          `json:"error,omitempty"`
+	Seq       uint64          `json:"seq,omitempty"`
+	History   int             `json:"history,omitempty"`
+	Epoch     string          `json:"epoch,omitempty"`
+	Since     *uint64         `json:"since,omitempty"` // 0 is a valid since
+	Recovered *bool           `json:"recovered,omitempty"`
+}
+
+// position is where a room's history stood for this client: its epoch,
+// and the seq of the last message printed, or of the join's ack if
+// higher. An epoch names one run of seqs: in another epoch they start over.
+type position struct {
+	epoch string
+	seq   uint64
 }
 
 // chatData is the data of a chat message: the client sends only text, the
@@ -124,7 +152,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 
-	s := &session{url: *rawURL, name: *name, out: stdout, errs: stderr, prompt: prompt}
+	s := &session{url: *rawURL, name: *name, out: stdout, errs: stderr, prompt: prompt, seen: make(map[string]*position)}
 	ws, err := dial(ctx, s.url, s.name)
 	if err != nil {
 		fmt.Fprintf(stderr, "client: cannot connect to %s: %v\n", s.url, err)
@@ -290,11 +318,12 @@ type session struct {
 	prompt      bool
 	promptShown bool // the prompt is the last thing on the terminal
 
-	conn    *conn       // nil while disconnected
-	rooms   []string    // joined rooms, least recently current first: the last is current
-	nextID  int         // of the last request
-	attempt int         // reconnections tried since the last success
-	retry   *time.Timer // while disconnected: when to dial again
+	conn    *conn                // nil while disconnected
+	rooms   []string             // joined rooms, least recently current first: the last is current
+	seen    map[string]*position // of the joined rooms with history
+	nextID  int                  // of the last request
+	attempt int                  // reconnections tried since the last success
+	retry   *time.Timer          // while disconnected: when to dial again
 }
 
 // current is the room typed lines go to, or "".
@@ -371,6 +400,7 @@ func (s *session) command(ctx context.Context, line string) (code int, stop bool
 		}
 		if s.conn == nil { // the server forgot the rooms with the connection
 			s.drop(arg)
+			delete(s.seen, arg)
 			s.println(s.out, "* left "+clean(arg))
 			return 0, false
 		}
@@ -411,7 +441,9 @@ func (s *session) say(ctx context.Context, text string) (code int, stop bool) {
 
 // request sends a join or a leave and waits for the server's answer,
 // showing what arrives meanwhile, so that the rooms change as the server
-// says and the next line goes where the user expects.
+// says and the next line goes where the user expects. The messages of the
+// room joined that arrive before the answer, its history among them, are
+// held until the answer says which history they belong to.
 func (s *session) request(ctx context.Context, typ, room string) (code int, stop bool) {
 	if s.conn == nil {
 		s.println(s.errs, "not connected, "+typ+" not sent: reconnecting")
@@ -419,11 +451,19 @@ func (s *session) request(ctx context.Context, typ, room string) (code int, stop
 	}
 	s.nextID++
 	id := strconv.Itoa(s.nextID)
-	if err := s.send(ctx, message{Type: typ, Room: room, ID: id}); err != nil {
+	req := message{Type: typ, Room: room, ID: id}
+	if typ == "join" {
+		req.History = historyOnJoin
+		if p := s.seen[room]; p != nil {
+			req.Epoch, req.Since = p.epoch, &p.seq
+		}
+	}
+	if err := s.send(ctx, req); err != nil {
 		return s.sendFailed(ctx)
 	}
 	timer := time.NewTimer(answerTimeout)
 	defer timer.Stop()
+	var held []message
 	for {
 		select {
 		case <-ctx.Done():
@@ -436,33 +476,58 @@ func (s *session) request(ctx context.Context, typ, room string) (code int, stop
 				return s.lost()
 			}
 			var m message
-			if json.Unmarshal(b, &m) == nil && m.ID == id && (m.Type == "ack" || m.Type == "error") {
-				s.answered(typ, room, m)
+			err := json.Unmarshal(b, &m)
+			switch {
+			case err == nil && m.ID == id && (m.Type == "ack" || m.Type == "error"):
+				s.answered(typ, room, m, held)
 				return 0, false
+			case err == nil && typ == "join" && m.Type == "message" && m.Room == room:
+				held = append(held, m)
+			default:
+				s.show(b)
 			}
-			s.show(b)
 		}
 	}
 }
 
-// answered updates the rooms with the server's answer to a join or leave.
-func (s *session) answered(typ, room string, m message) {
+// answered updates the rooms with the server's answer to a join or leave,
+// and prints the messages of the room joined that were held meanwhile.
+func (s *session) answered(typ, room string, m message, held []message) {
 	if m.Type == "error" {
 		// Whatever it was, the server now does not have us in the room.
 		s.drop(room)
+		delete(s.seen, room)
 		if m.Room == "" {
 			m.Room = room
 		}
 		s.println(s.out, format(m, nil))
 		return
 	}
-	if typ == "join" {
-		s.enter(room)
-		s.println(s.out, "* joined "+clean(room))
+	if typ == "leave" {
+		s.drop(room)
+		delete(s.seen, room)
+		s.println(s.out, "* left "+clean(room))
 		return
 	}
-	s.drop(room)
-	s.println(s.out, "* left "+clean(room))
+	s.enter(room)
+	s.println(s.out, "* joined "+clean(room))
+	if m.Recovered != nil && !*m.Recovered {
+		s.println(s.out, "* ["+clean(room)+"] some messages may be missing: the server could not replay what was sent while this client was away")
+	}
+	p := s.seen[room]
+	if m.Epoch == "" { // a room without history
+		delete(s.seen, room)
+		p = nil
+	} else if p == nil || p.epoch != m.Epoch {
+		p = &position{epoch: m.Epoch}
+		s.seen[room] = p
+	}
+	for _, h := range held {
+		s.showOnce(h, p)
+	}
+	if p != nil {
+		p.seq = max(p.seq, m.Seq) // nothing up to the ack's seq comes any more
+	}
 }
 
 func (s *session) send(ctx context.Context, m message) error {
@@ -570,9 +635,25 @@ func (s *session) show(b []byte) {
 		s.println(s.out, "? "+clean(string(b)))
 		return
 	}
+	if m.Type == "message" {
+		s.showOnce(m, s.seen[m.Room])
+		return
+	}
 	if line := format(m, b); line != "" {
 		s.println(s.out, line)
 	}
+}
+
+// showOnce prints the room message m unless p, the position of m's room,
+// says it was printed already; it then moves p to m.
+func (s *session) showOnce(m message, p *position) {
+	if p != nil && m.Seq != 0 {
+		if m.Seq <= p.seq {
+			return
+		}
+		p.seq = m.Seq
+	}
+	s.println(s.out, format(m, nil))
 }
 
 // println writes a line to w (stdout or stderr, which share the terminal),

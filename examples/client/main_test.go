@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -30,9 +31,11 @@ func TestMain(m *testing.M) {
 const timeout = 10 * time.Second
 
 // server is a chat hub like examples/chat's, reporting each client's
-// disconnect reason. Rooms named private-* are refused, and the publishes
-// of clients named raw-* are passed on as they are, without a name. Its URL leads to
-// whichever hub is current, so that a test can restart the hub behind it.
+// disconnect reason. Rooms keep their last 100 messages, except those
+// named plain-*, which keep none; rooms named private-* are refused, and the
+// publishes of clients named raw-* are passed on as they are, without a
+// name. Its URL leads to whichever hub is current, so that a test can
+// restart the hub behind it.
 type server struct {
 	t       *testing.T
 	hub     *wshub.Hub                   // the first hub
@@ -57,6 +60,12 @@ func newServer(t *testing.T) *server {
 // newHub starts a hub and makes the URL lead to it.
 func (s *server) newHub() *wshub.Hub {
 	hub := wshub.New(nil, &wshub.Options{
+		History: func(room string) wshub.HistoryPolicy {
+			if strings.HasPrefix(room, "plain-") {
+				return wshub.HistoryPolicy{}
+			}
+			return wshub.HistoryPolicy{Messages: 100}
+		},
 		Authenticate: func(r *http.Request) (wshub.Identity, error) {
 			name := r.URL.Query().Get("name")
 			if name == "" {
@@ -378,9 +387,17 @@ func TestPrompt(t *testing.T) {
 	alice.waitOutput("\nlobby (offline)> ")
 }
 
+// missing is what the client prints when a room's missed messages cannot
+// be replayed.
+func missing(room string) string {
+	return "* [" + room + "] some messages may be missing: the server could not replay what was sent while this client was away"
+}
+
 // TestReconnect restarts the server behind the client: on 1001, and when
 // the connection is cut, the client comes back, joins its rooms again in
-// the same order, and goes on talking in the same room.
+// the same order, and goes on talking in the same room. The new hub has
+// new histories, so the client says of each room that it may have missed
+// messages.
 func TestReconnect(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -403,7 +420,9 @@ func TestReconnect(t *testing.T) {
 			alice.expectPrefix(tc.why)
 			alice.expect("* connected to " + s.url + " as alice")
 			alice.expect("* joined dev")
+			alice.expect(missing("dev"))
 			alice.expect("* joined lobby")
+			alice.expect(missing("lobby"))
 			alice.send("still here")
 			alice.expect("[lobby] alice: still here")
 
@@ -413,6 +432,114 @@ func TestReconnect(t *testing.T) {
 			equal(t, "stderr", alice.stderr.String(), "")
 		})
 	}
+}
+
+// TestJoinHistory: /join prints the room's last 20 messages, oldest
+// first, after "* joined", then the live ones, none twice; in a room
+// without history it prints none.
+func TestJoinHistory(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	bob := connect(t, s, "bob", "lobby")
+	for i := 1; i <= 25; i++ {
+		line := fmt.Sprintf("m%02d", i)
+		bob.send(line)
+		bob.expect("[lobby] bob: " + line)
+	}
+	bob.send("/join plain-talk")
+	bob.expect("* joined plain-talk")
+	bob.send("unrecorded")
+	bob.expect("[plain-talk] bob: unrecorded")
+
+	alice := start(t, "-url", s.url, "-name", "alice", "-room", "")
+	alice.expect("* connected to " + s.url + " as alice")
+	alice.send("/join lobby")
+	alice.expect("* joined lobby")
+	for i := 6; i <= 25; i++ {
+		alice.expect(fmt.Sprintf("[lobby] bob: m%02d", i))
+	}
+	bob.send("/join lobby")
+	bob.expect("* joined lobby") // bob is in the lobby already: nothing again
+	bob.send("live")
+	alice.expect("[lobby] bob: live")
+	bob.expect("[lobby] bob: live")
+
+	alice.send("/join plain-talk")
+	alice.expect("* joined plain-talk")
+	bob.send("/join plain-talk")
+	bob.expect("* joined plain-talk")
+	bob.send("plain and live")
+	alice.expect("[plain-talk] bob: plain and live")
+
+	// -room joins the same way.
+	carol := connect(t, s, "carol", "lobby")
+	for i := 7; i <= 25; i++ {
+		carol.expect(fmt.Sprintf("[lobby] bob: m%02d", i))
+	}
+	carol.expect("[lobby] bob: live")
+}
+
+// TestRecover cuts the client's connection while the server turns it away
+// for a moment, so that messages are published while it is offline: once
+// back, it prints those, and only those, once each. When more were
+// published than the room keeps, it says so and prints the last 20.
+func TestRecover(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name   string
+		missed int      // messages published while offline
+		want   []string // what the client prints after "* joined lobby"
+	}{
+		{"one", 1, []string{"[lobby] bob: missed 1"}},
+		{"more than kept", 101, append([]string{missing("lobby")}, seqLines("[lobby] bob: missed ", 82, 101)...)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			s := newServer(t)
+			alice := connect(t, s, "alice", "lobby")
+			aliceOnServer := s.client()
+			bob := connect(t, s, "bob", "lobby")
+			s.client()
+			bob.send("before")
+			alice.expect("[lobby] bob: before")
+			bob.expect("[lobby] bob: before")
+
+			s.serve(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+				http.Error(w, "restarting", http.StatusServiceUnavailable)
+			}))
+			// 1006 cannot be sent in a close frame: the hub cuts the
+			// connection.
+			aliceOnServer.Close(websocket.StatusAbnormalClosure, "")
+			alice.expectPrefix("* connection lost: ")
+			for i := 1; i <= tc.missed; i++ {
+				bob.send(fmt.Sprint("missed ", i))
+				bob.expect(fmt.Sprint("[lobby] bob: missed ", i))
+			}
+
+			s.serve(s.hub)
+			for line := alice.next(); line != "* connected to "+s.url+" as alice"; line = alice.next() {
+				if !strings.HasPrefix(line, "* cannot reconnect: 503 Service Unavailable: restarting") {
+					t.Fatalf("while reconnecting: %q", line)
+				}
+			}
+			alice.expect("* joined lobby")
+			for _, want := range tc.want {
+				alice.expect(want)
+			}
+			bob.send("after")
+			alice.expect("[lobby] bob: after")
+			equal(t, "stderr", alice.stderr.String(), "")
+		})
+	}
+}
+
+// seqLines returns prefix followed by each number from first to last.
+func seqLines(prefix string, first, last int) []string {
+	var lines []string
+	for i := first; i <= last; i++ {
+		lines = append(lines, fmt.Sprint(prefix, i))
+	}
+	return lines
 }
 
 // TestReconnectRetries keeps a client offline for a while: it tries again
