@@ -26,6 +26,7 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -85,12 +86,15 @@ func serve(ctx context.Context, ln net.Listener, logger *slog.Logger) error {
 	// sends its headers slowly from holding a connection (slowloris);
 	// IdleTimeout closes keep-alive connections nobody uses, which would
 	// otherwise stay open for ever.
+	var unused unusedConns
 	srv := &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       time.Minute,
 		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+		ConnState:         unused.track,
 	}
+	srv.RegisterOnShutdown(unused.close)
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
 
@@ -111,4 +115,36 @@ func serve(ctx context.Context, ln net.Listener, logger *slog.Logger) error {
 		srvErr = errors.Join(srvErr, err)
 	}
 	return errors.Join(hubErr, srvErr)
+}
+
+// unusedConns are the connections that have not sent a request yet.
+// Browsers open one or two ahead of need, and http.Server.Shutdown waits
+// for them until they are 5 seconds old, as long as shutdownTimeout: so a
+// page loaded just before Ctrl-C made the shutdown fail. Shutdown calls
+// close once its listeners are closed; a browser sends its request again
+// on a new connection if it was about to use one of these.
+type unusedConns struct {
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+}
+
+func (u *unusedConns) track(c net.Conn, state http.ConnState) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if state != http.StateNew {
+		delete(u.conns, c)
+		return
+	}
+	if u.conns == nil {
+		u.conns = make(map[net.Conn]bool)
+	}
+	u.conns[c] = true
+}
+
+func (u *unusedConns) close() {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	for c := range u.conns {
+		c.Close()
+	}
 }

@@ -523,6 +523,27 @@ func TestPage(t *testing.T) {
 	}
 }
 
+// TestShutdownWithUnusedConnection: a connection that has not sent a
+// request yet, as browsers open ahead of need, does not hold up the
+// shutdown until its deadline.
+func TestShutdownWithUnusedConnection(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	conn, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// A request on another connection, answered, shows that the server
+	// has accepted the first one.
+	resp, err := http.Get("http://" + s.addr + "/favicon.svg")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	s.shutdown(t) // fails on a shutdown error
+}
+
 func TestRefusesBadNames(t *testing.T) {
 	t.Parallel()
 	s := startServer(t)
