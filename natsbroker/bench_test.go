@@ -2,6 +2,7 @@ package natsbroker_test
 
 import (
 	"context"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -17,10 +18,11 @@ import (
 )
 
 // BenchmarkFanOut measures deliveries per second to the clients of one
-// room, all reading, when one goroutine on the first hub calls
-// Room.Broadcast: 1,000 clients on one hub, with and without NATS, and
-// 500 clients on each of two hubs sharing the room through NATS. An op is
-// one broadcast, delivered to all 1,000 clients. Run it with
+// room, all reading, when goroutines on the first hub call Room.Broadcast:
+// 1,000 clients on one hub, with and without NATS, and 500 clients on each
+// of two hubs sharing the room through NATS, with 1 publishing goroutine
+// and with 10. An op is one broadcast, delivered to all 1,000 clients. Run
+// it with
 //
 //	go test -run '^$' -bench FanOut ./natsbroker
 func BenchmarkFanOut(b *testing.B) {
@@ -35,13 +37,15 @@ func BenchmarkFanOut(b *testing.B) {
 		{"2nodes_500clients_nats", 2, 500, true, nil},
 		{"2nodes_500clients_nats_noconfirm", 2, 500, true, &natsbroker.Options{NoConfirm: true}},
 	} {
-		b.Run(bc.name, func(b *testing.B) {
-			benchFanOut(b, bc.nodes, bc.clients, bc.broker, bc.opts)
-		})
+		for _, pubs := range []int{1, 10} {
+			b.Run(fmt.Sprintf("%s_%dpub", bc.name, pubs), func(b *testing.B) {
+				benchFanOut(b, bc.nodes, bc.clients, pubs, bc.broker, bc.opts)
+			})
+		}
 	}
 }
 
-func benchFanOut(b *testing.B, nodes, perNode int, broker bool, opts *natsbroker.Options) {
+func benchFanOut(b *testing.B, nodes, perNode, pubs int, broker bool, opts *natsbroker.Options) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var hubs []*wshub.Hub
@@ -103,23 +107,37 @@ func benchFanOut(b *testing.B, nodes, perNode int, broker bool, opts *natsbroker
 	}
 
 	// Publish in windows well below the clients' send queues, so that no
-	// client is kicked for falling behind.
+	// client is kicked for falling behind; the publishers share each
+	// window.
 	const window = 64
 	room := hubs[0].Room("bench")
 	msg := &wshub.Message{Data: map[string]any{"text": "hello, room", "n": 42}}
-	var sent int64
 	b.ReportAllocs()
 	b.ResetTimer()
-	for b.Loop() {
-		if err := room.Broadcast(ctx, msg); err != nil {
+	for sent := 0; sent < b.N; {
+		n := min(window, b.N-sent)
+		var g sync.WaitGroup
+		errs := make(chan error, pubs)
+		for p := range pubs {
+			share := n/pubs + btoi(p < n%pubs)
+			g.Go(func() {
+				for range share {
+					if err := room.Broadcast(ctx, msg); err != nil {
+						errs <- err
+						return
+					}
+				}
+			})
+		}
+		g.Wait()
+		close(errs)
+		if err := <-errs; err != nil {
 			b.Fatalf("broadcast: %v", err)
 		}
-		if sent++; sent%window == 0 {
-			waitFor(sent * total)
-		}
+		sent += n
+		waitFor(int64(sent) * total)
 	}
-	waitFor(sent * total)
-	b.ReportMetric(float64(sent*total)/b.Elapsed().Seconds(), "deliveries/s")
+	b.ReportMetric(float64(int64(b.N)*total)/b.Elapsed().Seconds(), "deliveries/s")
 	if k := kicked(hubs); k > 0 {
 		b.Fatalf("%d clients kicked", k)
 	}
@@ -127,6 +145,70 @@ func benchFanOut(b *testing.B, nodes, perNode int, broker bool, opts *natsbroker
 	for _, h := range hubs {
 		h.Close()
 	}
+}
+
+func btoi(v bool) int {
+	if v {
+		return 1
+	}
+	return 0
+}
+
+// BenchmarkConfirmedPublish measures Broker.Publish in confirm mode, the
+// default, with 1, 10 and 100 goroutines publishing at once on one broker
+// to a room that another broker subscribes to. An op is one publish that
+// returned nil, that is, one message the server confirmed. Run it with
+//
+//	go test -run '^$' -bench ConfirmedPublish ./natsbroker
+func BenchmarkConfirmedPublish(b *testing.B) {
+	for _, pubs := range []int{1, 10, 100} {
+		b.Run(fmt.Sprintf("%dpub", pubs), func(b *testing.B) {
+			benchConfirmedPublish(b, pubs)
+		})
+	}
+}
+
+func benchConfirmedPublish(b *testing.B, pubs int) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	s := startNATS(b, server.RANDOM_PORT)
+	pub, err := natsbroker.Connect(s.ClientURL(), nil)
+	if err != nil {
+		b.Fatalf("connect: %v", err)
+	}
+	defer pub.Close()
+	sub, err := natsbroker.Connect(s.ClientURL(), nil)
+	if err != nil {
+		b.Fatalf("connect: %v", err)
+	}
+	defer sub.Close()
+	var received atomic.Int64
+	if err := sub.Subscribe("bench", func([]byte) { received.Add(1) }); err != nil {
+		b.Fatalf("subscribe: %v", err)
+	}
+	msg := make([]byte, 64)
+
+	var next atomic.Int64
+	errs := make(chan error, pubs)
+	var g sync.WaitGroup
+	b.ResetTimer()
+	for range pubs {
+		g.Go(func() {
+			for next.Add(1) <= int64(b.N) {
+				if err := pub.Publish(ctx, "bench", msg); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	g.Wait()
+	b.StopTimer()
+	close(errs)
+	if err := <-errs; err != nil {
+		b.Fatalf("publish: %v", err)
+	}
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "publishes/s")
 }
 
 func kicked(hubs []*wshub.Hub) (n uint64) {

@@ -24,7 +24,8 @@ const (
 var (
 	// ErrNotConnected is returned by Publish while the NATS connection is
 	// not up (connecting, reconnecting, draining or closed), and when the
-	// connection broke before the server confirmed a message.
+	// connection broke, or nats.go replaced it, before the server
+	// confirmed a message.
 	ErrNotConnected = errors.New("natsbroker: not connected to NATS")
 
 	// ErrClosed is returned by Publish and Subscribe after Close.
@@ -44,8 +45,9 @@ type Options struct {
 	// Default: DefaultPrefix ("wshub.room").
 	Prefix string
 
-	// Timeout bounds the wait for the server's confirmation in Publish
-	// when its context has no deadline, and in Subscribe.
+	// Timeout bounds the wait for the server's confirmation of published
+	// messages (one flush, shared by the publishes waiting at the time)
+	// and of a subscription in Subscribe.
 	// Default: DefaultTimeout (5s).
 	Timeout time.Duration
 
@@ -55,6 +57,17 @@ type Options struct {
 	// before the connection breaks is lost although Publish returned nil.
 	// Default: false, Publish waits for the confirmation.
 	NoConfirm bool
+
+	// RetryOnFailedConnect makes Connect return a broker at once when no
+	// server answers, instead of an error, so that a hub can start while
+	// NATS is unreachable. nats.go then keeps trying in the background, as
+	// it does after losing a connection; until it connects, Publish
+	// returns ErrNotConnected and Subscribe registers the subscription,
+	// returns nil, and nats.go creates it on the server when it connects.
+	// New ignores this field: pass nats.RetryOnFailedConnect(true) to
+	// nats.Connect for the same behaviour.
+	// Default: false, Connect fails when no server answers.
+	RetryOnFailedConnect bool
 }
 
 // Broker is a wshub.Broker on a NATS connection. Its methods are safe for
@@ -65,6 +78,7 @@ type Broker struct {
 	prefix    string
 	timeout   time.Duration
 	noConfirm bool
+	commit    *groupCommit // confirms publishes; nil with NoConfirm
 
 	mu     sync.Mutex
 	subs   map[string]*nats.Subscription
@@ -96,13 +110,17 @@ func New(nc *nats.Conn, opts *Options) (*Broker, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
-	return &Broker{
+	b := &Broker{
 		nc:        nc,
 		prefix:    o.Prefix + ".",
 		timeout:   o.Timeout,
 		noConfirm: o.NoConfirm,
 		subs:      make(map[string]*nats.Subscription),
-	}, nil
+	}
+	if !o.NoConfirm {
+		b.commit = newGroupCommit(nc, o.Timeout)
+	}
+	return b, nil
 }
 
 // validPrefix reports whether p is a subject without wildcards: dot
@@ -127,10 +145,16 @@ func (b *Broker) Subject(room string) string {
 
 // Publish sends msg to the subject of room. It returns ErrNotConnected at
 // once when the connection is not up. Unless Options.NoConfirm is set, it
-// then waits until the server has the message, until ctx is done or, when
-// ctx has no deadline, for at most Options.Timeout; if that wait fails it
-// returns the error, and the message may or may not have been delivered.
-// Publish does not retain msg.
+// then waits until the server has the message: publishes that wait at the
+// same time share one confirmation round trip, and one publisher's
+// messages keep their order. It returns nil once the server confirmed the
+// message, which is all "acknowledged" means (see the package
+// documentation); it returns ErrNotConnected if the connection broke or
+// was replaced before the confirmation, ErrClosed if Close ran meanwhile,
+// an error when the server did not answer its flush within
+// Options.Timeout (a publish may first wait for the flush in flight, so
+// up to twice that), or ctx's error when ctx is done first. After an error the message may or may not have been
+// delivered. Publish does not retain msg.
 func (b *Broker) Publish(ctx context.Context, room string, msg []byte) error {
 	if b.isClosed() {
 		return ErrClosed
@@ -138,21 +162,17 @@ func (b *Broker) Publish(ctx context.Context, room string, msg []byte) error {
 	if !b.nc.IsConnected() {
 		return fmt.Errorf("%w (%v)", ErrNotConnected, b.nc.Status())
 	}
+	var conn uint64
+	if !b.noConfirm {
+		conn = connID(b.nc)
+	}
 	if err := b.nc.Publish(b.Subject(room), msg); err != nil {
 		return b.connErr(err)
 	}
 	if b.noConfirm {
 		return nil
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, b.timeout)
-		defer cancel()
-	}
-	if err := b.nc.FlushWithContext(ctx); err != nil {
-		return b.connErr(fmt.Errorf("natsbroker: publish not confirmed: %w", err))
-	}
-	return nil
+	return b.commit.wait(ctx, conn)
 }
 
 // connErr wraps err in ErrNotConnected when the connection is down, which
@@ -169,8 +189,10 @@ func (b *Broker) connErr(err error) error {
 // connected, it returns once the server has the subscription, so every
 // message published after that reaches deliver; it fails, subscribing
 // nothing, if the server does not answer within Options.Timeout. While
-// nats.go reconnects, it returns nil at once and nats.go subscribes when
-// the connection is back. It returns ErrSubscribed if room is already
+// nats.go reconnects, or has not connected yet (see
+// Options.RetryOnFailedConnect), it returns nil at once and nats.go
+// subscribes when the connection is up; messages published before that
+// do not reach deliver. It returns ErrSubscribed if room is already
 // subscribed and ErrClosed after Close.
 func (b *Broker) Subscribe(room string, deliver func(msg []byte)) error {
 	b.mu.Lock()
@@ -237,10 +259,12 @@ func unsubscribe(sub *nats.Subscription) error {
 	return err
 }
 
-// Close unsubscribes every room and, for a broker made by Connect, closes
+// Close unsubscribes every room, fails the publishes still waiting for a
+// confirmation with ErrClosed and, for a broker made by Connect, closes
 // the connection; a connection given to New stays open. Publish and
-// Subscribe return ErrClosed afterwards. Close returns the unsubscribe
-// errors joined; calling it again does nothing and returns nil.
+// Subscribe return ErrClosed afterwards. Close does not block on the
+// network beyond nats.go's own Close; it returns the unsubscribe errors
+// joined. Calling it again does nothing and returns nil.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -252,6 +276,9 @@ func (b *Broker) Close() error {
 	b.subs = nil
 	b.mu.Unlock()
 
+	if b.commit != nil {
+		b.commit.stop()
+	}
 	var errs []error
 	for _, sub := range subs {
 		if err := unsubscribe(sub); err != nil {

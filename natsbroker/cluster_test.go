@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/wshub/wshub"
@@ -219,6 +220,10 @@ func TestBrokerLifecycle(t *testing.T) {
 	}
 	equal(t, "default subject", b.Subject("lobby"), "wshub.room.bG9iYnk")
 	equal(t, "reconnect buffer", b.Conn().Opts.ReconnectBufSize, -1)
+	equal(t, "reconnect wait", b.Conn().Opts.ReconnectWait, 100*time.Millisecond)
+	equal(t, "reconnect jitter", b.Conn().Opts.ReconnectJitter, 150*time.Millisecond)
+	equal(t, "reconnect jitter with TLS", b.Conn().Opts.ReconnectJitterTLS, 150*time.Millisecond)
+	equal(t, "retry on failed connect", b.Conn().Opts.RetryOnFailedConnect, false)
 	got := make(chan string, 1)
 	if err := b.Subscribe("r", func(msg []byte) { got <- string(msg) }); err != nil {
 		t.Fatalf("Subscribe: %v", err)

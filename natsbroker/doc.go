@@ -26,24 +26,58 @@
 //
 // # Guarantees
 //
-// Delivery across hubs is at most once. NATS core does not store messages:
-// a hub that is disconnected from NATS, or whose subscription the server
-// has not registered yet (right after a reconnect), misses what is
-// published meanwhile, and its members never see those messages; so do
-// the other hubs when a server fails between confirming a message and
-// forwarding it.
+// The core-NATS broker is at most once across hubs. NATS core does not
+// store messages: it forwards each one to the subscriptions it has at that
+// moment. A hub that is disconnected from NATS or reconnecting, or whose
+// subscription the server has not registered yet (right after it connects
+// or reconnects), misses what is published meanwhile, and its members
+// never see those messages; so do all the other hubs when a server fails
+// between confirming a message and forwarding it. Rooms that must not
+// lose messages across hubs need a log that hubs can resume from; a
+// JetStream-backed log is planned.
 //
-// A publish that fails is reported. Broker.Publish returns ErrNotConnected
-// when the connection is not up, so Room.Broadcast returns an error and a
-// client's publish gets an error frame; the hub then delivers the message
-// to none of its own members (other hubs got it only if the connection
-// broke after the server read it). By default Publish also waits for the
-// server to confirm it has the message (a PING round trip), so a message
-// written to a connection that broke before the server read it is an
-// error too, not a silent loss. Options.NoConfirm trades that for
-// throughput. For Publish to fail rather than queue while nats.go
+// # What "acknowledged" means
+//
+// By default Broker.Publish returns nil only once the NATS server the hub
+// is connected to has read the message: it is followed on the connection
+// by a PING, and the server has answered with its PONG. That is all an
+// acknowledgement means here, for Room.Broadcast returning nil as for the
+// ack frame a client gets for a publish. It does not mean that another hub
+// received the message: one that is reconnecting or not yet subscribed
+// misses it, as above. Publishes that wait at the same time share one
+// PING and PONG (a group commit), so confirmation costs one or two round
+// trips per publish however many publishers wait, instead of one round
+// trip each queued behind the others. A PONG received on a new connection,
+// after nats.go reconnected, confirms nothing written on the old one:
+// Publish then returns ErrNotConnected. Options.NoConfirm skips the wait,
+// and a message written just before a connection breaks is then lost
+// although Publish returned nil.
+//
+// # When NATS is unreachable
+//
+// A NATS outage stops room messages on every hub, local members included.
+// While the connection is down Broker.Publish returns ErrNotConnected, so
+// Room.Broadcast returns an error wrapping wshub.ErrBroker and
+// ErrNotConnected, a client's publish gets an error frame, and the hub
+// delivers the message to none of its own members; other hubs got it only
+// if the connection broke after the server read it. Delivering locally
+// and reporting the cluster error instead would split each room into one
+// conversation per hub for the length of the outage, each looking healthy
+// to its members; refusing makes the outage visible to the publisher,
+// who can retry. Joins keep working:
+// Subscribe registers the room with nats.go, which subscribes on the
+// server when it is back. Hub.Broadcast, which stays on its hub, keeps
+// working too. For Publish to fail rather than queue while nats.go
 // reconnects, the connection must not buffer: Connect sets
 // nats.ReconnectBufSize(-1), and a connection given to New should too.
+//
+// Connect reconnects quickly and forever: after trying every server of
+// its list it waits 100 ms plus a random jitter of up to 150 ms, so the
+// hubs of a cluster come back within a fraction of a second of the server
+// and not all at the same instant. By default Connect fails when no
+// server answers; with Options.RetryOnFailedConnect it returns a broker at
+// once, so that a hub can start while NATS is unreachable, and its rooms
+// behave as in an outage until the first connection.
 //
 // Messages of one publisher, a client or a goroutine calling
 // Room.Broadcast, reach every hub in the order they were published,
@@ -56,8 +90,8 @@
 // origin the hub writes into each message. Each member gets a message
 // exactly once.
 //
-// Reconnection is nats.go's: it reconnects on its own (Connect sets
-// unlimited attempts) and re-creates the broker's subscriptions. Deliveries
+// Reconnection is nats.go's: it reconnects on its own and re-creates the
+// broker's subscriptions. Deliveries
 // that nats.go cannot hand to the hub fast enough are dropped by nats.go
 // as a slow consumer and reported to the connection's nats.ErrorHandler;
 // the hub's delivery only queues messages for clients, so this takes a

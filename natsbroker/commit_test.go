@@ -1,0 +1,364 @@
+package natsbroker_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/wshub/wshub"
+	"github.com/wshub/wshub/natsbroker"
+)
+
+// connect returns a broker made by Connect to url, closed at cleanup.
+func connect(t testing.TB, url string, opts *natsbroker.Options) *natsbroker.Broker {
+	t.Helper()
+	b, err := natsbroker.Connect(url, opts,
+		// Tests break connections on purpose.
+		nats.ErrorHandler(func(*nats.Conn, *nats.Subscription, error) {}))
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// inbox subscribes b to room and returns the messages it receives.
+func inbox(t testing.TB, b *natsbroker.Broker, room string) <-chan string {
+	t.Helper()
+	ch := make(chan string, 1<<16)
+	if err := b.Subscribe(room, func(msg []byte) { ch <- string(msg) }); err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	return ch
+}
+
+// receive returns the next message of ch, failing when ctx ends first.
+func receive(t testing.TB, ctx context.Context, ch <-chan string) string {
+	t.Helper()
+	select {
+	case m := <-ch:
+		return m
+	case <-ctx.Done():
+		t.Fatal("no message")
+		return ""
+	}
+}
+
+// Many goroutines publish at once through one broker: every Publish
+// returns nil, the publishes share flushes, and another hub's broker gets
+// every message exactly once and in the order of its publisher.
+func TestGroupCommit(t *testing.T) {
+	t.Parallel()
+	s := startNATS(t, server.RANDOM_PORT)
+	ctx := testCtx(t)
+	pub := connect(t, s.ClientURL(), nil)
+	got := inbox(t, connect(t, s.ClientURL(), nil), "r")
+
+	const pubs, perPub = 32, 100
+	errs := make(chan error, pubs)
+	var wg sync.WaitGroup
+	for p := range pubs {
+		wg.Go(func() {
+			for seq := range perPub {
+				if err := pub.Publish(ctx, "r", fmt.Appendf(nil, "%d:%d", p, seq)); err != nil {
+					errs <- fmt.Errorf("publisher %d, message %d: %w", p, seq, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	// The sentinel follows every confirmed message on the connection, so
+	// it arrives after all of them.
+	if err := pub.Publish(ctx, "r", []byte("sentinel")); err != nil {
+		t.Fatalf("sentinel: %v", err)
+	}
+	next := make([]int, pubs)
+	for {
+		m := receive(t, ctx, got)
+		if m == "sentinel" {
+			break
+		}
+		ps, seqs, _ := strings.Cut(m, ":")
+		p, _ := strconv.Atoi(ps)
+		seq, _ := strconv.Atoi(seqs)
+		if seq != next[p] {
+			t.Fatalf("publisher %d: got message %d, want %d (duplicate, gap or reorder)", p, seq, next[p])
+		}
+		next[p]++
+	}
+	for p, n := range next {
+		equal(t, fmt.Sprintf("messages of publisher %d", p), n, perPub)
+	}
+	flushes, waits := natsbroker.CommitStats(pub)
+	equal(t, "confirmed publishes", waits, uint64(pubs*perPub+1))
+	t.Logf("%d publishes confirmed by %d flushes", waits, flushes)
+	if flushes >= waits {
+		t.Fatalf("%d flushes for %d publishes: none shared", flushes, waits)
+	}
+}
+
+// While a confirmation is pending, the publishes that arrive wait for the
+// next flush together: however many they are, it takes one. A publisher
+// whose context ends stops waiting without failing the others.
+func TestGroupCommitShares(t *testing.T) {
+	t.Parallel()
+	s := startNATS(t, server.RANDOM_PORT)
+	ctx := testCtx(t)
+	px := startProxy(t, s.Addr().String())
+	pub := connect(t, px.url(), &natsbroker.Options{Timeout: time.Minute})
+	got := inbox(t, connect(t, s.ClientURL(), nil), "r")
+
+	px.hold()
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := pub.Publish(short, "r", []byte("short")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Publish with a context that ends while held: %v, want DeadlineExceeded", err)
+	}
+
+	const pubs = 50
+	errs := make(chan error, pubs)
+	var wg sync.WaitGroup
+	for p := range pubs {
+		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
+	}
+	// One publish flushes, held by the proxy; the rest wait behind it.
+	eventually(t, "every publish to wait", func() bool {
+		_, waits := natsbroker.CommitStats(pub)
+		return waits == pubs+1
+	})
+	flushes, _ := natsbroker.CommitStats(pub)
+	equal(t, "flushes while held (the short one's, then one)", flushes, uint64(2))
+	px.release()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	}
+	flushes, _ = natsbroker.CommitStats(pub)
+	equal(t, "flushes in all", flushes, uint64(3))
+
+	// Every message went out, the one whose wait was cut short too.
+	seen := make(map[string]bool)
+	for len(seen) < pubs+1 {
+		m := receive(t, ctx, got)
+		if seen[m] {
+			t.Fatalf("message %q twice", m)
+		}
+		seen[m] = true
+	}
+	if !seen["short"] {
+		t.Fatal("the message whose wait timed out was not delivered")
+	}
+}
+
+// The connection breaks while publishes wait for their confirmation:
+// every one of them returns ErrNotConnected, none hangs; publishing
+// fails at once until nats.go reconnects, then works again.
+func TestOutageFailsEveryWaiter(t *testing.T) {
+	t.Parallel()
+	s := startNATS(t, server.RANDOM_PORT)
+	ctx := testCtx(t)
+	px := startProxy(t, s.Addr().String())
+	pub := connect(t, px.url(), &natsbroker.Options{Timeout: time.Minute})
+	got := inbox(t, connect(t, s.ClientURL(), nil), "r")
+
+	px.hold()
+	const pubs = 50
+	errs := make(chan error, pubs)
+	var wg sync.WaitGroup
+	for p := range pubs {
+		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
+	}
+	eventually(t, "every publish to wait", func() bool {
+		_, waits := natsbroker.CommitStats(pub)
+		return waits == pubs
+	})
+	px.cut()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, natsbroker.ErrNotConnected) {
+			t.Fatalf("Publish when the connection broke: %v, want ErrNotConnected", err)
+		}
+	}
+	if err := pub.Publish(ctx, "r", []byte("down")); !errors.Is(err, natsbroker.ErrNotConnected) {
+		t.Fatalf("Publish while disconnected: %v, want ErrNotConnected", err)
+	}
+
+	px.open()
+	eventually(t, "the broker to reconnect", pub.Conn().IsConnected)
+	if err := pub.Publish(ctx, "r", []byte("after")); err != nil {
+		t.Fatalf("Publish after reconnecting: %v", err)
+	}
+	// The proxy dropped what it held: the first message through is the
+	// one published after the reconnect.
+	equal(t, "first message delivered", receive(t, ctx, got), "after")
+}
+
+// Close fails the publishes that wait for a confirmation with ErrClosed
+// and stops the flusher (goleak checks that it ended).
+func TestCloseFailsWaiters(t *testing.T) {
+	t.Parallel()
+	s := startNATS(t, server.RANDOM_PORT)
+	ctx := testCtx(t)
+	px := startProxy(t, s.Addr().String())
+	pub := connect(t, px.url(), &natsbroker.Options{Timeout: time.Minute})
+
+	px.hold()
+	const pubs = 20
+	errs := make(chan error, pubs)
+	var wg sync.WaitGroup
+	for p := range pubs {
+		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
+	}
+	eventually(t, "every publish to wait", func() bool {
+		_, waits := natsbroker.CommitStats(pub)
+		return waits == pubs
+	})
+	equal(t, "Close", pub.Close(), nil)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if !errors.Is(err, natsbroker.ErrClosed) {
+			t.Fatalf("Publish waiting when Close ran: %v, want ErrClosed", err)
+		}
+	}
+	if err := pub.Publish(ctx, "r", nil); !errors.Is(err, natsbroker.ErrClosed) {
+		t.Fatalf("Publish after Close: %v, want ErrClosed", err)
+	}
+}
+
+// With Options.RetryOnFailedConnect a broker starts while no NATS server
+// answers: Connect returns at once, Publish fails with ErrNotConnected,
+// Subscribe succeeds and takes effect when the server comes up, and a hub
+// on the broker accepts joins but refuses publishes until then.
+func TestStartWhileUnreachable(t *testing.T) {
+	t.Parallel()
+	ctx := testCtx(t)
+	port := freePort(t)
+	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
+
+	if _, err := natsbroker.Connect(url, nil); err == nil {
+		t.Fatal("Connect without RetryOnFailedConnect succeeded with no server")
+	}
+	b := connect(t, url, &natsbroker.Options{RetryOnFailedConnect: true})
+	if b.Conn().IsConnected() {
+		t.Fatal("connected with no server")
+	}
+	if err := b.Publish(ctx, "r", []byte("early")); !errors.Is(err, natsbroker.ErrNotConnected) {
+		t.Fatalf("Publish before the server is up: %v, want ErrNotConnected", err)
+	}
+	got := inbox(t, b, "r")
+
+	h := wshub.New(nil, &wshub.Options{Broker: b, AuthorizeJoin: func(*wshub.Client, string) error { return nil }})
+	n := serve(t, h)
+	c := dial(t, n)
+	c.join("lobby")
+	c.send(`{"type":"publish","room":"lobby","id":"p","data":{"pub":"c","seq":0}}`)
+	m := c.read()
+	if m.Type != "error" || m.ID != "p" || !strings.Contains(m.Error, wshub.ErrBroker.Error()) {
+		t.Fatalf("publish before the server is up: got %+v, want an ErrBroker error", m)
+	}
+
+	s := startNATS(t, port)
+	eventually(t, "the broker to connect", b.Conn().IsConnected)
+	eventually(t, "the subscriptions made before connecting", func() bool {
+		return s.GlobalAccount().Interest(b.Subject("r")) == 1 && s.GlobalAccount().Interest(b.Subject("lobby")) == 1
+	})
+	other := connect(t, s.ClientURL(), nil)
+	if err := other.Publish(ctx, "r", []byte("from another hub")); err != nil {
+		t.Fatalf("Publish from another broker: %v", err)
+	}
+	equal(t, "delivered", receive(t, ctx, got), "from another hub")
+	if err := b.Publish(ctx, "r", []byte("own")); err != nil {
+		t.Fatalf("Publish once connected: %v", err)
+	}
+	equal(t, "delivered", receive(t, ctx, got), "own")
+	c.send(`{"type":"publish","room":"lobby","data":{"pub":"c","seq":1}}`)
+	equal(t, "client's publish once connected", data(t, c.read()).Seq, 1)
+}
+
+// While NATS is down the hub refuses room publishes outright: the
+// publisher gets an error and no member, on this hub or another, gets the
+// message, so that a message is either on every hub or on none. Messages
+// that stay on the hub (Hub.Broadcast) still flow, and rooms work again
+// once NATS is back.
+func TestOutageRefusesLocalDelivery(t *testing.T) {
+	t.Parallel()
+	s := startNATS(t, server.RANDOM_PORT)
+	port := natsPort(s)
+	n := newNodes(t, s.ClientURL(), 1, nil)[0]
+	ctx := testCtx(t)
+	a, b := dial(t, n), dial(t, n)
+	a.join("r")
+	b.join("r")
+
+	s.Shutdown()
+	s.WaitForShutdown()
+	eventually(t, "the hub to see NATS go", func() bool { return !n.nc.IsConnected() })
+
+	a.send(`{"type":"publish","room":"r","id":"p","data":{"pub":"a","seq":0}}`)
+	m := a.read()
+	if m.Type != "error" || m.ID != "p" || !strings.Contains(m.Error, wshub.ErrBroker.Error()) {
+		t.Fatalf("client publish during the outage: got %+v, want an ErrBroker error", m)
+	}
+	if err := broadcast(ctx, n, "r", "server", 0); !errors.Is(err, wshub.ErrBroker) || !errors.Is(err, natsbroker.ErrNotConnected) {
+		t.Fatalf("Room.Broadcast during the outage: %v, want ErrBroker and ErrNotConnected", err)
+	}
+	if err := n.hub.Broadcast(ctx, &wshub.Message{Data: payload{Pub: "local"}}); err != nil {
+		t.Fatalf("Hub.Broadcast during the outage: %v", err)
+	}
+	// The local broadcast came after both refused publishes: it is the
+	// first message each member gets.
+	equal(t, "a's first message", data(t, a.read()).Pub, "local")
+	equal(t, "b's first message", data(t, b.read()).Pub, "local")
+
+	startNATS(t, port)
+	eventually(t, "the hub to reconnect", n.nc.IsConnected)
+	if err := broadcast(ctx, n, "r", "after", 0); err != nil {
+		t.Fatalf("Room.Broadcast after the outage: %v", err)
+	}
+	equal(t, "b's message after the outage", data(t, b.read()).Pub, "after")
+}
+
+// freePort returns a loopback port that nothing listens on.
+func freePort(t testing.TB) int {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+	return port
+}
+
+// serve runs h on a test server, closed at cleanup.
+func serve(t testing.TB, h *wshub.Hub) *node {
+	t.Helper()
+	mux := http.NewServeMux()
+	mux.Handle("/ws", h)
+	ts := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		h.Close()
+		ts.Close()
+	})
+	return &node{hub: h, ts: ts}
+}
