@@ -19,12 +19,13 @@ type corkConn struct {
 	net.Conn
 	hub *Hub // for its buffer pool and WriteTimeout
 
-	mu      sync.Mutex
-	closing bool
-	corked  bool
-	buf     *[]byte // pending bytes while corked
-	taken   int64   // bytes ever given to Write
-	written int64   // bytes of those that reached the socket, a prefix
+	mu       sync.Mutex
+	deadline time.Time // the socket's write deadline
+	closing  bool
+	corked   bool
+	buf      *[]byte // pending bytes while corked
+	taken    int64   // bytes ever given to Write
+	written  int64   // bytes of those that reached the socket, a prefix
 }
 
 // Write writes p, or keeps it while corked and the batch is under
@@ -44,11 +45,18 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	return n, err
 }
 
-// writeLocked writes p to the socket, within WriteTimeout unless the
-// connection is closing (Close set its own deadline).
+// writeLocked writes p to the socket. Unless the connection is closing
+// (Close set its own deadline), the write must end within WriteTimeout to
+// 1.5 × WriteTimeout: the deadline is moved only when less than
+// WriteTimeout of it is left, since setting it on every write of a busy
+// connection costs a few percent of the hub's CPU.
 func (c *corkConn) writeLocked(p []byte) (int, error) {
 	if !c.closing {
-		c.Conn.SetWriteDeadline(time.Now().Add(c.hub.opts.WriteTimeout))
+		wt := c.hub.opts.WriteTimeout
+		if now := time.Now(); c.deadline.Sub(now) < wt {
+			c.deadline = now.Add(wt + wt/2)
+			c.Conn.SetWriteDeadline(c.deadline)
+		}
 	}
 	n, err := c.Conn.Write(p)
 	c.written += int64(n)

@@ -65,8 +65,9 @@ type Options struct {
 	SendQueueBytes int
 
 	// WriteTimeout bounds how long a client may hold things up: a client
-	// whose socket takes no bytes for this long, or whose congested queue
-	// has kept another client's publish waiting this long, is closed with
+	// whose socket takes no bytes for this long (up to half as long again),
+	// or whose congested queue has kept another client's publish waiting
+	// this long, is closed with
 	// ErrWriteTimeout (status 1008 when a close frame can still be written)
 	// and counted in Stats.Kicked. Default: DefaultWriteTimeout (10s).
 	WriteTimeout time.Duration
