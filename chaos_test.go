@@ -196,6 +196,10 @@ func TestChaos(t *testing.T) {
 			}
 		}
 	}
+	// The server's broadcasts are not paced (server-side sends never
+	// wait), so on a machine busy enough a stayer can fall a whole queue
+	// behind and be closed; it must then have been told why, as checked
+	// above. Most of them keep up.
 	if complete < stayers/2 {
 		t.Fatalf("only %d of %d stayers kept up", complete, stayers)
 	}

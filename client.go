@@ -113,8 +113,9 @@ func (c *Client) SetValue(key string, v any) {
 // Join adds the client to a room, creating the room if needed; joining a
 // room twice is not an error. It is the server's decision, so
 // Options.AuthorizeJoin is not consulted. It returns ErrInvalidRoom,
-// ErrTooManyRooms past Options.MaxRooms, once the client is closing
-// ErrClientClosed, and with a Broker that cannot
+// ErrTooManyRooms past Options.MaxRooms, ErrHistory when the room's
+// history store fails, once the client is closing ErrClientClosed, and
+// with a Broker that cannot
 // subscribe to a new room ErrBroker (the client is then not in the room).
 func (c *Client) Join(room string) error {
 	_, err := c.hub.join(c, room, nil)
@@ -303,7 +304,7 @@ func (c *Client) closeConn() {
 		c.mu.Lock()
 		code, reason, cause := c.closeCode, c.closeReason, c.cause
 		c.mu.Unlock()
-		if errors.Is(cause, ErrSendQueueFull) {
+		if errors.Is(cause, ErrSendQueueFull) || errors.Is(cause, ErrWriteTimeout) {
 			c.hub.opts.Logger.Warn("wshub: client kicked", "client", c.id, "reason", cause)
 		}
 		if code == 0 {
@@ -568,7 +569,7 @@ func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
 // closes the client with code after MaxInvalidMessages in a row.
 func (c *Client) refuse(m *Message, err error, code websocket.StatusCode, reason string) {
 	c.invalidRun++
-	c.reply(&Message{Type: TypeError, ID: m.ID, Error: err.Error()})
+	c.reply(&Message{Type: TypeError, ID: m.ID, Room: m.Room, Error: err.Error()})
 	if c.invalidRun >= MaxInvalidMessages {
 		c.closeWith(code, reason, err, true)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/wshub/wshub"
@@ -266,6 +267,7 @@ func TestBatchFramesFitReadLimit(t *testing.T) {
 	})
 	ts := serve(t, h)
 	p := dial(t, ts, "wshub.json-batch")
+	p.ctx = testCtxFor(t, 5*time.Minute) // 11 MB under -race on a busy machine
 	p.conn.SetReadLimit(32 << 10)
 	c := <-connected
 	// Three encoded messages and their two commas make exactly 32 KiB: with

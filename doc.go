@@ -102,6 +102,12 @@
 // Stats.Kicked, and OnDisconnect gets the reason. Nothing is dropped
 // silently.
 //
+// Pacing covers the queues of the publishing client's own hub. Messages
+// that arrive from other hubs through a Broker are not paced: a flood on
+// another hub can overflow a queue here, which closes that client with
+// ErrSendQueueFull. A member that reads slowly but steadily paces its
+// room's client publishers to its speed.
+//
 // Options.MaxRooms caps the rooms of a client (128), and Options.RateLimit
 // can cap the messages per second read from each (off by default).
 //

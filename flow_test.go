@@ -89,7 +89,7 @@ func TestFloodDoesNotKickReaders(t *testing.T) {
 			p.join(room)
 			peers = append(peers, p)
 		}
-		ctx := testCtxFor(t, 2*time.Minute)
+		ctx := testCtxFor(t, 5*time.Minute)
 		var g errgroup.Group
 		for _, p := range peers {
 			g.Go(func() error { return readRoom(ctx, p.conn, n) })
@@ -122,7 +122,7 @@ func TestPipelinedJoinsAreAllAnswered(t *testing.T) {
 	ts := serve(t, h)
 	p := dial(t, ts)
 	const n = 20_000
-	ctx := testCtxFor(t, 2*time.Minute)
+	ctx := testCtxFor(t, 5*time.Minute)
 	var g errgroup.Group
 	g.Go(func() error {
 		for i := range n {
@@ -177,10 +177,10 @@ func TestStalledMemberClosedAlone(t *testing.T) {
 	for _, p := range []*peer{publisher, reader, stalled} {
 		p.join("r")
 	}
-	ctx := testCtxFor(t, 2*time.Minute)
-	// Enough to fill the stalled member's socket buffers many times over.
-	const n = 20_000
-	payload := strings.Repeat("x", 1000)
+	ctx := testCtxFor(t, 5*time.Minute)
+	// Enough to fill the stalled member's socket buffers a few times over.
+	const n = 2_000
+	payload := strings.Repeat("x", 8000)
 	var g errgroup.Group
 	for _, p := range []*peer{publisher, reader} {
 		g.Go(func() error { return readRoom(ctx, p.conn, n) })

@@ -3,6 +3,7 @@ package wshub
 import (
 	"container/list"
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"sync"
@@ -42,7 +43,9 @@ const (
 type HistoryPolicy struct {
 	// Messages is how many of the room's last messages are kept; zero or
 	// negative means the room keeps no history and its messages carry no
-	// seq.
+	// seq. It also bounds a recovery: a client that rejoins with since gets
+	// up to this many messages at once, past its send queue's limits, so
+	// keep it to what a client may need (a few hundred messages).
 	Messages int
 
 	// MaxAge is how long a message is kept. A room whose newest message is
@@ -62,17 +65,22 @@ func (p HistoryPolicy) maxAge() time.Duration {
 
 // A HistoryStore keeps the recent messages of the rooms that have a
 // history policy, and numbers them. The hub calls Append for every message
-// of such a room, with the room's messages serialized, and delivers the
-// message with the seq Append returned; it calls Read when a client joins
-// with a history or recovery request, and for Room.History and
-// Room.Position.
+// of such a room that it delivers, and delivers the message with the seq
+// Append returned; it calls Read when a client joins with a history or
+// recovery request, and for Room.History and Room.Position. Append and
+// the Read of a join run with the room's lock held, so that numbering and
+// delivery are one step: a store must answer quickly (ctx is the
+// publishing client's, the caller's, or bounded by Options.WriteTimeout),
+// must not call the Hub, and must be safe for concurrent use.
 //
-// The default store, NewMemoryHistory, is local to one hub: with several
-// hubs and a Broker, each hub numbers a room's messages in the order it
-// delivers them, and a client that moves to another hub gets a different
-// epoch there and is told it could not recover. A store shared by hubs,
-// with one order per room, makes recovery work across hubs; it must also
-// be the order in which every hub delivers, which is the Broker's side.
+// A store is local to its hub: with several hubs and a Broker, each hub
+// numbers a room's messages, other hubs' included, in the order it
+// delivers them, and a client that moves to another hub gets another
+// epoch there and is told it could not recover. A store of one's own can
+// keep histories across restarts of the hub (its epochs then survive). One
+// history and one order shared by several hubs need the hubs to deliver in
+// the store's order, which a Broker does not do today; sharing a store
+// between hubs is not supported.
 type HistoryStore interface {
 	// Append adds msg, a room message encoded with JSONCodec and without a
 	// seq, as the room's newest message and returns its seq and the
@@ -95,10 +103,18 @@ type HistoryMessage struct {
 }
 
 // withSeq returns the JSON object msg with a "seq" member added.
-func withSeq(msg []byte, seq uint64) []byte {
-	b := make([]byte, 0, len(msg)+24)
+func withSeq(msg []byte, seq uint64) []byte { return withPosition(msg, seq, "") }
+
+// withPosition returns the JSON object msg with "seq" and, unless empty,
+// "epoch" members added.
+func withPosition(msg []byte, seq uint64, epoch string) []byte {
+	b := make([]byte, 0, len(msg)+24+len(epoch))
 	b = append(b, `{"seq":`...)
 	b = strconv.AppendUint(b, seq, 10)
+	if epoch != "" {
+		e, _ := json.Marshal(epoch) // a string always encodes
+		b = append(append(b, `,"epoch":`...), e...)
+	}
 	if len(msg) > 2 {
 		b = append(b, ',')
 	}
@@ -174,6 +190,7 @@ func (s *memoryHistory) logLocked(room string, p HistoryPolicy, now time.Time) *
 		l.elem = s.byTime.PushBack(l)
 		s.rooms[room] = l
 		s.bytes += logOverhead
+		s.evictLocked(l, now) // joins of many rooms count too
 	}
 	return l
 }
@@ -282,6 +299,11 @@ func (h *Hub) replay(c *Client, name string, rm *room, req *Message, member bool
 	switch {
 	case member || req == nil || (req.Epoch == "" && req.History == 0):
 		_, ack.Epoch, ack.Seq, err = h.history.Read(ctx, name, p, ^uint64(0), 0)
+		if err == nil && member && req != nil && req.Epoch != "" {
+			// Already in the room: it has had every message since it joined.
+			recovered := ack.Epoch == req.Epoch && req.Since <= ack.Seq
+			ack.Recovered = &recovered
+		}
 	case req.Epoch != "":
 		msgs, ack.Epoch, ack.Seq, err = h.history.Read(ctx, name, p, req.Since, -1)
 		if err != nil {
@@ -305,6 +327,9 @@ func (h *Hub) replay(c *Client, name string, rm *room, req *Message, member bool
 	if err != nil {
 		return fmt.Errorf("%w: %q: %w", ErrHistory, name, err)
 	}
+	if rm.epoch == "" {
+		rm.epoch = ack.Epoch
+	}
 	frames := make([][]byte, 0, len(msgs))
 	for _, hm := range msgs {
 		if b, err := c.encodeStored(hm); err == nil {
@@ -317,7 +342,10 @@ func (h *Hub) replay(c *Client, name string, rm *room, req *Message, member bool
 
 // encodeStored encodes a retained message, with its seq, for c's codec. A
 // codec that cannot carry it (RawCodec, for a type other than "message")
-// gets an error, as for a live message.
+// gets an error, as for a live message. Retained messages are JSON, so a
+// codec other than the JSON ones gets Data as it decodes from JSON (a
+// json.RawMessage): RawCodec replays the JSON text of Data, which for
+// []byte data is base64, unlike the live message.
 func (c *Client) encodeStored(hm HistoryMessage) ([]byte, error) {
 	b := withSeq(hm.JSON, hm.Seq)
 	if c.hub.encKey[c.codecIndex] == len(c.hub.opts.Codecs) { // a JSON codec
@@ -332,8 +360,8 @@ func (c *Client) encodeStored(hm HistoryMessage) ([]byte, error) {
 
 // History returns up to limit of the room's retained messages, the newest
 // ones, oldest first, each with its Seq; none when the room keeps no
-// history (see Options.History). It returns ErrHistory wrapping the
-// store's error.
+// history (see Options.History). It waits for the HistoryStore, within
+// ctx, and returns ErrHistory wrapping the store's error.
 func (r Room) History(ctx context.Context, limit int) ([]*Message, error) {
 	h := r.hub
 	p := h.policyFor(r.name)
@@ -358,7 +386,8 @@ func (r Room) History(ctx context.Context, limit int) ([]*Message, error) {
 
 // Position returns the epoch of the room's history and the seq of its
 // latest message (0 before the first); "" and 0 when the room keeps no
-// history. It returns ErrHistory wrapping the store's error.
+// history. It waits for the HistoryStore, within ctx, and returns
+// ErrHistory wrapping the store's error.
 func (r Room) Position(ctx context.Context) (epoch string, seq uint64, err error) {
 	h := r.hub
 	p := h.policyFor(r.name)

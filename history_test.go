@@ -183,8 +183,9 @@ func TestHistorySeamWithConcurrentPublishers(t *testing.T) {
 			if err := conn.Write(ctx, websocket.MessageText, msg); err != nil {
 				return err
 			}
-			var last uint64
-			acked := false
+			// One gapless run of seqs: the replay, then live messages (which
+			// may come before the ack, with seqs past the ack's).
+			var first, last uint64
 			for last < total {
 				m, err := readHist(ctx, conn)
 				if err != nil {
@@ -192,20 +193,19 @@ func TestHistorySeamWithConcurrentPublishers(t *testing.T) {
 				}
 				switch {
 				case m.Type == "ack":
-					acked = true
-					if m.Seq < last {
-						return fmt.Errorf("joiner %d: ack seq %d after message %d", j, m.Seq, last)
+					if first != 0 && m.Seq+1 < first {
+						return fmt.Errorf("joiner %d: ack seq %d, but the first message was %d", j, m.Seq, first)
 					}
+					continue
 				case m.Type != "message":
 					return fmt.Errorf("joiner %d: %+v", j, m)
 				case last != 0 && m.Seq != last+1:
 					return fmt.Errorf("joiner %d: seq %d after %d", j, m.Seq, last)
-				case last == 0 && acked && m.Seq != 1:
-					// It joined before anything was published.
 				}
-				if m.Type == "message" {
-					last = m.Seq
+				if first == 0 {
+					first = m.Seq
 				}
+				last = m.Seq
 			}
 			return nil
 		})
@@ -458,6 +458,8 @@ func testReconnects(t *testing.T, retained int) {
 							for s := uint64(1); s <= m.Seq; s++ {
 								got[s] = true // published before its first join
 							}
+						case m.Recovered == nil:
+							return fmt.Errorf("client %d: recovery ack without recovered: %+v", c, m)
 						case !*m.Recovered:
 							told, since = true, m.Seq // it knows it missed what it missed
 						}
@@ -581,4 +583,81 @@ func TestHistoryWithBroker(t *testing.T) {
 	if ack.Epoch == ackA.Epoch {
 		t.Fatal("the hub's history of the room kept its epoch across a gap")
 	}
+}
+
+// TestHistoryRestartSeenByMembers: when the store starts a room's history
+// anew while clients are in the room, the next message carries the new
+// epoch, so that they do not take its seq for an old one.
+func TestHistoryRestartSeenByMembers(t *testing.T) {
+	t.Parallel()
+	now := time.Unix(1e9, 0)
+	var clock sync.Mutex
+	h := wshub.New(nil, &wshub.Options{
+		AuthorizeJoin: allowAll,
+		History: func(string) wshub.HistoryPolicy {
+			return wshub.HistoryPolicy{Messages: 10, MaxAge: time.Minute}
+		},
+		HistoryStore: wshub.NewMemoryHistoryWithClock(0, func() time.Time {
+			clock.Lock()
+			defer clock.Unlock()
+			return now
+		}),
+	})
+	ts := serve(t, h)
+	ctx := testCtx(t)
+	p := dial(t, ts)
+	_, ack := p.joinHist("r", "")
+	h.Room("r").Broadcast(ctx, &wshub.Message{Data: 1})
+	m := p.readHist()
+	equal(t, "first message", fmt.Sprintf("%d %q", m.Seq, m.Epoch), `1 ""`)
+	clock.Lock()
+	now = now.Add(2 * time.Minute) // the history expires
+	clock.Unlock()
+	h.Room("r").Broadcast(ctx, &wshub.Message{Data: 2})
+	m = p.readHist()
+	equal(t, "seq in the new history", m.Seq, uint64(1))
+	if m.Epoch == "" || m.Epoch == ack.Epoch {
+		t.Fatalf("message after the restart: epoch %q, want a new one (was %q)", m.Epoch, ack.Epoch)
+	}
+	h.Room("r").Broadcast(ctx, &wshub.Message{Data: 3})
+	m = p.readHist()
+	equal(t, "then plain messages", fmt.Sprintf("%d %q", m.Seq, m.Epoch), `2 ""`)
+}
+
+// TestHistoryPolicyDoesNotReleaseShutdown: Options.History runs on
+// goroutines that Shutdown does not wait for (Room.Position here); while it
+// runs, Shutdown still waits for the hub's clients.
+func TestHistoryPolicyDoesNotReleaseShutdown(t *testing.T) {
+	t.Parallel()
+	inPolicy, release := make(chan struct{}, 2), make(chan struct{})
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{
+		PingInterval: -1,
+		OnConnect:    func(c *wshub.Client) { connected <- c },
+		History: func(room string) wshub.HistoryPolicy {
+			if room == "block" {
+				inPolicy <- struct{}{}
+				<-release
+			}
+			return wshub.HistoryPolicy{}
+		},
+	})
+	ts := serve(t, h)
+	dial(t, ts) // never reads: its close handshake cannot finish
+	<-connected
+	done := make(chan struct{}, 2)
+	for range 2 {
+		go func() {
+			h.Room("block").Position(context.Background())
+			done <- struct{}{}
+		}()
+		<-inPolicy
+	}
+	ctx, cancel := context.WithTimeout(testCtx(t), 200*time.Millisecond)
+	defer cancel()
+	h.Shutdown(ctx) // returns when the client is gone, or cuts it at ctx's end
+	equal(t, "clients when Shutdown returned", h.Stats().Clients, 0)
+	close(release)
+	<-done
+	<-done
 }

@@ -33,7 +33,9 @@ type Message struct {
 	Seq uint64 `json:"seq,omitempty"`
 
 	// Epoch names a room's history: in a join, the one Since refers to; in
-	// a join's ack, the room's current one.
+	// a join's ack, the room's current one; in a room message, set only
+	// when the room's history started anew while the client was in the
+	// room (the messages between are lost to it).
 	Epoch string `json:"epoch,omitempty"`
 
 	// Since, in a join with Epoch, is the last seq the client saw: the

@@ -89,7 +89,8 @@ type Options struct {
 	// PingInterval is how often the hub pings each client. A client that has
 	// not answered a ping by the next one is closed with ErrPongTimeout.
 	// Pongs are read between messages, so a Handler that blocks longer than
-	// this also times its client out. Default: DefaultPingInterval (30s);
+	// this also times its client out, and so must WriteTimeout, which bounds
+	// how long flow control pauses a client's reads, stay below it. Default: DefaultPingInterval (30s);
 	// negative disables pings.
 	PingInterval time.Duration
 
@@ -133,10 +134,10 @@ type Options struct {
 	// History gives the history policy of a room: how many of its recent
 	// messages the hub keeps and for how long, so that clients can ask for
 	// them when they join and recover what they missed after a reconnect
-	// (see the package documentation). It is called with a room's name when
-	// the room is created by a join and on every Room.Broadcast, never under
-	// a lock; it must be fast and safe for concurrent use. Default: nil, no
-	// room keeps history and room messages carry no seq.
+	// (see the package documentation). It is called with a room's name on
+	// every join and Room.Broadcast, never under a lock; it must be fast,
+	// must not call the Hub, and must be safe for concurrent use. Default:
+	// nil, no room keeps history and room messages carry no seq.
 	History func(room string) HistoryPolicy
 
 	// HistoryStore keeps the histories. Default: NewMemoryHistory(0), in

@@ -61,7 +61,9 @@ func (h *Hub) receive(name string, env []byte) {
 	m.Room = name
 	enc := h.newEncoding(&m)
 	enc.setJSON(b)
-	if err := h.deliver(context.Background(), name, enc, nil, HistoryPolicy{}, b); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), h.opts.WriteTimeout)
+	defer cancel()
+	if err := h.deliver(ctx, name, enc, nil, HistoryPolicy{}, b); err != nil {
 		h.opts.Logger.Warn("wshub: broker message not delivered", "room", name, "err", err)
 	}
 }
@@ -81,15 +83,24 @@ func (h *Hub) deliver(ctx context.Context, name string, enc *encoding, except []
 			stored, err = (JSONCodec{}).Marshal(enc.m)
 		}
 		var seq uint64
+		var epoch string
 		if err == nil {
-			seq, _, err = h.history.Append(ctx, name, rm.policy, stored)
+			seq, epoch, err = h.history.Append(ctx, name, rm.policy, stored)
 		}
 		if err != nil {
 			h.unlockRoom(name, rm)
 			return fmt.Errorf("%w: %q: %w", ErrHistory, name, err)
 		}
 		enc.m.Seq = seq
-		enc.setJSON(withSeq(stored, seq))
+		if epoch != rm.epoch {
+			// The store started a new history (it expired or was evicted)
+			// while members knew another: they learn it from this message.
+			if rm.epoch != "" {
+				enc.m.Epoch = epoch
+			}
+			rm.epoch = epoch
+		}
+		enc.setJSON(withPosition(stored, seq, enc.m.Epoch))
 	}
 	for c := range rm.members {
 		if len(except) > 0 && contains(except, c) {

@@ -24,6 +24,7 @@ type room struct {
 	mu      sync.Mutex // serializes broadcasts so all members see one order
 	members map[*Client]struct{}
 	policy  HistoryPolicy // fixed when the room is created
+	epoch   string        // of the history its members know; a message of another carries its epoch
 	dead    bool          // removed from Hub.rooms; a new room of the name may exist
 }
 
@@ -43,8 +44,8 @@ func (r Room) Name() string { return r.name }
 // Broadcast does not modify m.
 //
 // In a room with history (Options.History), m is numbered and kept, also
-// when the room has no members; the clients left out with except see its
-// seq skipped.
+// when the room has no members (with a Broker, only while it has local
+// members); the clients left out with except see its seq skipped.
 //
 // With Options.Broker, m also goes to the room's members on other hubs;
 // ctx bounds that publish, and a broker error (ErrBroker) means nobody
