@@ -645,8 +645,14 @@ func (s *session) show(b []byte) {
 }
 
 // showOnce prints the room message m unless p, the position of m's room,
-// says it was printed already; it then moves p to m.
+// says it was printed already; it then moves p to m. A message that carries
+// another epoch starts a new history on the server: its seqs start over,
+// and what was sent in between is lost to this client.
 func (s *session) showOnce(m message, p *position) {
+	if p != nil && m.Epoch != "" && p.epoch != "" && m.Epoch != p.epoch {
+		p.epoch, p.seq = m.Epoch, m.Seq-1
+		s.println(s.out, fmt.Sprintf("* [%s] some messages may be missing: the server's history of this room started over", clean(m.Room)))
+	}
 	if p != nil && m.Seq != 0 {
 		if m.Seq <= p.seq {
 			return

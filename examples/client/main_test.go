@@ -43,11 +43,19 @@ type server struct {
 	url     string
 	gone    chan error         // OnDisconnect reasons
 	clients chan *wshub.Client // OnConnect
+	store   wshub.HistoryStore // nil: the default
 }
 
 func newServer(t *testing.T) *server {
 	t.Helper()
-	s := &server{t: t, gone: make(chan error, 16), clients: make(chan *wshub.Client, 16)}
+	return newServerWith(t, nil)
+}
+
+// newServerWith is newServer with a history store of the test's (nil for
+// the default).
+func newServerWith(t *testing.T, store wshub.HistoryStore) *server {
+	t.Helper()
+	s := &server{t: t, gone: make(chan error, 16), clients: make(chan *wshub.Client, 16), store: store}
 	s.hub = s.newHub()
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*s.handler.Load()).ServeHTTP(w, r)
@@ -60,6 +68,7 @@ func newServer(t *testing.T) *server {
 // newHub starts a hub and makes the URL lead to it.
 func (s *server) newHub() *wshub.Hub {
 	hub := wshub.New(nil, &wshub.Options{
+		HistoryStore: s.store,
 		History: func(room string) wshub.HistoryPolicy {
 			if strings.HasPrefix(room, "plain-") {
 				return wshub.HistoryPolicy{}
@@ -791,4 +800,50 @@ func TestFormat(t *testing.T) {
 		equal(t, tc.frame, format(m, []byte(tc.frame)), tc.want)
 	}
 	equal(t, "invalid UTF-8", clean("a\xffb\x1b"), `a`+"\uFFFD"+`b\x1b`)
+}
+
+// restartable is an in-memory history store that the test can make start
+// every room's history over, as expiry or eviction does on a real server.
+type restartable struct {
+	mu    sync.Mutex
+	inner wshub.HistoryStore
+}
+
+func (r *restartable) store() wshub.HistoryStore {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inner
+}
+
+func (r *restartable) restart() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.inner = wshub.NewMemoryHistory(0)
+}
+
+func (r *restartable) Append(ctx context.Context, room string, p wshub.HistoryPolicy, msg []byte) (uint64, string, error) {
+	return r.store().Append(ctx, room, p, msg)
+}
+
+func (r *restartable) Read(ctx context.Context, room string, p wshub.HistoryPolicy, after uint64, limit int) ([]wshub.HistoryMessage, string, uint64, error) {
+	return r.store().Read(ctx, room, p, after, limit)
+}
+
+// TestHistoryStartsOver: when the server's history of a room starts over
+// while the client is in it, the next message says so with its new epoch:
+// the client prints a notice and that message, whose seq starts over, not
+// nothing.
+func TestHistoryStartsOver(t *testing.T) {
+	t.Parallel()
+	store := &restartable{inner: wshub.NewMemoryHistory(0)}
+	s := newServerWith(t, store)
+	bob := connect(t, s, "bob", "lobby")
+	bob.send("one")
+	bob.expect("[lobby] bob: one")
+	store.restart()
+	bob.send("two")
+	bob.expect("* [lobby] some messages may be missing: the server's history of this room started over")
+	bob.expect("[lobby] bob: two")
+	bob.send("three")
+	bob.expect("[lobby] bob: three")
 }
