@@ -111,6 +111,66 @@ func TestHistogram(t *testing.T) {
 	}
 }
 
+// TestHistoryContender checks that the wshub-history row numbers and keeps
+// its room's messages, and the wshub row does not.
+func TestHistoryContender(t *testing.T) {
+	for name, want := range map[string]uint64{"wshub": 0, "wshub-history": 5} {
+		t.Run(name, func(t *testing.T) {
+			c, err := findContender(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv, addr := serveInProcess(t, c)
+			clients, err := connectAll(context.Background(), addr, c.proto, 1, func(int) int { return 0 })
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer closeAll(clients)
+			waitUntil(t, "members", func() bool { return srv.members() == 1 })
+			start(clients)
+			for range 5 {
+				if err := srv.publish(roomName(0), newPayload()); err != nil {
+					t.Fatal(err)
+				}
+			}
+			waitUntil(t, "deliveries", func() bool { return totalReceived(clients) == 5 })
+			_, seq, err := srv.(*wshubServer).hub.Room(roomName(0)).Position(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if seq != want {
+				t.Errorf("latest seq %d, want %d", seq, want)
+			}
+		})
+	}
+}
+
+// TestSelectContenders checks that the opt-in rows stay out of the
+// default selection and run when named.
+func TestSelectContenders(t *testing.T) {
+	names := func(list []contender) []string {
+		var s []string
+		for _, c := range list {
+			s = append(s, c.name)
+		}
+		return s
+	}
+	all, err := selectContenders("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(all); slices.Contains(got, "wshub-history") || !slices.Contains(got, "wshub") {
+		t.Errorf("default selection %v, want wshub and not wshub-history", got)
+	}
+	some, err := selectContenders("wshub, wshub-history")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := names(some), []string{"wshub", "wshub-history"}; !slices.Equal(got, want) {
+		t.Errorf("selection %v, want %v", got, want)
+	}
+}
+
 func TestFormat(t *testing.T) {
 	for _, tc := range []struct {
 		v      float64

@@ -10,7 +10,11 @@
 //	go run ./bench -quick               # a smoke run, under a minute on 2 cores
 //	go run ./bench -scenario flood -contender coder,wshub
 //	go run ./bench -scenario fanout-1000 -contender coder,wshub-batch
+//	go run ./bench -scenario fanout-1000 -contender wshub,wshub-history
 //	go run ./bench -scenario fanout-1000 -contender wshub-batch -runs 1 -profile /tmp/prof
+//
+// wshub-history, wshub with every room keeping its last 1,000 messages,
+// runs only when -contender names it.
 package main
 
 import (
@@ -50,7 +54,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	window := fs.Int("window", 64, "messages a room may be ahead of its slowest client")
 	floodMsgs := fs.Int("flood-messages", 0, "messages the flood publisher sends (default 20000, quick 2000)")
 	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all)")
-	who := fs.String("contender", "", "comma-separated contenders (default all): "+strings.Join(contenderNames(), ", "))
+	who := fs.String("contender", "", "comma-separated contenders: "+strings.Join(contenderNames(false), ", ")+" (default all but the opt-in "+strings.Join(contenderNames(true), ", ")+")")
 	profile := fs.String("profile", "", "write CPU and heap profiles of each server child into this directory")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -125,17 +129,26 @@ func cpuModel() string {
 	return "unknown CPU"
 }
 
-func contenderNames() []string {
+// contenderNames lists the contenders run by default, or the opt-in ones.
+func contenderNames(optIn bool) []string {
 	var names []string
 	for _, c := range contenders() {
-		names = append(names, c.name)
+		if c.optIn == optIn {
+			names = append(names, c.name)
+		}
 	}
 	return names
 }
 
 func selectContenders(spec string) ([]contender, error) {
 	if spec == "" {
-		return contenders(), nil
+		var list []contender
+		for _, c := range contenders() {
+			if !c.optIn {
+				list = append(list, c)
+			}
+		}
+		return list, nil
 	}
 	var list []contender
 	for name := range strings.SplitSeq(spec, ",") {

@@ -31,9 +31,13 @@ type contender struct {
 	version string
 	server  func() (server, error)
 	proto   protocol
+	// optIn keeps the row out of the default selection: it runs only when
+	// -contender names it.
+	optIn bool
 }
 
-// contenders lists every contender, the baseline first.
+// contenders lists every contender, the baseline first; the opt-in
+// variants come last.
 func contenders() []contender {
 	return []contender{
 		{name: "coder", version: "github.com/coder/websocket v1.8.15 (hand-written hub)", server: newCoderHub, proto: queryProtocol{}},
@@ -42,6 +46,7 @@ func contenders() []contender {
 		{name: "melody", version: "github.com/olahol/melody v1.1.4", server: newMelody, proto: queryProtocol{}},
 		{name: "gorilla", version: "github.com/gorilla/websocket v1.5.3 (chat-example-style hub)", server: newGorillaHub, proto: queryProtocol{}},
 		{name: "centrifuge", version: "github.com/centrifugal/centrifuge v0.40.1, JSON protocol", server: newCentrifuge, proto: centrifugeProtocol{}},
+		{name: "wshub-history", version: "github.com/wshub/wshub (this repo), wshub.json, every room keeps its last 1,000 messages", server: newWshubHistory, proto: wshubProtocol{}, optIn: true},
 	}
 }
 

@@ -9,9 +9,9 @@ import (
 	"github.com/wshub/wshub"
 )
 
-// wshubServer serves both wshub rows with the default options: clients
-// pick the JSON or the batching JSON codec by subprotocol and join rooms
-// with the wshub protocol.
+// wshubServer serves the wshub rows: clients pick the JSON or the batching
+// JSON codec by subprotocol and join rooms with the wshub protocol. The
+// options are the defaults, but for history in the wshub-history row.
 type wshubServer struct {
 	hub *wshub.Hub
 
@@ -19,7 +19,22 @@ type wshubServer struct {
 	rooms map[string]struct{} // every room ever joined, to count members
 }
 
-func newWshub() (server, error) {
+// historyMessages is how many messages each room of the wshub-history row
+// keeps: every room message is numbered and stored in the hub's default
+// in-memory store, which is what history costs a fan-out.
+const historyMessages = 1000
+
+func newWshub() (server, error) { return newWshubServer(nil), nil }
+
+// newWshubHistory is newWshub with every room keeping its last
+// historyMessages messages.
+func newWshubHistory() (server, error) {
+	return newWshubServer(func(string) wshub.HistoryPolicy {
+		return wshub.HistoryPolicy{Messages: historyMessages}
+	}), nil
+}
+
+func newWshubServer(history func(room string) wshub.HistoryPolicy) *wshubServer {
 	s := &wshubServer{rooms: make(map[string]struct{})}
 	s.hub = wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: func(_ *wshub.Client, room string) error {
@@ -28,8 +43,9 @@ func newWshub() (server, error) {
 			s.mu.Unlock()
 			return nil
 		},
+		History: history,
 	})
-	return s, nil
+	return s
 }
 
 func (s *wshubServer) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.hub.ServeHTTP(w, r) }
