@@ -439,8 +439,7 @@ type frameEnd struct {
 // frameWritten records that the frame just handed to the connection holds
 // n messages.
 func (c *Client) frameWritten(n int) {
-	taken, _ := c.netConn.progress()
-	c.ends = append(c.ends, frameEnd{end: taken, msgs: n})
+	c.ends = append(c.ends, frameEnd{end: c.netConn.taken.Load(), msgs: n})
 }
 
 // batchLen returns how many of msgs, at least one, go into the next batch

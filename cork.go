@@ -3,6 +3,7 @@ package wshub
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,9 +24,9 @@ type corkConn struct {
 	deadline time.Time // the socket's write deadline
 	closing  bool
 	corked   bool
-	buf      *[]byte // pending bytes while corked
-	taken    int64   // bytes ever given to Write
-	written  int64   // bytes of those that reached the socket, a prefix
+	buf      *[]byte      // pending bytes while corked
+	taken    atomic.Int64 // bytes ever given to Write; written under mu, read by the writer without it
+	written  int64        // bytes of those that reached the socket, a prefix
 }
 
 // Write writes p, or keeps it while corked and the batch is under
@@ -33,7 +34,7 @@ type corkConn struct {
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.taken += int64(len(p))
+	c.taken.Add(int64(len(p)))
 	if c.corked && len(*c.buf)+len(p) <= maxBatchBytes {
 		*c.buf = append(*c.buf, p...)
 		return len(p), nil
@@ -69,7 +70,7 @@ func (c *corkConn) writeLocked(p []byte) (int, error) {
 func (c *corkConn) progress() (taken, written int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.taken, c.written
+	return c.taken.Load(), c.written
 }
 
 func (c *corkConn) cork() {

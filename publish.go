@@ -167,23 +167,28 @@ func contains(cs []*Client, c *Client) bool {
 type encoding struct {
 	h      *Hub
 	m      *Message
-	frames [][]byte
-	errs   []error
-	done   []bool
+	slots  []encSlot
 	err    error   // first encoding error
 	queued int     // clients it was queued for
 	closed int     // clients that were closing
 	from   *Client // the publishing client, on its read goroutine; nil for the server
 }
 
+// encSlot is one codec's encoding of a message, made on first use.
+type encSlot struct {
+	frame []byte
+	err   error
+	done  bool
+}
+
 func (h *Hub) newEncoding(m *Message) *encoding {
-	n := len(h.opts.Codecs) + 1
-	return &encoding{h: h, m: m, frames: make([][]byte, n), errs: make([]error, n), done: make([]bool, n)}
+	return &encoding{h: h, m: m, slots: make([]encSlot, len(h.opts.Codecs)+1)}
 }
 
 func (e *encoding) get(slot int) ([]byte, error) {
-	if !e.done[slot] {
-		e.done[slot] = true
+	s := &e.slots[slot]
+	if !s.done {
+		s.done = true
 		var codec Codec = JSONCodec{}
 		if slot < len(e.h.opts.Codecs) {
 			codec = e.h.opts.Codecs[slot]
@@ -191,16 +196,16 @@ func (e *encoding) get(slot int) ([]byte, error) {
 		b, err := codec.Marshal(e.m)
 		switch {
 		case err != nil:
-			e.errs[slot] = err
+			s.err = err
 			if e.err == nil {
 				e.err = err
 			}
 		case b == nil:
 			b = []byte{} // an empty message is still a frame
 		}
-		e.frames[slot] = b
+		s.frame = b
 	}
-	return e.frames[slot], e.errs[slot]
+	return s.frame, s.err
 }
 
 // result is what a broadcast of e returns: a codec's error, or
@@ -216,12 +221,12 @@ func (e *encoding) result() error {
 	return nil
 }
 
-func (e *encoding) json() ([]byte, error) { return e.get(len(e.frames) - 1) }
+func (e *encoding) json() ([]byte, error) { return e.get(len(e.slots) - 1) }
 
-// setJSON supplies the JSON encoding, as received from the broker.
+// setJSON supplies the JSON encoding, as received from the broker or
+// with a seq.
 func (e *encoding) setJSON(b []byte) {
-	e.frames[len(e.frames)-1] = b
-	e.done[len(e.frames)-1] = true
+	e.slots[len(e.slots)-1] = encSlot{frame: b, done: true}
 }
 
 func (e *encoding) send(c *Client) {
