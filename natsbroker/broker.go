@@ -45,9 +45,10 @@ type Options struct {
 	// Default: DefaultPrefix ("wshub.room").
 	Prefix string
 
-	// Timeout bounds the wait for the server's confirmation of published
-	// messages (one flush, shared by the publishes waiting at the time)
-	// and of a subscription in Subscribe.
+	// Timeout bounds the wait for the server's confirmation of a
+	// published message when Publish's context has no deadline, and of
+	// a subscription in Subscribe. It also bounds each flush that the
+	// broker runs for publishes that share one.
 	// Default: DefaultTimeout (5s).
 	Timeout time.Duration
 
@@ -145,15 +146,16 @@ func (b *Broker) Subject(room string) string {
 
 // Publish sends msg to the subject of room. It returns ErrNotConnected at
 // once when the connection is not up. Unless Options.NoConfirm is set, it
-// then waits until the server has the message: publishes that wait at the
-// same time share one confirmation round trip, and one publisher's
-// messages keep their order. It returns nil once the server confirmed the
-// message, which is all "acknowledged" means (see the package
-// documentation); it returns ErrNotConnected if the connection broke or
-// was replaced before the confirmation, ErrClosed if Close ran meanwhile,
-// an error when the server did not answer its flush within
-// Options.Timeout (a publish may first wait for the flush in flight, so
-// up to twice that), or ctx's error when ctx is done first. After an error the message may or may not have been
+// then waits until the server has the message: a few publishes that wait
+// at the same time each have their confirmation round trip in flight at
+// once, many share them (see the package documentation), and one
+// publisher's messages keep their order. It returns nil once the server
+// confirmed the message, which is all "acknowledged" means; it returns
+// ErrNotConnected if the connection broke or was replaced before the
+// confirmation, ErrClosed if Close ran meanwhile, ctx's error when ctx is
+// done first or, when ctx has no deadline, after Options.Timeout, and an
+// error when a flush shared with other publishes got no answer within
+// Options.Timeout. After an error the message may or may not have been
 // delivered. Publish does not retain msg.
 func (b *Broker) Publish(ctx context.Context, room string, msg []byte) error {
 	if b.isClosed() {
@@ -162,17 +164,27 @@ func (b *Broker) Publish(ctx context.Context, room string, msg []byte) error {
 	if !b.nc.IsConnected() {
 		return fmt.Errorf("%w (%v)", ErrNotConnected, b.nc.Status())
 	}
-	var conn uint64
-	if !b.noConfirm {
-		conn = connID(b.nc)
-	}
-	if err := b.nc.Publish(b.Subject(room), msg); err != nil {
-		return b.connErr(err)
-	}
 	if b.noConfirm {
+		if err := b.nc.Publish(b.Subject(room), msg); err != nil {
+			return b.connErr(err)
+		}
 		return nil
 	}
-	return b.commit.wait(ctx, conn)
+	t, err := b.write(room, msg)
+	if err != nil {
+		return err
+	}
+	return b.commit.wait(ctx, t)
+}
+
+// write publishes msg to the subject of room and returns the ticket to
+// wait for its confirmation with.
+func (b *Broker) write(room string, msg []byte) (ticket, error) {
+	conn := connID(b.nc)
+	if err := b.nc.Publish(b.Subject(room), msg); err != nil {
+		return ticket{}, b.connErr(err)
+	}
+	return b.commit.wrote(conn), nil
 }
 
 // connErr wraps err in ErrNotConnected when the connection is down, which
@@ -261,10 +273,13 @@ func unsubscribe(sub *nats.Subscription) error {
 
 // Close unsubscribes every room, fails the publishes still waiting for a
 // confirmation with ErrClosed and, for a broker made by Connect, closes
-// the connection; a connection given to New stays open. Publish and
-// Subscribe return ErrClosed afterwards. Close does not block on the
-// network beyond nats.go's own Close; it returns the unsubscribe errors
-// joined. Calling it again does nothing and returns nil.
+// the connection. A connection given to New stays open, and a publish
+// whose own flush is in flight on it returns when that flush ends: at the
+// server's answer, or when the publish's context or Options.Timeout ends
+// it. Publish and Subscribe return ErrClosed afterwards. Close does not
+// block on the network beyond nats.go's own Close; it returns the
+// unsubscribe errors joined. Calling it again does nothing and returns
+// nil.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {

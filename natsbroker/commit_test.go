@@ -112,9 +112,10 @@ func TestGroupCommit(t *testing.T) {
 	}
 }
 
-// While a confirmation is pending, the publishes that arrive wait for the
-// next flush together: however many they are, it takes one. A publisher
-// whose context ends stops waiting without failing the others.
+// While confirmations are pending, many publishes that arrive take at
+// most MaxFlushes flushes, then wait for the next flush together: however
+// many they are, it takes one. A publisher whose context ends stops
+// waiting without failing the others.
 func TestGroupCommitShares(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
@@ -136,13 +137,14 @@ func TestGroupCommitShares(t *testing.T) {
 	for p := range pubs {
 		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
 	}
-	// One publish flushes, held by the proxy; the rest wait behind it.
 	eventually(t, "every publish to wait", func() bool {
 		_, waits := natsbroker.CommitStats(pub)
 		return waits == pubs+1
 	})
-	flushes, _ := natsbroker.CommitStats(pub)
-	equal(t, "flushes while held (the short one's, then one)", flushes, uint64(2))
+	held, _ := natsbroker.CommitStats(pub)
+	if held < 2 || held > 1+natsbroker.MaxFlushes {
+		t.Fatalf("%d flushes while held, want the short one's and 1 to %d", held, natsbroker.MaxFlushes)
+	}
 	px.release()
 	wg.Wait()
 	close(errs)
@@ -151,8 +153,10 @@ func TestGroupCommitShares(t *testing.T) {
 			t.Fatalf("Publish: %v", err)
 		}
 	}
-	flushes, _ = natsbroker.CommitStats(pub)
-	equal(t, "flushes in all", flushes, uint64(3))
+	// At most one more: the one that the publishes beyond shared.
+	if flushes, _ := natsbroker.CommitStats(pub); flushes > held+1 {
+		t.Fatalf("%d flushes in all, %d while held: want at most one more", flushes, held)
+	}
 
 	// Every message went out, the one whose wait was cut short too.
 	seen := make(map[string]bool)
@@ -167,6 +171,124 @@ func TestGroupCommitShares(t *testing.T) {
 		t.Fatal("the message whose wait timed out was not delivered")
 	}
 }
+
+// Confirmations are pipelined: while at most MaxFlushes publishes wait,
+// each starts its own flush at once, without waiting for those in flight;
+// the publishes beyond wait together for the next.
+func TestGroupCommitPipelines(t *testing.T) {
+	t.Parallel()
+	s := startNATS(t, server.RANDOM_PORT)
+	ctx := testCtx(t)
+	px := startProxy(t, s.Addr().String())
+	pub := connect(t, px.url(), &natsbroker.Options{Timeout: time.Minute})
+
+	px.hold()
+	const beyond = 3
+	errs := make(chan error, natsbroker.MaxFlushes+beyond)
+	var wg sync.WaitGroup
+	for p := range natsbroker.MaxFlushes + beyond {
+		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
+		// Each publish waits before the next is written, so that no
+		// flush covers a later one.
+		eventually(t, "the publish to wait", func() bool {
+			_, waits := natsbroker.CommitStats(pub)
+			return waits == uint64(p+1)
+		})
+		want := uint64(min(p+1, natsbroker.MaxFlushes))
+		equal(t, fmt.Sprintf("flushes in flight after publish %d", p), first(natsbroker.CommitStats(pub)), want)
+	}
+	px.release()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	}
+	equal(t, "flushes in all", first(natsbroker.CommitStats(pub)), uint64(natsbroker.MaxFlushes+1))
+}
+
+// When many publishes wait, one whose message was written before a flush
+// started waits for that flush, or for none when it already ended. When
+// the publisher that started a flush gives up, the ones that waited for it
+// do not fail with its context's error: they wait for another.
+func TestGroupCommitCovers(t *testing.T) {
+	t.Parallel()
+	s := startNATS(t, server.RANDOM_PORT)
+	ctx := testCtx(t)
+	px := startProxy(t, s.Addr().String())
+	pub := connect(t, px.url(), &natsbroker.Options{Timeout: time.Minute})
+	got := inbox(t, connect(t, s.ClientURL(), nil), "r")
+
+	write := func(msg string) func(context.Context) error {
+		t.Helper()
+		wait, err := natsbroker.Write(pub, "r", []byte(msg))
+		if err != nil {
+			t.Fatalf("Write %q: %v", msg, err)
+		}
+		return wait
+	}
+	waits := func(n int) {
+		t.Helper()
+		eventually(t, fmt.Sprintf("%d waits", n), func() bool {
+			_, waits := natsbroker.CommitStats(pub)
+			return waits == uint64(n)
+		})
+	}
+
+	px.hold()
+	waitA, waitB := write("a"), write("b")
+	ctxA, cancelA := context.WithCancel(ctx)
+	defer cancelA()
+	errA, errB := make(chan error, 1), make(chan error, 1)
+	go func() { errA <- waitA(ctxA) }()
+	waits(1)
+	// MaxFlushes more publishes: all but the last start a flush, the last
+	// waits for the next.
+	errs := make(chan error, natsbroker.MaxFlushes)
+	var wg sync.WaitGroup
+	for p := range natsbroker.MaxFlushes {
+		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
+		waits(2 + p)
+	}
+	equal(t, "flushes before b waits", first(natsbroker.CommitStats(pub)), uint64(natsbroker.MaxFlushes))
+	go func() { errB <- waitB(ctx) }()
+	waits(2 + natsbroker.MaxFlushes)
+	equal(t, "flushes once b waits for a's", first(natsbroker.CommitStats(pub)), uint64(natsbroker.MaxFlushes))
+	cancelA()
+	if err := <-errA; !errors.Is(err, context.Canceled) {
+		t.Fatalf("a's wait after its context ended: %v, want Canceled", err)
+	}
+	px.release()
+	equal(t, "b's wait", <-errB, nil)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatalf("Publish: %v", err)
+		}
+	}
+	flushes := first(natsbroker.CommitStats(pub))
+	equal(t, "flushes, with the one for the last publish", flushes, uint64(natsbroker.MaxFlushes+1))
+
+	waitC, waitD := write("c"), write("d")
+	equal(t, "c's wait", waitC(ctx), nil)
+	equal(t, "d's wait, after c's flush confirmed it", waitD(ctx), nil)
+	equal(t, "flushes in all", first(natsbroker.CommitStats(pub)), flushes+1)
+
+	seen := make(map[string]bool)
+	for len(seen) < natsbroker.MaxFlushes+4 {
+		seen[receive(t, ctx, got)] = true
+	}
+	for _, m := range []string{"a", "b", "c", "d"} {
+		if !seen[m] {
+			t.Fatalf("message %q not delivered", m)
+		}
+	}
+}
+
+// first returns the first of two results.
+func first[T, U any](v T, _ U) T { return v }
 
 // The connection breaks while publishes wait for their confirmation:
 // every one of them returns ErrNotConnected, none hangs; publishing

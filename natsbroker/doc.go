@@ -44,12 +44,18 @@
 // acknowledgement means here, for Room.Broadcast returning nil as for the
 // ack frame a client gets for a publish. It does not mean that another hub
 // received the message: one that is reconnecting or not yet subscribed
-// misses it, as above. Publishes that wait at the same time share one
-// PING and PONG (a group commit), so confirmation costs one or two round
-// trips per publish however many publishers wait, instead of one round
-// trip each queued behind the others. A PONG received on a new connection,
-// after nats.go reconnected, confirms nothing written on the old one:
-// Publish then returns ErrNotConnected. Options.NoConfirm skips the wait,
+// misses it, as above.
+//
+// Confirmations are pipelined and, under load, shared. While at most 16
+// publishes of a broker wait at once, each writes its own PING without
+// waiting for the others' PONGs, so a confirmation costs one round trip,
+// as if each publisher were alone. When more wait, a PING is written only
+// while fewer than two are in flight, and the publishes that arrive
+// meanwhile share the next one (a group commit): a publish then waits at
+// most two round trips, and the server answers a few PINGs instead of
+// one per message. A PONG received on a new connection, after nats.go
+// reconnected, confirms nothing written on the old one: Publish then
+// returns ErrNotConnected. Options.NoConfirm skips the wait,
 // and a message written just before a connection breaks is then lost
 // although Publish returned nil.
 //
