@@ -61,9 +61,7 @@ func (h *Hub) receive(name string, env []byte) {
 	m.Room = name
 	enc := h.newEncoding(&m)
 	enc.setJSON(b)
-	ctx, cancel := context.WithTimeout(context.Background(), h.opts.WriteTimeout)
-	defer cancel()
-	if err := h.deliver(ctx, name, enc, nil, HistoryPolicy{}, b); err != nil {
+	if err := h.deliver(context.Background(), name, enc, nil, HistoryPolicy{}, b); err != nil {
 		h.opts.Logger.Warn("wshub: broker message not delivered", "room", name, "err", err)
 	}
 }
@@ -85,7 +83,7 @@ func (h *Hub) deliver(ctx context.Context, name string, enc *encoding, except []
 		var seq uint64
 		var epoch string
 		if err == nil {
-			seq, epoch, err = h.history.Append(ctx, name, rm.policy, stored)
+			seq, epoch, err = h.appendHistory(ctx, name, rm.policy, stored)
 		}
 		if err != nil {
 			h.unlockRoom(name, rm)
@@ -110,6 +108,18 @@ func (h *Hub) deliver(ctx context.Context, name string, enc *encoding, except []
 	}
 	h.unlockRoom(name, rm)
 	return enc.result()
+}
+
+// appendHistory appends to the room's history within ctx, or within
+// WriteTimeout when ctx has no deadline (a broker delivery): the room's
+// lock is held meanwhile.
+func (h *Hub) appendHistory(ctx context.Context, name string, p HistoryPolicy, stored []byte) (uint64, string, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.opts.WriteTimeout)
+		defer cancel()
+	}
+	return h.history.Append(ctx, name, p, stored)
 }
 
 // lockRoom returns the room called name, locked, or nil if it has no
