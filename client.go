@@ -140,12 +140,17 @@ func (c *Client) Rooms() []string {
 // with status 1008.
 func (c *Client) Send(m *Message) error {
 	out := m.orMessage()
-	b, err := c.codec.Marshal(&out)
-	if err != nil {
-		return err
-	}
-	_, err = c.enqueue(b)
+	_, err := c.send(&out)
 	return err
+}
+
+// send encodes m with the client's codec and queues it; see enqueue.
+func (c *Client) send(m *Message) (congested bool, err error) {
+	b, err := c.codec.Marshal(m)
+	if err != nil {
+		return false, err
+	}
+	return c.enqueue(b)
 }
 
 // Close writes the client's queued messages, then closes the connection
@@ -660,13 +665,9 @@ func (c *Client) publish(m *Message) error {
 // if the reply congested the client's queue. Codecs that cannot carry it
 // (RawCodec) leave the client without one.
 func (c *Client) reply(m *Message) {
-	b, err := c.codec.Marshal(m)
-	if err == nil {
-		var congested bool
-		congested, err = c.enqueue(b)
-		if congested {
-			c.congested(c)
-		}
+	congested, err := c.send(m)
+	if congested {
+		c.congested(c)
 	}
 	if err != nil && !errors.Is(err, ErrClientClosed) {
 		c.hub.opts.Logger.Debug("wshub: reply not sent", "client", c.id, "err", err)

@@ -102,8 +102,10 @@ type HistoryMessage struct {
 	JSON []byte
 }
 
-// withSeq returns the JSON object msg with a "seq" member added.
-func withSeq(msg []byte, seq uint64) []byte { return withPosition(msg, seq, "") }
+// historyError wraps an error of the HistoryStore for room.
+func historyError(room string, err error) error {
+	return fmt.Errorf("%w: %q: %w", ErrHistory, room, err)
+}
 
 // withPosition returns the JSON object msg with "seq" and, unless empty,
 // "epoch" members added.
@@ -325,7 +327,7 @@ func (h *Hub) replay(c *Client, name string, rm *room, req *Message, member bool
 		msgs, ack.Epoch, ack.Seq, err = h.history.Read(ctx, name, p, 0, min(req.History, MaxHistoryReplay))
 	}
 	if err != nil {
-		return fmt.Errorf("%w: %q: %w", ErrHistory, name, err)
+		return historyError(name, err)
 	}
 	if rm.epoch == "" {
 		rm.epoch = ack.Epoch
@@ -347,7 +349,7 @@ func (h *Hub) replay(c *Client, name string, rm *room, req *Message, member bool
 // json.RawMessage): RawCodec replays the JSON text of Data, which for
 // []byte data is base64, unlike the live message.
 func (c *Client) encodeStored(hm HistoryMessage) ([]byte, error) {
-	b := withSeq(hm.JSON, hm.Seq)
+	b := withPosition(hm.JSON, hm.Seq, "")
 	if c.hub.encKey[c.codecIndex] == len(c.hub.opts.Codecs) { // a JSON codec
 		return b, nil
 	}
@@ -370,7 +372,7 @@ func (r Room) History(ctx context.Context, limit int) ([]*Message, error) {
 	}
 	msgs, _, _, err := h.history.Read(ctx, r.name, p, 0, limit)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %q: %w", ErrHistory, r.name, err)
+		return nil, historyError(r.name, err)
 	}
 	out := make([]*Message, 0, len(msgs))
 	for _, hm := range msgs {
@@ -396,7 +398,7 @@ func (r Room) Position(ctx context.Context) (epoch string, seq uint64, err error
 	}
 	_, epoch, seq, err = h.history.Read(ctx, r.name, p, ^uint64(0), 0)
 	if err != nil {
-		return "", 0, fmt.Errorf("%w: %q: %w", ErrHistory, r.name, err)
+		return "", 0, historyError(r.name, err)
 	}
 	return epoch, seq, nil
 }

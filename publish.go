@@ -87,7 +87,7 @@ func (h *Hub) deliver(ctx context.Context, name string, enc *encoding, except []
 		}
 		if err != nil {
 			h.unlockRoom(name, rm)
-			return fmt.Errorf("%w: %q: %w", ErrHistory, name, err)
+			return historyError(name, err)
 		}
 		enc.m.Seq = seq
 		if epoch != rm.epoch {
