@@ -2,6 +2,7 @@ package wshub
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 )
@@ -86,7 +87,7 @@ func (h *Hub) syncSubscription(name string) error {
 		s.subscribed = true
 		return nil
 	})
-	if err == ErrHubClosed && !want {
+	if errors.Is(err, ErrHubClosed) && !want {
 		return nil // closing the broker dropped the subscription
 	}
 	return err
