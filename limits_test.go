@@ -448,7 +448,7 @@ func TestUpgradeDuringShutdown(t *testing.T) {
 func TestPeerCloseWhileStreaming(t *testing.T) {
 	t.Parallel()
 	connected := make(chan *wshub.Client, 1)
-	h := wshub.New(nil, &wshub.Options{SendQueue: 1 << 16, OnConnect: func(c *wshub.Client) { connected <- c }})
+	h := wshub.New(nil, &wshub.Options{SendQueue: 1 << 17, SendQueueBytes: 64 << 20, OnConnect: func(c *wshub.Client) { connected <- c }})
 	ts := serve(t, h)
 	for i := range 20 {
 		p := dial(t, ts)
