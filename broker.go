@@ -64,7 +64,8 @@ func (h *Hub) syncSubscription(name string) error {
 	}
 	s := h.lockSubscription(name)
 	defer h.unlockSubscription(name, s)
-	want := h.lookup(name) != nil
+	rm := h.lookup(name)
+	want := rm != nil
 	if want == s.subscribed {
 		return nil
 	}
@@ -81,7 +82,15 @@ func (h *Hub) syncSubscription(name string) error {
 			}
 			return nil
 		}
-		if err := b.Subscribe(name, func(msg []byte) { h.receive(name, msg) }); err != nil {
+		if h.log != nil && rm.policy.on() {
+			rm.mu.Lock()
+			after := rm.cursor
+			rm.mu.Unlock()
+			deliver := func(seq uint64, id string, msg []byte) { h.receiveLog(name, seq, id, msg) }
+			if err := h.log.Follow(name, rm.policy, after, deliver); err != nil {
+				return fmt.Errorf("%w: follow %q: %w", ErrBroker, name, err)
+			}
+		} else if err := b.Subscribe(name, func(msg []byte) { h.receive(name, msg) }); err != nil {
 			return fmt.Errorf("%w: subscribe %q: %w", ErrBroker, name, err)
 		}
 		s.subscribed = true
@@ -118,4 +127,56 @@ func (h *Hub) unlockSubscription(name string, s *subscription) {
 	}
 	h.subMu.Unlock()
 	s.mu.Unlock()
+}
+
+// A LogBroker is a Broker that also keeps, for the rooms with a history
+// policy, one durable log per room that every hub shares, in one order.
+// The natsbroker module implements it on NATS JetStream.
+//
+// With a LogBroker, a message of a history room is appended to the room's
+// log and is not delivered by the hub that published it: every hub, that
+// one included, delivers the room's messages as it follows the log, so the
+// members of a room see one order on every hub, and each message's seq is
+// its position in the log. A publish is acknowledged (and Room.Broadcast
+// returns nil) only once the log stored the message; one whose Append
+// failed was delivered nowhere. Room history and recovery read the log, so
+// a client recovers on any hub. Rooms without a history policy still go
+// through Publish and Subscribe. Options.HistoryStore must then be nil.
+//
+// A room's seqs increase in the log's order but need not be consecutive.
+type LogBroker interface {
+	Broker
+
+	// Append stores msg, a room message encoded with JSONCodec and without
+	// a seq, as the room's newest message, and returns its seq once the
+	// log has stored it. id is unique to this publish: appending again
+	// with the same id stores msg at most once. p is the room's history
+	// policy, which says how much of the log to retain.
+	Append(ctx context.Context, room string, p HistoryPolicy, id string, msg []byte) (seq uint64, err error)
+
+	// Read returns the room's retained messages with a seq greater than
+	// after, oldest first, at most limit of them (the newest ones when
+	// there are more; all with a negative limit), and where the log stands.
+	Read(ctx context.Context, room string, p HistoryPolicy, after uint64, limit int) (LogPage, error)
+
+	// Follow starts passing the messages appended to room after seq after,
+	// by any hub, to deliver, one at a time and in the log's order, with
+	// their seq and the id they were appended with. It goes on across
+	// reconnections from the last message it passed. When it finds that
+	// the log no longer holds messages it has not passed, it calls
+	// deliver(0, "", nil), and the hub closes the room's local members
+	// with 1012 (service restart) so that they recover what they can.
+	// Unsubscribe stops it. deliver does not block on clients.
+	Follow(room string, p HistoryPolicy, after uint64, deliver func(seq uint64, id string, msg []byte)) error
+}
+
+// A LogPage is a part of a room's log, as LogBroker.Read returns it.
+type LogPage struct {
+	Messages []HistoryMessage // oldest first
+	Epoch    string           // names the log; it changes only if the log is lost and started again
+	Latest   uint64           // the seq of the room's newest message, or a seq below any the room will get
+
+	// Complete reports that the log still holds every message of the room
+	// with a seq greater than after: none was dropped by its retention.
+	Complete bool
 }

@@ -294,46 +294,68 @@ func (s *memoryHistory) Read(_ context.Context, room string, p HistoryPolicy, af
 // c's join of rm, whose lock is held: it queues for c the messages to
 // replay and fills in the ack. member tells that c was already in the
 // room, and so gets nothing again.
+//
+// With a LogBroker, the room's cursor stands for the latest seq: the log
+// may hold messages that this hub has not delivered yet, and those reach
+// c live, so the replay stops at the cursor.
 func (h *Hub) replay(c *Client, name string, rm *room, req *Message, member bool, ack *Message) error {
 	ctx, p := c.ctx, rm.policy
-	var msgs []HistoryMessage
-	var err error
+	recovery := !member && req != nil && req.Epoch != ""
+	after, limit := ^uint64(0), 0 // where the room stands, no messages
 	switch {
-	case member || req == nil || (req.Epoch == "" && req.History == 0):
-		_, ack.Epoch, ack.Seq, err = h.history.Read(ctx, name, p, ^uint64(0), 0)
-		if err == nil && member && req != nil && req.Epoch != "" {
-			// Already in the room: it has had every message since it joined.
-			recovered := ack.Epoch == req.Epoch && req.Since <= ack.Seq
-			ack.Recovered = &recovered
-		}
-	case req.Epoch != "":
-		msgs, ack.Epoch, ack.Seq, err = h.history.Read(ctx, name, p, req.Since, -1)
-		if err != nil {
-			break
-		}
-		if ack.Epoch == req.Epoch && req.Since > ack.Seq {
-			return fmt.Errorf("%w: since %d is past the room's latest seq %d", ErrInvalidMessage, req.Since, ack.Seq)
-		}
-		// Recovered when the history still holds every message after since.
-		recovered := ack.Epoch == req.Epoch && (req.Since == ack.Seq || len(msgs) > 0 && msgs[0].Seq == req.Since+1)
-		ack.Recovered = &recovered
-		if !recovered {
-			msgs = nil
-			if req.History > 0 {
-				msgs, _, _, err = h.history.Read(ctx, name, p, 0, min(req.History, MaxHistoryReplay))
-			}
-		}
-	default:
-		msgs, ack.Epoch, ack.Seq, err = h.history.Read(ctx, name, p, 0, min(req.History, MaxHistoryReplay))
+	case recovery:
+		after, limit = req.Since, -1
+	case !member && req != nil && req.History > 0:
+		after, limit = 0, min(req.History, MaxHistoryReplay)
 	}
+	page, err := h.readHistory(ctx, name, p, after, limit)
 	if err != nil {
 		return historyError(name, err)
+	}
+	if h.log != nil && !rm.positioned {
+		rm.cursor, rm.positioned = page.Latest, true
+	}
+	ack.Epoch, ack.Seq = page.Epoch, page.Latest
+	if h.log != nil {
+		ack.Seq = rm.cursor
+	}
+	msgs := page.Messages
+	if req != nil && req.Epoch != "" {
+		sameEpoch := ack.Epoch == req.Epoch
+		if sameEpoch && req.Since > page.Latest {
+			return fmt.Errorf("%w: since %d is past the room's latest seq %d", ErrInvalidMessage, req.Since, page.Latest)
+		}
+		// Recovered when the history still holds every message after since
+		// (a member has had every message since it joined).
+		recovered := sameEpoch && (member || page.Complete)
+		ack.Recovered = &recovered
+		if recovery && !recovered {
+			msgs = nil
+			if req.History > 0 {
+				page, err = h.readHistory(ctx, name, p, 0, min(req.History, MaxHistoryReplay))
+				if err != nil {
+					return historyError(name, err)
+				}
+				msgs = page.Messages
+			}
+		}
+		if recovery && recovered && h.log != nil && req.Since > rm.cursor {
+			// It had, on another hub, messages that this one has yet to
+			// deliver.
+			if rm.skip == nil {
+				rm.skip = make(map[*Client]uint64)
+			}
+			rm.skip[c] = req.Since
+		}
 	}
 	if rm.epoch == "" {
 		rm.epoch = ack.Epoch
 	}
 	frames := make([][]byte, 0, len(msgs))
 	for _, hm := range msgs {
+		if h.log != nil && hm.Seq > rm.cursor {
+			break // it comes live
+		}
 		if b, err := c.encodeStored(hm); err == nil {
 			frames = append(frames, b)
 		}
@@ -370,12 +392,12 @@ func (r Room) History(ctx context.Context, limit int) ([]*Message, error) {
 	if !p.on() || limit <= 0 {
 		return nil, nil
 	}
-	msgs, _, _, err := h.history.Read(ctx, r.name, p, 0, limit)
+	page, err := h.readHistory(ctx, r.name, p, 0, limit)
 	if err != nil {
 		return nil, historyError(r.name, err)
 	}
-	out := make([]*Message, 0, len(msgs))
-	for _, hm := range msgs {
+	out := make([]*Message, 0, len(page.Messages))
+	for _, hm := range page.Messages {
 		m := new(Message)
 		if err := (JSONCodec{}).Unmarshal(hm.JSON, m); err != nil {
 			return nil, fmt.Errorf("%w: %q: stored message: %w", ErrHistory, r.name, err)
@@ -396,9 +418,9 @@ func (r Room) Position(ctx context.Context) (epoch string, seq uint64, err error
 	if !p.on() {
 		return "", 0, nil
 	}
-	_, epoch, seq, err = h.history.Read(ctx, r.name, p, ^uint64(0), 0)
+	page, err := h.readHistory(ctx, r.name, p, ^uint64(0), 0)
 	if err != nil {
 		return "", 0, historyError(r.name, err)
 	}
-	return epoch, seq, nil
+	return page.Epoch, page.Latest, nil
 }

@@ -29,7 +29,9 @@ type Hub struct {
 	encKey  []int  // codec index → its slot in an encoding
 	id      string // tells this hub's broker messages from others'
 
-	history HistoryStore // nil without Options.History
+	history HistoryStore // nil without Options.History, or with a LogBroker
+	log     LogBroker    // Options.Broker, if it is one
+	logs    logState
 
 	subMu sync.Mutex // guards subs
 	subs  map[string]*subscription
@@ -77,7 +79,12 @@ func New(handler Handler, opts *Options) *Hub {
 		b := make([]byte, 0, 4<<10)
 		return &b
 	}
-	if h.opts.History != nil {
+	h.log, _ = h.opts.Broker.(LogBroker)
+	h.logs.own = make(map[string]*ownPublish)
+	if h.log != nil && h.opts.HistoryStore != nil {
+		panic("wshub: Options.HistoryStore must be nil with a LogBroker: the log keeps the histories")
+	}
+	if h.opts.History != nil && h.log == nil {
 		h.history = h.opts.HistoryStore
 		if h.history == nil {
 			h.history = NewMemoryHistory(0)

@@ -21,6 +21,11 @@ import (
 // when the caller knows it (a server broadcast may create a history room
 // that has no members, so that the message is kept).
 func (h *Hub) publish(ctx context.Context, name string, m *Message, from *Client, except []*Client, policy HistoryPolicy) error {
+	if h.log != nil {
+		if p := h.roomPolicy(name, policy); p.on() {
+			return h.publishLog(ctx, name, m, from, except, p)
+		}
+	}
 	enc := h.newEncoding(m)
 	enc.from = from
 	var stored []byte // the JSON without seq that the broker carries and the history keeps
@@ -75,7 +80,7 @@ func (h *Hub) deliver(ctx context.Context, name string, enc *encoding, except []
 	if rm == nil {
 		return enc.result()
 	}
-	if rm.policy.on() {
+	if rm.policy.on() && h.log == nil {
 		var err error
 		if stored == nil {
 			stored, err = (JSONCodec{}).Marshal(enc.m)
@@ -240,18 +245,24 @@ func (e *encoding) setJSON(b []byte) {
 }
 
 func (e *encoding) send(c *Client) {
+	if congested, _ := e.queue(c); congested && e.from != nil {
+		e.from.congested(c)
+	}
+}
+
+// queue queues e for c, counting it in the broadcast's result, and
+// reports whether that left c congested.
+func (e *encoding) queue(c *Client) (congested bool, err error) {
 	b, err := e.get(e.h.encKey[c.codecIndex])
 	if err != nil {
-		return
+		return false, err
 	}
-	congested, err := c.enqueue(b)
+	congested, err = c.enqueue(b)
 	switch err {
 	case nil:
 		e.queued++
-		if congested && e.from != nil {
-			e.from.congested(c)
-		}
 	case ErrClientClosed:
 		e.closed++
 	}
+	return congested, err
 }

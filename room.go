@@ -26,6 +26,13 @@ type room struct {
 	policy  HistoryPolicy // fixed when the room is created
 	epoch   string        // of the history its members know; a message of another carries its epoch
 	dead    bool          // removed from Hub.rooms; a new room of the name may exist
+
+	// With a LogBroker: the seq of the last log message delivered to the
+	// members (set by the first join), and the members that recovered
+	// past it on this hub, with the seq they have (log.go).
+	cursor     uint64
+	positioned bool
+	skip       map[*Client]uint64
 }
 
 func newRoom(policy HistoryPolicy) *room {
