@@ -52,7 +52,9 @@
 // messages per frame. Client frames stay single objects. Messages are never
 // joined with newlines inside a frame.
 //
-// Close codes: 1001 when the hub shuts down; 1007 after MaxInvalidMessages
+// Close codes: 1001 when the hub shuts down; 1012 when a LogBroker's room
+// log lost messages of a client's room that its hub had not delivered (the
+// client should rejoin with since); 1007 after MaxInvalidMessages
 // undecodable messages in a row, or at once for a text frame that is not
 // valid UTF-8; 1008 when a client's send queue overflows, it hits
 // Options.WriteTimeout, or it sends MaxInvalidMessages rate-limited
@@ -63,7 +65,8 @@
 // A room whose Options.History policy keeps messages numbers them: every
 // room message carries "seq", 1, 2, 3, … per room, in the order its
 // members receive it, and the hub keeps the last ones in the HistoryStore
-// (in memory by default). The history has an epoch that changes whenever
+// (in memory by default). With a LogBroker the room's log keeps them
+// instead, shared by every hub, and seqs increase with gaps. The history has an epoch that changes whenever
 // it is lost or restarted. A client's join may ask for the last messages
 // ({"type":"join","room":"r","history":50,"id":"1"}) or for everything
 // after the last seq it saw ({"type":"join","room":"r","epoch":"E",

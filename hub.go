@@ -479,7 +479,7 @@ func (h *Hub) removeMember(c *Client, name string) error {
 	}
 	delete(rm.members, c)
 	if len(rm.members) == 0 {
-		rm.dead = true
+		rm.kill()
 		delete(h.rooms, name)
 	}
 	return nil

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
+	"time"
 
 	"github.com/coder/websocket"
 )
@@ -58,27 +59,28 @@ func (h *Hub) publishLog(ctx context.Context, name string, m *Message, from *Cli
 	ls.mu.Lock()
 	ls.next++
 	id := h.id + "-" + strconv.FormatUint(ls.next, 36)
-	local := h.lookup(name) != nil
-	if local {
-		ls.own[id] = own
-	}
 	ls.mu.Unlock()
-	defer func() {
-		if local {
+	gone := h.awaitOwn(name, id, own)
+	if gone != nil {
+		defer func() {
 			ls.mu.Lock()
 			delete(ls.own, id)
 			ls.mu.Unlock()
-		}
-	}()
+		}()
+	}
 	err = h.withBroker(func(Broker) error {
 		if _, err := h.log.Append(ctx, name, p, id, stored); err != nil {
 			return fmt.Errorf("%w: append to %q: %w", ErrBroker, name, err)
 		}
 		return nil
 	})
-	if err != nil || !local {
+	if err != nil || gone == nil {
 		return err
 	}
+	// Stored, so it is delivered: wait for that here, at most
+	// WriteTimeout, unless the room's local members left meanwhile.
+	t := time.NewTimer(h.opts.WriteTimeout)
+	defer t.Stop()
 	select {
 	case <-own.done:
 		if from != nil {
@@ -86,11 +88,33 @@ func (h *Hub) publishLog(ctx context.Context, name string, m *Message, from *Cli
 				from.congested(c)
 			}
 		}
+	case <-gone:
 	case <-ctx.Done():
-		// Stored, so it is delivered: only late here, or the room's
-		// members left meanwhile.
+	case <-t.C:
 	}
 	return nil
+}
+
+// awaitOwn registers own, the publish with append id, to be recognized
+// when the log delivers it, if the room has local members; it returns a
+// channel closed when the room is removed, or nil if it has no members.
+func (h *Hub) awaitOwn(name, id string, own *ownPublish) <-chan struct{} {
+	rm := h.lookup(name)
+	if rm == nil {
+		return nil
+	}
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	if rm.dead {
+		return nil
+	}
+	if rm.gone == nil {
+		rm.gone = make(chan struct{})
+	}
+	h.logs.mu.Lock()
+	h.logs.own[id] = own
+	h.logs.mu.Unlock()
+	return rm.gone
 }
 
 // receiveLog delivers a message of the room's log to its local members,

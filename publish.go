@@ -161,7 +161,7 @@ func (h *Hub) unlockRoom(name string, rm *room) {
 	h.mu.Lock()
 	rm.mu.Lock()
 	if len(rm.members) == 0 && !rm.dead {
-		rm.dead = true
+		rm.kill()
 		delete(h.rooms, name)
 	}
 	rm.mu.Unlock()

@@ -33,6 +33,15 @@ type room struct {
 	cursor     uint64
 	positioned bool
 	skip       map[*Client]uint64
+	gone       chan struct{} // made by a publish waiting for its delivery; closed by kill
+}
+
+// kill marks rm removed from Hub.rooms; rm.mu is held.
+func (rm *room) kill() {
+	rm.dead = true
+	if rm.gone != nil {
+		close(rm.gone)
+	}
 }
 
 func newRoom(policy HistoryPolicy) *room {

@@ -19,8 +19,8 @@
 // rooms have it), /join prints the room's last 20 messages after
 // "* joined ROOM".
 //
-// When the server goes away (close status 1001) or the connection is lost
-// (1006), the client reconnects with exponential backoff and jitter and
+// When the server goes away (close status 1001), the connection is lost
+// (1006) or a room log lost messages (1012), the client reconnects with exponential backoff and jitter and
 // joins its rooms again, as the chat page does: rooms belong to a
 // connection, and the server forgets them with it. In a room with history
 // it asks for every message after the last one it printed, so it prints
@@ -577,7 +577,9 @@ func (s *session) lost() (code int, stop bool) {
 		return 0, false
 	}
 	why := fmt.Sprintf("%d %s", int(ce.Code), closeReason(ce))
-	if ce.Code != websocket.StatusGoingAway && ce.Code != websocket.StatusAbnormalClosure {
+	switch ce.Code {
+	case websocket.StatusGoingAway, websocket.StatusAbnormalClosure, websocket.StatusServiceRestart:
+	default:
 		s.println(s.errs, "client: server closed the connection: "+why)
 		return 1, true
 	}
