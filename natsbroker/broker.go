@@ -32,8 +32,18 @@ var (
 	ErrClosed = errors.New("natsbroker: broker closed")
 
 	// ErrSubscribed is returned by Subscribe for a room that is already
-	// subscribed.
+	// subscribed, and on a Log by Subscribe and Follow for a room that is
+	// already subscribed or followed.
 	ErrSubscribed = errors.New("natsbroker: room already subscribed")
+
+	// ErrUnconfirmed is returned, wrapped, by Log.Append when a message
+	// was sent to JetStream but no acknowledgement came before the
+	// context ended (the connection broke, or the server did not answer,
+	// and retries with the same message ID were not answered either).
+	// The message may or may not be stored. If it is, it is in the room's
+	// log like any other and every hub that follows the room delivers it:
+	// all of them or none, never some.
+	ErrUnconfirmed = errors.New("natsbroker: append not confirmed, the message may or may not be stored")
 )
 
 // Options configures a Broker. A nil *Options and every zero field mean
@@ -69,6 +79,23 @@ type Options struct {
 	// nats.Connect for the same behaviour.
 	// Default: false, Connect fails when no server answers.
 	RetryOnFailedConnect bool
+
+	// MemoryStorage makes a Log keep its streams in the NATS servers'
+	// memory instead of in files. Memory is faster, but a stream does not
+	// survive a restart of its servers: the room log starts again, empty,
+	// under a new epoch, and the members of every history room are closed
+	// with 1012 and told on rejoining that they could not recover. With
+	// file storage (the default) the streams, and the rooms' epochs,
+	// survive restarts. Hubs that share a prefix must agree on it. A Broker
+	// ignores this field.
+	// Default: false, file storage.
+	MemoryStorage bool
+
+	// Replicas is how many servers of a JetStream cluster keep each stream
+	// of a Log, 1 to 5 (see the package documentation, "Room log"). Hubs
+	// that share a prefix must agree on it. A Broker ignores this field.
+	// Default: 1.
+	Replicas int
 }
 
 // Broker is a wshub.Broker on a NATS connection. Its methods are safe for
@@ -81,9 +108,11 @@ type Broker struct {
 	noConfirm bool
 	commit    *groupCommit // confirms publishes; nil with NoConfirm
 
-	mu     sync.Mutex
-	subs   map[string]*nats.Subscription
-	closed bool
+	mu      sync.Mutex
+	subs    map[string]*nats.Subscription
+	follows map[string]*follow // rooms that a Log follows; nil for a Broker
+	closed  bool
+	done    chan struct{} // closed by Close
 }
 
 var _ wshub.Broker = (*Broker)(nil)
@@ -117,6 +146,7 @@ func New(nc *nats.Conn, opts *Options) (*Broker, error) {
 		timeout:   o.Timeout,
 		noConfirm: o.NoConfirm,
 		subs:      make(map[string]*nats.Subscription),
+		done:      make(chan struct{}),
 	}
 	if !o.NoConfirm {
 		b.commit = newGroupCommit(nc, o.Timeout)
@@ -212,7 +242,7 @@ func (b *Broker) Subscribe(room string, deliver func(msg []byte)) error {
 		b.mu.Unlock()
 		return ErrClosed
 	}
-	if b.subs[room] != nil {
+	if b.subs[room] != nil || b.follows[room] != nil {
 		b.mu.Unlock()
 		return fmt.Errorf("%w: %q", ErrSubscribed, room)
 	}
@@ -252,11 +282,19 @@ func (b *Broker) drop(room string, sub *nats.Subscription) {
 // finishes. Unsubscribing a room that is not subscribed does nothing and
 // returns nil. Without a connection, nats.go drops the subscription and
 // the server forgets it with the connection, so that is not an error.
+//
+// On a Log, Unsubscribe also stops the room's Follow, whichever of the two
+// the room has, and returns once its goroutine has ended: its deliver is
+// not called afterwards.
 func (b *Broker) Unsubscribe(room string) error {
 	b.mu.Lock()
-	sub := b.subs[room]
+	sub, f := b.subs[room], b.follows[room]
 	delete(b.subs, room)
+	delete(b.follows, room)
 	b.mu.Unlock()
+	if f != nil {
+		f.stop()
+	}
 	if sub == nil {
 		return nil
 	}
@@ -280,6 +318,11 @@ func unsubscribe(sub *nats.Subscription) error {
 // block on the network beyond nats.go's own Close; it returns the
 // unsubscribe errors joined. Calling it again does nothing and returns
 // nil.
+//
+// On a Log, Close also stops every Follow and returns once their
+// goroutines have ended; an Append still waiting for its acknowledgement
+// returns an error wrapping ErrUnconfirmed and ErrClosed, and Append,
+// Read and Follow return ErrClosed afterwards.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -287,12 +330,19 @@ func (b *Broker) Close() error {
 		return nil
 	}
 	b.closed = true
-	subs := b.subs
-	b.subs = nil
+	close(b.done)
+	subs, follows := b.subs, b.follows
+	b.subs, b.follows = nil, nil
 	b.mu.Unlock()
 
 	if b.commit != nil {
 		b.commit.stop()
+	}
+	for _, f := range follows {
+		f.cancel()
+	}
+	for _, f := range follows {
+		f.stop()
 	}
 	var errs []error
 	for _, sub := range subs {

@@ -34,6 +34,37 @@ const (
 // whose connection keeps trying at the pace above. It always fails on a
 // malformed url or invalid Options.
 func Connect(url string, opts *Options, natsOpts ...nats.Option) (*Broker, error) {
+	nc, err := dial(url, opts, natsOpts)
+	if err != nil {
+		return nil, err
+	}
+	b, err := New(nc, opts)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	b.ownConn = true
+	return b, nil
+}
+
+// ConnectLog connects as Connect does, with the same connection defaults,
+// and returns a Log that owns the connection: its Close closes it.
+func ConnectLog(url string, opts *Options, natsOpts ...nats.Option) (*Log, error) {
+	nc, err := dial(url, opts, natsOpts)
+	if err != nil {
+		return nil, err
+	}
+	l, err := NewLog(nc, opts)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	l.ownConn = true
+	return l, nil
+}
+
+// dial makes the connection of Connect and ConnectLog.
+func dial(url string, opts *Options, natsOpts []nats.Option) (*nats.Conn, error) {
 	all := []nats.Option{
 		nats.Name("wshub"),
 		nats.ReconnectBufSize(-1),
@@ -48,11 +79,5 @@ func Connect(url string, opts *Options, natsOpts ...nats.Option) (*Broker, error
 	if err != nil {
 		return nil, fmt.Errorf("natsbroker: connect: %w", err)
 	}
-	b, err := New(nc, opts)
-	if err != nil {
-		nc.Close()
-		return nil, err
-	}
-	b.ownConn = true
-	return b, nil
+	return nc, nil
 }

@@ -27,11 +27,27 @@ func TestMain(m *testing.M) {
 // (server.RANDOM_PORT for any), shut down at cleanup.
 func startNATS(t testing.TB, port int) *server.Server {
 	t.Helper()
+	return startServer(t, port, "")
+}
+
+// startJetStream runs an embedded NATS server with JetStream, keeping its
+// streams in storeDir (t.TempDir(), or the directory of a server it
+// replaces), shut down at cleanup.
+func startJetStream(t testing.TB, port int, storeDir string) *server.Server {
+	t.Helper()
+	return startServer(t, port, storeDir)
+}
+
+// startServer runs a server, with JetStream in storeDir unless it is "".
+func startServer(t testing.TB, port int, storeDir string) *server.Server {
+	t.Helper()
 	s, err := server.NewServer(&server.Options{
-		Host:   "127.0.0.1",
-		Port:   port,
-		NoLog:  true,
-		NoSigs: true,
+		Host:      "127.0.0.1",
+		Port:      port,
+		NoLog:     true,
+		NoSigs:    true,
+		JetStream: storeDir != "",
+		StoreDir:  storeDir,
 	})
 	if err != nil {
 		t.Fatalf("nats server: %v", err)
@@ -55,12 +71,30 @@ type node struct {
 	hub    *wshub.Hub
 	ts     *httptest.Server
 	broker *natsbroker.Broker
+	log    *natsbroker.Log // with newLogNodes; broker is then log.Broker
 	nc     *nats.Conn
 }
 
 // newNodes starts n hubs on their own test servers and NATS connections
 // to url. The connections retry quickly so restart tests stay short.
 func newNodes(t testing.TB, url string, n int, opts *natsbroker.Options) []*node {
+	t.Helper()
+	return startNodes(t, url, n, opts, nil)
+}
+
+// newLogNodes starts n hubs as newNodes does, each with a Log, and with
+// history as their Options.History.
+func newLogNodes(t testing.TB, url string, n int, opts *natsbroker.Options, history func(string) wshub.HistoryPolicy) []*node {
+	t.Helper()
+	if history == nil {
+		history = func(string) wshub.HistoryPolicy { return wshub.HistoryPolicy{} }
+	}
+	return startNodes(t, url, n, opts, history)
+}
+
+// startNodes starts the hubs of newNodes, or of newLogNodes when history
+// is not nil.
+func startNodes(t testing.TB, url string, n int, opts *natsbroker.Options, history func(string) wshub.HistoryPolicy) []*node {
 	t.Helper()
 	nodes := make([]*node, n)
 	for i := range nodes {
@@ -76,12 +110,22 @@ func newNodes(t testing.TB, url string, n int, opts *natsbroker.Options) []*node
 		if err != nil {
 			t.Fatalf("connect: %v", err)
 		}
-		b, err := natsbroker.New(nc, opts)
-		if err != nil {
-			t.Fatalf("New: %v", err)
+		nd := &node{nc: nc}
+		var br wshub.Broker
+		if history != nil {
+			if nd.log, err = natsbroker.NewLog(nc, opts); err != nil {
+				t.Fatalf("NewLog: %v", err)
+			}
+			nd.broker, br = nd.log.Broker, nd.log
+		} else {
+			if nd.broker, err = natsbroker.New(nc, opts); err != nil {
+				t.Fatalf("New: %v", err)
+			}
+			br = nd.broker
 		}
 		h := wshub.New(nil, &wshub.Options{
-			Broker:        b,
+			Broker:        br,
+			History:       history,
 			AuthorizeJoin: func(*wshub.Client, string) error { return nil },
 		})
 		mux := http.NewServeMux()
@@ -92,13 +136,15 @@ func newNodes(t testing.TB, url string, n int, opts *natsbroker.Options) []*node
 			ts.Close()
 			nc.Close()
 		})
-		nodes[i] = &node{hub: h, ts: ts, broker: b, nc: nc}
+		nd.hub, nd.ts = h, ts
+		nodes[i] = nd
 	}
 	return nodes
 }
 
 func testCtx(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	// Generous: the machine may be loaded, and nothing asserts durations.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	t.Cleanup(cancel)
 	return ctx
 }
@@ -125,12 +171,15 @@ func dial(t testing.TB, n *node) *peer {
 
 // wireMsg is a message as a client decodes it.
 type wireMsg struct {
-	Type  string          `json:"type"`
-	ID    string          `json:"id"`
-	Room  string          `json:"room"`
-	From  string          `json:"from"`
-	Data  json.RawMessage `json:"data"`
-	Error string          `json:"error"`
+	Type      string          `json:"type"`
+	ID        string          `json:"id"`
+	Room      string          `json:"room"`
+	From      string          `json:"from"`
+	Data      json.RawMessage `json:"data"`
+	Error     string          `json:"error"`
+	Seq       uint64          `json:"seq"`
+	Epoch     string          `json:"epoch"`
+	Recovered *bool           `json:"recovered"`
 }
 
 func (p *peer) send(format string, args ...any) {
