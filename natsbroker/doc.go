@@ -24,6 +24,18 @@
 // prefix; hubs of different applications on one NATS use different
 // prefixes (or NATS accounts).
 //
+// A Log's history rooms have their subjects in JetStream streams instead:
+// the prefix, "log", a token of the room's history policy, and the room's
+// token, e.g. "wshub.room.log.100_3600s.bG9iYnk" for "lobby" with
+// HistoryPolicy{Messages: 100} (Log.LogSubject). Having two more tokens,
+// they never match a core-NATS room subject. Each distinct policy has one
+// stream, named after the prefix (its characters other than letters,
+// digits, "-" and "_" replaced by "_"), a hash of the exact prefix, "log"
+// and the policy token, e.g. "wshub_room_1b2c3d4e_log_100_3600s"
+// (Log.LogStream), holding the subjects "<prefix>.log.<policy>.*". The Log
+// also uses the JetStream API of the account ("$JS.API.>", without a
+// domain or API prefix), with direct gets.
+//
 // # Guarantees
 //
 // The core-NATS broker is at most once across hubs. NATS core does not
@@ -33,8 +45,8 @@
 // or reconnects), misses what is published meanwhile, and its members
 // never see those messages; so do all the other hubs when a server fails
 // between confirming a message and forwarding it. Rooms that must not
-// lose messages across hubs need a log that hubs can resume from; a
-// JetStream-backed log is planned.
+// lose messages across hubs need a log that hubs can resume from: see
+// "Room log (JetStream)" below.
 //
 // # What "acknowledged" means
 //
@@ -103,4 +115,99 @@
 // the hub's delivery only queues messages for clients, so this takes a
 // flood past nats.go's pending limits (by default 512k messages or 64 MB
 // per room).
+//
+// # Room log (JetStream)
+//
+// A Log is a Broker that also implements wshub.LogBroker: the rooms with
+// a history policy (wshub.Options.History) go through a log in NATS
+// JetStream that every hub shares; the other rooms go through core NATS as
+// with a Broker, on the same connection. Connect to a NATS server (or
+// cluster) with JetStream enabled and give the Log to the hub, without a
+// HistoryStore:
+//
+//	l, err := natsbroker.ConnectLog("nats://127.0.0.1:4222", nil)
+//	if err != nil { … }
+//	hub := wshub.New(handler, &wshub.Options{
+//		Broker:  l,
+//		History: func(room string) wshub.HistoryPolicy { return wshub.HistoryPolicy{Messages: 100} },
+//	})
+//
+// or natsbroker.NewLog(nc, nil) on a connection of your own (made with
+// nats.ReconnectBufSize(-1)). ConnectLog uses Connect's connection
+// settings.
+//
+// What a history room gets, against the core-NATS broker:
+//
+//   - One order. Core NATS orders the messages of each publisher; with a
+//     Log, every member of a room, on every hub, gets all its messages in
+//     one order, the log's, each with its seq. The hub that publishes
+//     delivers its own messages as it reads them back from the log.
+//   - Acknowledged means stored. Room.Broadcast returns nil, and a client
+//     gets its ack, once JetStream stored the message (with Replicas, on a
+//     majority of the stream's servers); every hub that follows the room
+//     delivers it, also after an outage. A publish that failed definitely
+//     (ErrNotConnected: the connection was down; or a JetStream error) was
+//     stored nowhere and is delivered nowhere. One that failed with
+//     ErrUnconfirmed (sent, no acknowledgement before its context ended)
+//     may be stored: then it is delivered like any other, by every hub.
+//     With core NATS, a message is delivered to the hubs connected and
+//     subscribed at that instant.
+//   - Resume. A hub follows each history room through a JetStream
+//     consumer; after a reconnection, a server restart or a failed
+//     consumer it goes on from the last message it delivered, so its
+//     members miss nothing that the log still has. When the log dropped
+//     messages that the hub had not delivered (retention, during a long
+//     outage), the hub closes the room's members with 1012 (service
+//     restart): they rejoin with since and learn whether they could
+//     recover. With core NATS, messages published during an outage are
+//     lost to the hubs that were away.
+//   - Recovery on any hub. History and recovery (join with history, or
+//     with since and epoch; Room.History, Room.Position) read the shared
+//     log, so a client that reconnects to another hub recovers there. A
+//     room's epoch names its stream: its name and creation time.
+//   - Seqs increase but are not consecutive: a room's seq is the stream
+//     sequence of its message, and a stream holds all the rooms of one
+//     policy.
+//
+// Appends are pipelined: each is published asynchronously and waits for
+// its own acknowledgement, so many are in flight at once; they are stored
+// in the order Append was called, also across reconnections (the
+// messages awaiting an acknowledgement are sent again, in order, before
+// any new one, and JetStream drops duplicates by message ID for two
+// minutes, or the policy's MaxAge if shorter).
+//
+// Storage. By default streams are kept in files (Options.MemoryStorage
+// false): they survive server restarts, and rooms keep their epochs. With
+// memory storage a restart loses the streams: they are created again,
+// empty, with new epochs; hubs close the members of their history rooms
+// with 1012, and rejoining clients are told they could not recover.
+// Options.Replicas (1 by default) sets each stream's replicas in a
+// JetStream cluster; with more than one, a Read also asks the stream's
+// leader for the room's last message, so that a lagging replica answering
+// a direct get cannot hide messages. All hubs sharing a prefix must use
+// the same storage and replicas.
+//
+// Retention is per stream, so per policy: MaxMsgsPerSubject is the
+// policy's Messages, MaxAge its MaxAge (wshub.DefaultHistoryAge when
+// zero; JetStream wants at least 100 ms). Streams are created (or
+// updated) when a policy is first used, and remain after the hubs stop;
+// delete those of policies no longer used.
+//
+// Cost. Each history room with members on a hub costs that hub one
+// ephemeral, in-memory, unacknowledged pull consumer on the server, made
+// when the room's first local member joins and deleted when its last one
+// leaves (or, if the hub vanished, by the server after two minutes of
+// inactivity), and a heartbeat every 2 seconds while the room is idle. A
+// join's read takes two round trips (a direct get of the room's retained
+// messages, or of its last one, and the stream's info); an append one,
+// shared by all in flight.
+//
+// Not covered: messages that an operator deletes or purges from a stream
+// (recovery and gap detection assume that JetStream drops messages only
+// by retention, oldest first, so they may report a recovery as complete
+// although such messages are missing), and deleting or recreating a
+// stream while hubs run (its new incarnation has a new epoch, and hubs
+// close the members of its rooms with 1012, but a message appended to the
+// old one just before may be lost). JetStream domains and API prefixes
+// are not supported.
 package natsbroker
