@@ -340,7 +340,9 @@ func (l *Log) resendLocked() bool {
 		if err != nil {
 			return false
 		}
-		op.f, op.conn = f, cur
+		// An earlier attempt was written and not answered, or was
+		// answered with a failure after one that may have been stored.
+		op.f, op.conn, op.maybe = f, cur, true
 	}
 	return true
 }
