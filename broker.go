@@ -138,8 +138,11 @@ func (h *Hub) unlockSubscription(name string, s *subscription) {
 // one included, delivers the room's messages as it follows the log, so the
 // members of a room see one order on every hub, and each message's seq is
 // its position in the log. A publish is acknowledged (and Room.Broadcast
-// returns nil) only once the log stored the message; one whose Append
-// failed was delivered nowhere. Room history and recovery read the log, so
+// returns nil) only once the log stored the message; whether one that
+// failed may still be stored is the LogBroker's to document (a message
+// the log never got is delivered nowhere). A client's publishes are
+// pipelined: up to 32 are in flight at once, in order, and their acks and
+// errors come in that order. Room history and recovery read the log, so
 // a client recovers on any hub. Rooms without a history policy still go
 // through Publish and Subscribe. Options.HistoryStore must then be nil.
 //
@@ -147,12 +150,16 @@ func (h *Hub) unlockSubscription(name string, s *subscription) {
 type LogBroker interface {
 	Broker
 
-	// Append stores msg, a room message encoded with JSONCodec and without
-	// a seq, as the room's newest message, and returns its seq once the
-	// log has stored it. id is unique to this publish: appending again
-	// with the same id stores msg at most once. p is the room's history
-	// policy, which says how much of the log to retain.
-	Append(ctx context.Context, room string, p HistoryPolicy, id string, msg []byte) (seq uint64, err error)
+	// Append hands msg, a room message encoded with JSONCodec and without
+	// a seq, to the log as the room's newest message, without waiting for
+	// the log to store it. The returned wait waits for that and returns
+	// msg's seq once stored, or why it was not; it returns when ctx is done
+	// at the latest. The hub calls wait once. Messages appended one after
+	// another (each Append returning before the next is called) are stored
+	// in that order, so that a client's publishes can be in flight
+	// together and keep their order. id is unique to this publish. p is
+	// the room's history policy, which says how much of the log to retain.
+	Append(ctx context.Context, room string, p HistoryPolicy, id string, msg []byte) (wait func() (seq uint64, err error))
 
 	// Read returns the room's retained messages with a seq greater than
 	// after, oldest first, at most limit of them (the newest ones when

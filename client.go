@@ -56,6 +56,8 @@ type Client struct {
 	invalidRun int       // consecutive invalid or rate-limited messages
 	waitFor    []*Client // clients its last message left congested; see flow.go
 	rate       rateLimit
+	pipe       chan pipeItem  // publishes in flight, to the acker; see log.go
+	piped      sync.WaitGroup // counts them
 
 	ends []frameEnd // the writer's frames of the batch it writes; writer only
 }
@@ -473,6 +475,9 @@ func (c *Client) run() {
 		h.userCode(func() { h.opts.OnConnect(c) })
 	}
 	err := c.readLoop()
+	if c.pipe != nil {
+		close(c.pipe) // the acker answers what is in flight, then ends
+	}
 	if ce, ok := errors.AsType[websocket.CloseError](err); ok {
 		err = ce // the peer closed: its status and reason are the whole story
 	}
@@ -558,6 +563,7 @@ func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
 	c.invalidRun = 0
 	ack, err := c.handle(&m)
 	switch {
+	case err == errPipelined:
 	case err != nil:
 		c.reply(&Message{Type: TypeError, ID: m.ID, Room: m.Room, Error: err.Error()})
 	case m.ID != "":
@@ -658,6 +664,16 @@ func (c *Client) publish(m *Message) error {
 		}
 	}
 	out := Message{Type: TypeMessage, Room: m.Room, From: c.id, Data: m.Data}
+	if h.log != nil {
+		if p := h.roomPolicy(m.Room, HistoryPolicy{}); p.on() {
+			a, err := h.startLog(c.ctx, m.Room, &out, c, nil, p)
+			if err != nil {
+				return err
+			}
+			c.pipeline(m.ID, m.Room, a)
+			return errPipelined
+		}
+	}
 	return h.publish(c.ctx, m.Room, &out, c, nil, HistoryPolicy{})
 }
 
@@ -665,6 +681,7 @@ func (c *Client) publish(m *Message) error {
 // if the reply congested the client's queue. Codecs that cannot carry it
 // (RawCodec) leave the client without one.
 func (c *Client) reply(m *Message) {
+	c.piped.Wait() // the acker answers earlier publishes first
 	congested, err := c.send(m)
 	if congested {
 		c.congested(c)

@@ -65,13 +65,17 @@ func (c *Client) awaitFlow() {
 	if len(c.waitFor) == 0 {
 		return
 	}
-	defer func() {
-		clear(c.waitFor)
-		c.waitFor = c.waitFor[:0]
-	}()
+	c.awaitClients(c.waitFor)
+	clear(c.waitFor)
+	c.waitFor = c.waitFor[:0]
+}
+
+// awaitClients waits for each of ds to be no longer congested, at most
+// WriteTimeout in all, and closes those still congested then.
+func (c *Client) awaitClients(ds []*Client) {
 	var timer *time.Timer
 	expired := false
-	for _, d := range c.waitFor {
+	for _, d := range ds {
 		space := d.spaceSignal()
 		if space == nil {
 			continue

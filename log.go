@@ -2,6 +2,7 @@ package wshub
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -42,57 +43,91 @@ type logState struct {
 }
 
 // publishLog appends m to the log of room name, whose history policy is
-// p, and waits, within ctx or WriteTimeout, for its delivery here when the
-// room has members on this hub.
+// p, and waits for it: see logAppend.finish.
 func (h *Hub) publishLog(ctx context.Context, name string, m *Message, from *Client, except []*Client, p HistoryPolicy) error {
-	stored, err := (JSONCodec{}).Marshal(m)
+	a, err := h.startLog(ctx, name, m, from, except, p)
 	if err != nil {
 		return err
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, h.opts.WriteTimeout)
-		defer cancel()
+	_, err = a.finish()
+	return err
+}
+
+// A logAppend is a publish handed to the log.
+type logAppend struct {
+	h      *Hub
+	name   string
+	id     string
+	own    *ownPublish
+	gone   <-chan struct{} // nil when the room has no local members
+	wait   func() (uint64, error)
+	ctx    context.Context
+	cancel context.CancelFunc
+}
+
+// startLog hands m to the log of room name and returns the append to
+// finish, within ctx or, if it has no deadline, WriteTimeout.
+func (h *Hub) startLog(ctx context.Context, name string, m *Message, from *Client, except []*Client, p HistoryPolicy) (*logAppend, error) {
+	stored, err := (JSONCodec{}).Marshal(m)
+	if err != nil {
+		return nil, err
 	}
-	own := &ownPublish{m: m, from: from, except: except, done: make(chan struct{})}
+	a := &logAppend{h: h, name: name, cancel: func() {}}
+	if _, ok := ctx.Deadline(); !ok {
+		ctx, a.cancel = context.WithTimeout(ctx, h.opts.WriteTimeout)
+	}
+	a.ctx = ctx
+	a.own = &ownPublish{m: m, from: from, except: except, done: make(chan struct{})}
 	ls := &h.logs
 	ls.mu.Lock()
 	ls.next++
-	id := h.id + "-" + strconv.FormatUint(ls.next, 36)
+	a.id = h.id + "-" + strconv.FormatUint(ls.next, 36)
 	ls.mu.Unlock()
-	gone := h.awaitOwn(name, id, own)
-	if gone != nil {
-		defer func() {
-			ls.mu.Lock()
-			delete(ls.own, id)
-			ls.mu.Unlock()
-		}()
-	}
+	a.gone = h.awaitOwn(name, a.id, a.own)
 	err = h.withBroker(func(Broker) error {
-		if _, err := h.log.Append(ctx, name, p, id, stored); err != nil {
-			return fmt.Errorf("%w: append to %q: %w", ErrBroker, name, err)
-		}
+		a.wait = h.log.Append(ctx, name, p, a.id, stored)
 		return nil
 	})
-	if err != nil || gone == nil {
-		return err
+	if err != nil {
+		a.forget()
+		a.cancel()
+		return nil, err
 	}
-	// Stored, so it is delivered: wait for that here, at most
-	// WriteTimeout, unless the room's local members left meanwhile.
-	t := time.NewTimer(h.opts.WriteTimeout)
+	return a, nil
+}
+
+// finish waits until the log stored the message, then, if the room has
+// local members, for its delivery to them, at most WriteTimeout: a client
+// sees its own message before its ack. It returns the clients whose queue
+// that delivery left congested, for the publisher to wait for (flow.go).
+func (a *logAppend) finish() ([]*Client, error) {
+	defer a.cancel()
+	defer a.forget()
+	if _, err := a.wait(); err != nil {
+		return nil, fmt.Errorf("%w: append to %q: %w", ErrBroker, a.name, err)
+	}
+	if a.gone == nil {
+		return nil, nil
+	}
+	t := time.NewTimer(a.h.opts.WriteTimeout)
 	defer t.Stop()
 	select {
-	case <-own.done:
-		if from != nil {
-			for _, c := range own.congested {
-				from.congested(c)
-			}
-		}
-	case <-gone:
-	case <-ctx.Done():
-	case <-t.C:
+	case <-a.own.done:
+		return a.own.congested, nil
+	case <-a.gone: // the room's local members left
+	case <-a.ctx.Done(): // the publishing client is closing
+	case <-t.C: // stored, so delivered here later
 	}
-	return nil
+	return nil, nil
+}
+
+func (a *logAppend) forget() {
+	if a.gone != nil {
+		ls := &a.h.logs
+		ls.mu.Lock()
+		delete(ls.own, a.id)
+		ls.mu.Unlock()
+	}
 }
 
 // awaitOwn registers own, the publish with append id, to be recognized
@@ -220,4 +255,56 @@ func (h *Hub) roomPolicy(name string, policy HistoryPolicy) HistoryPolicy {
 		return rm.policy
 	}
 	return h.policyFor(name)
+}
+
+// Pipelining. A client's publishes to rooms with a log are handed to the
+// log one after another, in order, on its read goroutine, which goes on
+// reading while up to pipeWindow of them are in flight. The client's acker
+// goroutine waits for each in turn and answers it, so acks (and errors)
+// come in the order of the publishes; the read goroutine waits for the
+// acker to be done before it answers anything itself.
+
+// pipeWindow bounds a client's publishes in flight.
+const pipeWindow = 32
+
+// errPipelined tells dispatch that the acker answers the message.
+var errPipelined = errors.New("wshub: answered by the acker")
+
+type pipeItem struct {
+	id, room string
+	a        *logAppend
+}
+
+// pipeline passes a, the append of a publish with id, to the acker,
+// waiting while the window is full.
+func (c *Client) pipeline(id, room string, a *logAppend) {
+	if c.pipe == nil {
+		c.pipe = make(chan pipeItem, pipeWindow)
+		c.spawn(c.acker)
+	}
+	c.piped.Add(1)
+	c.pipe <- pipeItem{id, room, a}
+}
+
+// acker answers the client's pipelined publishes in order, once stored
+// and delivered to this hub's members, and waits for the queues their
+// delivery congested (flow.go); it ends when the read goroutine does.
+func (c *Client) acker() {
+	for it := range c.pipe {
+		congested, err := it.a.finish()
+		c.awaitClients(congested)
+		var answer *Message
+		switch {
+		case err != nil:
+			answer = &Message{Type: TypeError, ID: it.id, Room: it.room, Error: err.Error()}
+		case it.id != "":
+			answer = &Message{Type: TypeAck, ID: it.id}
+		}
+		if answer != nil {
+			if congested, _ := c.send(answer); congested {
+				c.awaitClients([]*Client{c})
+			}
+		}
+		c.piped.Done()
+	}
 }

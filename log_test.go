@@ -28,6 +28,8 @@ type memLogStore struct {
 	ids     map[string]uint64
 	dropped map[string]uint64 // the newest seq retention dropped, by room
 	refuse  error             // Append fails with it when set
+	started int               // appends made
+	gate    int               // an append's wait returns once this many were made
 }
 
 type logEntry struct {
@@ -61,8 +63,24 @@ func newMemLog(s *memLogStore, bus *memBus) *memLog {
 	return &memLog{memBroker: &memBroker{bus: bus}, s: s, follows: make(map[string]*follower)}
 }
 
-func (l *memLog) Append(ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) (uint64, error) {
+func (l *memLog) Append(ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) func() (uint64, error) {
 	s := l.s
+	seq, err := s.append(room, p, id, msg)
+	s.mu.Lock()
+	s.started++
+	s.changed.Broadcast()
+	s.mu.Unlock()
+	return func() (uint64, error) {
+		s.mu.Lock()
+		for s.started < s.gate {
+			s.changed.Wait()
+		}
+		s.mu.Unlock()
+		return seq, err
+	}
+}
+
+func (s *memLogStore) append(room string, p wshub.HistoryPolicy, id string, msg []byte) (uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.refuse != nil {
@@ -265,7 +283,9 @@ func (p *peer) expectData(want ...string) []histMsg {
 // publisher its own message before its ack.
 func TestLogOneOrderAcrossHubs(t *testing.T) {
 	t.Parallel()
-	_, _, _, servers := logHubs(t, 3, wshub.Options{})
+	// Publishers are not paced by the other hubs' follows, so the room
+	// keeps all of it: a follow may lag that far.
+	_, _, _, servers := logHubs(t, 3, wshub.Options{History: keep(1000)})
 	const each = 40
 	var peers []*peer
 	for _, ts := range servers {
@@ -481,4 +501,48 @@ func TestLogWithHistoryStorePanics(t *testing.T) {
 		}
 	}()
 	wshub.New(nil, &wshub.Options{Broker: newMemLog(newMemLogStore(), nil), HistoryStore: wshub.NewMemoryHistory(0)})
+}
+
+// TestLogPipelinesPublishes: a client's publishes are in flight together
+// (no append's wait returns before all ten were made), and it gets the
+// answers in order: each ack after its message, then the answers to later
+// requests, an error and a join's ack.
+func TestLogPipelinesPublishes(t *testing.T) {
+	t.Parallel()
+	store, _, _, servers := logHubs(t, 1, wshub.Options{})
+	p := dial(t, servers[0])
+	p.join("r")
+	store.mu.Lock()
+	store.gate = store.started + 10
+	store.mu.Unlock()
+	for i := range 10 {
+		p.sendRaw(fmt.Sprintf(`{"type":"publish","room":"r","id":"%d","data":"%d"}`, i, i))
+	}
+	p.sendRaw(`{"type":"publish","room":"not-joined","id":"10","data":"10"}`)
+	p.sendRaw(`{"type":"join","room":"other","id":"join"}`)
+	var got []string
+	for len(got) < 22 {
+		m := p.readHist()
+		switch m.Type {
+		case "message":
+			got = append(got, "m"+strings.Trim(string(m.Data), `"`))
+		case "ack", "error":
+			got = append(got, m.Type[:1]+m.ID)
+		}
+	}
+	// Messages may come before the acks of earlier publishes; acks and
+	// errors come in order, each ack after its message.
+	var answers []string
+	seen := make(map[string]bool)
+	for _, g := range got {
+		if g[0] == 'm' {
+			seen[g[1:]] = true
+			continue
+		}
+		if g[0] == 'a' && g != "ajoin" && !seen[g[1:]] {
+			t.Fatalf("ack %s before its message: %v", g, got)
+		}
+		answers = append(answers, g)
+	}
+	equal(t, "answers", strings.Join(answers, " "), "a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 e10 ajoin")
 }
