@@ -12,8 +12,10 @@ import (
 	"runtime"
 	"runtime/debug"
 	"runtime/pprof"
+	"runtime/trace"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -32,21 +34,37 @@ type serverStats struct {
 	Members    int    `json:"members"`
 	Kicked     uint64 `json:"kicked"`
 	Errors     uint64 `json:"errors"` // failed server-side publishes
+	Writes     uint64 `json:"writes"` // write system calls of the process (syscw of /proc/self/io)
 }
 
-// runChild serves contender name on a loopback port and obeys commands,
-// one a line, on stdin; it writes the address and then one line per
-// answered command on stdout. It returns when stdin ends or says "quit".
-//
-//	p ROOM N      publish N fresh payloads to ROOM (no answer)
-//	stats         answer serverStats as JSON
-//	gc            run the GC twice, then answer as stats
-//	cpuprof FILE  start a CPU profile into FILE; answer "ok"
-//	cpustop       stop it; answer "ok"
-//	heapprof FILE write a heap profile after a GC; answer "ok"
-func runChild(name string) error {
+// isChild reports whether args (os.Args) make this process a child.
+func isChild(args []string) bool { return len(args) >= 3 && args[1] == childFlag }
+
+// runChild runs the child that args (after childFlag) name: the NATS
+// server of the cluster scenario (natsChild), one of its hubs
+// (clusterHubChild) or the server of a contender.
+func runChild(args []string) error {
 	raiseFileLimit()
-	c, err := findContender(name)
+	switch args[0] {
+	case natsChild:
+		if len(args) != 2 {
+			return errors.New("usage: " + natsChild + " STORE-DIR")
+		}
+		return runNATS(args[1])
+	case clusterHubChild:
+		if len(args) != 2 {
+			return errors.New("usage: " + clusterHubChild + " SPEC")
+		}
+		srv, err := newClusterHub(args[1])
+		if err != nil {
+			return err
+		}
+		return serveChild(srv)
+	}
+	if len(args) != 1 {
+		return errors.New("usage: CONTENDER")
+	}
+	c, err := findContender(args[0])
 	if err != nil {
 		return err
 	}
@@ -54,6 +72,24 @@ func runChild(name string) error {
 	if err != nil {
 		return err
 	}
+	return serveChild(srv)
+}
+
+// serveChild serves srv on a loopback port and obeys commands, one a
+// line, on stdin; it writes the address and then one line per answered
+// command on stdout. It returns when stdin ends or says "quit".
+//
+//	p ROOM N      publish N fresh payloads to ROOM, one after the other (no answer)
+//	p ROOM N ID   the same on publisher ID's goroutine, which publishes
+//	              what it is asked in order, concurrently with other IDs
+//	stats         answer serverStats as JSON
+//	gc            run the GC twice, then answer as stats
+//	cpuprof FILE  start a CPU profile into FILE; answer "ok"
+//	cpustop       stop it; answer "ok"
+//	heapprof FILE write a heap profile after a GC; answer "ok"
+//	trace FILE    start an execution trace into FILE; answer "ok"
+//	tracestop     stop it; answer "ok"
+func serveChild(srv server) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -73,12 +109,26 @@ func runChild(name string) error {
 	return err
 }
 
+// childState is a child's side of the commands. srv is nil in the NATS
+// child, which answers only the process-wide commands.
 type childState struct {
-	srv     server
-	out     *bufio.Writer
-	cpuFile *os.File
-	errors  uint64
+	srv       server
+	out       *bufio.Writer
+	cpuFile   *os.File
+	traceFile *os.File
+	errors    atomic.Uint64
+	pubs      map[int]chan publishJob // by publisher ID
 }
+
+// publishJob asks a publisher goroutine for n publishes to room.
+type publishJob struct {
+	room string
+	n    int
+}
+
+// publisherQueue bounds the jobs queued for one publisher goroutine; the
+// parent's window keeps far fewer outstanding.
+const publisherQueue = 4096
 
 func (c *childState) serve(in io.Reader) error {
 	sc := bufio.NewScanner(in)
@@ -106,15 +156,36 @@ func (c *childState) do(f []string) error {
 	}
 	switch f[0] {
 	case "p":
+		if c.srv == nil {
+			return errors.New("no server to publish with")
+		}
 		n, err := strconv.Atoi(arg(2))
 		if err != nil {
 			return err
 		}
-		for range n {
-			if err := c.srv.publish(f[1], newPayload()); err != nil {
-				c.errors++
-			}
+		if arg(3) == "" {
+			c.publish(f[1], n)
+			return nil
 		}
+		id, err := strconv.Atoi(arg(3))
+		if err != nil {
+			return err
+		}
+		q := c.pubs[id]
+		if q == nil {
+			if c.pubs == nil {
+				c.pubs = make(map[int]chan publishJob)
+			}
+			q = make(chan publishJob, publisherQueue)
+			c.pubs[id] = q
+			// It ends with the process.
+			go func() {
+				for j := range q {
+					c.publish(j.room, j.n)
+				}
+			}()
+		}
+		q <- publishJob{f[1], n}
 		return nil
 	case "stats":
 		return c.answerStats()
@@ -141,6 +212,24 @@ func (c *childState) do(f []string) error {
 			c.cpuFile = nil
 		}
 		return c.answer("ok")
+	case "trace":
+		file, err := os.Create(arg(1))
+		if err != nil {
+			return err
+		}
+		if err := trace.Start(file); err != nil {
+			file.Close()
+			return err
+		}
+		c.traceFile = file
+		return c.answer("ok")
+	case "tracestop":
+		trace.Stop()
+		if c.traceFile != nil {
+			c.traceFile.Close()
+			c.traceFile = nil
+		}
+		return c.answer("ok")
 	case "heapprof":
 		runtime.GC()
 		file, err := os.Create(arg(1))
@@ -154,6 +243,15 @@ func (c *childState) do(f []string) error {
 		return c.answer("ok")
 	}
 	return errors.New("unknown command")
+}
+
+// publish makes n server-side publishes of fresh payloads to room.
+func (c *childState) publish(room string, n int) {
+	for range n {
+		if err := c.srv.publish(room, newPayload()); err != nil {
+			c.errors.Add(1)
+		}
+	}
 }
 
 func (c *childState) answer(s string) error {
@@ -171,9 +269,11 @@ func (c *childState) answerStats() error {
 		StackInuse: ms.StackInuse,
 		RSS:        rss(),
 		Goroutines: runtime.NumGoroutine(),
-		Members:    c.srv.members(),
-		Kicked:     c.srv.kicked(),
-		Errors:     c.errors,
+		Errors:     c.errors.Load(),
+		Writes:     writeCalls(),
+	}
+	if c.srv != nil {
+		st.Members, st.Kicked = c.srv.members(), c.srv.kicked()
 	}
 	b, err := json.Marshal(st)
 	if err != nil {
@@ -188,6 +288,22 @@ func cpuTime() int64 {
 		return 0
 	}
 	return ru.Utime.Nano() + ru.Stime.Nano()
+}
+
+// writeCalls reads the count of write system calls of the process from
+// /proc; 0 where there is none.
+func writeCalls() uint64 {
+	b, err := os.ReadFile("/proc/self/io")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, "syscw:"); ok {
+			n, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+			return n
+		}
+	}
+	return 0
 }
 
 // rss reads the resident set size from /proc; 0 where there is none.

@@ -12,26 +12,31 @@
 //	go run ./bench -scenario fanout-1000 -contender coder,wshub-batch
 //	go run ./bench -scenario fanout-1000 -contender wshub,wshub-history
 //	go run ./bench -scenario fanout-1000 -contender wshub-batch -runs 1 -profile /tmp/prof
+//	go run ./bench -scenario cluster    # many hubs over NATS, each hub a child process
 //
 // wshub-history, wshub with every room keeping its last 1,000 messages,
-// runs only when -contender names it.
+// runs only when -contender names it; the cluster scenario (cluster.go)
+// only when -scenario names it, and -contender does not apply to it.
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"runtime"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
 func main() {
-	if len(os.Args) == 3 && os.Args[1] == childFlag {
-		if err := runChild(os.Args[2]); err != nil {
+	if isChild(os.Args) {
+		if err := runChild(os.Args[2:]); err != nil {
 			fmt.Fprintln(os.Stderr, "bench server:", err)
 			os.Exit(1)
 		}
@@ -53,9 +58,13 @@ func run(args []string, stdout, stderr io.Writer) error {
 	idle := fs.Int("idle-clients", 0, "clients of the idle-memory scenario (default 10000, quick 1000)")
 	window := fs.Int("window", 64, "messages a room may be ahead of its slowest client")
 	floodMsgs := fs.Int("flood-messages", 0, "messages the flood publisher sends (default 20000, quick 2000)")
-	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all)")
+	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all); and the opt-in cluster, named in full")
 	who := fs.String("contender", "", "comma-separated contenders: "+strings.Join(contenderNames(false), ", ")+" (default all but the opt-in "+strings.Join(contenderNames(true), ", ")+")")
 	profile := fs.String("profile", "", "write CPU and heap profiles of each server child into this directory")
+	trace := fs.Bool("trace", false, "with -profile, the cluster scenario's children also write execution traces (go tool trace -pprof=sched FILE)")
+	clusterN := fs.Int("cluster-clients", 1000, "clients of the cluster scenario, over all hubs")
+	clusterHz := fs.Int("cluster-rate", 200, "publishes per second of the cluster scenario's latency phase")
+	clusterSetups := fs.String("cluster-setups", "", "comma-separated rows of the cluster scenario: "+strings.Join(clusterSetupKeys(), ", ")+" (default all)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -66,6 +75,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 		roomsN: 1000, roomSize: 10, idleN: 10000, churnConc: 8, profileDir: *profile,
 		floodN: []int{4, 100}, floodMessages: 20000, floodFor: 10 * time.Second,
 		floodDrain: 10 * time.Second, floodQuiet: time.Second,
+		trace: *trace, clusterN: *clusterN, clusterHz: *clusterHz, clusterSetups: *clusterSetups,
+	}
+	if cfg.clusterN < 1 || cfg.clusterHz < 1 {
+		return errors.New("-cluster-clients and -cluster-rate must be positive")
 	}
 	if *quick {
 		cfg.runs, cfg.warmup, cfg.duration, cfg.idleN = 1, 200*time.Millisecond, 600*time.Millisecond, 1000
@@ -99,20 +112,52 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	// Every run is bounded; this bounds the whole in case one hangs.
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Minute)
+	// Every run is bounded; this bounds the whole in case one hangs. An
+	// interrupt ends the run, and the deferred stops end the children.
+	ctx, stopSignals := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stopSignals()
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Minute)
 	defer cancel()
 
 	began := time.Now()
 	fmt.Fprintf(stdout, "<!-- go run ./bench %s -->\n", strings.Join(args, " "))
 	fmt.Fprintf(stdout, "Go %s, %s/%s, %d CPUs (%s). %d run(s) per figure; cells are median [min–max]; × is the ratio of medians to %s.\n\n",
-		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cpuModel(), cfg.runs, baseline)
+		runtime.Version(), runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cpuModel(), cfg.runs, baselineOf(scs))
+	var names []string
+	for _, c := range list {
+		names = append(names, c.name)
+	}
 	for _, sc := range scs {
+		if sc.own != nil {
+			if err := sc.own(ctx, cfg, sc, stdout, stderr); err != nil {
+				return fmt.Errorf("%s: %w", sc.id, err)
+			}
+			continue
+		}
 		res := runScenario(ctx, cfg, sc, list, stderr)
-		printTable(stdout, cfg, sc, list, res)
+		printTable(stdout, cfg, sc, names, res, baseline)
 	}
 	fmt.Fprintf(stderr, "bench: done in %v\n", time.Since(began).Round(time.Second))
 	return nil
+}
+
+// baselineOf names the baseline of the ratios of scs.
+func baselineOf(scs []scenario) string {
+	own, other := false, false
+	for _, sc := range scs {
+		if sc.own != nil {
+			own = true
+		} else {
+			other = true
+		}
+	}
+	switch {
+	case own && other:
+		return baseline + " (in the cluster table, to its first row)"
+	case own:
+		return "the first row"
+	}
+	return baseline
 }
 
 // cpuModel is the CPU model named by /proc/cpuinfo, or "unknown CPU".
@@ -163,7 +208,7 @@ func selectContenders(spec string) ([]contender, error) {
 
 func selectScenarios(all []scenario, spec string) ([]scenario, error) {
 	if spec == "" {
-		return all, nil
+		return slices.DeleteFunc(slices.Clone(all), func(s scenario) bool { return s.optIn }), nil
 	}
 	var list []scenario
 	for want := range strings.SplitSeq(spec, ",") {
@@ -171,7 +216,7 @@ func selectScenarios(all []scenario, spec string) ([]scenario, error) {
 		exact := slices.ContainsFunc(all, func(s scenario) bool { return s.id == want })
 		found := false
 		for _, sc := range all {
-			match := sc.id == want || !exact && strings.HasPrefix(sc.id, want)
+			match := sc.id == want || !exact && !sc.optIn && strings.HasPrefix(sc.id, want)
 			if match && !slices.ContainsFunc(list, func(s scenario) bool { return s.id == sc.id }) {
 				list = append(list, sc)
 				found = true

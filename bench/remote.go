@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -20,16 +21,21 @@ type remote struct {
 	w    *bufio.Writer
 	r    *bufio.Reader
 	addr string
+
+	stopOnce sync.Once
+	exitErr  error // how the child ended; set by stop
 }
 
-// startRemote re-executes the bench binary as the server of contender
-// name and waits for its address.
-func startRemote(name string) (*remote, error) {
+// startRemote re-executes the bench binary as the child that args name
+// (see runChild), the server of a contender for one argument, and waits
+// for its address.
+func startRemote(args ...string) (*remote, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(exe, childFlag, name)
+	name := args[0]
+	cmd := exec.Command(exe, append([]string{childFlag}, args...)...)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -77,9 +83,15 @@ func (rm *remote) readLine(d time.Duration) (string, error) {
 	}
 }
 
-// publish asks for n server-side publishes to room; it does not wait.
-func (rm *remote) publish(room string, n int) {
-	fmt.Fprintf(rm.w, "p %s %d\n", room, n)
+// publish asks for n server-side publishes to room, on the command loop
+// of the child for id < 0, else on the child's publisher id; it does not
+// wait.
+func (rm *remote) publish(room string, n, id int) {
+	if id < 0 {
+		fmt.Fprintf(rm.w, "p %s %d\n", room, n)
+		return
+	}
+	fmt.Fprintf(rm.w, "p %s %d %d\n", room, n, id)
 }
 
 // flush sends the buffered publish commands.
@@ -128,18 +140,20 @@ func (rm *remote) waitMembers(want int, d time.Duration) error {
 }
 
 // stop ends the child: it exits when its stdin closes; it is killed if it
-// has not after a few seconds.
-func (rm *remote) stop() {
-	rm.in.Close()
-	done := make(chan struct{})
-	go func() {
-		rm.cmd.Wait()
-		close(done)
-	}()
-	select {
-	case <-done:
-	case <-time.After(5 * time.Second):
-		rm.cmd.Process.Kill()
-		<-done
-	}
+// has not after a few seconds. It returns an error unless the child
+// exited with status 0 on its own; calling it again returns the same.
+func (rm *remote) stop() error {
+	rm.stopOnce.Do(func() {
+		rm.in.Close()
+		done := make(chan error, 1)
+		go func() { done <- rm.cmd.Wait() }()
+		select {
+		case rm.exitErr = <-done:
+		case <-time.After(5 * time.Second):
+			rm.cmd.Process.Kill()
+			<-done
+			rm.exitErr = errors.New("killed: it did not exit within 5s of its stdin closing")
+		}
+	})
+	return rm.exitErr
 }

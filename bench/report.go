@@ -8,10 +8,11 @@ import (
 	"strings"
 )
 
-// printTable writes the Markdown table of one scenario.
-func printTable(w io.Writer, cfg *config, sc scenario, list []contender, res map[string]*outcome) {
+// printTable writes the Markdown table of one scenario: a row per name of
+// rows, ratios to row base.
+func printTable(w io.Writer, cfg *config, sc scenario, rows []string, res map[string]*outcome, base string) {
 	fmt.Fprintf(w, "### %s\n\n%s\n\n", sc.title, sc.about(cfg))
-	head := []string{"contender"}
+	head := []string{sc.rowHeader()}
 	for _, m := range sc.metrics {
 		head = append(head, m.header)
 		if m.ratio {
@@ -20,14 +21,21 @@ func printTable(w io.Writer, cfg *config, sc scenario, list []contender, res map
 	}
 	head = append(head, "notes")
 	fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat("---|", len(head)))
-	base := res[baseline]
-	for _, c := range list {
-		o := res[c.name]
-		row := []string{c.name}
+	for _, name := range rows {
+		o := res[name]
+		row := []string{name}
 		for _, m := range sc.metrics {
 			s := summarize(o.values[m.key])
 			cell := "–"
-			if s.n > 0 {
+			if m.sum {
+				if s.n > 0 {
+					var total float64
+					for _, v := range o.values[m.key] {
+						total += v
+					}
+					cell = format(total, m.digits)
+				}
+			} else if s.n > 0 {
 				cell = format(s.median, m.digits)
 				if s.n > 1 {
 					cell += " [" + format(s.min, m.digits) + "–" + format(s.max, m.digits) + "]"
@@ -35,7 +43,7 @@ func printTable(w io.Writer, cfg *config, sc scenario, list []contender, res map
 			}
 			row = append(row, cell)
 			if m.ratio {
-				row = append(row, ratio(s, base, m.key))
+				row = append(row, ratio(s, res[base], m.key))
 			}
 		}
 		notes := append(o.notes, o.errs...)

@@ -3,9 +3,11 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"math/rand/v2"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,6 +36,12 @@ type config struct {
 	floodFor      time.Duration // bound of the publishing
 	floodDrain    time.Duration // bound of the wait for the readers
 	floodQuiet    time.Duration // the wait ends after this long without a delivery
+
+	trace bool // with profileDir, the cluster scenario's children write execution traces too
+
+	clusterN      int    // clients of the cluster scenario, over all hubs
+	clusterHz     int    // publishes per second of its latency phase
+	clusterSetups string // comma-separated keys of its rows; "" for all
 }
 
 // metric is one column of a scenario's table.
@@ -42,6 +50,7 @@ type metric struct {
 	header string
 	ratio  bool // print the ratio to the baseline next to it
 	digits int  // decimals
+	sum    bool // print the total over the runs, not the median
 }
 
 // runResult is the outcome of one run of one contender.
@@ -57,6 +66,21 @@ type scenario struct {
 	about   func(cfg *config) string
 	metrics []metric
 	run     func(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error)
+
+	// optIn keeps the scenario out of the default selection: it runs only
+	// when -scenario names it exactly.
+	optIn bool
+	// own, when set, runs the scenario instead of run: it has rows of its
+	// own instead of the contenders, and prints its table.
+	own func(ctx context.Context, cfg *config, sc scenario, stdout, log io.Writer) error
+}
+
+// rowHeader is the header of the table's first column.
+func (sc scenario) rowHeader() string {
+	if sc.own != nil {
+		return "setup"
+	}
+	return "contender"
 }
 
 func scenarios(cfg *config) []scenario {
@@ -143,7 +167,7 @@ func scenarios(cfg *config) []scenario {
 			},
 		})
 	}
-	return list
+	return append(list, clusterScenario())
 }
 
 var throughputMetrics = []metric{
@@ -153,25 +177,38 @@ var throughputMetrics = []metric{
 }
 
 // publisher keeps every room at most window messages ahead of the slowest
-// of its members, so that no contender's send queue overflows.
+// of its members, so that no contender's send queue overflows. It hands
+// the publishes to its outlets, spread evenly in turn; the window is the
+// room's, however many outlets share it.
 type publisher struct {
-	rm     *remote
-	rooms  [][]*client
-	sent   []int64
-	window int64
-	order  []int
-	rng    *rand.Rand
+	outlets []outlet
+	next    int       // the outlet that the next publish goes to first
+	remotes []*remote // of the outlets, once each, to flush
+	rooms   [][]*client
+	sent    []int64
+	window  int64
+	order   []int
+	rng     *rand.Rand
 }
 
+// An outlet is where a publisher's publishes go: a child's command loop
+// (id < 0) or one of its publisher goroutines.
+type outlet struct {
+	rm *remote
+	id int
+}
+
+// newPublisher returns a publisher whose publishes rm makes one after the
+// other, on its command loop.
 func newPublisher(rm *remote, clients []*client, nRooms, window int) *publisher {
 	p := &publisher{
-		rm:     rm,
 		rooms:  make([][]*client, nRooms),
 		sent:   make([]int64, nRooms),
 		window: int64(window),
 		order:  make([]int, nRooms),
 		rng:    rand.New(rand.NewPCG(1, 2)),
 	}
+	p.use([]outlet{{rm: rm, id: -1}})
 	for _, c := range clients {
 		p.rooms[c.room] = append(p.rooms[c.room], c)
 	}
@@ -179,6 +216,48 @@ func newPublisher(rm *remote, clients []*client, nRooms, window int) *publisher 
 		p.order[i] = i
 	}
 	return p
+}
+
+// use makes the publisher's next publishes go to outlets.
+func (p *publisher) use(outlets []outlet) {
+	p.outlets, p.next, p.remotes = outlets, 0, nil
+	for _, o := range outlets {
+		if !slices.Contains(p.remotes, o.rm) {
+			p.remotes = append(p.remotes, o.rm)
+		}
+	}
+}
+
+// publish asks the outlets for n publishes to room r, n/len(outlets) each
+// and the rest to the next ones in turn, and counts them as sent.
+func (p *publisher) publish(r int, n int64) {
+	k := int64(len(p.outlets))
+	each, rest := n/k, n%k
+	for i := range k {
+		o := p.outlets[(int64(p.next)+i)%k]
+		if m := each + b2i(i < rest); m > 0 {
+			o.rm.publish(roomName(r), int(m), o.id)
+		}
+	}
+	p.next = int((int64(p.next) + rest) % k)
+	p.sent[r] += n
+}
+
+func b2i(b bool) int64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// flush sends the buffered publish commands.
+func (p *publisher) flush() error {
+	for _, rm := range p.remotes {
+		if err := rm.flush(); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // minReceived is the count of the slowest live member of room r.
@@ -207,15 +286,14 @@ func (p *publisher) run(ctx context.Context, d time.Duration) error {
 			if budget <= 0 {
 				continue
 			}
-			p.rm.publish(roomName(r), int(budget))
-			p.sent[r] += budget
+			p.publish(r, budget)
 			published = true
 		}
 		if !published {
 			time.Sleep(100 * time.Microsecond)
 			continue
 		}
-		if err := p.rm.flush(); err != nil {
+		if err := p.flush(); err != nil {
 			return err
 		}
 	}
@@ -245,8 +323,9 @@ func (p *publisher) drain(d time.Duration) int64 {
 // profiler takes a CPU and a heap profile of the server child during the
 // measured part of the first run of each scenario, when asked to.
 type profiler struct {
-	rm   *remote
-	base string
+	rm     *remote
+	base   string
+	traced bool // an execution trace runs too (cluster scenario)
 }
 
 func startProfile(cfg *config, rm *remote, scenarioID, name string) (*profiler, error) {
@@ -422,9 +501,8 @@ func pace(ctx context.Context, p *publisher, rate float64, d time.Duration) (int
 		if due == 0 {
 			continue
 		}
-		p.rm.publish(roomName(0), int(due))
-		p.sent[0] += due
-		if err := p.rm.flush(); err != nil {
+		p.publish(0, due)
+		if err := p.flush(); err != nil {
 			return full, err
 		}
 	}

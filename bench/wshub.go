@@ -11,7 +11,8 @@ import (
 
 // wshubServer serves the wshub rows: clients pick the JSON or the batching
 // JSON codec by subprotocol and join rooms with the wshub protocol. The
-// options are the defaults, but for history in the wshub-history row.
+// options are the defaults, but for history in the wshub-history row and
+// the broker and history of the cluster scenario's hubs.
 type wshubServer struct {
 	hub *wshub.Hub
 
@@ -24,17 +25,22 @@ type wshubServer struct {
 // in-memory store, which is what history costs a fan-out.
 const historyMessages = 1000
 
-func newWshub() (server, error) { return newWshubServer(nil), nil }
+func newWshub() (server, error) { return newWshubServer(nil, nil), nil }
 
 // newWshubHistory is newWshub with every room keeping its last
 // historyMessages messages.
 func newWshubHistory() (server, error) {
-	return newWshubServer(func(string) wshub.HistoryPolicy {
-		return wshub.HistoryPolicy{Messages: historyMessages}
-	}), nil
+	return newWshubServer(keepHistory, nil), nil
 }
 
-func newWshubServer(history func(room string) wshub.HistoryPolicy) *wshubServer {
+// keepHistory is the history policy of every room of the history rows.
+func keepHistory(string) wshub.HistoryPolicy {
+	return wshub.HistoryPolicy{Messages: historyMessages}
+}
+
+// newWshubServer returns a wshub server with the default options but for
+// history and broker, which may be nil.
+func newWshubServer(history func(room string) wshub.HistoryPolicy, broker wshub.Broker) *wshubServer {
 	s := &wshubServer{rooms: make(map[string]struct{})}
 	s.hub = wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: func(_ *wshub.Client, room string) error {
@@ -44,6 +50,7 @@ func newWshubServer(history func(room string) wshub.HistoryPolicy) *wshubServer 
 			return nil
 		},
 		History: history,
+		Broker:  broker,
 	})
 	return s
 }

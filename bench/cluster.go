@@ -1,0 +1,601 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	natsserver "github.com/nats-io/nats-server/v2/server"
+	"github.com/wshub/wshub"
+	"github.com/wshub/wshub/natsbroker"
+)
+
+// The cluster scenario measures rooms that span hubs: every hub in a child
+// process of its own, NATS in another (the bench binary re-executed as an
+// embedded nats-server with JetStream), all on 127.0.0.1, the clients in
+// the parent, spread evenly over the hubs, all in one room. Each setup
+// (clusterSetups) is measured against one hub without a broker in the
+// same run: throughput with 1 and with 10 server-side publishers spread
+// over the hubs, in the closed loop of the fan-out scenarios (the room
+// never more than the window ahead of its slowest member, whichever
+// publisher sent), then latency at a paced rate.
+
+// Children of the cluster scenario, by their first argument after
+// childFlag.
+const (
+	natsChild       = "nats"        // nats STORE-DIR
+	clusterHubChild = "cluster-hub" // cluster-hub SPEC (a hubSpec in JSON)
+)
+
+// Brokers of a hub of the cluster scenario.
+const (
+	brokerNone      = ""
+	brokerConfirm   = "confirm"   // natsbroker.Connect, default options
+	brokerNoConfirm = "noconfirm" // natsbroker.Options{NoConfirm: true}
+	brokerLog       = "log"       // natsbroker.ConnectLog: history rooms through the JetStream room log
+)
+
+// hubSpec is what a hub child of the cluster scenario serves with.
+type hubSpec struct {
+	Broker  string `json:"broker,omitempty"`
+	NATS    string `json:"nats,omitempty"`    // the NATS URL, for a broker
+	History bool   `json:"history,omitempty"` // rooms keep historyMessages
+}
+
+// newClusterHub returns the wshub server of a hub child; spec is a
+// hubSpec in JSON.
+func newClusterHub(spec string) (server, error) {
+	var sp hubSpec
+	if err := json.Unmarshal([]byte(spec), &sp); err != nil {
+		return nil, fmt.Errorf("hub spec: %w", err)
+	}
+	var history func(string) wshub.HistoryPolicy
+	if sp.History {
+		history = keepHistory
+	}
+	var broker wshub.Broker
+	switch sp.Broker {
+	case brokerNone:
+	case brokerConfirm, brokerNoConfirm:
+		b, err := natsbroker.Connect(sp.NATS, &natsbroker.Options{NoConfirm: sp.Broker == brokerNoConfirm})
+		if err != nil {
+			return nil, err
+		}
+		broker = b
+	case brokerLog:
+		if !sp.History {
+			return nil, errors.New("the log broker needs history rooms")
+		}
+		lg, err := natsbroker.ConnectLog(sp.NATS, nil)
+		if err != nil {
+			return nil, err
+		}
+		broker = lg
+	default:
+		return nil, fmt.Errorf("unknown broker %q", sp.Broker)
+	}
+	return newWshubServer(history, broker), nil
+}
+
+// runNATS serves NATS with JetStream, storing in storeDir, on a random
+// loopback port, writes its address and obeys the process-wide commands
+// of serveChild until stdin ends.
+func runNATS(storeDir string) error {
+	ns, err := natsserver.NewServer(&natsserver.Options{
+		Host:      "127.0.0.1",
+		Port:      natsserver.RANDOM_PORT,
+		NoLog:     true,
+		NoSigs:    true,
+		JetStream: true,
+		StoreDir:  storeDir,
+	})
+	if err != nil {
+		return err
+	}
+	ns.Start()
+	defer func() {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+	}()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		return errors.New("nats server not ready after 10s")
+	}
+	out := bufio.NewWriter(os.Stdout)
+	fmt.Fprintf(out, "addr %s\n", ns.Addr())
+	out.Flush()
+	ch := &childState{out: out}
+	return ch.serve(os.Stdin)
+}
+
+// clusterSetup is one row of the cluster table.
+type clusterSetup struct {
+	key     string // names it in -cluster-setups
+	label   string
+	hubs    int
+	broker  string
+	history bool
+}
+
+// clusterSetups lists the rows, the baseline first.
+var clusterSetups = []clusterSetup{
+	{key: "one", label: "(a) 1 hub, no broker", hubs: 1},
+	{key: "confirm", label: "(b) 2 hubs, core NATS, confirm", hubs: 2, broker: brokerConfirm},
+	{key: "noconfirm", label: "(c) 2 hubs, core NATS, NoConfirm", hubs: 2, broker: brokerNoConfirm},
+	{key: "log", label: "(d) 2 hubs, JetStream log, history", hubs: 2, broker: brokerLog, history: true},
+	{key: "one-history", label: "(e) 1 hub, history, no broker", hubs: 1, history: true},
+}
+
+// clusterBaseline is the key of the setup every ratio is taken against.
+const clusterBaseline = "one"
+
+// labelOf returns the label of the setup called key.
+func labelOf(key string) string {
+	for _, s := range clusterSetups {
+		if s.key == key {
+			return s.label
+		}
+	}
+	return ""
+}
+
+// clusterSetupKeys lists the setups' keys.
+func clusterSetupKeys() []string {
+	var keys []string
+	for _, s := range clusterSetups {
+		keys = append(keys, s.key)
+	}
+	return keys
+}
+
+func selectClusterSetups(spec string) ([]clusterSetup, error) {
+	if spec == "" {
+		return clusterSetups, nil
+	}
+	var list []clusterSetup
+	for key := range strings.SplitSeq(spec, ",") {
+		key = strings.TrimSpace(key)
+		found := false
+		for _, s := range clusterSetups {
+			if s.key == key {
+				list = append(list, s)
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown cluster setup %q (have %s)", key, strings.Join(clusterSetupKeys(), ", "))
+		}
+	}
+	return list, nil
+}
+
+// clusterPublishers are the publisher counts of the throughput columns;
+// latencyPublishers share the paced publishes of the latency columns.
+var clusterPublishers = []int{1, 10}
+
+const latencyPublishers = 10
+
+var clusterMetrics = []metric{
+	{key: "rate1", header: "deliveries/s, 1 publisher", ratio: true},
+	{key: "rate10", header: "deliveries/s, 10 publishers", ratio: true},
+	{key: "p50", header: "p50 µs"},
+	{key: "p99", header: "p99 µs", ratio: true},
+	{key: "cpu1", header: "server CPU µs/delivery, 1 pub.", digits: 2},
+	{key: "cpu10", header: "10 pub.", digits: 2},
+	{key: "nats10", header: "NATS % of it, 10 pub."},
+	{key: "writes1", header: "deliveries/write(2), 1 pub.", digits: 1},
+	{key: "writes10", header: "10 pub.", digits: 1},
+	{key: "clients10", header: "clients CPU µs/delivery, 10 pub.", digits: 2},
+	{key: "missing", header: "deliveries missing", sum: true},
+}
+
+func clusterScenario() scenario {
+	return scenario{
+		id:    "cluster",
+		title: "Many hubs: one room over several hub processes",
+		optIn: true,
+		about: func(cfg *config) string {
+			return fmt.Sprintf("%s clients in one room, spread evenly over the hubs; every hub is a child process, NATS (nats-server %s embedded, JetStream on, store in a temporary directory) another, all on 127.0.0.1; the clients are in the bench process. "+
+				"Throughput: server-side publishes of ~100-byte payloads by 1, then 10 publishers (goroutines calling Room.Broadcast, spread over the hubs in turn), the room at most %d messages ahead of its slowest client whichever publisher sent; measured for %v after a %v warm-up each. "+
+				"Latency: the 10 publishers in turn, paced at %d publishes/s in all, receive time minus the publisher's stamp (taken before Room.Broadcast), over %v after a %v warm-up. "+
+				"Server CPU is the getrusage of every hub and NATS process over the measured window, per delivery; NATS %% is NATS's part of it; deliveries/write(2) divides the deliveries by the hubs' write system calls (syscw of /proc/PID/io), so it shows how many messages a socket write carries; clients CPU is the bench process's. "+
+				"deliveries missing is the total, over all runs and phases, of messages a client had not received 5 s after its phase (each client must get every message once). "+
+				"× is the ratio of medians to %s.",
+				format(float64(cfg.clusterN), 0), natsserver.VERSION, cfg.window, cfg.duration, cfg.warmup, cfg.clusterHz, cfg.duration, cfg.warmup, clusterSetups[0].label)
+		},
+		metrics: clusterMetrics,
+		own:     runCluster,
+	}
+}
+
+// runCluster runs the cluster scenario: cfg.runs runs of every setup,
+// interleaved, and prints its table.
+func runCluster(ctx context.Context, cfg *config, sc scenario, stdout, log io.Writer) error {
+	setups, err := selectClusterSetups(cfg.clusterSetups)
+	if err != nil {
+		return err
+	}
+	load0 := loadAverage()
+	res := make(map[string]*outcome)
+	var rows []string
+	for _, s := range setups {
+		res[s.label] = &outcome{values: make(map[string][]float64)}
+		rows = append(rows, s.label)
+	}
+	for run := range cfg.runs {
+		for _, s := range setups {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			o := res[s.label]
+			began := time.Now()
+			r, err := runClusterOnce(ctx, cfg, s, run == 0)
+			if err != nil {
+				fmt.Fprintf(log, "bench: cluster %s run %d: %v\n", s.key, run+1, err)
+				o.errs = append(o.errs, fmt.Sprintf("run %d: %v", run+1, err))
+				continue
+			}
+			for k, v := range r.values {
+				o.values[k] = append(o.values[k], v)
+			}
+			for _, n := range r.notes {
+				o.notes = append(o.notes, fmt.Sprintf("run %d: %s", run+1, n))
+			}
+			fmt.Fprintf(log, "bench: cluster %s run %d: %s (%v)\n", s.key, run+1, brief(sc, r), time.Since(began).Round(10*time.Millisecond))
+		}
+	}
+	base := ""
+	for _, s := range setups {
+		if s.key == clusterBaseline {
+			base = s.label
+		}
+	}
+	printTable(stdout, cfg, sc, rows, res, base)
+	if lg, hist := res[labelOf("log")], res[labelOf("one-history")]; lg != nil && hist != nil {
+		var parts []string
+		for _, m := range sc.metrics {
+			if m.ratio {
+				parts = append(parts, m.header+" "+ratio(summarize(lg.values[m.key]), hist, m.key)+"×")
+			}
+		}
+		fmt.Fprintf(stdout, "%s against its like-for-like baseline %s: %s.\n\n", labelOf("log"), labelOf("one-history"), strings.Join(parts, ", "))
+	}
+	fmt.Fprintf(stdout, "Load average (1, 5, 15 min) before: %s; after: %s.\n\n", load0, loadAverage())
+	return nil
+}
+
+// loadAverage returns the first three fields of /proc/loadavg, or "unknown".
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) >= 3 {
+		return strings.Join(f[:3], " ")
+	}
+	return "unknown"
+}
+
+// cluster is the child processes of one run of one setup.
+type cluster struct {
+	nats  *remote // nil without a broker
+	store string  // NATS's store directory
+	hubs  []*remote
+}
+
+// startCluster starts NATS, if s has a broker, and s's hubs. On an error
+// it stops what it started.
+func startCluster(s clusterSetup) (*cluster, error) {
+	cl := &cluster{}
+	spec := hubSpec{Broker: s.broker, History: s.history}
+	if s.broker != brokerNone {
+		dir, err := os.MkdirTemp("", "wshub-bench-nats-")
+		if err != nil {
+			return nil, err
+		}
+		cl.store = dir
+		if cl.nats, err = startRemote(natsChild, dir); err != nil {
+			cl.stop()
+			return nil, err
+		}
+		spec.NATS = "nats://" + cl.nats.addr
+	}
+	b, err := json.Marshal(spec)
+	if err != nil {
+		cl.stop()
+		return nil, err
+	}
+	for range s.hubs {
+		rm, err := startRemote(clusterHubChild, string(b))
+		if err != nil {
+			cl.stop()
+			return nil, err
+		}
+		cl.hubs = append(cl.hubs, rm)
+	}
+	return cl, nil
+}
+
+// stop ends every child, the hubs first, and removes NATS's store. It
+// returns how the children that did not exit cleanly ended (a child built
+// with -race exits with status 66 after a data race).
+func (cl *cluster) stop() error {
+	var errs []error
+	rms, names := cl.children()
+	for i, rm := range rms {
+		if err := rm.stop(); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", names[i], err))
+		}
+	}
+	if cl.store != "" {
+		errs = append(errs, os.RemoveAll(cl.store))
+	}
+	return errors.Join(errs...)
+}
+
+// children lists the hubs, then NATS if there is one, with their names.
+func (cl *cluster) children() ([]*remote, []string) {
+	var rms []*remote
+	var names []string
+	for i, rm := range cl.hubs {
+		rms = append(rms, rm)
+		names = append(names, fmt.Sprintf("hub%d", i))
+	}
+	if cl.nats != nil {
+		rms = append(rms, cl.nats)
+		names = append(names, "nats")
+	}
+	return rms, names
+}
+
+// cpuSample is the CPU time of the children and of this process.
+type cpuSample struct {
+	hubs, nats, self int64 // ns
+	writes           int64 // write system calls of the hubs
+	errors, kicked   uint64
+}
+
+func (cl *cluster) sample() (cpuSample, error) {
+	s := cpuSample{self: cpuTime()}
+	for _, rm := range cl.hubs {
+		st, err := rm.stats(false)
+		if err != nil {
+			return s, err
+		}
+		s.hubs += st.CPUNanos
+		s.writes += int64(st.Writes)
+		s.errors += st.Errors
+		s.kicked += st.Kicked
+	}
+	if cl.nats != nil {
+		st, err := cl.nats.stats(false)
+		if err != nil {
+			return s, err
+		}
+		s.nats = st.CPUNanos
+	}
+	return s, nil
+}
+
+// trial is one run of one setup.
+type trial struct {
+	cfg     *config
+	setup   clusterSetup
+	cl      *cluster
+	clients []*client
+	pub     *publisher
+	profile bool // take profiles of the measured windows
+	missing int64
+	notes   []string
+}
+
+func runClusterOnce(ctx context.Context, cfg *config, s clusterSetup, profile bool) (runResult, error) {
+	cl, err := startCluster(s)
+	if err != nil {
+		return runResult{}, err
+	}
+	defer cl.stop() // at once if the run returns early; a no-op after the stop below
+	t := &trial{cfg: cfg, setup: s, cl: cl, profile: profile && cfg.profileDir != ""}
+	defer func() { closeAll(t.clients) }()
+	if err := t.connect(ctx); err != nil {
+		return runResult{}, err
+	}
+	values := make(map[string]float64)
+	for _, n := range clusterPublishers {
+		delivered, used, err := t.throughput(ctx, fmt.Sprintf("%dpub", n), t.outlets(n))
+		if err != nil {
+			return runResult{}, err
+		}
+		d := max(float64(delivered), 1)
+		values[fmt.Sprintf("rate%d", n)] = float64(delivered) / used.seconds
+		values[fmt.Sprintf("cpu%d", n)] = float64(used.hubs+used.nats) / 1e3 / d
+		if cl.nats != nil {
+			values[fmt.Sprintf("nats%d", n)] = 100 * float64(used.nats) / max(float64(used.hubs+used.nats), 1)
+		}
+		values[fmt.Sprintf("writes%d", n)] = d / max(float64(used.writes), 1)
+		values[fmt.Sprintf("clients%d", n)] = float64(used.self) / 1e3 / d
+	}
+	p50, p99, err := t.latency(ctx, t.outlets(latencyPublishers))
+	if err != nil {
+		return runResult{}, err
+	}
+	values["p50"], values["p99"] = float64(p50), float64(p99)
+	end, err := cl.sample()
+	if err != nil {
+		return runResult{}, err
+	}
+	var extra int64
+	for _, c := range t.clients {
+		extra += max(0, c.received.Load()-t.pub.sent[c.room])
+	}
+	values["missing"] = float64(t.missing)
+	notes := serverNotes(serverStats{Kicked: end.kicked, Errors: end.errors}, countLost(t.clients), t.missing)
+	if extra > 0 {
+		notes = append(notes, fmt.Sprintf("%d deliveries more than sent", extra))
+	}
+	if err := cl.stop(); err != nil {
+		notes = append(notes, "child processes: "+err.Error())
+	}
+	return runResult{values: values, notes: append(notes, t.notes...)}, nil
+}
+
+// outlets returns n publishers spread over the hubs in turn.
+func (t *trial) outlets(n int) []outlet {
+	outlets := make([]outlet, n)
+	for i := range outlets {
+		outlets[i] = outlet{rm: t.cl.hubs[i%len(t.cl.hubs)], id: i}
+	}
+	return outlets
+}
+
+// connect connects cfg.clusterN clients to room 0, client i to hub i mod
+// the hubs, and starts their read loops, ready to record latencies.
+func (t *trial) connect(ctx context.Context) error {
+	hubs := t.cl.hubs
+	for h, rm := range hubs {
+		n := t.cfg.clusterN / len(hubs)
+		if h < t.cfg.clusterN%len(hubs) {
+			n++
+		}
+		clients, err := connectAll(ctx, rm.addr, wshubProtocol{}, n, func(int) int { return 0 })
+		t.clients = append(t.clients, clients...)
+		if err != nil {
+			return fmt.Errorf("hub%d: %w", h, err)
+		}
+		if err := rm.waitMembers(n, 30*time.Second); err != nil {
+			return fmt.Errorf("hub%d: %w", h, err)
+		}
+	}
+	recording := new(atomic.Bool)
+	for _, c := range t.clients {
+		c.hist, c.recording = new(histogram), recording
+	}
+	start(t.clients)
+	t.pub = newPublisher(hubs[0], t.clients, 1, t.cfg.window)
+	return nil
+}
+
+// profiles starts a CPU profile, and with cfg.trace an execution trace,
+// of every child when the trial takes them; stop them with stopProfiles.
+func (t *trial) profiles(phase string) ([]*profiler, error) {
+	if !t.profile {
+		return nil, nil
+	}
+	rms, names := t.cl.children()
+	var ps []*profiler
+	for i, rm := range rms {
+		p, err := startProfile(t.cfg, rm, "cluster-"+t.setup.key+"-"+phase, names[i])
+		if err == nil && t.cfg.trace {
+			p.traced = true
+			_, err = rm.call("trace " + p.base + ".trace")
+		}
+		if err != nil {
+			stopProfiles(ps)
+			return nil, err
+		}
+		ps = append(ps, p)
+	}
+	return ps, nil
+}
+
+func stopProfiles(ps []*profiler) error {
+	var errs []error
+	for _, p := range ps {
+		if p.traced {
+			_, err := p.rm.call("tracestop")
+			errs = append(errs, err)
+		}
+		errs = append(errs, p.stop())
+	}
+	return errors.Join(errs...)
+}
+
+// usage is what a measured window used.
+type usage struct {
+	seconds          float64
+	hubs, nats, self int64 // CPU ns
+	writes           int64
+}
+
+// throughput publishes through outlets in the closed loop, and returns
+// the deliveries over the measured window and what it used.
+func (t *trial) throughput(ctx context.Context, phase string, outlets []outlet) (int64, usage, error) {
+	t.pub.use(outlets)
+	if err := t.pub.run(ctx, t.cfg.warmup); err != nil {
+		return 0, usage{}, err
+	}
+	ps, err := t.profiles(phase)
+	if err != nil {
+		return 0, usage{}, err
+	}
+	s0, err := t.cl.sample()
+	if err != nil {
+		return 0, usage{}, err
+	}
+	d0, t0 := totalReceived(t.clients), time.Now()
+	if err := t.pub.run(ctx, t.cfg.duration); err != nil {
+		return 0, usage{}, err
+	}
+	d1, t1 := totalReceived(t.clients), time.Now()
+	s1, err := t.cl.sample()
+	if err != nil {
+		return 0, usage{}, err
+	}
+	if err := stopProfiles(ps); err != nil {
+		return 0, usage{}, err
+	}
+	t.drain(phase)
+	return d1 - d0, usage{
+		seconds: t1.Sub(t0).Seconds(),
+		hubs:    s1.hubs - s0.hubs,
+		nats:    s1.nats - s0.nats,
+		self:    s1.self - s0.self,
+		writes:  s1.writes - s0.writes,
+	}, nil
+}
+
+// drain waits for the clients to get what was sent and counts what they
+// did not.
+func (t *trial) drain(phase string) {
+	if m := t.pub.drain(5 * time.Second); m > 0 {
+		t.missing += m
+		t.notes = append(t.notes, fmt.Sprintf("%s: %d deliveries missing", phase, m))
+	}
+}
+
+// latency paces the publishes of outlets, one after the other in turn,
+// at cfg.clusterHz in all and returns the p50 and p99 latency in µs.
+func (t *trial) latency(ctx context.Context, outlets []outlet) (int64, int64, error) {
+	t.pub.use(outlets)
+	rate := float64(t.cfg.clusterHz)
+	if _, err := pace(ctx, t.pub, rate, t.cfg.warmup); err != nil {
+		return 0, 0, err
+	}
+	ps, err := t.profiles("latency")
+	if err != nil {
+		return 0, 0, err
+	}
+	recording := t.clients[0].recording
+	recording.Store(true)
+	late, err := pace(ctx, t.pub, rate, t.cfg.duration)
+	recording.Store(false)
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := stopProfiles(ps); err != nil {
+		return 0, 0, err
+	}
+	t.drain("latency")
+	if late > 0 {
+		t.notes = append(t.notes, fmt.Sprintf("latency: window full %d times, rate not sustained", late))
+	}
+	closeAll(t.clients) // the histograms are complete once the read loops ended
+	var h histogram
+	for _, c := range t.clients {
+		h.merge(c.hist)
+	}
+	return h.quantile(0.50), h.quantile(0.99), nil
+}

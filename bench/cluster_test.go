@@ -1,0 +1,93 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+)
+
+// TestMain makes the test binary the bench's child process when the
+// cluster test re-executes it as one.
+func TestMain(m *testing.M) {
+	if isChild(os.Args) {
+		if err := runChild(os.Args[2:]); err != nil {
+			fmt.Fprintln(os.Stderr, "bench child:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
+	os.Exit(m.Run())
+}
+
+// TestCluster runs the cluster scenario end to end at a tiny size: every
+// setup's hubs and NATS in child processes (this test binary), 2 hubs of
+// 10 clients. Every row must have its figures, every client every message
+// and no notes: no lost client, publish error, child exiting badly (a
+// data race in a child under -race) or missing delivery.
+func TestCluster(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes and NATS")
+	}
+	// A child built with -race sleeps a second before it exits, by default,
+	// for late reports; a tenth of it is enough here, and the cluster stops
+	// eleven children.
+	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=100"))
+	var out, log bytes.Buffer
+	err := run([]string{"-scenario", "cluster", "-runs", "1", "-warmup", "50ms", "-duration", "150ms", "-cluster-clients", "20"}, &out, &log)
+	t.Logf("progress:\n%s", log.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := tableRows(out.String())
+	if len(rows) != len(clusterSetups) {
+		t.Fatalf("%d rows, want %d:\n%s", len(rows), len(clusterSetups), out.String())
+	}
+	head := rows[0].head
+	for i, s := range clusterSetups {
+		r := rows[i]
+		if r.cells[0] != s.label {
+			t.Errorf("row %d is %q, want %q", i, r.cells[0], s.label)
+			continue
+		}
+		for j, h := range head {
+			v := r.cells[j]
+			switch {
+			case h == "deliveries missing" && v != "0":
+				t.Errorf("%s: %s deliveries missing", s.label, v)
+			case h == "notes" && v != "":
+				t.Errorf("%s: notes %q", s.label, v)
+			case strings.HasPrefix(h, "deliveries/s") && (v == "–" || v == "0"):
+				t.Errorf("%s: %s is %q", s.label, h, v)
+			}
+		}
+	}
+}
+
+// tableRow is a data row of a Markdown table with the table's header.
+type tableRow struct {
+	head, cells []string
+}
+
+// tableRows returns the data rows of the Markdown tables in s.
+func tableRows(s string) []tableRow {
+	var rows []tableRow
+	var head []string
+	for line := range strings.Lines(s) {
+		line = strings.TrimSpace(line)
+		if !strings.HasPrefix(line, "|") {
+			head = nil
+			continue
+		}
+		cells := strings.Split(strings.TrimSuffix(strings.TrimPrefix(line, "| "), " |"), " | ")
+		switch {
+		case head == nil:
+			head = cells
+		case strings.HasPrefix(line, "|---"):
+		default:
+			rows = append(rows, tableRow{head: head, cells: cells})
+		}
+	}
+	return rows
+}
