@@ -66,6 +66,9 @@ func (h *Hub) syncSubscription(name string) error {
 	defer h.unlockSubscription(name, s)
 	rm := h.lookup(name)
 	want := rm != nil
+	if !want {
+		h.unwatchPresence(name)
+	}
 	if want == s.subscribed {
 		return nil
 	}

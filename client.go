@@ -2,6 +2,7 @@ package wshub
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -34,6 +35,8 @@ type Client struct {
 	group     errgroup.Group
 	closeOnce sync.Once
 	pinger    *time.Timer
+
+	info json.RawMessage // Identity.Info, encoded
 
 	valuesMu sync.RWMutex
 	values   map[string]any
@@ -80,6 +83,10 @@ func newClient(h *Hub, conn *websocket.Conn, netConn *corkConn, id Identity) *Cl
 // ID returns the client's ID: the one given by Options.Authenticate, or a
 // generated one.
 func (c *Client) ID() string { return c.id }
+
+// Info returns the JSON encoding of the client's Identity.Info, nil if it
+// has none.
+func (c *Client) Info() json.RawMessage { return c.info }
 
 // Codec returns the codec negotiated with the client.
 func (c *Client) Codec() Codec { return c.codec }
@@ -610,6 +617,8 @@ func (c *Client) handle(m *Message) (*Message, error) {
 		return nil, c.Leave(m.Room)
 	case TypePublish:
 		return nil, c.publish(m)
+	case TypePresence:
+		return nil, c.presenceRequest(m)
 	}
 	if h.handler == nil {
 		return nil, fmt.Errorf("%w: %q", ErrUnknownType, m.Type)

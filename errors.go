@@ -76,6 +76,10 @@ var (
 	// fails with it was delivered to no member of this hub.
 	ErrHistory = errors.New("wshub: history")
 
+	// ErrNoPresence answers a presence request for a room that has no
+	// presence (see Options.Presence).
+	ErrNoPresence = errors.New("wshub: room has no presence")
+
 	// ErrBroker wraps an error of Options.Broker. A broadcast that fails
 	// with it was delivered to nobody.
 	ErrBroker = errors.New("wshub: broker")

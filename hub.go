@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -32,6 +34,9 @@ type Hub struct {
 	history HistoryStore // nil without Options.History, or with a LogBroker
 	log     LogBroker    // Options.Broker, if it is one
 	logs    logState
+
+	presMu sync.Mutex // guards pres
+	pres   map[string]*presRoom
 
 	subMu sync.Mutex // guards subs
 	subs  map[string]*subscription
@@ -72,6 +77,7 @@ func New(handler Handler, opts *Options) *Hub {
 		id:      newID(),
 
 		subs: make(map[string]*subscription),
+		pres: make(map[string]*presRoom),
 	}
 	// Buffers start small and grow with the batch, so a writer holds about
 	// what it writes, not a maximum.
@@ -228,6 +234,17 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 		return nil, err
 	}
 	c := newClient(h, conn, hw.cork, id)
+	if id.Info != nil {
+		if c.info, err = json.Marshal(id.Info); err != nil || len(c.info) > MaxInfoBytes {
+			if err == nil {
+				err = fmt.Errorf("%d bytes, more than MaxInfoBytes", len(c.info))
+			}
+			err = fmt.Errorf("wshub: Identity.Info of client %q: %w", c.id, err)
+			h.opts.Logger.Error(err.Error())
+			conn.Close(websocket.StatusInternalError, "server error")
+			return nil, err
+		}
+	}
 	h.mu.Lock()
 	if h.closing.Load() {
 		// Too late for a 503: ServeHTTP's unreserve releases the slot. The
@@ -355,6 +372,7 @@ func (h *Hub) Close() error {
 func (h *Hub) beginClose() []*Client {
 	h.mu.Lock()
 	h.closing.Store(true)
+	h.stopPresence()
 	clients := make([]*Client, 0, len(h.clients))
 	for c := range h.clients {
 		clients = append(clients, c)
@@ -403,8 +421,12 @@ func (h *Hub) join(c *Client, name string, req *Message) (*Message, error) {
 	if err := validRoom(name); err != nil {
 		return nil, err
 	}
+	if h.presenceOn(name) {
+		h.watchPresence(name)
+	}
 	ack, err := h.addMember(c, name, h.policyFor(name), req)
 	if err != nil {
+		h.syncSubscription(name) // stops watching the presence of a room left empty
 		return nil, err
 	}
 	if err := h.syncSubscription(name); err != nil {
@@ -446,6 +468,14 @@ func (h *Hub) addMember(c *Client, name string, policy HistoryPolicy, req *Messa
 		ack.Room = name
 		ack.Recovered = new(bool) // the room keeps no history
 	}
+	if !member {
+		if rm.pres == nil && h.presenceOn(name) {
+			rm.pres = h.presRoomFor(name)
+		}
+		if rm.pres != nil {
+			h.presenceJoin(c, rm.pres)
+		}
+	}
 	rm.members[c] = struct{}{}
 	rm.mu.Unlock()
 	return ack, nil
@@ -476,6 +506,9 @@ func (h *Hub) removeMember(c *Client, name string) error {
 	defer rm.mu.Unlock()
 	if !c.removeRoom(name) {
 		return ErrNotMember
+	}
+	if rm.pres != nil {
+		h.presenceLeave(c, rm.pres)
 	}
 	delete(rm.members, c)
 	if len(rm.members) == 0 {

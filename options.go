@@ -144,6 +144,20 @@ type Options struct {
 	// memory, local to this hub, at most DefaultMaxHistoryBytes (64 MiB).
 	HistoryStore HistoryStore
 
+	// Presence tells which rooms share who is in them: their members get
+	// the room's state when they join, then who joins and leaves (see the
+	// package documentation). It is called with a room's name when the
+	// room gets a member; it must be fast, must not call the Hub, and must
+	// be safe for concurrent use. Default: nil, no room has presence.
+	Presence func(room string) bool
+
+	// OnPresence runs after each change of a presence room's members (on
+	// all hubs, with a PresenceBroker, while this hub has members in the
+	// room), with the IDs that joined and left, at most once per
+	// PresenceInterval per room and never while the hub holds a lock.
+	// Default: nil.
+	OnPresence func(room string, joins, leaves []Presence)
+
 	// Broker carries room messages to and from other hubs, so that rooms
 	// span processes. The hub closes it when Shutdown or Close finishes.
 	// Default: nil, rooms are local to this hub.
@@ -163,6 +177,12 @@ type Identity struct {
 
 	// Values are the client's initial values, read with Client.Value.
 	Values map[string]any
+
+	// Info is what the client shows of itself to the members of the
+	// presence rooms it joins (a display name, an avatar URL), sent as its
+	// JSON encoding, at most MaxInfoBytes. Only the server sets it; nil
+	// sends none.
+	Info any
 }
 
 // Reject returns an error that, returned from Options.Authenticate, refuses

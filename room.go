@@ -34,6 +34,8 @@ type room struct {
 	positioned bool
 	skip       map[*Client]uint64
 	gone       chan struct{} // made by a publish waiting for its delivery; closed by kill
+
+	pres *presRoom // with presence (presence.go)
 }
 
 // kill marks rm removed from Hub.rooms; rm.mu is held.
