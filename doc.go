@@ -75,6 +75,20 @@
 // "recovered":true}) says where the room stands, and whether the recovery
 // was complete. Room.History and Room.Position read it from the server.
 //
+// # Presence
+//
+// A room for which Options.Presence returns true tells its members who is
+// in it. A member is a client ID, its Identity.Info (set by
+// Options.Authenticate; clients cannot set it) and its number of
+// connections in the room. Joining sends the room's state
+// ({"type":"presence","room":"r","data":{"members":[…],"total":3}}, at
+// most MaxPresenceList listed) before the ack; then presence_diff frames
+// ({"type":"presence_diff","room":"r","data":{"joins":[…],"leaves":[…]}})
+// say which IDs came (first connection) and went (last connection), at
+// most one per PresenceInterval per room. {"type":"presence","room":"r"}
+// asks for the state again. Room.Presence and Options.OnPresence serve the
+// server; a PresenceBroker extends all of it across hubs.
+//
 // # Goroutines and locks
 //
 // Every method of Hub, Room and Client is safe for concurrent use. Hooks
