@@ -177,8 +177,8 @@ func (h *Hub) receiveLog(name string, seq uint64, id string, msg []byte) {
 	}
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
-	if rm.dead || seq <= rm.cursor {
-		return
+	if rm.dead || !rm.positioned || seq <= rm.cursor {
+		return // its members have it, or are closing since the log lost messages
 	}
 	rm.cursor = seq
 	var m *Message
@@ -222,6 +222,9 @@ func (h *Hub) logLost(name string) {
 		return
 	}
 	rm.mu.Lock()
+	// The next join takes its position from the log again: if the log
+	// was started anew, its seqs may be below the cursor.
+	rm.cursor, rm.positioned, rm.epoch, rm.skip = 0, false, "", nil
 	members := make([]*Client, 0, len(rm.members))
 	for c := range rm.members {
 		members = append(members, c)

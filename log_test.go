@@ -492,6 +492,11 @@ func TestLogLostClosesMembers(t *testing.T) {
 	broadcastData(t, hubs[0], "r", "still")
 	b.expectData("live", "still")
 	eventually(t, "unfollowed after the last member", func() bool { return !logs[0].followed("r") })
+	// A client that joins again gets what follows.
+	a = dial(t, servers[0])
+	a.join("r")
+	broadcastData(t, hubs[1], "r", "after")
+	a.expectData("after")
 }
 
 func TestLogWithHistoryStorePanics(t *testing.T) {
