@@ -36,21 +36,29 @@ type chatMessage struct {
 	Text string `json:"text"`
 }
 
-// welcome is sent to each client when it connects, so that the page can
-// tell its own messages (by their "from" ID) from others of the same name.
+// welcome is sent to each client when it connects, so that the page knows
+// its own messages (by their "from" ID) and itself among a room's members.
 type welcome struct {
 	ID   string `json:"id"`
 	Name string `json:"name"`
 }
 
+// memberInfo is what the members of a room see of each other (the "info"
+// of wshub's presence frames): {"name": "alice"}.
+type memberInfo struct {
+	Name string `json:"name"`
+}
+
 // newHub returns the chat hub: anyone may join any room, every message
-// carries the name its sender connected with, and every room keeps its
-// last historyMessages messages, in memory: a restart forgets them.
+// carries the name its sender connected with, every room keeps its last
+// historyMessages messages, in memory (a restart forgets them), and every
+// room tells its members who is in it (presence).
 func newHub(logger *slog.Logger) *wshub.Hub {
 	return wshub.New(nil, &wshub.Options{
 		History: func(string) wshub.HistoryPolicy {
 			return wshub.HistoryPolicy{Messages: historyMessages}
 		},
+		Presence:     func(string) bool { return true },
 		Authenticate: authenticate,
 		// Rooms are open: any name the library accepts may be joined, as long
 		// as it prints safely.
@@ -73,6 +81,11 @@ func newHub(logger *slog.Logger) *wshub.Hub {
 // authenticate takes the nickname from the name query parameter. It is the
 // only place a name is read from the client; from then on the server
 // remembers it, so nobody can speak under another name.
+//
+// The name is also the client's ID: the chat has no accounts, so a name is
+// a user. Two tabs with one name are one member of a room (with two
+// connections), and the "from" of their messages is the same. Info is what
+// the room's members are shown of it: {"name": "alice"}.
 func authenticate(r *http.Request) (wshub.Identity, error) {
 	name := strings.TrimSpace(r.URL.Query().Get("name"))
 	switch {
@@ -84,7 +97,7 @@ func authenticate(r *http.Request) (wshub.Identity, error) {
 	case hasControl(name):
 		return wshub.Identity{}, wshub.Reject(http.StatusBadRequest, "name must not contain control characters")
 	}
-	return wshub.Identity{Values: map[string]any{"name": name}}, nil
+	return wshub.Identity{ID: name, Info: memberInfo{Name: name}, Values: map[string]any{"name": name}}, nil
 }
 
 // errControlRoom refuses a room name with control characters.

@@ -6,7 +6,12 @@
 // Open http://localhost:8080 in two browser tabs, or talk to it from a
 // terminal with examples/client. The server trusts no one with names: a
 // client picks its nickname once, in the /ws?name= query parameter, and the
-// server stamps it on everything that client says.
+// server stamps it on everything that client says. The name is the
+// client's ID too: two tabs of one name are one user.
+//
+// Every room tells its members who is in it (wshub's presence): the page
+// lists the current room's members and says who joins and leaves, and the
+// terminal client has /who.
 //
 // Every room keeps its last 200 messages for an hour, in memory. The page
 // shows a room's last 50 when it opens it, and after a reconnect it gets

@@ -14,7 +14,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,8 +27,8 @@ import (
 )
 
 // timeout bounds every wait of a test; generous, since failing is the only
-// way to reach it.
-const timeout = 15 * time.Second
+// way to reach it, and the machine may be busy.
+const timeout = time.Minute
 
 // clientBin is examples/client, built once by TestMain so that tests drive
 // the real program, exactly as a user runs it.
@@ -78,10 +80,36 @@ func startServerAt(t *testing.T, addr string) *server {
 	}
 	ctx, stop := context.WithCancel(context.Background())
 	s := &server{addr: ln.Addr().String(), stop: stop, served: make(chan error, 1)}
-	logger := slog.New(slog.NewTextHandler(t.Output(), nil))
+	out := &testLog{w: t.Output()}
+	t.Cleanup(out.stop) // after the shutdown, registered below
+	logger := slog.New(slog.NewTextHandler(out, nil))
 	go func() { s.served <- serve(ctx, ln, logger) }()
 	t.Cleanup(func() { s.shutdown(t) })
 	return s
+}
+
+// testLog is a test's log output, which ends with the test. The hub runs
+// OnDisconnect, which logs, outside the goroutines that Shutdown waits
+// for, so a client's last line may come after serve returned, and writing
+// it to the test's output once the test has ended would panic.
+type testLog struct {
+	mu sync.Mutex
+	w  io.Writer // nil once stopped
+}
+
+func (l *testLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.w == nil {
+		return len(p), nil
+	}
+	return l.w.Write(p)
+}
+
+func (l *testLog) stop() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.w = nil
 }
 
 // shutdown stops the server as Ctrl-C does and checks it stopped cleanly.
@@ -104,14 +132,22 @@ func (s *server) wsURL() string { return "ws://" + s.addr + "/ws" }
 
 // cli is one run of the client program, with piped stdin and stdout.
 type cli struct {
-	t      *testing.T
-	name   string  // as connect gave it
-	pushed *string // a line skipPrefix read too far
-	stdin  io.WriteCloser
-	lines  chan string // stdout, line by line
-	stderr *syncBuffer
-	exit   chan int
+	t        *testing.T
+	name     string  // as connect gave it
+	pushed   *string // a line skipPrefix read too far
+	stdin    io.WriteCloser
+	lines    chan string // stdout, line by line, but for presence lines
+	presence chan string // the lines saying that someone joined or left a room
+	stderr   *syncBuffer
+	exit     chan int
 }
+
+// presenceLine matches what the client prints when someone joins or
+// leaves a room ("* bob joined lobby"), which the chat server's presence
+// makes it print at any time: so they have a channel of their own, and
+// tests that are not about them never see them. ("* joined lobby", the
+// client's own join, is not one.)
+var presenceLine = regexp.MustCompile(`^\* .+ (joined|left) .+$`)
 
 func startClient(t *testing.T, args ...string) *cli {
 	t.Helper()
@@ -121,16 +157,21 @@ func startClient(t *testing.T, args ...string) *cli {
 		t.Fatal(err)
 	}
 	outR, outW := io.Pipe()
-	c := &cli{t: t, stdin: stdin, lines: make(chan string, 1000), stderr: &syncBuffer{}, exit: make(chan int, 1)}
+	c := &cli{t: t, stdin: stdin, lines: make(chan string, 1000), presence: make(chan string, 1000), stderr: &syncBuffer{}, exit: make(chan int, 1)}
 	cmd.Stdout, cmd.Stderr = outW, c.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	go func() {
 		defer close(c.lines)
+		defer close(c.presence)
 		sc := bufio.NewScanner(outR)
 		for sc.Scan() {
-			c.lines <- sc.Text()
+			if presenceLine.MatchString(sc.Text()) {
+				c.presence <- sc.Text()
+			} else {
+				c.lines <- sc.Text()
+			}
 		}
 	}()
 	go func() {
@@ -327,6 +368,37 @@ func (c *cli) next() string {
 	}
 }
 
+// expectPresence fails unless the next line saying that someone joined or
+// left a room is want.
+func (c *cli) expectPresence(want string) {
+	c.t.Helper()
+	select {
+	case got, ok := <-c.presence:
+		if !ok {
+			c.t.Fatalf("output ended; stderr: %s", c.stderr)
+		}
+		if got != want {
+			c.t.Fatalf("got line %q, want %q", got, want)
+		}
+	case <-time.After(timeout):
+		c.t.Fatalf("no line %q; stderr: %s", want, c.stderr)
+	}
+}
+
+// noMorePresence fails if the client, which has exited, printed another
+// line saying that someone joined or left.
+func (c *cli) noMorePresence() {
+	c.t.Helper()
+	select {
+	case line, ok := <-c.presence:
+		if ok {
+			c.t.Errorf("%s printed %q", c.name, line)
+		}
+	case <-time.After(timeout):
+		c.t.Fatalf("%s: output did not end", c.name)
+	}
+}
+
 // expect fails unless the next line of output is want.
 func (c *cli) expect(want string) {
 	c.t.Helper()
@@ -381,8 +453,9 @@ func (b *syncBuffer) String() string {
 // peer is a hand-driven connection, for what the client program would
 // never send.
 type peer struct {
-	t    *testing.T
-	conn *websocket.Conn
+	t     *testing.T
+	conn  *websocket.Conn
+	ahead []string // frames read while looking for another kind
 }
 
 func dial(t *testing.T, s *server, name string) *peer {
@@ -406,11 +479,38 @@ func (p *peer) send(frame string) {
 	}
 }
 
+// read returns the next frame that is not about presence: the chat's
+// rooms have presence, whose diffs come at any time (see readPresence).
 func (p *peer) read() (frame string, err error) {
+	return p.next(func(f string) bool { return !isPresence(f) })
+}
+
+// next returns the next frame that want accepts; frames read past
+// meanwhile are kept for later calls.
+func (p *peer) next(want func(string) bool) (string, error) {
+	if i := slices.IndexFunc(p.ahead, want); i >= 0 {
+		f := p.ahead[i]
+		p.ahead = slices.Delete(p.ahead, i, i+1)
+		return f, nil
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	_, b, err := p.conn.Read(ctx)
-	return string(b), err
+	for {
+		_, b, err := p.conn.Read(ctx)
+		if err != nil {
+			return "", err
+		}
+		if want(string(b)) {
+			return string(b), nil
+		}
+		p.ahead = append(p.ahead, string(b))
+	}
+}
+
+// isPresence reports whether frame is a presence state or diff.
+func isPresence(frame string) bool {
+	var m struct{ Type string }
+	return json.Unmarshal([]byte(frame), &m) == nil && (m.Type == "presence" || m.Type == "presence_diff")
 }
 
 // readUntilClosed skips what is left to read (a few frames at most) and
@@ -824,4 +924,179 @@ func TestClientExits(t *testing.T) {
 			t.Errorf("stderr: got %q, want it to start with %q", got, want)
 		}
 	})
+}
+
+// presenceFrame is a presence state or diff, as a client gets it.
+type presenceFrame struct {
+	Type, Room string
+	Data       struct {
+		Members, Joins, Leaves []member
+		Total                  int
+	}
+}
+
+// member is one member in a presence frame.
+type member struct {
+	ID    string
+	Info  json.RawMessage
+	Conns int
+}
+
+// readPresence returns the next presence state or diff.
+func (p *peer) readPresence() presenceFrame {
+	p.t.Helper()
+	got, err := p.next(isPresence)
+	if err != nil {
+		p.t.Fatalf("read: %v", err)
+	}
+	var f presenceFrame
+	if err := json.Unmarshal([]byte(got), &f); err != nil {
+		p.t.Fatalf("decoding %s: %v", got, err)
+	}
+	return f
+}
+
+// expectPresence fails unless the next presence frame is want, as JSON.
+func (p *peer) expectPresence(want string) {
+	p.t.Helper()
+	got, err := p.next(isPresence)
+	if err != nil {
+		p.t.Fatalf("read: %v", err)
+	}
+	if !jsonEqual(got, want) {
+		p.t.Fatalf("got %s, want %s", got, want)
+	}
+}
+
+// waitDiff reads presence frames until a diff of room in which id joined
+// (or left, with leave), and returns every diff read, that one included.
+func (p *peer) waitDiff(room, id string, leave bool) []presenceFrame {
+	p.t.Helper()
+	var diffs []presenceFrame
+	for {
+		f := p.readPresence()
+		if f.Type != "presence_diff" || f.Room != room {
+			p.t.Fatalf("got %+v, want a diff of %s", f, room)
+		}
+		diffs = append(diffs, f)
+		list := f.Data.Joins
+		if leave {
+			list = f.Data.Leaves
+		}
+		if slices.ContainsFunc(list, func(m member) bool { return m.ID == id }) {
+			return diffs
+		}
+	}
+}
+
+// mentions reports whether any of diffs has id join or leave.
+func mentions(diffs []presenceFrame, id string) bool {
+	return slices.ContainsFunc(diffs, func(f presenceFrame) bool {
+		return slices.ContainsFunc(slices.Concat(f.Data.Joins, f.Data.Leaves), func(m member) bool { return m.ID == id })
+	})
+}
+
+// TestPresence: every room has presence. Joining sends the room's state
+// before the ack, with each member's name as its info; then diffs say who
+// joined and left; a name is one member however many connections it has;
+// and a member may ask for the state again.
+func TestPresence(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	alice := dial(t, s, "alice")
+	equal(t, "alice's ID", alice.welcome("alice"), "alice") // the name is the ID
+	alice.send(`{"type":"join","room":"lobby","id":"j"}`)
+	alice.expectPresence(`{"type":"presence","room":"lobby","data":{"members":[{"id":"alice","info":{"name":"alice"},"conns":1}],"total":1}}`)
+	alice.ack("j", "lobby", -1) // after the state: read skips none of it
+	if len(alice.ahead) != 0 {
+		t.Fatalf("frames before the state: %q", alice.ahead)
+	}
+	// Her own join comes as a diff too; once it is out, nothing about her
+	// is pending.
+	alice.waitDiff("lobby", "alice", false)
+
+	bob := dial(t, s, "bob")
+	bob.welcome("bob")
+	bob.join("lobby")
+	bob.expectPresence(`{"type":"presence","room":"lobby","data":{"members":[{"id":"alice","info":{"name":"alice"},"conns":1},{"id":"bob","info":{"name":"bob"},"conns":1}],"total":2}}`)
+	alice.expectPresence(`{"type":"presence_diff","room":"lobby","data":{"joins":[{"id":"bob","info":{"name":"bob"},"conns":1}],"leaves":[]}}`)
+	bob.waitDiff("lobby", "bob", false)
+
+	// A second tab of alice's: the same member, with two connections. Its
+	// join is no news to the others: carol's join, later, comes in the
+	// first diff that mentions anyone.
+	alice2 := dial(t, s, "alice")
+	alice2.welcome("alice")
+	alice2.join("lobby")
+	alice2.expectPresence(`{"type":"presence","room":"lobby","data":{"members":[{"id":"alice","info":{"name":"alice"},"conns":2},{"id":"bob","info":{"name":"bob"},"conns":1}],"total":2}}`)
+	carol := dial(t, s, "carol")
+	carol.welcome("carol")
+	carol.join("lobby")
+	if diffs := bob.waitDiff("lobby", "carol", false); mentions(diffs, "alice") {
+		t.Fatalf("alice's second connection made a diff: %+v", diffs)
+	}
+
+	// One of alice's tabs leaves: she is still there.
+	alice2.send(`{"type":"leave","room":"lobby","id":"l"}`)
+	alice2.expect(`{"type":"ack","id":"l"}`)
+	carol.send(`{"type":"leave","room":"lobby","id":"l"}`)
+	carol.expect(`{"type":"ack","id":"l"}`)
+	if diffs := bob.waitDiff("lobby", "carol", true); mentions(diffs, "alice") {
+		t.Fatalf("alice's second connection leaving made a diff: %+v", diffs)
+	}
+	// Her last one goes, closing the connection: she left.
+	alice.conn.Close(websocket.StatusNormalClosure, "")
+	diffs := bob.waitDiff("lobby", "alice", true)
+	equal(t, "alice's leave", fmt.Sprintf("%+v", diffs[len(diffs)-1].Data.Leaves), `[{ID:alice Info:[123 34 110 97 109 101 34 58 34 97 108 105 99 101 34 125] Conns:0}]`)
+
+	// Asking again: the state, then the ack.
+	bob.send(`{"type":"presence","room":"lobby","id":"w"}`)
+	bob.expectPresence(`{"type":"presence","room":"lobby","data":{"members":[{"id":"bob","info":{"name":"bob"},"conns":1}],"total":1}}`)
+	bob.expect(`{"type":"ack","id":"w"}`)
+}
+
+// TestClientWho drives the real client program in a room with presence:
+// it prints who comes and goes, never itself nor those there before it,
+// lists the members with /who, and a name with two connections is one
+// member there too.
+func TestClientWho(t *testing.T) {
+	t.Parallel()
+	s := startServer(t)
+	alice := connect(t, s, "alice", "lobby")
+	bob := connect(t, s, "bob", "lobby")
+	alice.expectPresence("* bob joined lobby")
+	bob.send("/who")
+	bob.expect("* 2 in lobby: alice, bob")
+
+	alice2 := connect(t, s, "alice", "lobby") // a second terminal of alice's
+	bob.send("/who")
+	bob.expect("* 2 in lobby: alice, bob")
+	carol := connect(t, s, "carol", "lobby")
+	// Presence lines come in order: had alice's second connection made
+	// bob print one, it would come first.
+	bob.expectPresence("* carol joined lobby")
+	alice.expectPresence("* carol joined lobby")
+
+	alice2.send("/leave")
+	alice2.expect("* left lobby")
+	carol.send("/leave")
+	carol.expect("* left lobby")
+	bob.expectPresence("* carol left lobby")
+	alice.send("/quit")
+	equal(t, "alice's exit status", alice.wait(), 0)
+	bob.expectPresence("* alice left lobby")
+	bob.send("/who")
+	bob.expect("* 1 in lobby: bob")
+
+	// Neither their own joins nor the members there before them: only
+	// carol's join, which alice's second terminal saw.
+	alice2.expectPresence("* carol joined lobby")
+	for _, c := range []*cli{alice2, carol} {
+		c.send("/quit")
+		equal(t, c.name+"'s exit status", c.wait(), 0)
+		c.noMorePresence()
+	}
+	for _, c := range []*cli{alice, bob, alice2, carol} {
+		equal(t, c.name+"'s stderr", c.stderr.String(), "")
+	}
 }

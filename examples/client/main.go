@@ -10,6 +10,7 @@
 //	/leave [ROOM]  leave ROOM (default: the current room); the room that
 //	               was current before becomes current again
 //	/rooms         list the joined rooms
+//	/who           list the members of the current room
 //	/help          list the commands
 //	/quit          close the connection and exit (as do EOF and Ctrl-C)
 //
@@ -18,6 +19,14 @@
 // refused join changes nothing. In a room with history (examples/chat's
 // rooms have it), /join prints the room's last 20 messages after
 // "* joined ROOM".
+//
+// In a room with presence (examples/chat's rooms have it), /who asks the
+// server who is in the current room and prints "* 2 in lobby: alice, bob",
+// and the client prints "* carol joined lobby" and "* carol left lobby" as
+// people come and go (by client ID: a user with two connections comes
+// once). It prints neither for the members already there when it joins,
+// nor for itself, nor in a room of more members than the server lists
+// (100), where they would drown the conversation.
 //
 // When the server goes away (close status 1001), the connection is lost
 // (1006) or a room log lost messages (1012), the client reconnects with exponential backoff and jitter and
@@ -69,7 +78,7 @@ import (
 const (
 	dialTimeout   = 10 * time.Second // connecting, so that an unreachable server is reported
 	writeTimeout  = 10 * time.Second // a server that stops reading is a lost connection
-	answerTimeout = 10 * time.Second // how long /join and /leave wait for the server's answer
+	answerTimeout = 10 * time.Second // how long /join, /leave and /who wait for the server's answer
 
 	// historyOnJoin is how many of a room's last messages a join asks
 	// for: on /join, and after a reconnect when the missed ones are gone.
@@ -86,6 +95,7 @@ const help = `commands (in any case):
   /join ROOM     join ROOM and make it the current room
   /leave [ROOM]  leave ROOM (default: the current room)
   /rooms         list the joined rooms
+  /who           list the members of the current room
   /help          show this list
   /quit          exit (as do Ctrl-D and Ctrl-C)
 other lines are sent to the current room, shown in the prompt`
@@ -130,6 +140,42 @@ type position struct {
 	seq   uint64
 }
 
+// presenceData is the data of a presence frame: a room's state
+// ("presence": its members, the first 100 at most, and how many there are)
+// or what changed ("presence_diff": who joined, who left).
+type presenceData struct {
+	Members []member `json:"members"`
+	Total   int      `json:"total"`
+	Joins   []member `json:"joins"`
+	Leaves  []member `json:"leaves"`
+}
+
+// member is a member of a room with presence: a client ID, and what the
+// server shows of it (examples/chat: {"name": "alice"}).
+type member struct {
+	ID   string          `json:"id"`
+	Info json.RawMessage `json:"info"`
+}
+
+// name is the member's name from its info, else its ID.
+func (m member) name() string {
+	var info struct {
+		Name string `json:"name"`
+	}
+	if json.Unmarshal(m.Info, &info) == nil && info.Name != "" {
+		return info.Name
+	}
+	return m.ID
+}
+
+// roster is who is in a room with presence, by client ID, as the state
+// the server sent on joining and the diffs since say. complete: the state
+// listed every member, so the diffs are exact changes to it.
+type roster struct {
+	names    map[string]string
+	complete bool
+}
+
 // chatData is the data of a chat message: the client sends only text, the
 // server adds the sender's name.
 type chatData struct {
@@ -152,7 +198,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 		return 2
 	}
 
-	s := &session{url: *rawURL, name: *name, out: stdout, errs: stderr, prompt: prompt, seen: make(map[string]*position)}
+	s := &session{url: *rawURL, name: *name, out: stdout, errs: stderr, prompt: prompt, seen: make(map[string]*position), rosters: make(map[string]*roster)}
 	ws, err := dial(ctx, s.url, s.name)
 	if err != nil {
 		fmt.Fprintf(stderr, "client: cannot connect to %s: %v\n", s.url, err)
@@ -321,6 +367,7 @@ type session struct {
 	conn    *conn                // nil while disconnected
 	rooms   []string             // joined rooms, least recently current first: the last is current
 	seen    map[string]*position // of the joined rooms with history
+	rosters map[string]*roster   // of the joined rooms with presence
 	nextID  int                  // of the last request
 	attempt int                  // reconnections tried since the last success
 	retry   *time.Timer          // while disconnected: when to dial again
@@ -384,6 +431,8 @@ func (s *session) command(ctx context.Context, line string) (code int, stop bool
 		s.println(s.out, help)
 	case "/rooms":
 		s.listRooms()
+	case "/who":
+		return s.who(ctx)
 	case "/join":
 		if arg == "" {
 			s.println(s.errs, "usage: /join ROOM")
@@ -401,6 +450,7 @@ func (s *session) command(ctx context.Context, line string) (code int, stop bool
 		if s.conn == nil { // the server forgot the rooms with the connection
 			s.drop(arg)
 			delete(s.seen, arg)
+			delete(s.rosters, arg)
 			s.println(s.out, "* left "+clean(arg))
 			return 0, false
 		}
@@ -461,31 +511,143 @@ func (s *session) request(ctx context.Context, typ, room string) (code int, stop
 	if err := s.send(ctx, req); err != nil {
 		return s.sendFailed(ctx)
 	}
+	var held []message
+	answer, code, stop := s.await(ctx, id, typ+" "+room, func(m message) bool {
+		if typ == "join" && m.Type == "message" && m.Room == room {
+			held = append(held, m)
+			return true
+		}
+		return false
+	})
+	if answer != nil {
+		s.answered(typ, room, *answer, held)
+	}
+	return code, stop
+}
+
+// await waits for the server's answer (ack or error) to the request id,
+// showing what arrives meanwhile unless take takes it. It returns the
+// answer, or nil when none came: the session ended (stop), the connection
+// was lost, or the server did not answer in time (which it says, naming
+// the request what).
+func (s *session) await(ctx context.Context, id, what string, take func(message) bool) (answer *message, code int, stop bool) {
 	timer := time.NewTimer(answerTimeout)
 	defer timer.Stop()
-	var held []message
 	for {
 		select {
 		case <-ctx.Done():
-			return s.quit(), true
+			return nil, s.quit(), true
 		case <-timer.C:
-			s.println(s.errs, "no answer from the server to "+typ+" "+clean(room))
-			return 0, false
+			s.println(s.errs, "no answer from the server to "+clean(what))
+			return nil, 0, false
 		case b, ok := <-s.conn.frames:
 			if !ok {
-				return s.lost()
+				code, stop := s.lost()
+				return nil, code, stop
 			}
 			var m message
 			err := json.Unmarshal(b, &m)
 			switch {
 			case err == nil && m.ID == id && (m.Type == "ack" || m.Type == "error"):
-				s.answered(typ, room, m, held)
-				return 0, false
-			case err == nil && typ == "join" && m.Type == "message" && m.Room == room:
-				held = append(held, m)
+				return &m, 0, false
+			case err == nil && take(m):
 			default:
 				s.show(b)
 			}
+		}
+	}
+}
+
+// who asks the server who is in the current room, and lists them: the
+// room's state, which the server sends before its ack.
+func (s *session) who(ctx context.Context) (code int, stop bool) {
+	room := s.current()
+	switch {
+	case room == "":
+		s.println(s.errs, "not in a room")
+		return 0, false
+	case s.conn == nil:
+		s.println(s.errs, "not connected, /who not sent: reconnecting")
+		return 0, false
+	}
+	s.nextID++
+	id := strconv.Itoa(s.nextID)
+	if err := s.send(ctx, message{Type: "presence", Room: room, ID: id}); err != nil {
+		return s.sendFailed(ctx)
+	}
+	var state *presenceData
+	answer, code, stop := s.await(ctx, id, "/who", func(m message) bool {
+		if m.Type != "presence" || m.Room != room {
+			return false
+		}
+		state = s.setRoster(m)
+		return true
+	})
+	switch {
+	case answer == nil:
+	case answer.Type == "error":
+		if answer.Room == "" {
+			answer.Room = room
+		}
+		s.println(s.out, format(*answer, nil))
+	case state == nil:
+		s.println(s.errs, "no member list from the server for "+clean(room))
+	default:
+		names := make([]string, len(state.Members))
+		for i, m := range state.Members {
+			names[i] = clean(m.name())
+		}
+		head := fmt.Sprintf("* %d in %s", state.Total, clean(room))
+		if state.Total > len(names) {
+			head += fmt.Sprintf(", %d shown", len(names))
+		}
+		s.println(s.out, head+": "+strings.Join(names, ", "))
+	}
+	return code, stop
+}
+
+// setRoster takes a room's state: who is in it now. It replaces what the
+// client knew, after a reconnect too, and says nothing: only the diffs
+// that follow are news. It returns the state, nil if undecodable.
+func (s *session) setRoster(m message) *presenceData {
+	var d presenceData
+	if json.Unmarshal(m.Data, &d) != nil {
+		return nil
+	}
+	r := &roster{names: make(map[string]string, len(d.Members)), complete: d.Total <= len(d.Members)}
+	for _, p := range d.Members {
+		r.names[p.ID] = p.name()
+	}
+	s.rosters[m.Room] = r
+	return &d
+}
+
+// applyDiff takes who joined and left a room, as sets: a diff may repeat
+// what the state said (the client's own join among it), and only real
+// changes are printed.
+func (s *session) applyDiff(m message) {
+	r := s.rosters[m.Room]
+	var d presenceData
+	if r == nil || json.Unmarshal(m.Data, &d) != nil {
+		return
+	}
+	for _, p := range d.Joins {
+		if _, ok := r.names[p.ID]; ok {
+			continue
+		}
+		r.names[p.ID] = p.name()
+		if r.complete {
+			s.println(s.out, fmt.Sprintf("* %s joined %s", clean(p.name()), clean(m.Room)))
+		}
+	}
+	for _, p := range d.Leaves {
+		name, ok := r.names[p.ID]
+		if !ok {
+			continue
+		}
+		delete(r.names, p.ID)
+		if r.complete {
+			s.println(s.out, fmt.Sprintf("* %s left %s", clean(name), clean(m.Room)))
 		}
 	}
 }
@@ -497,6 +659,7 @@ func (s *session) answered(typ, room string, m message, held []message) {
 		// Whatever it was, the server now does not have us in the room.
 		s.drop(room)
 		delete(s.seen, room)
+		delete(s.rosters, room)
 		if m.Room == "" {
 			m.Room = room
 		}
@@ -506,6 +669,7 @@ func (s *session) answered(typ, room string, m message, held []message) {
 	if typ == "leave" {
 		s.drop(room)
 		delete(s.seen, room)
+		delete(s.rosters, room)
 		s.println(s.out, "* left "+clean(room))
 		return
 	}
@@ -570,7 +734,8 @@ func (s *session) quit() int {
 func (s *session) lost() (code int, stop bool) {
 	c := s.conn
 	s.conn = nil
-	c.ws.CloseNow() // frees it; the reader has ended already
+	c.ws.CloseNow()  // frees it; the reader has ended already
+	clear(s.rosters) // the next connection gets each room's state again
 	var ce websocket.CloseError
 	if !errors.As(c.err, &ce) {
 		s.reconnectLater("connection lost: " + c.err.Error())
@@ -637,8 +802,15 @@ func (s *session) show(b []byte) {
 		s.println(s.out, "? "+clean(string(b)))
 		return
 	}
-	if m.Type == "message" {
+	switch m.Type {
+	case "message":
 		s.showOnce(m, s.seen[m.Room])
+		return
+	case "presence":
+		s.setRoster(m)
+		return
+	case "presence_diff":
+		s.applyDiff(m)
 		return
 	}
 	if line := format(m, b); line != "" {
@@ -710,6 +882,8 @@ func format(m message, raw []byte) string {
 		return "! " + clean(m.Error)
 	case "welcome":
 		return "" // examples/chat's greeting; the client knows who it is
+	case "presence", "presence_diff":
+		return "" // kept by the session, and printed as join and leave lines
 	}
 	return clean(string(raw))
 }

@@ -27,14 +27,15 @@ func TestMain(m *testing.M) {
 }
 
 // timeout bounds every wait of a test; generous, since failing is the only
-// way to reach it.
-const timeout = 10 * time.Second
+// way to reach it, and the machine may be busy.
+const timeout = time.Minute
 
 // server is a chat hub like examples/chat's, reporting each client's
-// disconnect reason. Rooms keep their last 100 messages, except those
-// named plain-*, which keep none; rooms named private-* are refused, and the
-// publishes of clients named raw-* are passed on as they are, without a
-// name. Its URL leads to whichever hub is current, so that a test can
+// disconnect reason. A client's name is its ID, and its info for presence.
+// Rooms keep their last 100 messages, except those named plain-*, which
+// keep none; rooms named here-* have presence; rooms named private-* are
+// refused, and the publishes of clients named raw-* are passed on as they
+// are, without a name. Its URL leads to whichever hub is current, so that a test can
 // restart the hub behind it.
 type server struct {
 	t       *testing.T
@@ -75,12 +76,13 @@ func (s *server) newHub() *wshub.Hub {
 			}
 			return wshub.HistoryPolicy{Messages: 100}
 		},
+		Presence: func(room string) bool { return strings.HasPrefix(room, "here-") },
 		Authenticate: func(r *http.Request) (wshub.Identity, error) {
 			name := r.URL.Query().Get("name")
 			if name == "" {
 				return wshub.Identity{}, wshub.Reject(http.StatusBadRequest, "name is required")
 			}
-			return wshub.Identity{Values: map[string]any{"name": name}}, nil
+			return wshub.Identity{ID: name, Info: map[string]string{"name": name}, Values: map[string]any{"name": name}}, nil
 		},
 		AuthorizeJoin: func(_ *wshub.Client, room string) error {
 			if strings.HasPrefix(room, "private-") {
@@ -786,6 +788,8 @@ func TestFormat(t *testing.T) {
 		{`{"type":"error","room":"x","error":"wshub: join denied"}`, "! [x] wshub: join denied"},
 		{`{"type":"error","error":"wshub: invalid message"}`, "! wshub: invalid message"},
 		{`{"type":"welcome","data":{"id":"x","name":"alice"}}`, ""},
+		{`{"type":"presence","room":"lobby","data":{"members":[],"total":0}}`, ""}, // the session keeps them
+		{`{"type":"presence_diff","room":"lobby","data":{"joins":[],"leaves":[]}}`, ""},
 		{`{"type":"custom","data":1}`, `{"type":"custom","data":1}`},
 		// Nothing from the network reaches the terminal raw.
 		{`{"type":"message","room":"a\u001b[2Jb","data":{"name":"ev\u0000e","text":"x\u0007y\nz\u202ew"}}`, `[a\x1b[2Jb] ev\x00e: x\ay\nz\u202ew`},
@@ -846,4 +850,100 @@ func TestHistoryStartsOver(t *testing.T) {
 	bob.expect("[lobby] bob: two")
 	bob.send("three")
 	bob.expect("[lobby] bob: three")
+}
+
+// TestWho: in a room with presence, /who lists the members, and the client
+// prints who joins and leaves, escaped, but neither itself nor those there
+// before it; after a reconnect, the room's new state replaces what it knew,
+// silently.
+func TestWho(t *testing.T) {
+	t.Parallel()
+	s := newServer(t)
+	alice := connect(t, s, "alice", "here-lobby")
+	bob := connect(t, s, "bob", "here-lobby")
+	alice.expect("* bob joined here-lobby")
+	bob.send("/who")
+	bob.expect("* 2 in here-lobby: alice, bob")
+
+	// Names come from the network: escaped.
+	evil := connect(t, s, "ev\x1b[2Jil", "here-lobby")
+	alice.expect(`* ev\x1b[2Jil joined here-lobby`)
+	evil.send("/quit")
+	equal(t, "exit status", evil.wait(), 0)
+	alice.expect(`* ev\x1b[2Jil left here-lobby`)
+	bob.expect(`* ev\x1b[2Jil joined here-lobby`)
+	bob.expect(`* ev\x1b[2Jil left here-lobby`)
+	bob.send("/quit")
+	equal(t, "exit status", bob.wait(), 0)
+	alice.expect("* bob left here-lobby")
+
+	// In a room without presence, /who gets the server's refusal; out of
+	// every room, a hint.
+	alice.send("/join plain-x")
+	alice.expect("* joined plain-x")
+	alice.send("/who")
+	alice.expect(`! [plain-x] wshub: room has no presence: room "plain-x" has no presence`)
+	alice.send("/leave")
+	alice.expect("* left plain-x")
+
+	// carol is on the old hub, dave on the new one before alice comes
+	// back: she then knows dave, and not carol, without a line for either.
+	rawJoin(t, s.url, "carol", "here-lobby")
+	alice.expect("* carol joined here-lobby")
+	s.newHub()
+	dave := rawJoin(t, s.url, "dave", "here-lobby")
+	s.shutdown(s.hub)
+	alice.expectPrefix("* disconnected: 1001 server shutting down; reconnecting in ")
+	alice.expect("* connected to " + s.url + " as alice")
+	alice.expect("* joined here-lobby")
+	alice.expect(missing("here-lobby"))
+	alice.send("/who")
+	alice.expect("* 2 in here-lobby: alice, dave")
+	dave.Close(websocket.StatusNormalClosure, "")
+	alice.expect("* dave left here-lobby")
+
+	alice.send("/leave")
+	alice.expect("* left here-lobby")
+	alice.send("/who")
+	alice.send("/rooms") // a line after the hint, to know it is written
+	alice.expect("* not in a room")
+	equal(t, "stderr", alice.stderr.String(), "not in a room\n")
+}
+
+// rawJoin connects to url as name, with a WebSocket of the test's, and
+// joins room; then it reads and drops what comes, until closed.
+func rawJoin(t *testing.T, url, name, room string) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	ws, _, err := websocket.Dial(ctx, url+"?name="+name, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ws.CloseNow() })
+	join := fmt.Sprintf(`{"type":"join","room":%q,"id":"j"}`, room)
+	if err := ws.Write(ctx, websocket.MessageText, []byte(join)); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		_, b, err := ws.Read(ctx)
+		if err != nil {
+			t.Fatalf("%s joining %s: %v", name, room, err)
+		}
+		var m message
+		if json.Unmarshal(b, &m) == nil && m.ID == "j" {
+			if m.Type != "ack" {
+				t.Fatalf("%s joining %s: %s", name, room, b)
+			}
+			// Read on, as a browser does, so that closes are answered.
+			go func() {
+				for {
+					if _, _, err := ws.Read(context.Background()); err != nil {
+						return
+					}
+				}
+			}()
+			return ws
+		}
+	}
 }
