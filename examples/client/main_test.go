@@ -330,7 +330,6 @@ func TestConversation(t *testing.T) {
 // says it is in, which one typed lines go to, and that they really go there.
 func TestRooms(t *testing.T) {
 	t.Parallel()
-	s := newServer(t)
 	for _, tc := range []struct {
 		name     string
 		commands []string
@@ -349,6 +348,7 @@ func TestRooms(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
+			s := newServer(t) // a server each: the rooms' names are the same
 			c := start(t, "-url", s.url, "-name", "alice", "-room", "")
 			c.expect("* connected to " + s.url + " as alice")
 			for _, cmd := range tc.commands {
