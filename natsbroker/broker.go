@@ -92,10 +92,21 @@ type Options struct {
 	MemoryStorage bool
 
 	// Replicas is how many servers of a JetStream cluster keep each stream
-	// of a Log, 1 to 5 (see the package documentation, "Room log"). Hubs
-	// that share a prefix must agree on it. A Broker ignores this field.
+	// of a Log, 1 to 5 (see the package documentation, "Room log"), and
+	// the presence bucket (see "Presence"). Hubs that share a prefix must
+	// agree on it.
 	// Default: 1.
 	Replicas int
+
+	// PresenceTTL bounds how long the members that a hub published for
+	// its presence rooms stay visible to the other hubs once it stops
+	// refreshing them (it crashed, or lost NATS): it is the presence
+	// bucket's TTL, and a hub writes its entries again every PresenceTTL/3
+	// (see the package documentation, "Presence"). At least
+	// MinPresenceTTL (1s). Hubs that share a prefix must agree on it.
+	// MemoryStorage also applies to the presence bucket.
+	// Default: DefaultPresenceTTL (30s).
+	PresenceTTL time.Duration
 }
 
 // Broker is a wshub.Broker on a NATS connection. Its methods are safe for
@@ -107,6 +118,8 @@ type Broker struct {
 	timeout   time.Duration
 	noConfirm bool
 	commit    *groupCommit // confirms publishes; nil with NoConfirm
+
+	pres *presence // the presence of the hub's rooms, shared through JetStream
 
 	mu      sync.Mutex
 	subs    map[string]*nats.Subscription
@@ -122,7 +135,8 @@ var _ wshub.Broker = (*Broker)(nil)
 // nats.ReconnectBufSize(-1): otherwise nats.go queues the messages
 // published while it reconnects, Publish cannot tell they may be lost, and
 // a confirmation may time out for a message delivered later. New returns
-// an error if nc is nil or the prefix is not a valid subject.
+// an error if nc is nil, the prefix is not a valid subject, or
+// Options.PresenceTTL or Options.Replicas is out of range.
 func New(nc *nats.Conn, opts *Options) (*Broker, error) {
 	if nc == nil {
 		return nil, errors.New("natsbroker: nil connection")
@@ -147,6 +161,10 @@ func New(nc *nats.Conn, opts *Options) (*Broker, error) {
 		noConfirm: o.NoConfirm,
 		subs:      make(map[string]*nats.Subscription),
 		done:      make(chan struct{}),
+	}
+	var err error
+	if b.pres, err = newPresence(b, o); err != nil {
+		return nil, err
 	}
 	if !o.NoConfirm {
 		b.commit = newGroupCommit(nc, o.Timeout)
@@ -319,6 +337,13 @@ func unsubscribe(sub *nats.Subscription) error {
 // unsubscribe errors joined. Calling it again does nothing and returns
 // nil.
 //
+// Close also withdraws the members that the hub published for its
+// presence rooms: it deletes its keys of the presence bucket, waiting at
+// most 2 seconds (or Options.Timeout if shorter) for JetStream, and stops
+// every WatchPresence, returning once their goroutines have ended; what
+// it could not delete expires within Options.PresenceTTL. SetPresence and
+// WatchPresence return ErrClosed afterwards.
+//
 // On a Log, Close also stops every Follow and returns once their
 // goroutines have ended; an Append still waiting for its acknowledgement
 // returns an error wrapping ErrUnconfirmed and ErrClosed, and Append,
@@ -334,6 +359,8 @@ func (b *Broker) Close() error {
 	subs, follows := b.subs, b.follows
 	b.subs, b.follows = nil, nil
 	b.mu.Unlock()
+
+	b.pres.close()
 
 	if b.commit != nil {
 		b.commit.stop()

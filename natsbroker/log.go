@@ -144,10 +144,16 @@ func (l *Log) stream(p wshub.HistoryPolicy) *logStream {
 }
 
 // streamName returns the name of the stream of the policy token under
-// prefix: the prefix with the characters that stream names do not allow
-// replaced by "_", a hash of the exact prefix, so that prefixes that read
-// alike do not share streams, and the token.
+// prefix: prefixName, "log" and the token.
 func streamName(prefix, token string) string {
+	return prefixName(prefix) + "_log_" + token
+}
+
+// prefixName returns the start of the names of the streams and buckets of
+// prefix: the prefix with the characters that names do not allow
+// replaced by "_", and a hash of the exact prefix, so that prefixes that
+// read alike do not share streams.
+func prefixName(prefix string) string {
 	clean := []byte(prefix)
 	for i, c := range clean {
 		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
@@ -159,7 +165,7 @@ func streamName(prefix, token string) string {
 	}
 	h := fnv.New32a()
 	h.Write([]byte(prefix))
-	return fmt.Sprintf("%s_%08x_log_%s", clean, h.Sum32(), token)
+	return fmt.Sprintf("%s_%08x", clean, h.Sum32())
 }
 
 // epochOf names an incarnation of stream name: the stream's creation time,
