@@ -100,9 +100,10 @@ func removeProfile(t *testing.T, dir string) {
 
 // tab is one browser tab with the chat page open.
 type tab struct {
-	t    *testing.T
-	name string
-	ctx  context.Context
+	t     *testing.T
+	name  string
+	ctx   context.Context
+	close context.CancelFunc // closes the tab
 
 	mu       sync.Mutex
 	problems []string // errors in the console
@@ -119,7 +120,7 @@ func newTab(t *testing.T, browser context.Context, url, name string, width, heig
 	if err := chromedp.Do(ctx); err != nil {
 		t.Fatalf("opening a tab: %v", err)
 	}
-	tb := &tab{t: t, name: name, ctx: ctx}
+	tb := &tab{t: t, name: name, ctx: ctx, close: cancel}
 	tb.watchConsole()
 	tb.do("open page",
 		chromedp.EmulateViewport(width, height),
@@ -223,7 +224,7 @@ func (tb *tab) do(what string, steps ...chromedp.Action[chromedp.Void]) {
 func (tb *tab) describe() string {
 	ctx, cancel := context.WithTimeout(tb.ctx, 5*time.Second)
 	defer cancel()
-	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.dataset.state + " | " + document.getElementById("status").textContent + " | " + document.getElementById("rooms").outerHTML + " | " + document.getElementById("log").innerText`))
+	s, err := chromedp.Run(ctx, chromedp.Evaluate[string](`document.body.dataset.state + " | " + document.getElementById("status").textContent + " | " + document.getElementById("rooms").outerHTML + " | " + document.querySelector(".members").innerText + " | " + document.getElementById("log").innerText`))
 	if err != nil {
 		return err.Error()
 	}
@@ -249,14 +250,15 @@ func (tb *tab) say(text string) {
 }
 
 // lastMessage waits until the current room shows text as its newest
-// message and returns the sender's name and the message's classes.
+// message and returns the sender's name and the message's classes. A line
+// such as "bob joined" may come after it.
 func (tb *tab) lastMessage(text string) (name, class string) {
 	tb.t.Helper()
 	ctx, cancel := context.WithTimeout(tb.ctx, timeout)
 	defer cancel()
 	// Poll the DOM in the page itself: it is only a read.
 	js := fmt.Sprintf(`(() => {
-		const li = document.querySelector("#log .messages li.msg:last-child");
+		const li = [...document.querySelectorAll("#log .messages li.msg")].at(-1);
 		if (!li || li.querySelector(".text").textContent !== %q) return null;
 		return {name: li.querySelector(".name").textContent, class: li.className};
 	})()`, text)
@@ -342,6 +344,9 @@ func TestBrowser(t *testing.T) {
 	startServerAt(t, s.addr)
 	alice.waitJoined("lobby")
 	bob.waitJoined("lobby")
+	// Each page got the room's members afresh: each other, once.
+	alice.waitMembers("alice|bob")
+	bob.waitMembers("alice|bob")
 	// The new server has a new, empty history: the pages cannot know what
 	// was said between the shutdown and the restart, and say so.
 	for _, tb := range []*tab{alice, bob} {
@@ -572,5 +577,81 @@ func copyFile(t *testing.T, src, dst string) {
 	}
 	if err != nil {
 		t.Errorf("copying screenshot: %v", errors.Unwrap(err))
+	}
+}
+
+// waitMembers waits until the page lists want, names joined by |, as the
+// current room's members, and counts as many.
+func (tb *tab) waitMembers(want string) {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, timeout)
+	defer cancel()
+	js := fmt.Sprintf(`(() => {
+		const names = [...document.querySelectorAll("#member-list li .member-name")].map(e => e.textContent).join("|");
+		return names === %q && document.getElementById("member-count").textContent === %q;
+	})()`, want, fmt.Sprint(len(strings.Split(want, "|"))))
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](js)); err != nil {
+		tb.t.Fatalf("%s: members are not %s: %v\npage: %s", tb.name, want, err, tb.describe())
+	}
+}
+
+// waitNotices waits until the current room's lines about who joined and
+// left are want, joined by |.
+func (tb *tab) waitNotices(want string) {
+	tb.t.Helper()
+	ctx, cancel := context.WithTimeout(tb.ctx, timeout)
+	defer cancel()
+	js := fmt.Sprintf(`[...document.querySelectorAll("#log .notice.presence")].map(e => e.textContent).join("|") === %q`, want)
+	if _, err := chromedp.Run(ctx, chromedp.Poll[bool](js)); err != nil {
+		tb.t.Fatalf("%s: join and leave lines are not %q: %v\npage: %s", tb.name, want, err, tb.describe())
+	}
+}
+
+// TestBrowserPresence: the page lists the members of the current room.
+// Two tabs of different users see each other, and a line when the other
+// joins; closing a tab takes its user off the list, with a line; two tabs
+// of one name are one member. Nobody gets a line about themselves or
+// about those who were there before them.
+func TestBrowserPresence(t *testing.T) {
+	t.Parallel()
+	browser := startBrowser(t)
+	s := startServer(t)
+	url := "http://" + s.addr + "/"
+
+	alice := openTab(t, browser, url, "alice", 1000, 640)
+	alice.waitMembers("alice")
+	equal(t, "alice's own entry", alice.eval(`document.querySelector("#member-list li.self").dataset.id`), "alice")
+	bob := openTab(t, browser, url, "bob", 1000, 640)
+	bob.waitMembers("alice|bob")
+	alice.waitMembers("alice|bob")
+	alice.waitNotices("bob joined")
+
+	carol := openTab(t, browser, url, "carol", 1000, 640)
+	carol2 := openTab(t, browser, url, "carol", 390, 844) // her phone, say
+	for _, tb := range []*tab{alice, bob, carol, carol2} {
+		tb.waitMembers("alice|bob|carol")
+	}
+	// bob's own join came as a diff before carol's, and said nothing.
+	bob.waitNotices("carol joined")
+	alice.waitNotices("bob joined|carol joined")
+
+	// One of carol's tabs goes: she is still there. The server has taken
+	// it into account once the room's state says she has one connection.
+	carol2.close()
+	watcher := dial(t, s, "watcher")
+	watcher.welcome("watcher")
+	watcher.join("lobby")
+	watcher.waitConns("lobby", "carol", 1)
+
+	// bob's tab goes: he left. Had carol's closed tab made a line, it
+	// would come before this one.
+	bob.close()
+	alice.waitMembers("alice|carol|watcher")
+	alice.waitNotices("bob joined|carol joined|watcher joined|bob left")
+	carol.waitNotices("watcher joined|bob left")
+	for _, tb := range []*tab{alice, carol} {
+		if errs := tb.consoleErrors(); len(errs) > 0 {
+			t.Errorf("%s: console errors: %q", tb.name, errs)
+		}
 	}
 }

@@ -1100,3 +1100,26 @@ func TestClientWho(t *testing.T) {
 		equal(t, c.name+"'s stderr", c.stderr.String(), "")
 	}
 }
+
+// waitConns asks for the state of room until it says that id has n
+// connections in it.
+func (p *peer) waitConns(room, id string, n int) {
+	p.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for ctx.Err() == nil {
+		p.send(fmt.Sprintf(`{"type":"presence","room":%q}`, room))
+		for {
+			f := p.readPresence()
+			if f.Type != "presence" {
+				continue // a diff
+			}
+			i := slices.IndexFunc(f.Data.Members, func(m member) bool { return m.ID == id })
+			if i >= 0 && f.Data.Members[i].Conns == n {
+				return
+			}
+			break
+		}
+	}
+	p.t.Fatalf("%s never had %d connections in %s", id, n, room)
+}
