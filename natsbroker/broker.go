@@ -58,7 +58,8 @@ type Options struct {
 	// Timeout bounds the wait for the server's confirmation of a
 	// published message when Publish's context has no deadline, and of
 	// a subscription in Subscribe. It also bounds each flush that the
-	// broker runs for publishes that share one.
+	// broker runs for publishes that share one, SetPresence, and the
+	// reading of a room's current presence entries by WatchPresence.
 	// Default: DefaultTimeout (5s).
 	Timeout time.Duration
 
@@ -86,8 +87,9 @@ type Options struct {
 	// under a new epoch, and the members of every history room are closed
 	// with 1012 and told on rejoining that they could not recover. With
 	// file storage (the default) the streams, and the rooms' epochs,
-	// survive restarts. Hubs that share a prefix must agree on it. A Broker
-	// ignores this field.
+	// survive restarts. The presence bucket (see the package
+	// documentation, "Presence") is kept likewise, by a Broker as by a
+	// Log. Hubs that share a prefix must agree on it.
 	// Default: false, file storage.
 	MemoryStorage bool
 
@@ -109,8 +111,9 @@ type Options struct {
 	PresenceTTL time.Duration
 }
 
-// Broker is a wshub.Broker on a NATS connection. Its methods are safe for
-// concurrent use.
+// Broker is a wshub.Broker on a NATS connection, and a
+// wshub.PresenceBroker on a JetStream key-value bucket (see the package
+// documentation, "Presence"). Its methods are safe for concurrent use.
 type Broker struct {
 	nc        *nats.Conn
 	ownConn   bool // Close closes nc: Connect made it

@@ -116,6 +116,80 @@
 // flood past nats.go's pending limits (by default 512k messages or 64 MB
 // per room).
 //
+// # Presence
+//
+// Broker and Log implement wshub.PresenceBroker: a hub whose
+// Options.Presence gives rooms presence shares their members with the
+// other hubs through a JetStream key-value bucket, so that each room's
+// state and diffs cover its members on every hub. There is nothing to set
+// up beyond the hub's Options.Presence (and Authenticate, for the
+// members' IDs and Info) with a natsbroker broker:
+//
+//	b, err := natsbroker.Connect("nats://127.0.0.1:4222", nil)
+//	if err != nil { … }
+//	hub := wshub.New(handler, &wshub.Options{
+//		Broker:   b,
+//		Presence: func(room string) bool { return true },
+//	})
+//
+// Presence needs JetStream on the server (nats-server 2.11 or later, for
+// the markers of expired keys). A Broker otherwise works on core NATS
+// alone: the bucket is created, or its configuration updated, on the
+// first SetPresence or WatchPresence, and without JetStream these fail
+// (the hub then logs a warning and shows only its own members).
+//
+// Layout. One bucket per prefix, named like the log's streams with
+// "presence": e.g. "wshub_room_1b2c3d4e_presence" (Broker.PresenceBucket;
+// its stream is "KV_" and that name), History 1, TTL Options.PresenceTTL,
+// memory or file storage per Options.MemoryStorage, Options.Replicas
+// replicas. Each broker has a random ID of 16 hexadecimal digits
+// (Broker.PresenceID), and keeps its members of room r under the key
+// "<token of r>.<ID>" (Broker.PresenceKey), where the token is the one of
+// the room's subject; the value is the JSON array of wshub.Presence that
+// the hub encodes. A hub follows a room, while it has members in it, with
+// a key watcher on "<token of r>.*" (an ephemeral ordered consumer),
+// ignoring its own key.
+//
+// Liveness. A hub writes each of its non-empty entries again every
+// PresenceTTL/3 (one goroutine per broker, the writes pipelined), and the
+// server drops an entry PresenceTTL after its last write, leaving a
+// marker that tells the watchers. So:
+//
+//   - While a hub is alive and connected its members stay visible.
+//   - When it crashes, or loses NATS, its members disappear from the other
+//     hubs' views when its entries expire: at most PresenceTTL (30 s by
+//     default) after it stopped, plus the delivery of the marker. The
+//     server's clock measures this, so the hubs' clocks do not matter.
+//   - A hub that reconnects writes its entries again at once, and reads
+//     every followed room again, passing what changed meanwhile: its
+//     members come back for the others, and the others' for its own.
+//     While a hub's connection is down for PresenceTTL it withdraws the
+//     other hubs' members from its own view, since it can no longer tell
+//     which of them are alive; they come back when it reconnects.
+//   - On a clean shutdown (Hub.Shutdown or Hub.Close, which close the
+//     broker) the hub deletes its keys, waiting at most 2 seconds: the
+//     others see its members leave at once. What it could not delete
+//     expires as after a crash.
+//   - A restart of a server with memory storage loses the bucket: the
+//     hubs create it again and write their entries again on reconnecting.
+//     A hub that reads the room before another one wrote its entry again
+//     shows that hub's members leave, and come back once it has.
+//
+// Cost. Each change of a hub's members of a room is one put (or one
+// delete) of that room's key, which the hub coalesces to at most ten per
+// second per room (wshub.PresenceInterval), plus a refresh of every room
+// with members every PresenceTTL/3. Each presence room with members on a
+// hub costs that hub one ordered consumer on the server and a status
+// listener, made when the room's first local member joins and deleted
+// when its last one leaves, and the key watcher's round trips when it is
+// made. A value holds all the room's members on that hub, so it must fit
+// within the server's max_payload (1 MB by default). Hubs that share a
+// prefix must agree on PresenceTTL, MemoryStorage and Replicas: each one
+// updates the bucket's configuration to its own.
+//
+// Hubs with presence that share a prefix see each other's members; the
+// bucket's subjects are "$KV.<bucket>.>", for permissions.
+//
 // # Room log (JetStream)
 //
 // A Log is a Broker that also implements wshub.LogBroker: the rooms with

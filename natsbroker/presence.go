@@ -312,8 +312,11 @@ func (p *presence) refresh() {
 // JetStream to store them.
 func (p *presence) writeAll() error {
 	nc := p.b.nc
-	if !nc.IsConnected() {
-		return nil // the reconnection triggers the next attempt
+	p.mu.Lock()
+	none := len(p.own) == 0
+	p.mu.Unlock()
+	if none || !nc.IsConnected() {
+		return nil // a reconnection triggers the next attempt
 	}
 	ctx, cancel := context.WithTimeout(p.ctx, p.b.timeout)
 	defer cancel()

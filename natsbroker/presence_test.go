@@ -213,9 +213,11 @@ func TestPresenceAcrossHubs(t *testing.T) {
 	}
 }
 
-// TestPresenceHubLosesNATS: a hub whose NATS connection breaks (through
-// a proxy: the hub itself runs on) has its members withdrawn from the
-// other hubs' views once its entries expire, and back once it reconnects.
+// TestPresenceHubLosesNATS: a hub whose NATS connection breaks (it goes
+// through a proxy, which cuts it; the hub itself runs on) has its members
+// withdrawn from the other hubs' views once its entries expire, and back
+// once it reconnects; meanwhile its own members see the others withdrawn,
+// and back.
 func TestPresenceHubLosesNATS(t *testing.T) {
 	t.Parallel()
 	s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
@@ -240,10 +242,14 @@ func TestPresenceHubLosesNATS(t *testing.T) {
 	alice.until("alice", "bob")
 	bob.until("alice", "bob")
 	equal(t, "hub 0's Room.Presence", presenceOf(nodes[0], "p"), "alice:1 bob:1")
+	// Hub 2, cut off for longer than the TTL, can no longer vouch for the
+	// others either.
+	carol.until("carol")
 
-	px.open() // it reconnects and writes its entries again
+	px.open() // it reconnects, writes its entries again and reads the others'
 	alice.until("alice", "bob", "carol")
 	bob.until("alice", "bob", "carol")
+	carol.until("alice", "bob", "carol")
 }
 
 // TestPresenceShutdownWithdraws: a hub that shuts down deletes its
@@ -450,4 +456,55 @@ func TestPresenceOptions(t *testing.T) {
 	if err := b.SetPresence("r", []byte(`[{"id":"x","conns":1}]`)); err == nil {
 		t.Error("SetPresence without JetStream: no error")
 	}
+}
+
+// TestPresenceServerRestart: the NATS server restarts with memory
+// storage, losing the bucket. The hubs create it again, write their
+// entries again at once (the TTL is an hour: no refresh would), and
+// follow the room on the new bucket: a member who joins afterwards is
+// seen on the other hub.
+func TestPresenceServerRestart(t *testing.T) {
+	t.Parallel()
+	s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
+	port := natsPort(s)
+	opts := &natsbroker.Options{MemoryStorage: true, PresenceTTL: time.Hour}
+	nodes := []*presNode{
+		presenceNode(t, s.ClientURL(), opts, false),
+		presenceNode(t, s.ClientURL(), opts, true),
+	}
+	alice := dialMember(t, nodes[0], "alice")
+	bob := dialMember(t, nodes[1], "bob")
+	alice.join("p")
+	bob.join("p")
+	alice.until("alice", "bob")
+	bob.until("alice", "bob")
+
+	s.Shutdown()
+	s.WaitForShutdown()
+	s = startJetStream(t, port, t.TempDir())
+
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	for _, n := range nodes {
+		eventually(t, "the hub's entry in the new bucket", func() bool {
+			kv, err := js.KeyValue(ctx, n.broker.PresenceBucket())
+			if err != nil {
+				return false
+			}
+			_, err = kv.Get(ctx, n.broker.PresenceKey("p"))
+			return err == nil
+		})
+	}
+	carol := dialMember(t, nodes[1], "carol")
+	carol.join("p")
+	alice.until("alice", "bob", "carol")
+	carol.until("alice", "bob", "carol")
 }
