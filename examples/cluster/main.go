@@ -22,10 +22,22 @@
 // The hubs listen on localhost only; on separate machines, give them an
 // address others can reach, such as -a :8081 for every interface.
 //
+// By default the room goes through core NATS: each sender's messages keep
+// their order, but two people typing at once may see their messages in a
+// different order on each node. With -log, rooms go through natsbroker's
+// room log, in NATS JetStream: every node shows one conversation in one
+// order (each message has its seq, shown on the page), and a message is
+// acknowledged once stored. The embedded NATS server then runs JetStream,
+// with its store in a temporary directory removed on exit; an external one
+// needs JetStream enabled (nats-server -js):
+//
+//	go run ./examples/cluster -log
+//
 // Flags:
 //
 //	-a ADDR         listen address of node A (default localhost:8081; empty: no node A)
 //	-b ADDR         listen address of node B (default localhost:8082; empty: no node B)
+//	-log            rooms go through a JetStream room log, with history: one order on every node
 //	-nats URL       NATS server to use; empty starts an embedded one
 //	-nats-port N    port of the embedded NATS server (default -1: any free port)
 package main
@@ -59,14 +71,20 @@ var page = template.Must(template.New("page").Parse(pageHTML))
 // config is what the flags set.
 type config struct {
 	Addrs    []string // one hub per address
+	Log      bool     // rooms go through a JetStream room log
 	NATSURL  string   // empty: start an embedded NATS server
 	NATSPort int      // the embedded server's port; server.RANDOM_PORT for any
 }
+
+// logHistory is what each room keeps in the room log, with -log: its last
+// 100 messages, for an hour (wshub's default age).
+var logHistory = wshub.HistoryPolicy{Messages: 100}
 
 func main() {
 	var cfg config
 	a := flag.String("a", "localhost:8081", "listen address of node A (empty: no node A)")
 	b := flag.String("b", "localhost:8082", "listen address of node B (empty: no node B)")
+	flag.BoolVar(&cfg.Log, "log", false, "rooms go through a JetStream room log: one order on every node (NATS needs JetStream)")
 	flag.StringVar(&cfg.NATSURL, "nats", "", "NATS server URL; empty starts an embedded server on 127.0.0.1")
 	flag.IntVar(&cfg.NATSPort, "nats-port", server.RANDOM_PORT, "port of the embedded NATS server (-1: any free port)")
 	flag.Parse()
@@ -101,7 +119,16 @@ func run(ctx context.Context, cfg config, logger *slog.Logger, ready func(urls [
 	}
 	natsURL := cfg.NATSURL
 	if natsURL == "" {
-		ns, err := startNATS(cfg.NATSPort)
+		var store string // JetStream's, for the room log
+		if cfg.Log {
+			dir, err := os.MkdirTemp("", "wshub-cluster-")
+			if err != nil {
+				return err
+			}
+			defer os.RemoveAll(dir) // after the server's shutdown, deferred below
+			store = dir
+		}
+		ns, err := startNATS(cfg.NATSPort, store)
 		if err != nil {
 			return err
 		}
@@ -110,7 +137,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger, ready func(urls [
 			ns.WaitForShutdown()
 		}()
 		natsURL = ns.ClientURL()
-		logger.Info("embedded NATS server", "url", natsURL)
+		logger.Info("embedded NATS server", "url", natsURL, "jetstream", cfg.Log)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -122,7 +149,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger, ready func(urls [
 		}
 	}()
 	for i, addr := range cfg.Addrs {
-		n, err := startNode(nodeName(i), addr, natsURL, logger)
+		n, err := startNode(nodeName(i), addr, natsURL, cfg.Log, logger)
 		if err != nil {
 			return err
 		}
@@ -166,9 +193,11 @@ func pageURL(addr net.Addr) string {
 	return "http://" + net.JoinHostPort(host, port) + "/"
 }
 
-// startNATS starts an embedded NATS server on 127.0.0.1.
-func startNATS(port int) (*server.Server, error) {
-	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true})
+// startNATS starts an embedded NATS server on 127.0.0.1, with JetStream
+// storing in store unless store is empty.
+func startNATS(port int, store string) (*server.Server, error) {
+	ns, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: port, NoLog: true, NoSigs: true,
+		JetStream: store != "", StoreDir: store})
 	if err != nil {
 		return nil, fmt.Errorf("nats server: %w", err)
 	}
@@ -189,16 +218,26 @@ type node struct {
 	once sync.Once
 }
 
-func startNode(name, addr, natsURL string, logger *slog.Logger) (*node, error) {
-	b, err := natsbroker.Connect(natsURL, nil)
+// startNode starts a hub on a broker of its own: with useLog, a room log,
+// through which every room goes, with logHistory; else core NATS.
+func startNode(name, addr, natsURL string, useLog bool, logger *slog.Logger) (*node, error) {
+	opts := &wshub.Options{
+		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
+		Logger:        logger.With("node", name),
+	}
+	var err error
+	if useLog {
+		// The hub reads and writes the rooms' histories in the log: no
+		// HistoryStore.
+		opts.Broker, err = natsbroker.ConnectLog(natsURL, nil)
+		opts.History = func(string) wshub.HistoryPolicy { return logHistory }
+	} else {
+		opts.Broker, err = natsbroker.Connect(natsURL, nil)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
-	hub := wshub.New(nil, &wshub.Options{
-		Broker:        b,
-		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
-		Logger:        logger.With("node", name),
-	})
+	hub := wshub.New(nil, opts)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		hub.Close() // closes the broker and its connection
