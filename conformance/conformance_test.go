@@ -88,3 +88,17 @@ func TestReferenceServer(t *testing.T) {
 		logResults(t, &out)
 	}
 }
+
+func TestDialURL(t *testing.T) {
+	for _, tc := range []struct{ url, param, want string }{
+		{"ws://h/ws?name=x", "", "ws://h/ws?name=x"},
+		{"ws://h/ws?name=x", "name", "ws://h/ws?name=cf0123ab-7"},
+		{"ws://h/ws?user={n}&room=a", "", "ws://h/ws?user=cf0123ab-7&room=a"},
+		{"ws://h/ws", "id", "ws://h/ws?id=cf0123ab-7"},
+	} {
+		got, err := dialURL(&Config{URL: tc.url, IDParam: tc.param}, "0123ab89cdef", 7)
+		if err != nil || got != tc.want {
+			t.Errorf("dialURL(%q, %q) = %q, %v; want %q", tc.url, tc.param, got, err, tc.want)
+		}
+	}
+}

@@ -21,7 +21,17 @@
 // checks need those rooms to keep history, and the presence checks need
 // them to have presence; otherwise those checks SKIP. The shutdown check,
 // last, runs -shutdown-cmd (with sh -c), which must make the server shut
-// down gracefully; without it the check SKIPs.
+// down gracefully; without it the check SKIPs. The read-limit check
+// expects the default limit, 32 KiB, unless -read-limit says otherwise.
+//
+// -run and -skip select checks by name (regular expressions), -timeout
+// bounds each check (10 s). Every check uses connections of its own and
+// closes them when it ends.
+//
+// The suite is tested against the reference server (wshub.Hub with
+// history and presence), which passes every check, and against a small
+// deliberately broken server, whose faults fail the checks of the rules
+// they break.
 package main
 
 import (

@@ -68,16 +68,6 @@ type Summary struct {
 	Passed, Failed, Skipped int
 }
 
-// Status returns the status of check name, "" if it did not run.
-func (s Summary) Status(name string) Status {
-	for _, r := range s.Results {
-		if r.Name == name {
-			return r.Status
-		}
-	}
-	return ""
-}
-
 // check is one check of the suite.
 type check struct {
 	name string
