@@ -294,7 +294,9 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // away) and ErrHubClosed as its disconnect reason. Shutdown returns nil once
 // every connection is closed and the hub's goroutines have exited; a hook or
 // handler still running then (its context is done) finishes on its own,
-// which is what lets one call Shutdown. If ctx ends first, Shutdown closes
+// which is what lets one call Shutdown. In particular, OnDisconnect hooks
+// may still be running, or not have begun, when Shutdown returns: an
+// application that must see them all counts them itself. If ctx ends first, Shutdown closes
 // the remaining connections at once, waits for the goroutines and returns
 // ctx.Err(). Shutdown may be called many times, concurrently with Close.
 func (h *Hub) Shutdown(ctx context.Context) error {

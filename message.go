@@ -103,6 +103,7 @@ func unmarshalJSONMessage(data []byte, m *Message) error {
 		return err
 	}
 	if jm.Type == "" {
+		m.ID, m.Room = jm.ID, jm.Room // for the error frame
 		return fmt.Errorf("missing message type")
 	}
 	*m = Message{

@@ -129,6 +129,7 @@ type Options struct {
 	// (ErrSendQueueFull, ErrPongTimeout, ErrHubClosed, ErrClientClosed,
 	// ErrInvalidMessage), the peer's websocket.CloseError, or the
 	// connection's error; websocket.CloseStatus reports a close status.
+	// It may run after Shutdown or Close returned (see Shutdown).
 	OnDisconnect func(c *Client, reason error)
 
 	// History gives the history policy of a room: how many of its recent

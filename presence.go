@@ -424,7 +424,7 @@ func (c *Client) presenceRequest(m *Message) error {
 	rm.mu.Lock()
 	defer rm.mu.Unlock()
 	if rm.pres == nil {
-		return fmt.Errorf("%w: room %q has no presence", ErrNoPresence, m.Room)
+		return fmt.Errorf("%w: %q", ErrNoPresence, m.Room)
 	}
 	rm.pres.mu.Lock()
 	st := rm.pres.stateLocked()
@@ -435,7 +435,9 @@ func (c *Client) presenceRequest(m *Message) error {
 
 // Presence returns every member of the room, on this hub and, with a
 // PresenceBroker, on the others, sorted by ID; none when the room has no
-// presence (see Options.Presence) or no members.
+// presence (see Options.Presence). A hub follows the other hubs' members
+// of a room only while it has members in it itself: without any, it
+// returns none, whatever the other hubs have.
 func (r Room) Presence() []Presence {
 	h := r.hub
 	h.presMu.Lock()

@@ -48,11 +48,7 @@ func logResults(t *testing.T, out *strings.Builder) {
 
 // knownCoreBugs are checks that the reference server fails today, with the
 // bug; fixing one makes its check pass, and then it goes from this list.
-var knownCoreBugs = map[string]string{
-	// message.go, unmarshalJSONMessage: a message without a type gets an
-	// error frame without its id, though the id was read.
-	"missing-type-error-id": "the error frame for a message without type drops its id",
-}
+var knownCoreBugs = map[string]string{}
 
 // TestReferenceServer: against the reference server, every check passes,
 // the shutdown one included (but for knownCoreBugs).

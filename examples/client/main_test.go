@@ -882,7 +882,7 @@ func TestWho(t *testing.T) {
 	alice.send("/join plain-x")
 	alice.expect("* joined plain-x")
 	alice.send("/who")
-	alice.expect(`! [plain-x] wshub: room has no presence: room "plain-x" has no presence`)
+	alice.expect(`! [plain-x] wshub: room has no presence: "plain-x"`)
 	alice.send("/leave")
 	alice.expect("* left plain-x")
 
