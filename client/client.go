@@ -1,0 +1,663 @@
+// Package client is a Go client of the wshub protocol (docs/PROTOCOL.md):
+// it dials a hub, joins rooms, publishes and waits for the acks, and
+// reconnects by itself, rejoining its rooms with recovery, so that an
+// application sees every message of a room with history once, in order,
+// or is told that some are missing.
+//
+//	c, err := client.Dial(ctx, "ws://localhost:8080/ws?name=alice", nil)
+//	if err != nil { … }
+//	defer c.Close()
+//	if _, err := c.Join(ctx, "lobby", 20); err != nil { … }
+//	go func() {
+//		for m := range c.Messages() { … }
+//	}()
+//	err = c.Publish(ctx, "lobby", map[string]string{"text": "hi"})
+//
+// It needs nothing beyond the wshub module's own dependencies.
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/wshub/wshub"
+)
+
+// Errors of a Conn.
+var (
+	// ErrClosed is returned once Close was called, or the connection was
+	// closed for good (see Conn.Err).
+	ErrClosed = errors.New("client: closed")
+
+	// ErrOffline is returned by a request made while the connection is
+	// down, with Options.FailFast.
+	ErrOffline = errors.New("client: offline")
+
+	// ErrConnectionLost is returned by a request whose connection broke
+	// before its answer came: it may or may not have been carried out.
+	ErrConnectionLost = errors.New("client: connection lost before the answer")
+)
+
+// A ServerError is the server's error frame answering a request.
+type ServerError struct {
+	Room string
+	Text string // the error frame's "error"
+}
+
+func (e *ServerError) Error() string { return e.Text }
+
+// Options configure a Conn. A nil *Options and zero fields mean the
+// documented defaults.
+type Options struct {
+	// Header is sent with every upgrade request (cookies, tokens).
+	Header http.Header
+
+	// NoBatch makes the client use wshub.json instead of wshub.json-batch:
+	// one message per frame. Default: batching, which is cheaper for both.
+	NoBatch bool
+
+	// MinBackoff and MaxBackoff bound the wait between reconnection
+	// attempts: it starts at MinBackoff, doubles after each failure up to
+	// MaxBackoff, and is varied by ±25 %. Defaults: 500 ms and 15 s.
+	MinBackoff, MaxBackoff time.Duration
+
+	// NoReconnect makes the first loss of the connection final.
+	NoReconnect bool
+
+	// FailFast makes requests made while the connection is down fail with
+	// ErrOffline instead of waiting for it (within their context).
+	FailFast bool
+
+	// Buffer is the capacity of the Messages channel. The client stops
+	// reading from the server while it is full, so that the server's flow
+	// control slows the room down rather than the client dropping
+	// anything. Default: 256.
+	Buffer int
+
+	// OnEvent, if set, is called with every change of the connection's
+	// state and with the outcome of each room's rejoin. It runs on the
+	// client's goroutine: it must not block.
+	OnEvent func(Event)
+}
+
+// State is the state of a Conn's connection.
+type State int
+
+// States of a Conn.
+const (
+	Connecting State = iota // dialing, or waiting to dial again
+	Online                  // connected, rooms rejoined
+	Offline                 // lost; waiting Event.Retry before the next attempt
+	Closed                  // for good: see Conn.Err
+)
+
+func (s State) String() string {
+	return [...]string{"connecting", "online", "offline", "closed"}[s]
+}
+
+// An Event reports a change of state or a rejoin.
+type Event struct {
+	State State
+	Err   error         // why it went offline or closed
+	Retry time.Duration // Offline: the wait before the next attempt
+
+	// Room and Recovered report a room rejoined after a reconnection:
+	// Recovered is false when the server could not replay everything the
+	// client missed (see docs/PROTOCOL.md, history).
+	Room      string
+	Recovered bool
+}
+
+// JoinResult is what the server says when a room is joined.
+type JoinResult struct {
+	Epoch string // of the room's history; "" without history
+	Seq   uint64 // the room's latest seq when joined
+}
+
+// Conn is a connection to a hub that reconnects by itself. Its methods
+// are safe for concurrent use.
+type Conn struct {
+	url  string
+	opts Options
+	msgs chan *wshub.Message
+	done chan struct{} // closed when run ends
+
+	ctx    context.Context // ends with Close
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	reading *websocket.Conn // the connection run reads; Close closes it
+	ws      *websocket.Conn // current connection, usable for requests; nil while down
+	up      chan struct{}   // closed when ws is set; replaced when it goes
+	state   State
+	err     error
+	rooms   map[string]*room
+	pending map[string]chan *wshub.Message // request id → its answer
+	joins   map[string]*joining            // join request id → the join
+	nextID  uint64
+}
+
+// joining is a join awaiting its ack.
+type joining struct {
+	room    string
+	history int
+	rejoin  bool
+}
+
+// room is a joined room: where the client stands in its history.
+type room struct {
+	history   int // the join's history request, kept as the fallback of a recovery
+	epoch     string
+	seq       uint64
+	rejoining bool             // its rejoin awaits the ack: messages wait in held
+	held      []*wshub.Message // until the ack tells the epoch
+}
+
+// Dial connects to the hub at url and returns a Conn once connected, or
+// the error of that first attempt (it is not retried: a wrong URL or a
+// refusal shows at once). From then on the Conn reconnects by itself.
+func Dial(ctx context.Context, url string, opts *Options) (*Conn, error) {
+	c := &Conn{url: url, rooms: make(map[string]*room), pending: make(map[string]chan *wshub.Message), joins: make(map[string]*joining),
+		done: make(chan struct{}), up: make(chan struct{})}
+	if opts != nil {
+		c.opts = *opts
+	}
+	o := &c.opts
+	if o.MinBackoff <= 0 {
+		o.MinBackoff = 500 * time.Millisecond
+	}
+	if o.MaxBackoff < o.MinBackoff {
+		o.MaxBackoff = max(15*time.Second, o.MinBackoff)
+	}
+	if o.Buffer <= 0 {
+		o.Buffer = 256
+	}
+	c.msgs = make(chan *wshub.Message, o.Buffer)
+	ws, err := c.dial(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.setOnline(ws)
+	go c.run(ws)
+	return c, nil
+}
+
+func (c *Conn) dial(ctx context.Context) (*websocket.Conn, error) {
+	proto := []string{"wshub.json-batch", "wshub.json"}
+	if c.opts.NoBatch {
+		proto = proto[1:]
+	}
+	ws, resp, err := websocket.Dial(ctx, c.url, &websocket.DialOptions{HTTPHeader: c.opts.Header, Subprotocols: proto})
+	if err != nil {
+		if resp != nil {
+			return nil, &dialError{status: resp.StatusCode, err: err}
+		}
+		return nil, err
+	}
+	ws.SetReadLimit(-1) // the server bounds its frames
+	return ws, nil
+}
+
+// dialError is a refused upgrade.
+type dialError struct {
+	status int
+	err    error
+}
+
+func (e *dialError) Error() string {
+	return fmt.Sprintf("client: upgrade refused: %d %s", e.status, http.StatusText(e.status))
+}
+func (e *dialError) Unwrap() error { return e.err }
+
+// retryable reports whether a connection that ended with err is worth
+// dialing again: it was lost, the server went away or restarts, or it was
+// busy. Other close codes are about this client (docs/PROTOCOL.md §7).
+func retryable(err error) bool {
+	var de *dialError
+	if errors.As(err, &de) {
+		return de.status == http.StatusServiceUnavailable
+	}
+	switch websocket.CloseStatus(err) {
+	case -1, websocket.StatusGoingAway, websocket.StatusServiceRestart, websocket.StatusAbnormalClosure:
+		return true
+	}
+	return false
+}
+
+// run reads the connection, and reconnects when it is lost, until Close
+// or a loss that is not worth retrying.
+func (c *Conn) run(ws *websocket.Conn) {
+	defer close(c.done)
+	defer close(c.msgs)
+	backoff := c.opts.MinBackoff
+	for {
+		c.mu.Lock()
+		c.reading = ws
+		c.mu.Unlock()
+		if c.ctx.Err() != nil { // Close ran before reading was set
+			ws.CloseNow()
+		}
+		err := c.read(ws)
+		c.setOffline()
+		if c.ctx.Err() != nil {
+			c.finish(ErrClosed)
+			return
+		}
+		if c.opts.NoReconnect || !retryable(err) {
+			c.finish(err)
+			return
+		}
+		for {
+			wait := time.Duration(float64(backoff) * (0.75 + rand.Float64()/2))
+			backoff = min(2*backoff, c.opts.MaxBackoff)
+			c.event(Event{State: Offline, Err: err, Retry: wait})
+			select {
+			case <-time.After(wait):
+			case <-c.ctx.Done():
+				c.finish(ErrClosed)
+				return
+			}
+			c.event(Event{State: Connecting})
+			ws, err = c.dial(c.ctx)
+			if err == nil {
+				break
+			}
+			if c.ctx.Err() != nil {
+				c.finish(ErrClosed)
+				return
+			}
+			if !retryable(err) && !isNetError(err) {
+				c.finish(err)
+				return
+			}
+		}
+		backoff = c.opts.MinBackoff
+		go c.rejoin(ws)
+	}
+}
+
+func isNetError(err error) bool {
+	var ne interface{ Timeout() bool }
+	return errors.As(err, &ne) || websocket.CloseStatus(err) == -1
+}
+
+// rejoin joins the rooms again on a new connection, asking for what was
+// missed, then makes the connection usable for requests.
+func (c *Conn) rejoin(ws *websocket.Conn) {
+	c.mu.Lock()
+	names := make([]string, 0, len(c.rooms))
+	for name := range c.rooms {
+		names = append(names, name)
+	}
+	c.mu.Unlock()
+	for _, name := range names {
+		c.mu.Lock()
+		r := c.rooms[name]
+		if r == nil {
+			c.mu.Unlock()
+			continue
+		}
+		m := &wshub.Message{Type: wshub.TypeJoin, Room: name, History: r.history, Epoch: r.epoch}
+		if r.epoch != "" {
+			m.Since = r.seq
+		}
+		c.mu.Unlock()
+		ans, err := c.request(c.ctx, ws, m, &joining{room: name, history: r.history, rejoin: true})
+		switch {
+		case errors.Is(err, ErrConnectionLost) || c.ctx.Err() != nil:
+			return // the next connection tries again
+		case err != nil:
+			c.event(Event{State: Connecting, Room: name, Err: err}) // refused now: the room is gone
+		default:
+			c.event(Event{State: Connecting, Room: name, Recovered: ans.Recovered != nil && *ans.Recovered})
+		}
+	}
+	c.setOnline(ws)
+}
+
+// read reads ws until it fails, passing answers to their requests and
+// everything else to Messages.
+func (c *Conn) read(ws *websocket.Conn) error {
+	for {
+		_, b, err := ws.Read(context.Background())
+		if err != nil {
+			return err
+		}
+		var batch []json.RawMessage
+		if len(b) > 0 && b[0] == '[' {
+			if err := json.Unmarshal(b, &batch); err != nil {
+				continue
+			}
+		} else {
+			batch = []json.RawMessage{b}
+		}
+		for _, raw := range batch {
+			m := new(wshub.Message)
+			if err := (wshub.JSONCodec{}).Unmarshal(raw, m); err != nil {
+				continue
+			}
+			for _, m := range c.take(m) {
+				select {
+				case c.msgs <- m:
+				case <-c.ctx.Done():
+					return ErrClosed
+				}
+			}
+		}
+	}
+}
+
+// take handles m, on the read goroutine: an answer goes to its request,
+// a join's ack updates the room, and a room message seen before a
+// reconnection is dropped. It returns what to pass on to Messages.
+func (c *Conn) take(m *wshub.Message) []*wshub.Message {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if (m.Type == wshub.TypeAck || m.Type == wshub.TypeError) && m.ID != "" {
+		ch := c.pending[m.ID]
+		if ch == nil {
+			return []*wshub.Message{m}
+		}
+		delete(c.pending, m.ID)
+		var out []*wshub.Message
+		if j := c.joins[m.ID]; j != nil {
+			delete(c.joins, m.ID)
+			out = c.joinedLocked(j, m)
+		}
+		ch <- m
+		return out
+	}
+	if m.Type != wshub.TypeMessage || m.Seq == 0 {
+		return []*wshub.Message{m}
+	}
+	r := c.rooms[m.Room]
+	switch {
+	case r == nil:
+		return []*wshub.Message{m}
+	case r.rejoining:
+		r.held = append(r.held, m)
+		return nil
+	case c.seenLocked(r, m):
+		return nil
+	}
+	return []*wshub.Message{m}
+}
+
+// seenLocked reports whether the room message m was passed on already,
+// and records it otherwise.
+func (c *Conn) seenLocked(r *room, m *wshub.Message) bool {
+	if m.Epoch != "" && m.Epoch != r.epoch {
+		r.epoch, r.seq = m.Epoch, 0 // a new history: its seqs start over
+	}
+	if m.Seq <= r.seq {
+		return true
+	}
+	r.seq = m.Seq
+	return false
+}
+
+// joinedLocked takes the answer to join j: on an ack, the room is joined
+// (again), in the epoch the ack names; it returns the messages held
+// during a rejoin that were not seen before.
+func (c *Conn) joinedLocked(j *joining, ans *wshub.Message) []*wshub.Message {
+	r := c.rooms[j.room]
+	if ans.Type == wshub.TypeError {
+		if r != nil && j.rejoin {
+			delete(c.rooms, j.room) // refused now
+			return r.held
+		}
+		return nil
+	}
+	if r == nil {
+		r = &room{history: j.history}
+		c.rooms[j.room] = r
+	}
+	if r.epoch != ans.Epoch {
+		r.epoch, r.seq = ans.Epoch, 0
+	}
+	held := r.held
+	r.rejoining, r.held = false, nil
+	var out []*wshub.Message
+	for _, m := range held {
+		if !c.seenLocked(r, m) {
+			out = append(out, m)
+		}
+	}
+	r.seq = max(r.seq, ans.Seq)
+	return out
+}
+
+func (c *Conn) event(e Event) {
+	if c.opts.OnEvent != nil {
+		c.opts.OnEvent(e)
+	}
+}
+
+func (c *Conn) setOnline(ws *websocket.Conn) {
+	c.mu.Lock()
+	c.ws, c.state = ws, Online
+	close(c.up)
+	c.mu.Unlock()
+	c.event(Event{State: Online})
+}
+
+// setOffline forgets the connection and fails the requests waiting on it.
+func (c *Conn) setOffline() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ws != nil {
+		c.ws.CloseNow()
+		c.ws = nil
+		c.up = make(chan struct{})
+	}
+	c.state = Offline
+	for id, ch := range c.pending {
+		delete(c.pending, id)
+		ch <- nil
+	}
+	clear(c.joins)
+	for _, r := range c.rooms {
+		// What was held is asked for again after the next connection.
+		r.rejoining, r.held = false, nil
+	}
+}
+
+func (c *Conn) finish(err error) {
+	c.mu.Lock()
+	c.state, c.err = Closed, err
+	c.mu.Unlock()
+	c.event(Event{State: Closed, Err: err})
+}
+
+// Err returns why the Conn is closed for good (ErrClosed after Close, or
+// the close status or error that was not worth a reconnection), nil while
+// it is not.
+func (c *Conn) Err() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// State returns the connection's state.
+func (c *Conn) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// Messages returns the channel of what the server sends besides answers:
+// room messages (each once, in order, across reconnections), presence
+// frames, error frames that answer no request, and application messages.
+// It is closed when the Conn is closed for good. Read it continuously.
+func (c *Conn) Messages() <-chan *wshub.Message { return c.msgs }
+
+// connection returns the current connection, waiting for it within ctx
+// unless FailFast.
+func (c *Conn) connection(ctx context.Context) (*websocket.Conn, error) {
+	for {
+		c.mu.Lock()
+		ws, up, state := c.ws, c.up, c.state
+		c.mu.Unlock()
+		switch {
+		case state == Closed:
+			return nil, ErrClosed
+		case ws != nil && state == Online:
+			return ws, nil
+		case c.opts.FailFast:
+			return nil, ErrOffline
+		}
+		select {
+		case <-up:
+		case <-c.done:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// request sends m with a new id on ws and waits for its answer; j, if
+// not nil, is the join that m is.
+func (c *Conn) request(ctx context.Context, ws *websocket.Conn, m *wshub.Message, j *joining) (*wshub.Message, error) {
+	ch := make(chan *wshub.Message, 1)
+	c.mu.Lock()
+	if c.ws != ws && c.state == Online || c.state == Closed {
+		c.mu.Unlock()
+		return nil, ErrConnectionLost
+	}
+	c.nextID++
+	m.ID = strconv.FormatUint(c.nextID, 10)
+	c.pending[m.ID] = ch
+	if j != nil {
+		c.joins[m.ID] = j
+		if r := c.rooms[j.room]; r != nil && j.rejoin {
+			r.rejoining = true
+		}
+	}
+	c.mu.Unlock()
+	b, err := json.Marshal(m)
+	if err == nil {
+		err = ws.Write(ctx, websocket.MessageText, b)
+	}
+	if err != nil {
+		c.forget(m.ID)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("%w: %w", ErrConnectionLost, err)
+	}
+	select {
+	case ans := <-ch:
+		if ans == nil {
+			return nil, ErrConnectionLost
+		}
+		if ans.Type == wshub.TypeError {
+			return nil, &ServerError{Room: ans.Room, Text: ans.Error}
+		}
+		return ans, nil
+	case <-ctx.Done():
+		c.forget(m.ID)
+		return nil, ctx.Err()
+	}
+}
+
+// forget drops request id, which will not wait for its answer.
+func (c *Conn) forget(id string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.pending, id)
+	if j := c.joins[id]; j != nil {
+		delete(c.joins, id)
+		if r := c.rooms[j.room]; r != nil && j.rejoin && r.rejoining {
+			r.rejoining = false // its messages pass again, deduplicated
+		}
+	}
+}
+
+// Request sends m (its ID is set by the client) and waits for the
+// server's answer: nil for an ack, a *ServerError for an error frame,
+// ErrConnectionLost if the connection broke first. It waits for the
+// connection if it is down (see Options.FailFast).
+func (c *Conn) Request(ctx context.Context, m *wshub.Message) (*wshub.Message, error) {
+	ws, err := c.connection(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return c.request(ctx, ws, m, nil)
+}
+
+// Join joins room, asking for its last history messages (0 for none; in
+// a room with history). The room stays joined across reconnections, with
+// recovery of what was missed, until Leave.
+func (c *Conn) Join(ctx context.Context, name string, history int) (JoinResult, error) {
+	ws, err := c.connection(ctx)
+	if err != nil {
+		return JoinResult{}, err
+	}
+	m := &wshub.Message{Type: wshub.TypeJoin, Room: name, History: history}
+	ans, err := c.request(ctx, ws, m, &joining{room: name, history: history})
+	if err != nil {
+		return JoinResult{}, err
+	}
+	return JoinResult{Epoch: ans.Epoch, Seq: ans.Seq}, nil
+}
+
+// Leave leaves room.
+func (c *Conn) Leave(ctx context.Context, name string) error {
+	c.mu.Lock()
+	delete(c.rooms, name)
+	c.mu.Unlock()
+	_, err := c.Request(ctx, &wshub.Message{Type: wshub.TypeLeave, Room: name})
+	return err
+}
+
+// Publish publishes data (any JSON value) to room and waits for the ack:
+// nil means the server accepted it for the room's members, the client
+// included, who gets it through Messages.
+func (c *Conn) Publish(ctx context.Context, room string, data any) error {
+	_, err := c.Request(ctx, &wshub.Message{Type: wshub.TypePublish, Room: room, Data: data})
+	return err
+}
+
+// Send sends an application message without waiting for an answer; its
+// ID, if any, is the caller's. It waits for the connection if it is down
+// (see Options.FailFast).
+func (c *Conn) Send(ctx context.Context, m *wshub.Message) error {
+	ws, err := c.connection(ctx)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return err
+	}
+	return ws.Write(ctx, websocket.MessageText, b)
+}
+
+// Close closes the connection (1000) and stops reconnecting; Messages is
+// closed once the client's goroutine has ended, which Close waits for.
+func (c *Conn) Close() error {
+	c.cancel()
+	c.mu.Lock()
+	ws := c.reading
+	c.mu.Unlock()
+	if ws != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		go func() {
+			<-ctx.Done()
+			ws.CloseNow()
+		}()
+		ws.Close(websocket.StatusNormalClosure, "")
+	}
+	<-c.done
+	return nil
+}
