@@ -132,6 +132,24 @@ func (h *Hub) unlockSubscription(name string, s *subscription) {
 	s.mu.Unlock()
 }
 
+// An AsyncBroker is a Broker that can confirm a publish apart from
+// handing it to the bus, so that the hub pipelines each client's
+// publishes: it hands up to 32 of them to the bus, in order, without
+// waiting for each confirmation, and delivers each to its local members
+// and acks it once confirmed, in order. With a plain Broker, a client's
+// next publish waits for the previous one's Publish.
+type AsyncBroker interface {
+	Broker
+
+	// PublishAsync hands msg to the bus as Publish does, and returns
+	// without waiting for its confirmation: the returned wait does that,
+	// returns what Publish would, and returns when ctx is done at the
+	// latest. The hub calls wait once. Messages handed one after another
+	// (each PublishAsync returning before the next is called) keep their
+	// order.
+	PublishAsync(ctx context.Context, room string, msg []byte) (wait func() error)
+}
+
 // A LogBroker is a Broker that also keeps, for the rooms with a history
 // policy, one durable log per room that every hub shares, in one order.
 // The natsbroker module implements it on NATS JetStream.

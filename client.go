@@ -683,6 +683,14 @@ func (c *Client) publish(m *Message) error {
 			return errPipelined
 		}
 	}
+	if _, ok := h.opts.Broker.(AsyncBroker); ok {
+		b, err := h.startBus(c.ctx, m.Room, &out)
+		if err != nil {
+			return err
+		}
+		c.pipeline(m.ID, m.Room, b)
+		return errPipelined
+	}
 	return h.publish(c.ctx, m.Room, &out, c, nil, HistoryPolicy{})
 }
 

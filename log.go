@@ -260,9 +260,10 @@ func (h *Hub) roomPolicy(name string, policy HistoryPolicy) HistoryPolicy {
 	return h.policyFor(name)
 }
 
-// Pipelining. A client's publishes to rooms with a log are handed to the
-// log one after another, in order, on its read goroutine, which goes on
-// reading while up to pipeWindow of them are in flight. The client's acker
+// Pipelining. A client's publishes to rooms with a log, or through an
+// AsyncBroker, are handed over one after another, in order, on its read
+// goroutine, which goes on reading while up to pipeWindow of them are in
+// flight. The client's acker
 // goroutine waits for each in turn and answers it, so acks (and errors)
 // come in the order of the publishes; the read goroutine waits for the
 // acker to be done before it answers anything itself.
@@ -275,12 +276,20 @@ var errPipelined = errors.New("wshub: answered by the acker")
 
 type pipeItem struct {
 	id, room string
-	a        *logAppend
+	a        inflight
 }
 
-// pipeline passes a, the append of a publish with id, to the acker,
-// waiting while the window is full.
-func (c *Client) pipeline(id, room string, a *logAppend) {
+// inflight is a publish handed to the log or the broker.
+type inflight interface {
+	// finish waits for the publish to be stored or confirmed and
+	// delivered here, and returns the clients whose queues that
+	// congested.
+	finish() ([]*Client, error)
+}
+
+// pipeline passes a, a publish with id handed to the log or the broker, to
+// the acker, waiting while the window is full.
+func (c *Client) pipeline(id, room string, a inflight) {
 	if c.pipe == nil {
 		c.pipe = make(chan pipeItem, pipeWindow)
 		c.spawn(c.acker)

@@ -34,8 +34,7 @@ func (h *Hub) publish(ctx context.Context, name string, m *Message, from *Client
 		if stored, err = enc.json(); err != nil {
 			return err
 		}
-		env := make([]byte, 0, hubIDLen+len(stored))
-		env = append(append(env, h.id...), stored...)
+		env := h.envelope(stored)
 		err = h.withBroker(func(br Broker) error {
 			if err := br.Publish(ctx, name, env); err != nil {
 				return fmt.Errorf("%w: publish to %q: %w", ErrBroker, name, err)
@@ -50,6 +49,50 @@ func (h *Hub) publish(ctx context.Context, name string, m *Message, from *Client
 		policy = HistoryPolicy{}
 	}
 	return h.deliver(ctx, name, enc, except, policy, stored)
+}
+
+// envelope returns the broker message of stored, the JSON of a message.
+func (h *Hub) envelope(stored []byte) []byte {
+	env := make([]byte, 0, hubIDLen+len(stored))
+	return append(append(env, h.id...), stored...)
+}
+
+// A busPublish is a client's publish handed to an AsyncBroker: once the
+// broker confirms it, it is delivered to the local members (see
+// Client.pipeline).
+type busPublish struct {
+	h      *Hub
+	ctx    context.Context
+	name   string
+	enc    *encoding
+	stored []byte
+	wait   func() error
+}
+
+// startBus hands m, a client's publish to room name, to the AsyncBroker.
+func (h *Hub) startBus(ctx context.Context, name string, m *Message) (*busPublish, error) {
+	b := &busPublish{h: h, ctx: ctx, name: name, enc: h.newEncoding(m)}
+	var err error
+	if b.stored, err = b.enc.json(); err != nil {
+		return nil, err
+	}
+	err = h.withBroker(func(br Broker) error {
+		b.wait = br.(AsyncBroker).PublishAsync(ctx, name, h.envelope(b.stored))
+		return nil
+	})
+	return b, err
+}
+
+// finish waits for the broker's confirmation, then delivers the message to
+// the room's local members; it returns the clients that left congested.
+func (b *busPublish) finish() ([]*Client, error) {
+	if err := b.wait(); err != nil {
+		return nil, fmt.Errorf("%w: publish to %q: %w", ErrBroker, b.name, err)
+	}
+	var congested []*Client
+	b.enc.sink = &congested
+	err := b.h.deliver(b.ctx, b.name, b.enc, nil, HistoryPolicy{}, b.stored)
+	return congested, err
 }
 
 // receive delivers a message from the broker to local members.
@@ -183,10 +226,11 @@ type encoding struct {
 	h      *Hub
 	m      *Message
 	slots  []encSlot
-	err    error   // first encoding error
-	queued int     // clients it was queued for
-	closed int     // clients that were closing
-	from   *Client // the publishing client, on its read goroutine; nil for the server
+	err    error      // first encoding error
+	queued int        // clients it was queued for
+	closed int        // clients that were closing
+	from   *Client    // the publishing client, on its read goroutine; nil for the server
+	sink   *[]*Client // else, where to note the clients it congests, if anywhere
 }
 
 // encSlot is one codec's encoding of a message, made on first use.
@@ -245,8 +289,13 @@ func (e *encoding) setJSON(b []byte) {
 }
 
 func (e *encoding) send(c *Client) {
-	if congested, _ := e.queue(c); congested && e.from != nil {
+	congested, _ := e.queue(c)
+	switch {
+	case !congested:
+	case e.from != nil:
 		e.from.congested(c)
+	case e.sink != nil:
+		*e.sink = append(*e.sink, c)
 	}
 }
 

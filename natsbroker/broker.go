@@ -131,7 +131,7 @@ type Broker struct {
 	done    chan struct{} // closed by Close
 }
 
-var _ wshub.Broker = (*Broker)(nil)
+var _ wshub.AsyncBroker = (*Broker)(nil)
 
 // New returns a broker on nc, which stays the caller's: Close does not
 // close it. opts may be nil for the defaults. nc should be made with
@@ -209,23 +209,33 @@ func (b *Broker) Subject(room string) string {
 // Options.Timeout. After an error the message may or may not have been
 // delivered. Publish does not retain msg.
 func (b *Broker) Publish(ctx context.Context, room string, msg []byte) error {
+	return b.PublishAsync(ctx, room, msg)()
+}
+
+// PublishAsync is Publish in two steps, for the hub to pipeline a client's
+// publishes (wshub.AsyncBroker): it writes msg and returns at once, and
+// the returned wait waits for the confirmation and returns what Publish
+// would. Messages written one after another keep their order. wait must
+// be called once.
+func (b *Broker) PublishAsync(ctx context.Context, room string, msg []byte) (wait func() error) {
+	fail := func(err error) func() error { return func() error { return err } }
 	if b.isClosed() {
-		return ErrClosed
+		return fail(ErrClosed)
 	}
 	if !b.nc.IsConnected() {
-		return fmt.Errorf("%w (%v)", ErrNotConnected, b.nc.Status())
+		return fail(fmt.Errorf("%w (%v)", ErrNotConnected, b.nc.Status()))
 	}
 	if b.noConfirm {
 		if err := b.nc.Publish(b.Subject(room), msg); err != nil {
-			return b.connErr(err)
+			return fail(b.connErr(err))
 		}
-		return nil
+		return func() error { return nil }
 	}
 	t, err := b.write(room, msg)
 	if err != nil {
-		return err
+		return fail(err)
 	}
-	return b.commit.wait(ctx, t)
+	return func() error { return b.commit.wait(ctx, t) }
 }
 
 // write publishes msg to the subject of room and returns the ticket to

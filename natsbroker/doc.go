@@ -58,7 +58,10 @@
 // received the message: one that is reconnecting or not yet subscribed
 // misses it, as above.
 //
-// Confirmations are pipelined and, under load, shared. While at most 16
+// A hub pipelines each client's publishes through PublishAsync (see
+// wshub.AsyncBroker): up to 32 of one client are written before the first
+// is confirmed, and each reaches the hub's own members, then its ack, once
+// confirmed, in order. Confirmations are pipelined and, under load, shared. While at most 16
 // publishes of a broker wait at once, each writes its own PING without
 // waiting for the others' PONGs, so a confirmation costs one round trip,
 // as if each publisher were alone. When more wait, a PING is written only
