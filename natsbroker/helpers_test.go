@@ -293,33 +293,12 @@ func (p *peer) next() (wireMsg, error) {
 // returns the ones before it. An ack is sent to acks by ID (an error
 // if acks is nil); any other frame is an error.
 func (p *peer) collect(sentinel string, acks chan<- string) ([]payload, error) {
-	var got []payload
-	for range 20000 {
-		m, err := p.next()
-		if err != nil {
-			return got, err
-		}
-		switch m.Type {
-		case "ack":
-			if acks == nil {
-				return got, fmt.Errorf("unexpected %+v", m)
-			}
-			acks <- m.ID
-			continue
-		case "message":
-		default:
-			return got, fmt.Errorf("got %+v, want a room message", m)
-		}
-		var d payload
-		if err := json.Unmarshal(m.Data, &d); err != nil {
-			return got, fmt.Errorf("decode %s: %w", m.Data, err)
-		}
-		if d.Pub == sentinel {
-			return got, nil
-		}
-		got = append(got, d)
+	got, err := p.collectLog(sentinel, acks)
+	out := make([]payload, len(got))
+	for i, l := range got {
+		out[i] = l.payload
 	}
-	return got, fmt.Errorf("no sentinel after 20000 messages")
+	return out, err
 }
 
 // checkSequences fails unless got holds, for each publisher in want, the
