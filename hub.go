@@ -296,9 +296,10 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 // handler still running then (its context is done) finishes on its own,
 // which is what lets one call Shutdown. In particular, OnDisconnect hooks
 // may still be running, or not have begun, when Shutdown returns: an
-// application that must see them all counts them itself. If ctx ends first, Shutdown closes
-// the remaining connections at once, waits for the goroutines and returns
-// ctx.Err(). Shutdown may be called many times, concurrently with Close.
+// application that must see them all counts them itself. If ctx ends
+// first, Shutdown closes the remaining connections at once, waits for the
+// goroutines and returns ctx.Err(). Shutdown may be called many times,
+// concurrently with Close.
 func (h *Hub) Shutdown(ctx context.Context) error {
 	// Held until every close has begun: clients whose read goroutines are
 	// in user code hold nothing, and the hub must not look drained before

@@ -23,8 +23,8 @@ import (
 //
 // Each presence room has a presRoom, shared by its room struct while it
 // has local members and kept by the hub while a diff is pending or other
-// hubs have members in it. Lock order: Hub.mu, room.mu, presRoom.mu;
-// Hub.presMu alone.
+// hubs have members in it. Lock order: Hub.mu, room.mu, Hub.presMu,
+// presRoom.mu.
 
 // Presence bounds.
 const (
