@@ -13,6 +13,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/wshub/wshub"
+	"github.com/wshub/wshub/wshubtest"
 	"go.uber.org/goleak"
 )
 
@@ -156,50 +157,35 @@ func eventually(t testing.TB, what string, cond func() bool) {
 
 func TestPublishReachesRoomMembersInOrder(t *testing.T) {
 	t.Parallel()
-	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll})
-	ts := serve(t, h)
-	alice, bob, carol := dial(t, ts), dial(t, ts), dial(t, ts)
-	alice.join("lobby")
-	bob.join("lobby")
-	carol.join("other")
-
+	s := wshubtest.NewServer(t, nil, &wshub.Options{AuthorizeJoin: allowAll})
+	alice, bob, carol := s.Dial(t, ""), s.Dial(t, ""), s.Dial(t, "")
+	alice.Join("lobby")
+	bob.Join("lobby")
+	carol.Join("other")
 	for i := range 3 {
-		alice.sendRaw(fmt.Sprintf(`{"type":"publish","room":"lobby","data":{"n":%d}}`, i))
+		alice.Send(&wshub.Message{Type: wshub.TypePublish, Room: "lobby", Data: map[string]int{"n": i}})
 	}
-	alice.sendRaw(`{"type":"publish","room":"lobby","data":"last","id":"p"}`)
 	// Every member, the sender included, gets them in order.
-	for _, p := range []*peer{alice, bob} {
-		var from string
+	for _, c := range []*wshubtest.Client{alice, bob} {
 		for i := range 3 {
-			m := p.read()
-			equal(t, "type", m.Type, "message")
-			equal(t, "room", m.Room, "lobby")
-			equal(t, "data", string(m.Data), fmt.Sprintf(`{"n":%d}`, i))
-			from = m.From
-		}
-		equal(t, "last", string(p.read().Data), `"last"`)
-		if from == "" {
-			t.Fatal("from is empty for a client publish")
+			if m := c.ExpectData("lobby", map[string]int{"n": i}); m.From == "" {
+				t.Fatal("from is empty for a client publish")
+			}
 		}
 	}
-	equal(t, "ack", alice.read().Type, "ack")
+	alice.Publish("lobby", "last") // its message, then its ack
+	bob.ExpectData("lobby", "last")
 	// ...and carol, in another room, got nothing: her next frame is the
 	// answer to her own request.
-	carol.mustAck(`{"type":"leave","room":"other","id":"l"}`)
+	carol.Leave("other")
 }
 
 func TestSenderReceivesOwnPublishBeforeAck(t *testing.T) {
 	t.Parallel()
-	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll})
-	ts := serve(t, h)
-	p := dial(t, ts)
-	p.join("r")
-	m := p.request(`{"type":"publish","room":"r","data":[1,2],"id":"7"}`)
-	equal(t, "type", m.Type, "message")
-	equal(t, "data", string(m.Data), "[1,2]")
-	ack := p.read()
-	equal(t, "ack type", ack.Type, "ack")
-	equal(t, "ack id", ack.ID, "7")
+	s := wshubtest.NewServer(t, nil, &wshub.Options{AuthorizeJoin: allowAll})
+	c := s.Dial(t, "")
+	c.Join("r")
+	c.Publish("r", []int{1, 2}) // fails unless the message comes, then the ack
 }
 
 func TestProtocolErrors(t *testing.T) {
