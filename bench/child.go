@@ -42,7 +42,8 @@ func isChild(args []string) bool { return len(args) >= 3 && args[1] == childFlag
 
 // runChild runs the child that args (after childFlag) name: the NATS
 // server of the cluster scenario (natsChild), one of its hubs
-// (clusterHubChild) or the server of a contender.
+// (clusterHubChild), the server of the presence scenario
+// (presenceHubChild) or the server of a contender.
 func runChild(args []string) error {
 	raiseFileLimit()
 	switch args[0] {
@@ -56,6 +57,15 @@ func runChild(args []string) error {
 			return errors.New("usage: " + clusterHubChild + " SPEC")
 		}
 		srv, err := newClusterHub(args[1])
+		if err != nil {
+			return err
+		}
+		return serveChild(srv)
+	case presenceHubChild:
+		if len(args) != 2 {
+			return errors.New("usage: " + presenceHubChild + " on|off")
+		}
+		srv, err := newPresenceHub(args[1])
 		if err != nil {
 			return err
 		}

@@ -13,10 +13,12 @@
 //	go run ./bench -scenario fanout-1000 -contender wshub,wshub-history
 //	go run ./bench -scenario fanout-1000 -contender wshub-batch -runs 1 -profile /tmp/prof
 //	go run ./bench -scenario cluster    # many hubs over NATS, each hub a child process
+//	go run ./bench -scenario presence   # a 10,000-member presence room under churn, presence on and off
 //
 // wshub-history, wshub with every room keeping its last 1,000 messages,
 // runs only when -contender names it; the cluster scenario (cluster.go)
-// only when -scenario names it, and -contender does not apply to it.
+// and the presence scenario (presence.go) only when -scenario names them,
+// and -contender does not apply to them.
 package main
 
 import (
@@ -58,12 +60,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 	idle := fs.Int("idle-clients", 0, "clients of the idle-memory scenario (default 10000, quick 1000)")
 	window := fs.Int("window", 64, "messages a room may be ahead of its slowest client")
 	floodMsgs := fs.Int("flood-messages", 0, "messages the flood publisher sends (default 20000, quick 2000)")
-	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all); and the opt-in cluster, named in full")
+	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all); and the opt-in cluster and presence, named in full")
 	who := fs.String("contender", "", "comma-separated contenders: "+strings.Join(contenderNames(false), ", ")+" (default all but the opt-in "+strings.Join(contenderNames(true), ", ")+")")
 	profile := fs.String("profile", "", "write CPU and heap profiles of each server child into this directory")
 	trace := fs.Bool("trace", false, "with -profile, the cluster scenario's children also write execution traces (go tool trace -pprof=sched FILE)")
 	clusterN := fs.Int("cluster-clients", 1000, "clients of the cluster scenario, over all hubs")
 	clusterHz := fs.Int("cluster-rate", 200, "publishes per second of the cluster scenario's latency phase")
+	presenceN := fs.Int("presence-members", 10000, "steady members of the presence scenario's room")
+	presenceRate := fs.Int("presence-rate", 1000, "joins per second, and as many leaves, of the presence scenario")
+	presenceFor := fs.Duration("presence-for", 10*time.Second, "measured time of each run of the presence scenario")
 	clusterSetups := fs.String("cluster-setups", "", "comma-separated rows of the cluster scenario: "+strings.Join(clusterSetupKeys(), ", ")+" (default all)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -76,6 +81,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		floodN: []int{4, 100}, floodMessages: 20000, floodFor: 10 * time.Second,
 		floodDrain: 10 * time.Second, floodQuiet: time.Second,
 		trace: *trace, clusterN: *clusterN, clusterHz: *clusterHz, clusterSetups: *clusterSetups,
+		presenceN: *presenceN, presenceRate: *presenceRate, presenceFor: *presenceFor,
 	}
 	if cfg.clusterN < 1 || cfg.clusterHz < 1 {
 		return errors.New("-cluster-clients and -cluster-rate must be positive")
@@ -153,7 +159,7 @@ func baselineOf(scs []scenario) string {
 	}
 	switch {
 	case own && other:
-		return baseline + " (in the cluster table, to its first row)"
+		return baseline + " (in the cluster and presence tables, to their first row)"
 	case own:
 		return "the first row"
 	}

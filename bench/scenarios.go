@@ -42,6 +42,10 @@ type config struct {
 	clusterN      int    // clients of the cluster scenario, over all hubs
 	clusterHz     int    // publishes per second of its latency phase
 	clusterSetups string // comma-separated keys of its rows; "" for all
+
+	presenceN    int           // steady members of the presence scenario's room
+	presenceRate int           // its joins per second, and as many leaves
+	presenceFor  time.Duration // its measured window
 }
 
 // metric is one column of a scenario's table.
@@ -167,7 +171,7 @@ func scenarios(cfg *config) []scenario {
 			},
 		})
 	}
-	return append(list, clusterScenario())
+	return append(list, clusterScenario(), presenceScenario())
 }
 
 var throughputMetrics = []metric{

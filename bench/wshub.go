@@ -41,17 +41,20 @@ func keepHistory(string) wshub.HistoryPolicy {
 // newWshubServer returns a wshub server with the default options but for
 // history and broker, which may be nil.
 func newWshubServer(history func(room string) wshub.HistoryPolicy, broker wshub.Broker) *wshubServer {
+	return newWshubServerWith(wshub.Options{History: history, Broker: broker})
+}
+
+// newWshubServerWith returns a wshub server with opts, whose AuthorizeJoin
+// it sets: every join is allowed, and its room counted by members.
+func newWshubServerWith(opts wshub.Options) *wshubServer {
 	s := &wshubServer{rooms: make(map[string]struct{})}
-	s.hub = wshub.New(nil, &wshub.Options{
-		AuthorizeJoin: func(_ *wshub.Client, room string) error {
-			s.mu.Lock()
-			s.rooms[room] = struct{}{}
-			s.mu.Unlock()
-			return nil
-		},
-		History: history,
-		Broker:  broker,
-	})
+	opts.AuthorizeJoin = func(_ *wshub.Client, room string) error {
+		s.mu.Lock()
+		s.rooms[room] = struct{}{}
+		s.mu.Unlock()
+		return nil
+	}
+	s.hub = wshub.New(nil, &opts)
 	return s
 }
 

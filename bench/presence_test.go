@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestPresence runs the presence scenario end to end at a tiny size: 50
+// members, 20 joins and 20 leaves a second for 1 s, both rows in child
+// processes (this test binary). Without presence the members get no
+// frame; with it they get diffs, at most one per PresenceInterval (so at
+// most about 11 in the window), each listing several joins and leaves.
+// Neither row may have notes: no lost client, error answer, event not
+// acked or child exiting badly.
+func TestPresence(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=100"))
+	var out, log bytes.Buffer
+	err := run([]string{"-scenario", "presence", "-runs", "1", "-warmup", "200ms", "-presence-members", "50", "-presence-rate", "20", "-presence-for", "1s"}, &out, &log)
+	t.Logf("progress:\n%s", log.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := tableRows(out.String())
+	if len(rows) != len(presenceSetups) {
+		t.Fatalf("%d rows, want %d:\n%s", len(rows), len(presenceSetups), out.String())
+	}
+	for i, s := range presenceSetups {
+		r := rows[i]
+		if r.cells[0] != s.label {
+			t.Fatalf("row %d is %q, want %q", i, r.cells[0], s.label)
+		}
+		cell := func(header string) float64 {
+			t.Helper()
+			for j, h := range r.head {
+				if h == header {
+					v, err := strconv.ParseFloat(strings.ReplaceAll(r.cells[j], ",", ""), 64)
+					if err != nil {
+						t.Fatalf("%s: %s is %q", s.label, header, r.cells[j])
+					}
+					return v
+				}
+			}
+			t.Fatalf("no column %q", header)
+			return 0
+		}
+		if notes := r.cells[len(r.cells)-1]; notes != "" {
+			t.Errorf("%s: notes %q", s.label, notes)
+		}
+		if v := cell("events/s"); v < 30 {
+			t.Errorf("%s: %v events/s, want about 40", s.label, v)
+		}
+		if v := cell("server CPU µs/event"); v <= 0 {
+			t.Errorf("%s: server CPU %v µs/event", s.label, v)
+		}
+		frames, entries := cell("frames/member/s"), cell("entries/frame")
+		switch s.arg {
+		case "off":
+			if frames != 0 {
+				t.Errorf("without presence: %v frames/member/s, want 0", frames)
+			}
+		case "on":
+			if frames <= 0 || frames > 11 {
+				t.Errorf("with presence: %v frames/member/s, want some, at most 11", frames)
+			}
+			if entries < 2 {
+				t.Errorf("with presence: %v entries/frame, want diffs coalescing several events", entries)
+			}
+		}
+	}
+}
