@@ -17,12 +17,15 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -73,7 +76,9 @@ type Options struct {
 	NoReconnect bool
 
 	// FailFast makes requests made while the connection is down fail with
-	// ErrOffline instead of waiting for it (within their context).
+	// ErrOffline instead of waiting for it (within their context). While
+	// the rooms are being rejoined (Rejoining) they still wait: the
+	// connection is up, and is Online after one round trip per room.
 	FailFast bool
 
 	// Buffer is the capacity of the Messages channel. The client stops
@@ -84,7 +89,13 @@ type Options struct {
 
 	// OnEvent, if set, is called with every change of the connection's
 	// state and with the outcome of each room's rejoin. It runs on the
-	// client's goroutine: it must not block.
+	// client's goroutines, one call at a time: it must not block.
+	//
+	// A room's rejoin is reported before the messages that follow its ack
+	// (those recovered among them) are passed to Messages. So an
+	// application that queues the events and, before handling each
+	// message, handles the events queued so far, shows "rejoined" (or
+	// "some messages may be missing") before what was recovered.
 	OnEvent func(Event)
 }
 
@@ -93,14 +104,15 @@ type State int
 
 // States of a Conn.
 const (
-	Connecting State = iota // dialing, or waiting to dial again
+	Connecting State = iota // dialing again
 	Online                  // connected, rooms rejoined
 	Offline                 // lost; waiting Event.Retry before the next attempt
 	Closed                  // for good: see Conn.Err
+	Rejoining               // connected again, rejoining the rooms
 )
 
 func (s State) String() string {
-	return [...]string{"connecting", "online", "offline", "closed"}[s]
+	return [...]string{"connecting", "online", "offline", "closed", "rejoining"}[s]
 }
 
 // An Event reports a change of state or a rejoin.
@@ -109,9 +121,12 @@ type Event struct {
 	Err   error         // why it went offline or closed
 	Retry time.Duration // Offline: the wait before the next attempt
 
-	// Room and Recovered report a room rejoined after a reconnection:
-	// Recovered is false when the server could not replay everything the
-	// client missed (see docs/PROTOCOL.md, history).
+	// Room and Recovered report a room rejoined after a reconnection
+	// (State is Rejoining): Recovered is false when the server could not
+	// replay everything the client missed (see docs/PROTOCOL.md, history;
+	// always so in a room without history). When the server refused the
+	// rejoin, Err is its *ServerError, and the room is no longer joined.
+	// Rooms are rejoined in the order they were first joined.
 	Room      string
 	Recovered bool
 }
@@ -133,16 +148,19 @@ type Conn struct {
 	ctx    context.Context // ends with Close
 	cancel context.CancelFunc
 
+	evMu sync.Mutex // held while OnEvent runs: one event at a time, in order
+
 	mu      sync.Mutex
 	reading *websocket.Conn // the connection run reads; Close closes it
 	ws      *websocket.Conn // current connection, usable for requests; nil while down
-	up      chan struct{}   // closed when ws is set; replaced when it goes
+	changed chan struct{}   // closed, and replaced, when state changes
 	state   State
 	err     error
 	rooms   map[string]*room
 	pending map[string]chan *wshub.Message // request id → its answer
 	joins   map[string]*joining            // join request id → the join
 	nextID  uint64
+	joined  uint64 // rooms joined so far: the order of the rejoins
 }
 
 // joining is a join awaiting its ack.
@@ -154,7 +172,8 @@ type joining struct {
 
 // room is a joined room: where the client stands in its history.
 type room struct {
-	history   int // the join's history request, kept as the fallback of a recovery
+	order     uint64 // rooms are rejoined in this order: the order they were joined
+	history   int    // the join's history request, kept as the fallback of a recovery
 	epoch     string
 	seq       uint64
 	rejoining bool             // its rejoin awaits the ack: messages wait in held
@@ -166,7 +185,7 @@ type room struct {
 // refusal shows at once). From then on the Conn reconnects by itself.
 func Dial(ctx context.Context, url string, opts *Options) (*Conn, error) {
 	c := &Conn{url: url, rooms: make(map[string]*room), pending: make(map[string]chan *wshub.Message), joins: make(map[string]*joining),
-		done: make(chan struct{}), up: make(chan struct{})}
+		done: make(chan struct{}), changed: make(chan struct{})}
 	if opts != nil {
 		c.opts = *opts
 	}
@@ -186,6 +205,7 @@ func Dial(ctx context.Context, url string, opts *Options) (*Conn, error) {
 		return nil, err
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.reading = ws
 	c.setOnline(ws)
 	go c.run(ws)
 	return c, nil
@@ -199,7 +219,8 @@ func (c *Conn) dial(ctx context.Context) (*websocket.Conn, error) {
 	ws, resp, err := websocket.Dial(ctx, c.url, &websocket.DialOptions{HTTPHeader: c.opts.Header, Subprotocols: proto})
 	if err != nil {
 		if resp != nil {
-			return nil, &dialError{status: resp.StatusCode, err: err}
+			body, _ := io.ReadAll(resp.Body) // what coder/websocket kept of it
+			return nil, &RefusedError{StatusCode: resp.StatusCode, Header: resp.Header, Body: body, err: err}
 		}
 		return nil, err
 	}
@@ -207,24 +228,34 @@ func (c *Conn) dial(ctx context.Context) (*websocket.Conn, error) {
 	return ws, nil
 }
 
-// dialError is a refused upgrade.
-type dialError struct {
-	status int
-	err    error
+// A RefusedError is the server's HTTP answer to the upgrade request when
+// it is not the upgrade: the application's refusal (wshub.Reject: 401,
+// 403...), a hub shutting down or full (503), a proxy whose server is down
+// (502), or no WebSocket endpoint at the URL (404, a web page). Dial
+// returns it; after a reconnection it is Conn.Err, unless it was worth
+// trying again (429 and 5xx are).
+type RefusedError struct {
+	StatusCode int
+	Header     http.Header
+	Body       []byte // the start of the answer's body (coder/websocket keeps 1 KiB)
+	err        error
 }
 
-func (e *dialError) Error() string {
-	return fmt.Sprintf("client: upgrade refused: %d %s", e.status, http.StatusText(e.status))
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("client: upgrade refused: %d %s", e.StatusCode, http.StatusText(e.StatusCode))
 }
-func (e *dialError) Unwrap() error { return e.err }
+
+func (e *RefusedError) Unwrap() error { return e.err }
 
 // retryable reports whether a connection that ended with err is worth
-// dialing again: it was lost, the server went away or restarts, or it was
-// busy. Other close codes are about this client (docs/PROTOCOL.md §7).
+// dialing again: it was lost, the server went away or restarts, or it (or
+// a proxy in front of it) was busy or down. Other close codes are about
+// this client (docs/PROTOCOL.md §7), and other refusals would be the same
+// next time.
 func retryable(err error) bool {
-	var de *dialError
-	if errors.As(err, &de) {
-		return de.status == http.StatusServiceUnavailable
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return re.StatusCode == http.StatusTooManyRequests || re.StatusCode >= 500
 	}
 	switch websocket.CloseStatus(err) {
 	case -1, websocket.StatusGoingAway, websocket.StatusServiceRestart, websocket.StatusAbnormalClosure:
@@ -266,7 +297,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 				c.finish(ErrClosed)
 				return
 			}
-			c.event(Event{State: Connecting})
+			c.setState(Connecting)
 			ws, err = c.dial(c.ctx)
 			if err == nil {
 				break
@@ -275,29 +306,30 @@ func (c *Conn) run(ws *websocket.Conn) {
 				c.finish(ErrClosed)
 				return
 			}
-			if !retryable(err) && !isNetError(err) {
+			if !retryable(err) { // refused, and it would be again
 				c.finish(err)
 				return
 			}
 		}
 		backoff = c.opts.MinBackoff
+		c.mu.Lock()
+		c.reading = ws // before the rejoin's setOnline
+		c.mu.Unlock()
+		c.setState(Rejoining)
 		go c.rejoin(ws)
 	}
 }
 
-func isNetError(err error) bool {
-	var ne interface{ Timeout() bool }
-	return errors.As(err, &ne) || websocket.CloseStatus(err) == -1
-}
-
-// rejoin joins the rooms again on a new connection, asking for what was
-// missed, then makes the connection usable for requests.
+// rejoin joins the rooms again on a new connection, in the order they
+// were joined, asking for what was missed, then makes the connection
+// usable for requests. The read goroutine reports each outcome (take).
 func (c *Conn) rejoin(ws *websocket.Conn) {
 	c.mu.Lock()
 	names := make([]string, 0, len(c.rooms))
 	for name := range c.rooms {
 		names = append(names, name)
 	}
+	slices.SortFunc(names, func(a, b string) int { return cmp.Compare(c.rooms[a].order, c.rooms[b].order) })
 	c.mu.Unlock()
 	for _, name := range names {
 		c.mu.Lock()
@@ -311,14 +343,10 @@ func (c *Conn) rejoin(ws *websocket.Conn) {
 			m.Since = r.seq
 		}
 		c.mu.Unlock()
-		ans, err := c.request(c.ctx, ws, m, &joining{room: name, history: r.history, rejoin: true})
-		switch {
-		case errors.Is(err, ErrConnectionLost) || c.ctx.Err() != nil:
-			return // the next connection tries again
-		case err != nil:
-			c.event(Event{State: Connecting, Room: name, Err: err}) // refused now: the room is gone
-		default:
-			c.event(Event{State: Connecting, Room: name, Recovered: ans.Recovered != nil && *ans.Recovered})
+		_, err := c.request(c.ctx, ws, m, &joining{room: name, history: r.history, rejoin: true})
+		var se *ServerError
+		if err != nil && !errors.As(err, &se) {
+			return // lost, or closed: the next connection tries again
 		}
 	}
 	c.setOnline(ws)
@@ -345,7 +373,14 @@ func (c *Conn) read(ws *websocket.Conn) error {
 			if err := (wshub.JSONCodec{}).Unmarshal(raw, m); err != nil {
 				continue
 			}
-			for _, m := range c.take(m) {
+			out, e, ans := c.take(m)
+			if e != nil {
+				c.event(*e)
+			}
+			if ans != nil {
+				ans <- m // after the event: the rejoin's Online comes after it
+			}
+			for _, m := range out {
 				select {
 				case c.msgs <- m:
 				case <-c.ctx.Done():
@@ -358,38 +393,46 @@ func (c *Conn) read(ws *websocket.Conn) error {
 
 // take handles m, on the read goroutine: an answer goes to its request,
 // a join's ack updates the room, and a room message seen before a
-// reconnection is dropped. It returns what to pass on to Messages.
-func (c *Conn) take(m *wshub.Message) []*wshub.Message {
+// reconnection is dropped. It returns what to pass on to Messages, the
+// event of a rejoin's answer, to report before, and for an answer the
+// channel of its request, to pass it to after the event.
+func (c *Conn) take(m *wshub.Message) ([]*wshub.Message, *Event, chan<- *wshub.Message) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if (m.Type == wshub.TypeAck || m.Type == wshub.TypeError) && m.ID != "" {
 		ch := c.pending[m.ID]
 		if ch == nil {
-			return []*wshub.Message{m}
+			return []*wshub.Message{m}, nil, nil
 		}
 		delete(c.pending, m.ID)
 		var out []*wshub.Message
+		var e *Event
 		if j := c.joins[m.ID]; j != nil {
 			delete(c.joins, m.ID)
 			out = c.joinedLocked(j, m)
+			if j.rejoin {
+				e = &Event{State: Rejoining, Room: j.room, Recovered: m.Recovered != nil && *m.Recovered}
+				if m.Type == wshub.TypeError {
+					e.Err = &ServerError{Room: m.Room, Text: m.Error}
+				}
+			}
 		}
-		ch <- m
-		return out
+		return out, e, ch // ch has room: the request's only answer
 	}
 	if m.Type != wshub.TypeMessage || m.Seq == 0 {
-		return []*wshub.Message{m}
+		return []*wshub.Message{m}, nil, nil
 	}
 	r := c.rooms[m.Room]
 	switch {
 	case r == nil:
-		return []*wshub.Message{m}
+		return []*wshub.Message{m}, nil, nil
 	case r.rejoining:
 		r.held = append(r.held, m)
-		return nil
+		return nil, nil, nil
 	case c.seenLocked(r, m):
-		return nil
+		return nil, nil, nil
 	}
-	return []*wshub.Message{m}
+	return []*wshub.Message{m}, nil, nil
 }
 
 // seenLocked reports whether the room message m was passed on already,
@@ -418,7 +461,8 @@ func (c *Conn) joinedLocked(j *joining, ans *wshub.Message) []*wshub.Message {
 		return nil
 	}
 	if r == nil {
-		r = &room{history: j.history}
+		c.joined++
+		r = &room{order: c.joined, history: j.history}
 		c.rooms[j.room] = r
 	}
 	if r.epoch != ans.Epoch {
@@ -437,17 +481,49 @@ func (c *Conn) joinedLocked(j *joining, ans *wshub.Message) []*wshub.Message {
 }
 
 func (c *Conn) event(e Event) {
+	c.evMu.Lock()
+	defer c.evMu.Unlock()
+	c.emit(e)
+}
+
+// emit reports e; evMu is held.
+func (c *Conn) emit(e Event) {
 	if c.opts.OnEvent != nil {
 		c.opts.OnEvent(e)
 	}
 }
 
-func (c *Conn) setOnline(ws *websocket.Conn) {
+// setStateLocked changes the state, waking those who wait for a change.
+func (c *Conn) setStateLocked(s State) {
+	c.state = s
+	close(c.changed)
+	c.changed = make(chan struct{})
+}
+
+// setState changes the state and reports it.
+func (c *Conn) setState(s State) {
 	c.mu.Lock()
-	c.ws, c.state = ws, Online
-	close(c.up)
+	c.setStateLocked(s)
 	c.mu.Unlock()
-	c.event(Event{State: Online})
+	c.event(Event{State: s})
+}
+
+// setOnline makes ws usable for requests, unless it is no longer the
+// connection read (it broke during the rejoin) or the Conn is closing. It
+// holds evMu throughout, so that Online is reported before the Offline
+// that may follow at once.
+func (c *Conn) setOnline(ws *websocket.Conn) {
+	c.evMu.Lock()
+	defer c.evMu.Unlock()
+	c.mu.Lock()
+	if c.reading != ws || c.state != Rejoining && c.state != Connecting {
+		c.mu.Unlock()
+		return
+	}
+	c.ws = ws
+	c.setStateLocked(Online)
+	c.mu.Unlock()
+	c.emit(Event{State: Online})
 }
 
 // setOffline forgets the connection and fails the requests waiting on it.
@@ -457,9 +533,8 @@ func (c *Conn) setOffline() {
 	if c.ws != nil {
 		c.ws.CloseNow()
 		c.ws = nil
-		c.up = make(chan struct{})
 	}
-	c.state = Offline
+	c.setStateLocked(Offline)
 	for id, ch := range c.pending {
 		delete(c.pending, id)
 		ch <- nil
@@ -473,7 +548,8 @@ func (c *Conn) setOffline() {
 
 func (c *Conn) finish(err error) {
 	c.mu.Lock()
-	c.state, c.err = Closed, err
+	c.err = err
+	c.setStateLocked(Closed)
 	c.mu.Unlock()
 	c.event(Event{State: Closed, Err: err})
 }
@@ -505,18 +581,18 @@ func (c *Conn) Messages() <-chan *wshub.Message { return c.msgs }
 func (c *Conn) connection(ctx context.Context) (*websocket.Conn, error) {
 	for {
 		c.mu.Lock()
-		ws, up, state := c.ws, c.up, c.state
+		ws, changed, state := c.ws, c.changed, c.state
 		c.mu.Unlock()
 		switch {
 		case state == Closed:
 			return nil, ErrClosed
 		case ws != nil && state == Online:
 			return ws, nil
-		case c.opts.FailFast:
+		case c.opts.FailFast && state != Rejoining:
 			return nil, ErrOffline
 		}
 		select {
-		case <-up:
+		case <-changed:
 		case <-c.done:
 		case <-ctx.Done():
 			return nil, ctx.Err()
@@ -610,7 +686,9 @@ func (c *Conn) Join(ctx context.Context, name string, history int) (JoinResult, 
 	return JoinResult{Epoch: ans.Epoch, Seq: ans.Seq}, nil
 }
 
-// Leave leaves room.
+// Leave leaves room. The room is forgotten at once: whatever the answer,
+// even ErrOffline, it is not rejoined after a reconnection (the server
+// forgets a connection's rooms with it).
 func (c *Conn) Leave(ctx context.Context, name string) error {
 	c.mu.Lock()
 	delete(c.rooms, name)

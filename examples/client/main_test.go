@@ -797,11 +797,11 @@ func TestFormat(t *testing.T) {
 		{`{"type":"error","room":"\r","error":"\u001bc"}`, `! [\r] \x1bc`},
 		{`{"type":"custom","data":"\u001b[31m"}`, `{"type":"custom","data":"\u001b[31m"}`},
 	} {
-		var m message
-		if err := json.Unmarshal([]byte(tc.frame), &m); err != nil {
+		var m wshub.Message
+		if err := (wshub.JSONCodec{}).Unmarshal([]byte(tc.frame), &m); err != nil {
 			t.Fatal(err)
 		}
-		equal(t, tc.frame, format(m, []byte(tc.frame)), tc.want)
+		equal(t, tc.frame, format(&m), tc.want)
 	}
 	equal(t, "invalid UTF-8", clean("a\xffb\x1b"), `a`+"\uFFFD"+`b\x1b`)
 }
@@ -930,7 +930,7 @@ func rawJoin(t *testing.T, url, name, room string) *websocket.Conn {
 		if err != nil {
 			t.Fatalf("%s joining %s: %v", name, room, err)
 		}
-		var m message
+		var m struct{ Type, ID string }
 		if json.Unmarshal(b, &m) == nil && m.ID == "j" {
 			if m.Type != "ack" {
 				t.Fatalf("%s joining %s: %s", name, room, b)
