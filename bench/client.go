@@ -44,6 +44,10 @@ type client struct {
 	// *recording is true.
 	hist      *histogram
 	recording *atomic.Bool
+
+	// onFrame, when set before start, sees every frame the read loop
+	// reads, before it is counted.
+	onFrame func(data []byte)
 }
 
 var tsKey = []byte(`"ts":`)
@@ -139,6 +143,9 @@ func (c *client) readLoop() {
 				c.lost.Store(true)
 			}
 			return
+		}
+		if c.onFrame != nil {
+			c.onFrame(buf.Bytes())
 		}
 		c.count(buf.Bytes())
 	}

@@ -22,10 +22,12 @@ import (
 // embedded nats-server with JetStream), all on 127.0.0.1, the clients in
 // the parent, spread evenly over the hubs, all in one room. Each setup
 // (clusterSetups) is measured against one hub without a broker in the
-// same run: throughput with 1 and with 10 server-side publishers spread
-// over the hubs, in the closed loop of the fan-out scenarios (the room
-// never more than the window ahead of its slowest member, whichever
-// publisher sent), then latency at a paced rate.
+// same run: throughput with 1 and with 10 publishers spread over the hubs,
+// in the closed loop of the fan-out scenarios (the room never more than
+// the window ahead of its slowest member, whichever publisher sent), then
+// latency at a paced rate. The publishers are members of the room, WebSocket
+// clients publishing without waiting for each ack (pubClient), or with
+// -cluster-broadcast goroutines of the hubs calling Room.Broadcast.
 
 // Children of the cluster scenario, by their first argument after
 // childFlag.
@@ -193,6 +195,15 @@ var clusterMetrics = []metric{
 	{key: "writes10", header: "10 pub.", digits: 1},
 	{key: "clients10", header: "clients CPU µs/delivery, 10 pub.", digits: 2},
 	{key: "missing", header: "deliveries missing", sum: true},
+	{key: "unacked", header: "acks missing", sum: true},
+}
+
+// publisherKind says what the cluster scenario's publishers are.
+func publisherKind(cfg *config) string {
+	if cfg.clusterServer {
+		return "server-side publishers (-cluster-broadcast): goroutines calling Room.Broadcast in the hubs, spread over them in turn"
+	}
+	return fmt.Sprintf("client publishers: WebSocket clients, members of the room (%d of its clients, connected to the hubs in turn), each writing publish frames with ids without waiting for their acks, at most %d unanswered, reading their connection all along", latencyPublishers, cfg.window)
 }
 
 func clusterScenario() scenario {
@@ -202,12 +213,13 @@ func clusterScenario() scenario {
 		optIn: true,
 		about: func(cfg *config) string {
 			return fmt.Sprintf("%s clients in one room, spread evenly over the hubs; every hub is a child process, NATS (nats-server %s embedded, JetStream on, store in a temporary directory) another, all on 127.0.0.1; the clients are in the bench process. "+
-				"Throughput: server-side publishes of ~100-byte payloads by 1, then 10 publishers (goroutines calling Room.Broadcast, spread over the hubs in turn), the room at most %d messages ahead of its slowest client whichever publisher sent; measured for %v after a %v warm-up each. "+
-				"Latency: the 10 publishers in turn, paced at %d publishes/s in all, receive time minus the publisher's stamp (taken before Room.Broadcast), over %v after a %v warm-up. "+
+				"Publishers: %s. "+
+				"Throughput: publishes of ~100-byte payloads by 1, then 10 publishers, the room at most %d messages ahead of its slowest client whichever publisher sent; measured for %v after a %v warm-up each. "+
+				"Latency: the 10 publishers in turn, paced at %d publishes/s in all, receive time minus the publisher's stamp (taken as it writes the frame, or before Room.Broadcast), over %v after a %v warm-up. "+
 				"Server CPU is the getrusage of every hub and NATS process over the measured window, per delivery; NATS %% is NATS's part of it; deliveries/write(2) divides the deliveries by the hubs' write system calls (syscw of /proc/PID/io), so it shows how many messages a socket write carries; clients CPU is the bench process's. "+
-				"deliveries missing is the total, over all runs and phases, of messages a client had not received 5 s after its phase (each client must get every message once). "+
+				"deliveries missing is the total, over all runs and phases, of messages a client had not received 5 s after its phase (each client must get every message once; one more than sent is a note); acks missing, of client publishes not acked by the end of the run (an error frame or an ack out of order is a note). "+
 				"× is the ratio of medians to %s.",
-				format(float64(cfg.clusterN), 0), natsserver.VERSION, cfg.window, cfg.duration, cfg.warmup, cfg.clusterHz, cfg.duration, cfg.warmup, clusterSetups[0].label)
+				format(float64(cfg.clusterN), 0), natsserver.VERSION, publisherKind(cfg), cfg.window, cfg.duration, cfg.warmup, cfg.clusterHz, cfg.duration, cfg.warmup, clusterSetups[0].label)
 		},
 		metrics: clusterMetrics,
 		own:     runCluster,
@@ -386,6 +398,7 @@ type trial struct {
 	setup   clusterSetup
 	cl      *cluster
 	clients []*client
+	pubs    []*pubClient // the publishing clients, unless cfg.clusterServer
 	pub     *publisher
 	profile bool // take profiles of the measured windows
 	missing int64
@@ -399,7 +412,7 @@ func runClusterOnce(ctx context.Context, cfg *config, s clusterSetup, profile bo
 	}
 	defer cl.stop() // at once if the run returns early; a no-op after the stop below
 	t := &trial{cfg: cfg, setup: s, cl: cl, profile: profile && cfg.profileDir != ""}
-	defer func() { closeAll(t.clients) }()
+	defer t.close()
 	if err := t.connect(ctx); err != nil {
 		return runResult{}, err
 	}
@@ -432,9 +445,17 @@ func runClusterOnce(ctx context.Context, cfg *config, s clusterSetup, profile bo
 		extra += max(0, c.received.Load()-t.pub.sent[c.room])
 	}
 	values["missing"] = float64(t.missing)
-	notes := serverNotes(serverStats{Kicked: end.kicked, Errors: end.errors}, countLost(t.clients), t.missing)
+	tally := tallyPubs(t.pubs)
+	values["unacked"] = float64(tally.handed - tally.acked)
+	notes := serverNotes(serverStats{Kicked: end.kicked, Errors: end.errors + uint64(tally.errored)}, countLost(t.clients), t.missing)
 	if extra > 0 {
 		notes = append(notes, fmt.Sprintf("%d deliveries more than sent", extra))
+	}
+	if tally.disorder > 0 {
+		notes = append(notes, fmt.Sprintf("%d acks out of order", tally.disorder))
+	}
+	if tally.first != "" {
+		notes = append(notes, "a publishing client: "+tally.first)
 	}
 	if err := cl.stop(); err != nil {
 		notes = append(notes, "child processes: "+err.Error())
@@ -442,19 +463,43 @@ func runClusterOnce(ctx context.Context, cfg *config, s clusterSetup, profile bo
 	return runResult{values: values, notes: append(notes, t.notes...)}, nil
 }
 
-// outlets returns n publishers spread over the hubs in turn.
+// outlets returns n publishers spread over the hubs in turn: the first n
+// publishing clients, or n publisher goroutines of the hubs.
 func (t *trial) outlets(n int) []outlet {
 	outlets := make([]outlet, n)
 	for i := range outlets {
-		outlets[i] = outlet{rm: t.cl.hubs[i%len(t.cl.hubs)], id: i}
+		if t.pubs != nil {
+			outlets[i] = outlet{pc: t.pubs[i]}
+		} else {
+			outlets[i] = outlet{rm: t.cl.hubs[i%len(t.cl.hubs)], id: i}
+		}
 	}
 	return outlets
 }
 
+// close stops the publishing clients and closes every client, waiting
+// (boundedly) for their goroutines; it may be called again.
+func (t *trial) close() {
+	for _, pc := range t.pubs {
+		select {
+		case <-pc.stop:
+		default:
+			close(pc.stop)
+		}
+	}
+	closeAll(t.clients) // unblocks a publisher's write on a full socket
+	for _, pc := range t.pubs {
+		pc.stopPub()
+	}
+}
+
 // connect connects cfg.clusterN clients to room 0, client i to hub i mod
-// the hubs, and starts their read loops, ready to record latencies.
+// the hubs, and starts their read loops, ready to record latencies. Unless
+// the publishers are server-side, it makes latencyPublishers of them, over
+// the hubs in turn, publishers too.
 func (t *trial) connect(ctx context.Context) error {
 	hubs := t.cl.hubs
+	var byHub [][]*client
 	for h, rm := range hubs {
 		n := t.cfg.clusterN / len(hubs)
 		if h < t.cfg.clusterN%len(hubs) {
@@ -462,6 +507,7 @@ func (t *trial) connect(ctx context.Context) error {
 		}
 		clients, err := connectAll(ctx, rm.addr, wshubProtocol{}, n, func(int) int { return 0 })
 		t.clients = append(t.clients, clients...)
+		byHub = append(byHub, clients)
 		if err != nil {
 			return fmt.Errorf("hub%d: %w", h, err)
 		}
@@ -473,7 +519,25 @@ func (t *trial) connect(ctx context.Context) error {
 	for _, c := range t.clients {
 		c.hist, c.recording = new(histogram), recording
 	}
-	start(t.clients)
+	var readers []*client
+	if !t.cfg.clusterServer {
+		for i := range latencyPublishers {
+			h, k := i%len(hubs), i/len(hubs)
+			if k >= len(byHub[h]) {
+				return fmt.Errorf("%d publishing clients need at least %d clients on each hub", latencyPublishers, (latencyPublishers+len(hubs)-1)/len(hubs))
+			}
+			t.pubs = append(t.pubs, newPubClient(byHub[h][k], roomName(0), t.cfg.window))
+		}
+	}
+	for _, c := range t.clients {
+		if c.onFrame == nil {
+			readers = append(readers, c)
+		}
+	}
+	start(readers)
+	for _, pc := range t.pubs {
+		pc.startPub()
+	}
 	t.pub = newPublisher(hubs[0], t.clients, 1, t.cfg.window)
 	return nil
 }
@@ -557,12 +621,16 @@ func (t *trial) throughput(ctx context.Context, phase string, outlets []outlet) 
 	}, nil
 }
 
-// drain waits for the clients to get what was sent and counts what they
-// did not.
+// drain waits for the clients to get what was sent, and the publishing
+// clients their acks, and counts what they did not.
 func (t *trial) drain(phase string) {
+	deadline := time.Now().Add(5 * time.Second)
 	if m := t.pub.drain(5 * time.Second); m > 0 {
 		t.missing += m
 		t.notes = append(t.notes, fmt.Sprintf("%s: %d deliveries missing", phase, m))
+	}
+	if tally := waitAnswered(t.pubs, deadline); tally.acked+tally.errored < tally.handed {
+		t.notes = append(t.notes, fmt.Sprintf("%s: %d publishes unanswered after 5 s", phase, tally.handed-tally.acked-tally.errored))
 	}
 }
 
@@ -592,7 +660,7 @@ func (t *trial) latency(ctx context.Context, outlets []outlet) (int64, int64, er
 	if late > 0 {
 		t.notes = append(t.notes, fmt.Sprintf("latency: window full %d times, rate not sustained", late))
 	}
-	closeAll(t.clients) // the histograms are complete once the read loops ended
+	t.close() // the histograms are complete once the read loops ended
 	var h histogram
 	for _, c := range t.clients {
 		h.merge(c.hist)

@@ -23,9 +23,11 @@ func TestMain(m *testing.M) {
 
 // TestCluster runs the cluster scenario end to end at a tiny size: every
 // setup's hubs and NATS in child processes (this test binary), 2 hubs of
-// 10 clients. Every row must have its figures, every client every message
-// and no notes: no lost client, publish error, child exiting badly (a
-// data race in a child under -race) or missing delivery.
+// 10 clients, 10 of them publishing; then the server-side publishers of
+// -cluster-broadcast on three setups. Every row must have its figures,
+// every client every message, every client publish its ack, and no
+// notes: no lost client, publish error, ack out of order, child exiting
+// badly (a data race in a child under -race) or missing delivery.
 func TestCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts child processes and NATS")
@@ -34,18 +36,35 @@ func TestCluster(t *testing.T) {
 	// for late reports; a tenth of it is enough here, and the cluster stops
 	// eleven children.
 	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=100"))
+	args := []string{"-scenario", "cluster", "-runs", "1", "-warmup", "50ms", "-duration", "150ms", "-cluster-clients", "20"}
+	t.Run("clients", func(t *testing.T) {
+		checkCluster(t, args, clusterSetups)
+	})
+	t.Run("broadcast", func(t *testing.T) {
+		var setups []clusterSetup
+		for _, s := range clusterSetups {
+			if s.key == "one" || s.key == "confirm" || s.key == "log" {
+				setups = append(setups, s)
+			}
+		}
+		checkCluster(t, append(args, "-cluster-broadcast", "-cluster-setups", "one,confirm,log"), setups)
+	})
+}
+
+// checkCluster runs the bench with args and checks the rows of setups.
+func checkCluster(t *testing.T, args []string, setups []clusterSetup) {
 	var out, log bytes.Buffer
-	err := run([]string{"-scenario", "cluster", "-runs", "1", "-warmup", "50ms", "-duration", "150ms", "-cluster-clients", "20"}, &out, &log)
+	err := run(args, &out, &log)
 	t.Logf("progress:\n%s", log.String())
 	if err != nil {
 		t.Fatal(err)
 	}
 	rows := tableRows(out.String())
-	if len(rows) != len(clusterSetups) {
-		t.Fatalf("%d rows, want %d:\n%s", len(rows), len(clusterSetups), out.String())
+	if len(rows) != len(setups) {
+		t.Fatalf("%d rows, want %d:\n%s", len(rows), len(setups), out.String())
 	}
 	head := rows[0].head
-	for i, s := range clusterSetups {
+	for i, s := range setups {
 		r := rows[i]
 		if r.cells[0] != s.label {
 			t.Errorf("row %d is %q, want %q", i, r.cells[0], s.label)
@@ -54,8 +73,8 @@ func TestCluster(t *testing.T) {
 		for j, h := range head {
 			v := r.cells[j]
 			switch {
-			case h == "deliveries missing" && v != "0":
-				t.Errorf("%s: %s deliveries missing", s.label, v)
+			case (h == "deliveries missing" || h == "acks missing") && v != "0":
+				t.Errorf("%s: %s %s", s.label, v, h)
 			case h == "notes" && v != "":
 				t.Errorf("%s: notes %q", s.label, v)
 			case strings.HasPrefix(h, "deliveries/s") && (v == "–" || v == "0"):

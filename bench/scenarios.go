@@ -42,6 +42,7 @@ type config struct {
 	clusterN      int    // clients of the cluster scenario, over all hubs
 	clusterHz     int    // publishes per second of its latency phase
 	clusterSetups string // comma-separated keys of its rows; "" for all
+	clusterServer bool   // its publishers call Room.Broadcast in the hubs instead of being clients
 
 	presenceN    int           // steady members of the presence scenario's room
 	presenceRate int           // its joins per second, and as many leaves
@@ -196,10 +197,12 @@ type publisher struct {
 }
 
 // An outlet is where a publisher's publishes go: a child's command loop
-// (id < 0) or one of its publisher goroutines.
+// (id < 0) or one of its publisher goroutines, or, when pc is set, a
+// WebSocket client that publishes them (cluster scenario).
 type outlet struct {
 	rm *remote
 	id int
+	pc *pubClient
 }
 
 // newPublisher returns a publisher whose publishes rm makes one after the
@@ -226,7 +229,7 @@ func newPublisher(rm *remote, clients []*client, nRooms, window int) *publisher 
 func (p *publisher) use(outlets []outlet) {
 	p.outlets, p.next, p.remotes = outlets, 0, nil
 	for _, o := range outlets {
-		if !slices.Contains(p.remotes, o.rm) {
+		if o.rm != nil && !slices.Contains(p.remotes, o.rm) {
 			p.remotes = append(p.remotes, o.rm)
 		}
 	}
@@ -239,7 +242,10 @@ func (p *publisher) publish(r int, n int64) {
 	each, rest := n/k, n%k
 	for i := range k {
 		o := p.outlets[(int64(p.next)+i)%k]
-		if m := each + b2i(i < rest); m > 0 {
+		switch m := each + b2i(i < rest); {
+		case m > 0 && o.pc != nil:
+			o.pc.publish(m)
+		case m > 0:
 			o.rm.publish(roomName(r), int(m), o.id)
 		}
 	}
