@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -173,5 +175,240 @@ func TestDialRefused(t *testing.T) {
 	s.Hub.Shutdown(testCtx(t))
 	if _, err := client.Dial(testCtx(t), s.URL, nil); err == nil || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("dial a closed hub: %v", err)
+	}
+}
+
+// switchable serves hub at /ws, or another handler once set: a hub that
+// restarts, a proxy whose server is down, a ban.
+type switchable struct {
+	hub     *wshub.Hub
+	url     string
+	mu      sync.Mutex
+	handler http.Handler // nil: the hub
+}
+
+func newSwitchable(t *testing.T, opts *wshub.Options) *switchable {
+	t.Helper()
+	s := &switchable{hub: wshub.New(nil, opts)}
+	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.mu.Lock()
+		h := s.handler
+		s.mu.Unlock()
+		if h == nil {
+			h = s.hub
+		}
+		h.ServeHTTP(w, r)
+	}))
+	s.url = "ws" + strings.TrimPrefix(ts.URL, "http")
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), wshubtest.DefaultTimeout)
+		defer cancel()
+		s.hub.Shutdown(ctx)
+		ts.Close()
+	})
+	return s
+}
+
+func (s *switchable) serve(h http.Handler) {
+	s.mu.Lock()
+	s.handler = h
+	s.mu.Unlock()
+}
+
+func refuse(status int, body string) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { http.Error(w, body, status) })
+}
+
+// eventLog records a Conn's events, as an application that handles them
+// between messages does.
+type eventLog struct {
+	mu     sync.Mutex
+	events []client.Event
+	ch     chan client.Event
+}
+
+func newEventLog() *eventLog { return &eventLog{ch: make(chan client.Event, 1000)} }
+
+func (l *eventLog) add(e client.Event) {
+	l.mu.Lock()
+	l.events = append(l.events, e)
+	l.mu.Unlock()
+	l.ch <- e
+}
+
+// rejoined reports whether room's rejoin was reported.
+func (l *eventLog) rejoined(room string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.events {
+		if e.Room == room {
+			return true
+		}
+	}
+	return false
+}
+
+// waitFor returns the next event that ok accepts.
+func (l *eventLog) waitFor(t *testing.T, ctx context.Context, ok func(client.Event) bool) client.Event {
+	t.Helper()
+	for {
+		select {
+		case e := <-l.ch:
+			if ok(e) {
+				return e
+			}
+		case <-ctx.Done():
+			t.Fatal("no such event")
+		}
+	}
+}
+
+// TestRejoinOrder: after a reconnection the rooms are rejoined in the
+// order they were joined, between Rejoining and Online, and each room's
+// rejoin is reported before the messages it recovered reach Messages.
+func TestRejoinOrder(t *testing.T) {
+	connected := make(chan *wshub.Client, 4)
+	s := newSwitchable(t, &wshub.Options{
+		AuthorizeJoin: allowAll,
+		History:       func(string) wshub.HistoryPolicy { return wshub.HistoryPolicy{Messages: 100} },
+		OnConnect:     func(c *wshub.Client) { connected <- c },
+	})
+	ctx := testCtx(t)
+	log := newEventLog()
+	c, err := client.Dial(ctx, s.url, &client.Options{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, OnEvent: log.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rooms := []string{"m", "z", "a", "q"}
+	for _, r := range rooms {
+		if _, err := c.Join(ctx, r, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.serve(refuse(http.StatusServiceUnavailable, "restarting"))
+	(<-connected).Close(websocket.StatusGoingAway, "bye")
+	e := log.waitFor(t, ctx, func(e client.Event) bool { return e.State == client.Offline })
+	if websocket.CloseStatus(e.Err) != websocket.StatusGoingAway {
+		t.Fatalf("offline: %+v", e)
+	}
+	// Refused for now (503): tried again.
+	e = log.waitFor(t, ctx, func(e client.Event) bool { return e.State == client.Offline })
+	var re *client.RefusedError
+	if !errors.As(e.Err, &re) || re.StatusCode != http.StatusServiceUnavailable || strings.TrimSpace(string(re.Body)) != "restarting" {
+		t.Fatalf("offline: %+v", e)
+	}
+	for _, r := range rooms {
+		if err := s.hub.Room(r).Broadcast(ctx, &wshub.Message{Data: "missed in " + r}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.serve(nil)
+	log.waitFor(t, ctx, func(e client.Event) bool { return e.State == client.Rejoining && e.Room == "" })
+	for _, r := range rooms {
+		e := log.waitFor(t, ctx, func(e client.Event) bool { return e.Room != "" || e.State == client.Online })
+		if e.Room != r || !e.Recovered || e.Err != nil || e.State != client.Rejoining {
+			t.Fatalf("got %+v, want the rejoin of %s, recovered", e, r)
+		}
+	}
+	log.waitFor(t, ctx, func(e client.Event) bool { return e.State == client.Online })
+	for range rooms {
+		m := next(t, ctx, c)
+		if !log.rejoined(m.Room) {
+			t.Fatalf("%s reached Messages before its room's rejoin was reported", data(m))
+		}
+		if data(m) != `"missed in `+m.Room+`"` {
+			t.Fatalf("got %+v", m)
+		}
+	}
+}
+
+// TestReconnectRefused: a proxy whose server is down (502) is tried
+// again; a refusal about the client (403) ends the Conn.
+func TestReconnectRefused(t *testing.T) {
+	connected := make(chan *wshub.Client, 4)
+	s := newSwitchable(t, &wshub.Options{OnConnect: func(c *wshub.Client) { connected <- c }})
+	ctx := testCtx(t)
+	log := newEventLog()
+	c, err := client.Dial(ctx, s.url, &client.Options{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, OnEvent: log.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s.serve(refuse(http.StatusBadGateway, "bad gateway"))
+	(<-connected).Close(websocket.StatusGoingAway, "bye")
+	var re *client.RefusedError
+	log.waitFor(t, ctx, func(e client.Event) bool {
+		return e.State == client.Offline && errors.As(e.Err, &re) && re.StatusCode == http.StatusBadGateway
+	})
+	s.serve(refuse(http.StatusForbidden, "banned"))
+	for range c.Messages() {
+	}
+	if !errors.As(c.Err(), &re) || re.StatusCode != http.StatusForbidden || strings.TrimSpace(string(re.Body)) != "banned" ||
+		!strings.HasPrefix(re.Header.Get("Content-Type"), "text/plain") {
+		t.Fatalf("err %v, want the 403", c.Err())
+	}
+	if e := log.waitFor(t, ctx, func(e client.Event) bool { return e.State == client.Closed }); e.Err != c.Err() {
+		t.Fatalf("closed with %v, Err %v", e.Err, c.Err())
+	}
+}
+
+// TestFailFastRejoining: with FailFast, a request made while the rooms
+// are being rejoined waits for them rather than failing with ErrOffline;
+// one made while offline fails.
+func TestFailFastRejoining(t *testing.T) {
+	connected := make(chan *wshub.Client, 4)
+	var mu sync.Mutex
+	var block chan struct{} // while not nil, joins wait for it
+	s := newSwitchable(t, &wshub.Options{
+		AuthorizeJoin: func(*wshub.Client, string) error {
+			mu.Lock()
+			b := block
+			mu.Unlock()
+			if b != nil {
+				<-b
+			}
+			return nil
+		},
+		OnConnect: func(c *wshub.Client) { connected <- c },
+	})
+	ctx := testCtx(t)
+	log := newEventLog()
+	c, err := client.Dial(ctx, s.url, &client.Options{FailFast: true, MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, OnEvent: log.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Join(ctx, "r", 0); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	mu.Lock()
+	block = release
+	mu.Unlock()
+	s.serve(refuse(http.StatusServiceUnavailable, "restarting"))
+	(<-connected).Close(websocket.StatusGoingAway, "bye")
+	log.waitFor(t, ctx, func(e client.Event) bool { return e.State == client.Offline })
+	if err := c.Publish(ctx, "r", 1); !errors.Is(err, client.ErrOffline) {
+		t.Fatalf("publish while offline: %v", err)
+	}
+	s.serve(nil)
+	log.waitFor(t, ctx, func(e client.Event) bool { return e.State == client.Rejoining })
+	if st := c.State(); st != client.Rejoining {
+		t.Fatalf("state %v while the rejoin waits", st)
+	}
+	// The rejoin waits for release: the publish waits for it too, until
+	// its context ends (any short wait shows it did not fail at once).
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	if err := c.Publish(short, "r", 1); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("publish while rejoining: %v, want it to wait", err)
+	}
+	close(release)
+	if err := c.Publish(ctx, "r", 2); err != nil {
+		t.Fatal(err)
+	}
+	if m := next(t, ctx, c); data(m) != "2" {
+		t.Fatalf("got %+v", m)
 	}
 }
