@@ -14,11 +14,11 @@
 //	/help          list the commands
 //	/quit          close the connection and exit (as do EOF and Ctrl-C)
 //
-// Every request (a typed line, /join, /leave, /who) waits for the server's
-// answer before the next line is read, so the rooms the client shows are
-// the rooms the server has it in: a refused join changes nothing. In a
-// room with history (examples/chat's rooms have it), /join prints the
-// room's last 20 messages after "* joined ROOM".
+// A /join, /leave or /who waits for the server's answer before the next
+// line is read, so the rooms the client shows are the rooms the server has
+// it in: a refused join changes nothing. In a room with history
+// (examples/chat's rooms have it), /join prints the room's last 20
+// messages after "* joined ROOM".
 //
 // In a room with presence (examples/chat's rooms have it), /who asks the
 // server who is in the current room and prints "* 2 in lobby: alice, bob",
@@ -475,8 +475,10 @@ func (s *session) command(line string) (quit bool) {
 			s.println(s.errs, "not in a room: /join ROOM first")
 			break
 		}
+		// Sent without waiting for the ack, as a chat does: a refusal
+		// comes as an error frame of the room.
 		s.start(&op{kind: "message", room: room}, func(ctx context.Context) error {
-			return s.conn.Publish(ctx, room, chatData{Text: line})
+			return s.conn.Send(ctx, &wshub.Message{Type: wshub.TypePublish, Room: room, Data: chatData{Text: line}})
 		})
 	case strings.EqualFold(cmd, "/quit"):
 		return true
@@ -553,6 +555,8 @@ func (s *session) answered(err error) {
 		s.forget(o.room) // and the server does not have it, or forgot it with the connection
 		s.println(s.out, "* left "+room)
 	case err == nil, errors.Is(err, client.ErrClosed):
+	case o.kind == "message" && !errors.Is(err, client.ErrOffline) && !errors.Is(err, context.DeadlineExceeded):
+		// The write failed: the connection is lost, which its event says.
 	case errors.As(err, &se):
 		if o.kind == "leave" {
 			s.forget(o.room)
@@ -561,7 +565,9 @@ func (s *session) answered(err error) {
 	case errors.Is(err, client.ErrOffline):
 		s.println(s.errs, "not connected, "+o.kind+" not sent: reconnecting")
 	case errors.Is(err, client.ErrConnectionLost):
-		s.println(s.errs, "connection lost before the server answered the "+what)
+		s.println(s.errs, "no answer from the server to "+what+": connection lost")
+	case errors.Is(err, context.DeadlineExceeded) && o.kind == "message":
+		s.println(s.errs, "message not sent: the connection is stuck")
 	case errors.Is(err, context.DeadlineExceeded):
 		if o.kind == "leave" {
 			s.forget(o.room) // the client will not join it again
