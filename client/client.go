@@ -180,6 +180,10 @@ type room struct {
 	held      []*wshub.Message // until the ack tells the epoch
 }
 
+// redialTimeout bounds each reconnection attempt, so that a server that
+// accepts connections but does not answer is tried again, not waited for.
+const redialTimeout = 10 * time.Second
+
 // Dial connects to the hub at url and returns a Conn once connected, or
 // the error of that first attempt (it is not retried: a wrong URL or a
 // refusal shows at once). From then on the Conn reconnects by itself.
@@ -298,7 +302,9 @@ func (c *Conn) run(ws *websocket.Conn) {
 				return
 			}
 			c.setState(Connecting)
-			ws, err = c.dial(c.ctx)
+			ctx, cancel := context.WithTimeout(c.ctx, redialTimeout)
+			ws, err = c.dial(ctx)
+			cancel()
 			if err == nil {
 				break
 			}
