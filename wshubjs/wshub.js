@@ -12,9 +12,10 @@
 // protocol: "wshub.json" for one message per frame) and reads either.
 //
 // Reconnecting: after a close with 1001 (server going away), 1006 (the
-// connection was lost, or an attempt to connect failed, an HTTP 503
-// included) or 1012 (service restart), the client waits and connects
-// again: about minDelay (500 ms) at first, doubling after each failed
+// connection was lost, or an attempt to connect failed or took longer
+// than the timeout, an HTTP 503 included) or 1012 (service restart), the
+// client waits and connects again: about minDelay (500 ms) at first,
+// doubling after each failed
 // attempt up to maxDelay (15 s), each wait varied by ±25 %, starting over
 // after a success. Any other close code (1000, 1007, 1008, 1009, 1011, …)
 // is about this client: it stops ("closed" state), and reconnect() starts
@@ -60,7 +61,8 @@ export class Client {
   #ws = null;
   #state = "connecting";
   #attempt = 0; // failed attempts since the last connection
-  #timer = 0;
+  #timer = 0; // the next attempt to connect
+  #connecting = 0; // the end of the current attempt
   #lastID = 0;
   #pending = new Map(); // request id → request, written on the current connection
   #queue = []; // requests and frames waiting for a connection
@@ -207,8 +209,17 @@ export class Client {
       return;
     }
     this.#ws = ws;
+    // An attempt that takes longer than the timeout failed: a server that
+    // accepts but never answers is tried again.
+    clearTimeout(this.#connecting);
+    this.#connecting = this.#opts.timeout > 0 && setTimeout(() => {
+      if (this.#ws !== ws) return;
+      ws.onclose({code: 1006, reason: "timeout"});
+      ws.close();
+    }, this.#opts.timeout);
     ws.onopen = () => {
       if (this.#ws !== ws) return;
+      clearTimeout(this.#connecting);
       this.#attempt = 0;
       this.#setState("online", {protocol: ws.protocol});
       for (const r of this.#rooms.values()) {
@@ -237,6 +248,7 @@ export class Client {
     };
     ws.onclose = (e) => {
       if (this.#ws !== ws) return;
+      clearTimeout(this.#connecting);
       this.#ws = null;
       this.#lost();
       if (!retryCodes.has(e.code)) {
@@ -271,6 +283,7 @@ export class Client {
   // stop ends the client: no more reconnecting, and what waits is rejected.
   #stop(code, reason) {
     clearTimeout(this.#timer);
+    clearTimeout(this.#connecting);
     globalThis.removeEventListener?.("online", this.#online);
     const waiting = [...this.#queue, ...this.#pending.values()];
     this.#queue = [];

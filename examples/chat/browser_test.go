@@ -16,6 +16,7 @@ import (
 	"github.com/chromedp/cdproto/input"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
+	"github.com/coder/websocket"
 )
 
 // browserNames are the Chromium executables the browser test looks for.
@@ -317,9 +318,13 @@ func TestBrowser(t *testing.T) {
 		chromedp.Click(chromedp.CSS("#join-form button")),
 	)
 	alice.waitJoined("random")
+	alice.say("Anyone here?")
+	alice.lastMessage("Anyone here?")
 	bob.say("See you there")
 	alice.do("back to #lobby", chromedp.Click(chromedp.CSS(`#rooms li[data-room="lobby"] .room-name`)))
 	alice.lastMessage("See you there")
+	lobby := "Hi bob! Did the deploy go out?|Yes, 10 minutes ago. Rooms over WebSocket, no polling.|Join #random for the memes|Nice, thanks!|See you there"
+	equal(t, "alice's messages", alice.messages(), lobby)
 
 	dir := t.TempDir()
 	alice.screenshot(filepath.Join(dir, "chat-desktop.png"))
@@ -343,18 +348,37 @@ func TestBrowser(t *testing.T) {
 	}
 	startServerAt(t, s.addr)
 	alice.waitJoined("lobby")
+	alice.waitJoined("random")
 	bob.waitJoined("lobby")
 	// Each page got the room's members afresh: each other, once.
 	alice.waitMembers("alice|bob")
 	bob.waitMembers("alice|bob")
 	// The new server has a new, empty history: the pages cannot know what
-	// was said between the shutdown and the restart, and say so.
+	// was said between the shutdown and the restart, and say so, in every
+	// room.
 	for _, tb := range []*tab{alice, bob} {
 		tb.do("wait for the notice", chromedp.WaitVisible(chromedp.CSS(`#log .notice.missing`)))
 		equal(t, tb.name+": notice", tb.eval(`document.querySelector("#log .notice.missing").textContent`), missingNotice)
 	}
 	alice.say("Back online")
 	bob.lastMessage("Back online")
+	alice.lastMessage("Back online")
+	// Every message is shown once, the notice before the new one.
+	equal(t, "alice's messages after the restart", alice.messages(), lobby+"|Back online")
+	equal(t, "alice's lines after the restart", alice.lines(), strings.ReplaceAll(lobby, "|", "\n")+"\n"+missingNotice+"\nBack online")
+	alice.do("to #random", chromedp.Click(chromedp.CSS(`#rooms li[data-room="random"] .room-name`)))
+	alice.do("wait for the notice in #random", chromedp.WaitVisible(chromedp.CSS(`#log .notice.missing`)))
+	equal(t, "alice's messages in #random", alice.messages(), "Anyone here?")
+	alice.say("Still here")
+	alice.lastMessage("Still here")
+	equal(t, "alice's messages in #random", alice.messages(), "Anyone here?|Still here")
+}
+
+// lines returns the texts of the current room's messages and notices,
+// one a line, but for those of presence, which may come in any order.
+func (tb *tab) lines() string {
+	tb.t.Helper()
+	return tb.eval(`[...document.querySelectorAll("#log .messages li:not(.presence)")].map(e => e.classList.contains("msg") ? e.querySelector(".text").textContent : e.textContent).join("\n")`)
 }
 
 // missingNotice is what the page shows in a room whose missed messages
@@ -426,6 +450,77 @@ func TestBrowserHistory(t *testing.T) {
 	}
 }
 
+// TestBrowserRecovers: the server closes a page's connection with 1012
+// (as a hub does when its room log lost messages), then with 1001 (going
+// away), keeping its history; while the page is offline, another user
+// speaks. The page reconnects on its own, is back in its rooms, shows
+// what it missed once and says nothing is missing.
+func TestBrowserRecovers(t *testing.T) {
+	t.Parallel()
+	browser := startBrowser(t)
+	s := startServer(t)
+	p := startProxy(t, s.addr)
+
+	// bob's tab goes through the proxy, which can keep it from reconnecting.
+	bob := openTab(t, browser, "http://"+p.addr()+"/", "bob", 1000, 640)
+	bob.do("join #random",
+		chromedp.SetValue(chromedp.ID("join-room"), "random"),
+		chromedp.Click(chromedp.CSS("#join-form button")),
+	)
+	bob.waitJoined("random")
+	bob.do("back to #lobby", chromedp.Click(chromedp.CSS(`#rooms li[data-room="lobby"] .room-name`)))
+	alice := dial(t, s, "alice")
+	alice.welcome("alice")
+	alice.join("lobby")
+	alice.join("random")
+	alice.send(`{"type":"publish","room":"lobby","data":{"text":"one"}}`)
+	bob.lastMessage("one")
+
+	want := "one"
+	for i, code := range []websocket.StatusCode{websocket.StatusServiceRestart, websocket.StatusGoingAway} {
+		p.hold()
+		n := 0
+		for c := range s.hub.Room("lobby").Clients() {
+			if c.ID() == "bob" {
+				c.Close(code, "")
+				n++
+			}
+		}
+		equal(t, "bob's connections", n, 1)
+		bob.do("wait for offline", chromedp.WaitVisible(chromedp.CSS(`body[data-state="offline"]`)))
+		missed := fmt.Sprintf("missed %d", i+1)
+		// Acked: in the rooms' history before bob can be back.
+		for _, room := range []string{"lobby", "random"} {
+			alice.send(fmt.Sprintf(`{"type":"publish","room":%q,"data":{"text":%q},"id":"p"}`, room, missed))
+			if _, err := alice.next(func(f string) bool { return jsonEqual(f, `{"type":"ack","id":"p"}`) }); err != nil {
+				t.Fatalf("alice's publish: %v", err)
+			}
+		}
+		p.restore()
+		bob.waitJoined("lobby")
+		bob.waitJoined("random")
+		bob.lastMessage(missed)
+		want += "|" + missed
+		equal(t, fmt.Sprintf("bob's messages after %d", code), bob.messages(), want)
+	}
+	equal(t, "bob's seqs", bob.eval(`[...document.querySelectorAll("#log .messages li.msg")].map(e => e.dataset.seq).join("|")`), "1|2|3")
+	bob.say("back")
+	bob.lastMessage("back")
+	equal(t, "bob's lines", bob.lines(), "one\nmissed 1\nmissed 2\nback")
+	// The messages missed in the other room are unread there.
+	equal(t, "unread in #random", bob.eval(`document.querySelector('#rooms li[data-room="random"] .unread').textContent`), "2")
+	bob.do("to #random", chromedp.Click(chromedp.CSS(`#rooms li[data-room="random"] .room-name`)))
+	equal(t, "bob's lines in #random", bob.lines(), "missed 1\nmissed 2")
+
+	// Each failed attempt to reconnect is logged by the browser; nothing else is allowed.
+	errs := slices.DeleteFunc(bob.consoleErrors(), func(e string) bool {
+		return strings.Contains(e, "WebSocket connection to 'ws://"+p.addr()+"/ws?name=bob' failed")
+	})
+	if len(errs) > 0 {
+		t.Errorf("console errors: %q", errs)
+	}
+}
+
 // messages returns the texts of the current room's messages, joined by |.
 func (tb *tab) messages() string {
 	tb.t.Helper()
@@ -482,7 +577,7 @@ func TestBrowserPage(t *testing.T) {
 		// 1007: a close about the client, which the page must not retry
 		// on its own, unlike 1001.
 		tb := openTab(t, browser, url, "erin", 1000, 640)
-		tb.eval(`(() => { for (let i = 0; i < 5; i++) state.ws.send("not JSON"); return ""; })()`)
+		tb.eval(`(() => { for (let i = 0; i < 5; i++) chat.hub.send("not JSON"); return ""; })()`)
 		tb.do("wait for the close",
 			chromedp.WaitVisible(chromedp.ID("reconnect")),
 			chromedp.WaitVisible(chromedp.CSS(`body[data-state="offline"]`)),

@@ -34,10 +34,14 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/wshub/wshub"
+	"github.com/wshub/wshub/wshubjs"
 )
 
 // page holds the chat page, plain HTML, CSS and JavaScript with no build
-// step, and its icon.
+// step, and its icon. The page imports wshub.js, the browser client of
+// package wshubjs, which the server serves next to it.
 //
 //go:embed index.html favicon.svg
 var page embed.FS
@@ -60,23 +64,24 @@ func main() {
 		os.Exit(1)
 	}
 	logger.Info("chat server listening", "url", "http://"+ln.Addr().String())
-	if err := serve(ctx, ln, logger); err != nil {
+	if err := serve(ctx, ln, newHub(logger), logger); err != nil {
 		logger.Error("serve", "err", err)
 		os.Exit(1)
 	}
 }
 
-// serve runs the chat server on ln until ctx is done, then shuts it down
-// gracefully: clients are closed with status 1001 (going away), which tells
-// the page to reconnect, and the HTTP server stops. It returns nil after a
-// clean shutdown, or the error that stopped the server.
-func serve(ctx context.Context, ln net.Listener, logger *slog.Logger) error {
-	hub := newHub(logger)
-
+// serve runs the chat server, with hub, on ln until ctx is done, then
+// shuts it down gracefully: clients are closed with status 1001 (going
+// away), which tells the page to reconnect, and the HTTP server stops. It
+// returns nil after a clean shutdown, or the error that stopped the server.
+func serve(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.ServeFileFS(w, r, page, "index.html")
 	})
+	// The page's client, and its types for editors.
+	mux.Handle("GET /wshub.js", wshubjs.Handler())
+	mux.Handle("GET /wshub.d.ts", wshubjs.Handler())
 	icon := func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "image/svg+xml")
 		http.ServeFileFS(w, r, page, "favicon.svg")

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/wshub/wshub"
 	"go.uber.org/goleak"
 )
 
@@ -63,6 +64,7 @@ func TestMain(m *testing.M) {
 // server is the chat server running in-process on a random loopback port.
 type server struct {
 	addr   string
+	hub    *wshub.Hub
 	stop   context.CancelFunc // Ctrl-C
 	served chan error
 }
@@ -79,11 +81,11 @@ func startServerAt(t *testing.T, addr string) *server {
 		t.Fatalf("listen: %v", err)
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	s := &server{addr: ln.Addr().String(), stop: stop, served: make(chan error, 1)}
 	out := &testLog{w: t.Output()}
 	t.Cleanup(out.stop) // after the shutdown, registered below
 	logger := slog.New(slog.NewTextHandler(out, nil))
-	go func() { s.served <- serve(ctx, ln, logger) }()
+	s := &server{addr: ln.Addr().String(), hub: newHub(logger), stop: stop, served: make(chan error, 1)}
+	go func() { s.served <- serve(ctx, ln, s.hub, logger) }()
 	t.Cleanup(func() { s.shutdown(t) })
 	return s
 }
@@ -311,6 +313,14 @@ func (p *proxy) cut() {
 	for c := range p.conns {
 		c.Close()
 	}
+}
+
+// hold closes the connections that come, until restore, and keeps those
+// already through: a network that lets no new client in.
+func (p *proxy) hold() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.down = true
 }
 
 // restore lets connections through again.
@@ -607,6 +617,8 @@ func TestPage(t *testing.T) {
 		{"/", http.StatusOK, "<title>wshub chat</title>"},
 		{"/favicon.svg", http.StatusOK, "<svg"},
 		{"/favicon.ico", http.StatusOK, "<svg"},
+		{"/wshub.js", http.StatusOK, "export class Client"},
+		{"/wshub.d.ts", http.StatusOK, "export class Client"},
 		{"/index.html", http.StatusNotFound, ""},
 		{"/nope", http.StatusNotFound, ""},
 	} {

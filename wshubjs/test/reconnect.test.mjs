@@ -4,7 +4,9 @@
 
 import {test} from "node:test";
 import assert from "node:assert/strict";
-import {connect, uniq} from "./helpers.mjs";
+import net from "node:net";
+import {Client} from "../wshub.js";
+import {Recorder, connect, uniq} from "./helpers.mjs";
 
 // kickAndHold has the hub close alice's connection with code, and refuse
 // her attempts to connect again (503, a failed attempt: 1006) until
@@ -134,4 +136,22 @@ test("other close codes stop the client", async (t) => {
   alice.c.reconnect();
   assert.equal((await alice.until("rejoin", (e) => e.room === room, from)).recovered, true);
   assert.deepEqual(alice.log.slice(from).filter((x) => x.type === "state").map((x) => x.e.state), ["closed", "connecting", "online"]);
+});
+
+test("an attempt to connect that is never answered times out, and is tried again", async (t) => {
+  // A server that accepts connections and never answers them.
+  const sockets = [];
+  const server = net.createServer((s) => sockets.push(s));
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+    server.close();
+  });
+  const c = new Client(`ws://127.0.0.1:${server.address().port}/ws`, {timeout: 200, minDelay: 20, maxDelay: 200});
+  t.after(() => c.close());
+  const rec = new Recorder(c, "silent");
+  const off = await rec.until("state", (e) => e.state === "offline");
+  assert.deepEqual([off.code, off.reason, off.attempt], [1006, "timeout", 1]);
+  await rec.until("state", (e) => e.state === "offline" && e.attempt === 2);
+  assert.ok(sockets.length >= 2, `${sockets.length} connections`);
 });
