@@ -92,7 +92,10 @@ export class Client {
       throw new TypeError("wshub: no WebSocket: pass options.WebSocket");
     }
     globalThis.addEventListener?.("online", this.#online);
-    this.#open();
+    // After the caller's code, which may add listeners for the first events.
+    queueMicrotask(() => {
+      if (this.#state === "connecting" && !this.#ws) this.#open();
+    });
   }
 
   /** "connecting", "online", "offline" (waiting to retry) or "closed". */

@@ -20,6 +20,8 @@ test("join, publish, acks and batching", async (t) => {
   assert.equal(ack.seq, 0);
   await bob.c.join(room);
   await carol.c.join(room);
+  // Listeners added right after the constructor hear the first attempt.
+  assert.deepEqual(alice.log[0], {type: "state", e: {state: "connecting", attempt: 0}});
   assert.equal((await alice.until("state", (e) => e.state === "online")).protocol, "wshub.json-batch");
   assert.equal((await carol.until("state", (e) => e.state === "online")).protocol, "wshub.json");
   assert.deepEqual(alice.c.rooms, [room]);
