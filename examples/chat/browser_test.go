@@ -591,6 +591,36 @@ func TestBrowserPage(t *testing.T) {
 		tb.do("button gone", chromedp.WaitNotVisible(chromedp.ID("reconnect")))
 	})
 
+	t.Run("rename", func(t *testing.T) {
+		// A new name is a new connection, on which the page joins its rooms
+		// again, recovering what it has: each message stays shown once.
+		tb := openTab(t, browser, url, "frank", 1000, 640)
+		tb.do("join #names", // the other subtests expect an empty lobby
+			chromedp.SetValue(chromedp.ID("join-room"), "names"),
+			chromedp.Click(chromedp.CSS("#join-form button")),
+		)
+		tb.waitJoined("names")
+		tb.say("as frank")
+		tb.lastMessage("as frank")
+		tb.do("rename",
+			chromedp.Click(chromedp.ID("rename")),
+			chromedp.WaitVisible(chromedp.ID("name")),
+			chromedp.SendKeys(chromedp.ID("name"), "grace"),
+			chromedp.Click(chromedp.CSS("#login-form button")),
+			chromedp.WaitNotVisible(chromedp.ID("login")),
+		)
+		equal(t, "name shown", tb.eval(`document.getElementById("who").textContent`), "grace")
+		tb.waitMembers("grace")
+		tb.waitJoined("lobby")
+		tb.waitJoined("names")
+		tb.say("as grace")
+		name, class := tb.lastMessage("as grace")
+		equal(t, "sender", name, "grace")
+		equal(t, "classes", class, "msg mine")
+		equal(t, "messages", tb.messages(), "as frank|as grace")
+		equal(t, "notices", tb.eval(`String(document.querySelectorAll("#log .notice:not(.presence)").length)`), "0")
+	})
+
 	t.Run("long paste", func(t *testing.T) {
 		tb := openTab(t, browser, url, "dave", 1000, 640)
 		long := strings.Repeat("0123456789", 250) // 2,500 characters
