@@ -55,9 +55,10 @@ func testCtxFor(t testing.TB, d time.Duration) context.Context {
 
 // peer is a test client speaking the JSON protocol over a real connection.
 type peer struct {
-	t    testing.TB
-	ctx  context.Context
-	conn *websocket.Conn
+	t     testing.TB
+	ctx   context.Context
+	conn  *websocket.Conn
+	early []presMsg // presence diffs read before a join's ack
 }
 
 func dial(t testing.TB, ts *httptest.Server, protocols ...string) *peer {

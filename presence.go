@@ -104,6 +104,7 @@ type presRoom struct {
 	mu     sync.Mutex
 	local  map[string]*Presence           // this hub's members, by ID
 	remote map[string]map[string]Presence // other hubs' members, by hub and ID
+	ids    []string                       // every member's ID over all hubs, sorted
 	joins  map[string]Presence            // IDs that appeared since the last diff
 	leaves map[string]Presence            // IDs that disappeared since the last diff
 	timer  *time.Timer                    // pending flush
@@ -158,6 +159,12 @@ func (pr *presRoom) totalLocked(id string) (int, Presence) {
 // current ones, and schedules a diff if it appeared or disappeared.
 func (h *Hub) changedLocked(pr *presRoom, id string, before int, old Presence) {
 	now, p := pr.totalLocked(id)
+	switch i, found := slices.BinarySearch(pr.ids, id); {
+	case now > 0 && !found:
+		pr.ids = slices.Insert(pr.ids, i, id)
+	case now == 0 && found:
+		pr.ids = slices.Delete(pr.ids, i, i+1)
+	}
 	switch {
 	case before == 0 && now > 0:
 		if _, ok := pr.leaves[id]; ok {
@@ -261,12 +268,14 @@ func (h *Hub) presenceUpdate(pr *presRoom, hub string, members []byte) {
 	}
 }
 
-// stateLocked returns the room's state, as sent to a client.
+// stateLocked returns the room's state, as sent to a client: the first
+// members by ID, without going through all of them, since it runs for
+// every join with the room's lock held.
 func (pr *presRoom) stateLocked() presenceState {
-	all := pr.membersLocked()
-	st := presenceState{Total: len(all), Members: make([]Presence, 0, min(len(all), MaxPresenceList))}
+	st := presenceState{Total: len(pr.ids), Members: make([]Presence, 0, min(len(pr.ids), MaxPresenceList))}
 	size := 64
-	for _, p := range all {
+	for _, id := range pr.ids {
+		_, p := pr.totalLocked(id)
 		size += len(p.ID) + len(p.Info) + 32
 		if len(st.Members) == MaxPresenceList || size > maxBatchBytes {
 			break
@@ -278,17 +287,8 @@ func (pr *presRoom) stateLocked() presenceState {
 
 // membersLocked returns every member over all hubs, by ID.
 func (pr *presRoom) membersLocked() []Presence {
-	ids := make(map[string]struct{}, len(pr.local))
-	for id := range pr.local {
-		ids[id] = struct{}{}
-	}
-	for _, ms := range pr.remote {
-		for id := range ms {
-			ids[id] = struct{}{}
-		}
-	}
-	out := make([]Presence, 0, len(ids))
-	for _, id := range slices.Sorted(maps.Keys(ids)) {
+	out := make([]Presence, 0, len(pr.ids))
+	for _, id := range pr.ids {
 		_, p := pr.totalLocked(id)
 		out = append(out, p)
 	}
@@ -502,6 +502,7 @@ func (h *Hub) unwatchPresence(name string) {
 	watching := pr.watch
 	pr.watch = false
 	clear(pr.remote)
+	pr.ids = slices.Sorted(maps.Keys(pr.local))
 	pr.mu.Unlock()
 	if !watching {
 		return
