@@ -427,3 +427,49 @@ func TestAsyncBrokerPipelines(t *testing.T) {
 		}
 	}
 }
+
+// TestRoomPublishPipelines: a server goroutine keeps several publishes in
+// flight with Room.Publish (no confirmation comes before ten were handed
+// over), and the members get them in order; except is honoured.
+func TestRoomPublishPipelines(t *testing.T) {
+	t.Parallel()
+	bus := &memBus{subs: make(map[string]map[*memBroker]func([]byte))}
+	b := &asyncMemBroker{memBroker: &memBroker{bus: bus}, gate: 10}
+	b.changed = sync.NewCond(&b.mu)
+	connected := make(chan *wshub.Client, 1)
+	h := wshub.New(nil, &wshub.Options{Broker: b, AuthorizeJoin: allowAll, OnConnect: func(c *wshub.Client) { connected <- c }})
+	ts := serve(t, h)
+	p, q := dial(t, ts), dial(t, ts)
+	<-connected
+	skip := <-connected
+	p.join("r")
+	q.join("r")
+	ctx := testCtx(t)
+	var waits []func() error
+	for i := range 10 {
+		waits = append(waits, h.Room("r").Publish(ctx, &wshub.Message{Data: i}, skip))
+	}
+	for i, wait := range waits {
+		if err := wait(); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	if err := h.Room("r").Broadcast(ctx, &wshub.Message{Data: "end"}); err != nil {
+		t.Fatal(err)
+	}
+	// One of p and q was left out of the ten: its first frame is "end".
+	left := 0
+	for _, c := range []*peer{p, q} {
+		d := string(c.read().Data)
+		if d == `"end"` {
+			left++
+			continue
+		}
+		equal(t, "first", d, "0")
+		for i := 1; i < 10; i++ {
+			equal(t, "in order", string(c.read().Data), fmt.Sprint(i))
+		}
+		equal(t, "then", string(c.read().Data), `"end"`)
+	}
+	equal(t, "clients left out", left, 1)
+}

@@ -684,7 +684,7 @@ func (c *Client) publish(m *Message) error {
 		}
 	}
 	if _, ok := h.opts.Broker.(AsyncBroker); ok {
-		b, err := h.startBus(c.ctx, m.Room, &out)
+		b, err := h.startBus(c.ctx, m.Room, &out, nil)
 		if err != nil {
 			return err
 		}

@@ -551,3 +551,26 @@ func TestLogPipelinesPublishes(t *testing.T) {
 	}
 	equal(t, "answers", strings.Join(answers, " "), "a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 e10 ajoin")
 }
+
+// TestLogRoomPublishPipelines: Room.Publish keeps a server's appends in
+// flight together, and their waits return once stored and delivered here.
+func TestLogRoomPublishPipelines(t *testing.T) {
+	t.Parallel()
+	store, _, hubs, servers := logHubs(t, 1, wshub.Options{})
+	p := dial(t, servers[0])
+	p.join("r")
+	store.mu.Lock()
+	store.gate = store.started + 10
+	store.mu.Unlock()
+	ctx := testCtx(t)
+	var waits []func() error
+	for i := range 10 {
+		waits = append(waits, hubs[0].Room("r").Publish(ctx, &wshub.Message{Data: fmt.Sprint(i)}))
+	}
+	for i, wait := range waits {
+		if err := wait(); err != nil {
+			t.Fatalf("publish %d: %v", i, err)
+		}
+	}
+	p.expectData("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+}

@@ -57,7 +57,7 @@ func (h *Hub) envelope(stored []byte) []byte {
 	return append(append(env, h.id...), stored...)
 }
 
-// A busPublish is a client's publish handed to an AsyncBroker: once the
+// A busPublish is a publish handed to an AsyncBroker: once the
 // broker confirms it, it is delivered to the local members (see
 // Client.pipeline).
 type busPublish struct {
@@ -65,13 +65,14 @@ type busPublish struct {
 	ctx    context.Context
 	name   string
 	enc    *encoding
+	except []*Client
 	stored []byte
 	wait   func() error
 }
 
-// startBus hands m, a client's publish to room name, to the AsyncBroker.
-func (h *Hub) startBus(ctx context.Context, name string, m *Message) (*busPublish, error) {
-	b := &busPublish{h: h, ctx: ctx, name: name, enc: h.newEncoding(m)}
+// startBus hands m, a publish to room name, to the AsyncBroker.
+func (h *Hub) startBus(ctx context.Context, name string, m *Message, except []*Client) (*busPublish, error) {
+	b := &busPublish{h: h, ctx: ctx, name: name, enc: h.newEncoding(m), except: except}
 	var err error
 	if b.stored, err = b.enc.json(); err != nil {
 		return nil, err
@@ -91,7 +92,7 @@ func (b *busPublish) finish() ([]*Client, error) {
 	}
 	var congested []*Client
 	b.enc.sink = &congested
-	err := b.h.deliver(b.ctx, b.name, b.enc, nil, HistoryPolicy{}, b.stored)
+	err := b.h.deliver(b.ctx, b.name, b.enc, b.except, HistoryPolicy{}, b.stored)
 	return congested, err
 }
 

@@ -75,19 +75,51 @@ func (r Room) Name() string { return r.name }
 // and the codec's error if m cannot be encoded. Broadcasting to
 // a room without local members does nothing locally and returns nil.
 func (r Room) Broadcast(ctx context.Context, m *Message, except ...*Client) error {
+	return r.Publish(ctx, m, except...)()
+}
+
+// Publish is Broadcast for a producer that keeps several messages in
+// flight. With a LogBroker (for a room with history) or an AsyncBroker, it
+// hands m to the log or the bus and returns without waiting for it to be
+// stored or confirmed; the returned wait does that, delivers m to this
+// hub's members, and returns what Broadcast would. Messages published one
+// after another (each Publish returning before the next is called) keep
+// their order, as a client's publishes do. Otherwise Publish broadcasts m
+// before it returns, and wait returns the result. Call wait once; ctx
+// bounds the whole.
+func (r Room) Publish(ctx context.Context, m *Message, except ...*Client) (wait func() error) {
+	done := func(err error) func() error { return func() error { return err } }
 	if err := validRoom(r.name); err != nil {
-		return err
+		return done(err)
 	}
 	if err := ctx.Err(); err != nil {
-		return err
+		return done(err)
 	}
-	if r.hub.closing.Load() {
-		return ErrHubClosed
+	h := r.hub
+	if h.closing.Load() {
+		return done(ErrHubClosed)
 	}
 	out := m.orMessage()
 	out.Room = r.name
 	out.Seq = 0
-	return r.hub.publish(ctx, r.name, &out, nil, except, r.hub.policyFor(r.name))
+	p := h.policyFor(r.name)
+	var f inflight
+	var err error
+	switch _, async := h.opts.Broker.(AsyncBroker); {
+	case h.log != nil && p.on():
+		f, err = h.startLog(ctx, r.name, &out, nil, except, p)
+	case async:
+		f, err = h.startBus(ctx, r.name, &out, except)
+	default:
+		return done(h.publish(ctx, r.name, &out, nil, except, p))
+	}
+	if err != nil {
+		return done(err)
+	}
+	return func() error {
+		_, err := f.finish()
+		return err
+	}
 }
 
 // Len returns the number of members. It takes the room's lock briefly.
