@@ -674,7 +674,7 @@ func (c *Client) publish(m *Message) error {
 	}
 	out := Message{Type: TypeMessage, Room: m.Room, From: c.id, Data: m.Data}
 	if h.log != nil {
-		if p := h.roomPolicy(m.Room, HistoryPolicy{}); p.on() {
+		if p := h.roomPolicy(m.Room); p.on() {
 			a, err := h.startLog(c.ctx, m.Room, &out, c, nil, p)
 			if err != nil {
 				return err

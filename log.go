@@ -12,7 +12,7 @@ import (
 )
 
 // The room log. With a LogBroker, a message of a history room is not
-// delivered by the hub that publishes it: Hub.publishLog appends it to the
+// delivered by the hub that publishes it: Hub.startLog appends it to the
 // room's log, and every hub delivers the log's messages, in the log's
 // order, as it follows it (Hub.receiveLog). Each room keeps a cursor, the
 // seq of the last message delivered to its members, so that a join's
@@ -40,17 +40,6 @@ type logState struct {
 	next uint64 // numbers this hub's publishes; guarded by mu
 	mu   sync.Mutex
 	own  map[string]*ownPublish // by append id
-}
-
-// publishLog appends m to the log of room name, whose history policy is
-// p, and waits for it: see logAppend.finish.
-func (h *Hub) publishLog(ctx context.Context, name string, m *Message, from *Client, except []*Client, p HistoryPolicy) error {
-	a, err := h.startLog(ctx, name, m, from, except, p)
-	if err != nil {
-		return err
-	}
-	_, err = a.finish()
-	return err
 }
 
 // A logAppend is a publish handed to the log.
@@ -248,12 +237,9 @@ func (h *Hub) readHistory(ctx context.Context, name string, p HistoryPolicy, aft
 	return LogPage{Messages: msgs, Epoch: epoch, Latest: latest, Complete: complete}, err
 }
 
-// roomPolicy returns the history policy of room name: policy when the
-// caller knew it, else the room's, else Options.History's.
-func (h *Hub) roomPolicy(name string, policy HistoryPolicy) HistoryPolicy {
-	if policy.on() {
-		return policy
-	}
+// roomPolicy returns the history policy of room name: the room's, or
+// Options.History's if it has no members here.
+func (h *Hub) roomPolicy(name string) HistoryPolicy {
 	if rm := h.lookup(name); rm != nil {
 		return rm.policy
 	}

@@ -7,13 +7,16 @@ import (
 
 // The journey of a room message. It starts as a client's publish
 // (Client.publish, on the client's read goroutine) or a server's
-// Room.Broadcast, or arrives from another hub through the Broker
-// (Hub.receive). Hub.publish hands it to the Broker first, so that a
-// broker error means nobody got it. Then Hub.deliver, holding the room's
+// Room.Publish or Room.Broadcast, or arrives from another hub through the
+// Broker (Hub.receive). Hub.publish hands it to the Broker first, so that
+// a broker error means nobody got it. Then Hub.deliver, holding the room's
 // lock so that all members see one order, gives it its seq when the room
 // keeps history (see history.go) and queues it for each local member,
 // encoded once per codec by an encoding. A client's own publish then waits
-// for the queues it congested (see flow.go).
+// for the queues it congested (see flow.go). With an AsyncBroker the same
+// happens in two steps (startBus, then busPublish.finish), and with a
+// LogBroker a history room's message goes through the log (log.go); both
+// let a client's publishes, or a server's, be in flight together.
 
 // publish delivers m to the room's local members and, with a broker, to
 // the other hubs. from is the publishing client when publish runs on its
@@ -21,11 +24,6 @@ import (
 // when the caller knows it (a server broadcast may create a history room
 // that has no members, so that the message is kept).
 func (h *Hub) publish(ctx context.Context, name string, m *Message, from *Client, except []*Client, policy HistoryPolicy) error {
-	if h.log != nil {
-		if p := h.roomPolicy(name, policy); p.on() {
-			return h.publishLog(ctx, name, m, from, except, p)
-		}
-	}
 	enc := h.newEncoding(m)
 	enc.from = from
 	var stored []byte // the JSON without seq that the broker carries and the history keeps
