@@ -92,6 +92,7 @@ func runChild(args []string) error {
 //	p ROOM N      publish N fresh payloads to ROOM, one after the other (no answer)
 //	p ROOM N ID   the same on publisher ID's goroutine, which publishes
 //	              what it is asked in order, concurrently with other IDs
+//	              (a windowedServer's keeps several in flight)
 //	stats         answer serverStats as JSON
 //	gc            run the GC twice, then answer as stats
 //	cpuprof FILE  start a CPU profile into FILE; answer "ok"
@@ -189,11 +190,7 @@ func (c *childState) do(f []string) error {
 			q = make(chan publishJob, publisherQueue)
 			c.pubs[id] = q
 			// It ends with the process.
-			go func() {
-				for j := range q {
-					c.publish(j.room, j.n)
-				}
-			}()
+			go c.publisher(q)
 		}
 		q <- publishJob{f[1], n}
 		return nil
@@ -260,6 +257,48 @@ func (c *childState) publish(room string, n int) {
 	for range n {
 		if err := c.srv.publish(room, newPayload()); err != nil {
 			c.errors.Add(1)
+		}
+	}
+}
+
+// publisher publishes the jobs of q in order. With a windowedServer whose
+// window is above 1, it keeps at most that many publishes in flight,
+// calling their waits in order, and calls every wait before it waits for
+// another job (a wait is what delivers to the hub's own members).
+func (c *childState) publisher(q <-chan publishJob) {
+	ws, ok := c.srv.(windowedServer)
+	if !ok || ws.publishWindow() <= 1 {
+		for j := range q {
+			c.publish(j.room, j.n)
+		}
+		return
+	}
+	window := ws.publishWindow()
+	var waits []func() error // in flight, oldest first
+	settle := func() {
+		if err := waits[0](); err != nil {
+			c.errors.Add(1)
+		}
+		waits[0] = nil
+		waits = waits[1:]
+	}
+	for {
+		var j publishJob
+		if len(waits) == 0 {
+			j = <-q
+		} else {
+			select {
+			case j = <-q:
+			default:
+				settle()
+				continue
+			}
+		}
+		for range j.n {
+			if len(waits) >= window {
+				settle()
+			}
+			waits = append(waits, ws.startPublish(j.room, newPayload()))
 		}
 	}
 }

@@ -27,7 +27,9 @@ import (
 // the window ahead of its slowest member, whichever publisher sent), then
 // latency at a paced rate. The publishers are members of the room, WebSocket
 // clients publishing without waiting for each ack (pubClient), or with
-// -cluster-broadcast goroutines of the hubs calling Room.Broadcast.
+// -cluster-broadcast goroutines of the hubs calling Room.Publish, each
+// with at most the window in flight (Room.Broadcast, one message at a
+// time, with -cluster-broadcast-sync).
 
 // Children of the cluster scenario, by their first argument after
 // childFlag.
@@ -49,6 +51,9 @@ type hubSpec struct {
 	Broker  string `json:"broker,omitempty"`
 	NATS    string `json:"nats,omitempty"`    // the NATS URL, for a broker
 	History bool   `json:"history,omitempty"` // rooms keep historyMessages
+	// Window is how many Room.Publish calls each publisher goroutine keeps
+	// in flight; at most 1, it calls Room.Broadcast one at a time.
+	Window int `json:"window,omitempty"`
 }
 
 // newClusterHub returns the wshub server of a hub child; spec is a
@@ -83,7 +88,9 @@ func newClusterHub(spec string) (server, error) {
 	default:
 		return nil, fmt.Errorf("unknown broker %q", sp.Broker)
 	}
-	return newWshubServer(history, broker), nil
+	srv := newWshubServer(history, broker)
+	srv.window = sp.Window
+	return srv, nil
 }
 
 // runNATS serves NATS with JetStream, storing in storeDir, on a random
@@ -200,8 +207,11 @@ var clusterMetrics = []metric{
 
 // publisherKind says what the cluster scenario's publishers are.
 func publisherKind(cfg *config) string {
+	if cfg.clusterServer && cfg.clusterSync {
+		return "server-side publishers (-cluster-broadcast -cluster-broadcast-sync): goroutines calling Room.Broadcast in the hubs, one message at a time, spread over them in turn"
+	}
 	if cfg.clusterServer {
-		return "server-side publishers (-cluster-broadcast): goroutines calling Room.Broadcast in the hubs, spread over them in turn"
+		return fmt.Sprintf("server-side publishers (-cluster-broadcast): goroutines in the hubs, spread over them in turn, each calling Room.Publish with at most %d waits outstanding, calling them in order", cfg.window)
 	}
 	return fmt.Sprintf("client publishers: WebSocket clients, members of the room (%d of its clients, connected to the hubs in turn), each writing publish frames with ids without waiting for their acks, at most %d unanswered, reading their connection all along", latencyPublishers, cfg.window)
 }
@@ -215,7 +225,7 @@ func clusterScenario() scenario {
 			return fmt.Sprintf("%s clients in one room, spread evenly over the hubs; every hub is a child process, NATS (nats-server %s embedded, JetStream on, store in a temporary directory) another, all on 127.0.0.1; the clients are in the bench process. "+
 				"Publishers: %s. "+
 				"Throughput: publishes of ~100-byte payloads by 1, then 10 publishers, the room at most %d messages ahead of its slowest client whichever publisher sent; measured for %v after a %v warm-up each. "+
-				"Latency: the 10 publishers in turn, paced at %d publishes/s in all, receive time minus the publisher's stamp (taken as it writes the frame, or before Room.Broadcast), over %v after a %v warm-up. "+
+				"Latency: the 10 publishers in turn, paced at %d publishes/s in all, receive time minus the publisher's stamp (taken as it writes the frame, or before Room.Publish), over %v after a %v warm-up. "+
 				"Server CPU is the getrusage of every hub and NATS process over the measured window, per delivery; NATS %% is NATS's part of it; deliveries/write(2) divides the deliveries by the hubs' write system calls (syscw of /proc/PID/io), so it shows how many messages a socket write carries; clients CPU is the bench process's. "+
 				"deliveries missing is the total, over all runs and phases, of messages a client had not received 5 s after its phase (each client must get every message once; one more than sent is a note); acks missing, of client publishes not acked by the end of the run (an error frame or an ack out of order is a note). "+
 				"× is the ratio of medians to %s.",
@@ -298,11 +308,12 @@ type cluster struct {
 	hubs  []*remote
 }
 
-// startCluster starts NATS, if s has a broker, and s's hubs. On an error
-// it stops what it started.
-func startCluster(s clusterSetup) (*cluster, error) {
+// startCluster starts NATS, if s has a broker, and s's hubs, whose
+// publisher goroutines keep window publishes in flight. On an error it
+// stops what it started.
+func startCluster(s clusterSetup, window int) (*cluster, error) {
 	cl := &cluster{}
-	spec := hubSpec{Broker: s.broker, History: s.history}
+	spec := hubSpec{Broker: s.broker, History: s.history, Window: window}
 	if s.broker != brokerNone {
 		dir, err := os.MkdirTemp("", "wshub-bench-nats-")
 		if err != nil {
@@ -406,7 +417,11 @@ type trial struct {
 }
 
 func runClusterOnce(ctx context.Context, cfg *config, s clusterSetup, profile bool) (runResult, error) {
-	cl, err := startCluster(s)
+	window := cfg.window
+	if cfg.clusterSync {
+		window = 1
+	}
+	cl, err := startCluster(s, window)
 	if err != nil {
 		return runResult{}, err
 	}

@@ -24,10 +24,11 @@ func TestMain(m *testing.M) {
 // TestCluster runs the cluster scenario end to end at a tiny size: every
 // setup's hubs and NATS in child processes (this test binary), 2 hubs of
 // 10 clients, 10 of them publishing; then the server-side publishers of
-// -cluster-broadcast on three setups. Every row must have its figures,
-// every client every message, every client publish its ack, and no
-// notes: no lost client, publish error, ack out of order, child exiting
-// badly (a data race in a child under -race) or missing delivery.
+// -cluster-broadcast on three setups, and with -cluster-broadcast-sync on
+// two. Every row must have its figures, every client every message, every
+// client publish its ack, and no notes: no lost client, publish error,
+// ack out of order, child exiting badly (a data race in a child under
+// -race) or missing delivery.
 func TestCluster(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts child processes and NATS")
@@ -48,6 +49,15 @@ func TestCluster(t *testing.T) {
 			}
 		}
 		checkCluster(t, append(args, "-cluster-broadcast", "-cluster-setups", "one,confirm,log"), setups)
+	})
+	t.Run("broadcast-sync", func(t *testing.T) {
+		var setups []clusterSetup
+		for _, s := range clusterSetups {
+			if s.key == "one" || s.key == "confirm" {
+				setups = append(setups, s)
+			}
+		}
+		checkCluster(t, append(args, "-cluster-broadcast", "-cluster-broadcast-sync", "-cluster-setups", "one,confirm"), setups)
 	})
 }
 

@@ -24,6 +24,17 @@ type server interface {
 	close()
 }
 
+// A windowedServer is a server whose publisher goroutines (the child's
+// "p ROOM N ID") keep up to publishWindow publishes in flight: each
+// startPublish hands one over in order, and its wait, called in order,
+// returns what publish would have. A window of at most 1 means publish,
+// one at a time.
+type windowedServer interface {
+	server
+	publishWindow() int
+	startPublish(room string, payload []byte) (wait func() error)
+}
+
 // contender describes one row of the tables: how its server is built and
 // how the shared client speaks to it.
 type contender struct {

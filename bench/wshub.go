@@ -15,6 +15,10 @@ import (
 // the broker and history of the cluster scenario's hubs.
 type wshubServer struct {
 	hub *wshub.Hub
+	// window is how many publishes a publisher goroutine of the child keeps
+	// in flight with Room.Publish (the cluster scenario's hubs); at most
+	// 1, it calls Room.Broadcast one message at a time.
+	window int
 
 	mu    sync.Mutex
 	rooms map[string]struct{} // every room ever joined, to count members
@@ -62,6 +66,13 @@ func (s *wshubServer) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.hub.
 
 func (s *wshubServer) publish(room string, payload []byte) error {
 	return s.hub.Room(room).Broadcast(context.Background(), &wshub.Message{Data: json.RawMessage(payload)})
+}
+
+// publishWindow and startPublish make s a windowedServer.
+func (s *wshubServer) publishWindow() int { return s.window }
+
+func (s *wshubServer) startPublish(room string, payload []byte) (wait func() error) {
+	return s.hub.Room(room).Publish(context.Background(), &wshub.Message{Data: json.RawMessage(payload)})
 }
 
 func (s *wshubServer) members() int {
