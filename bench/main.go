@@ -246,6 +246,16 @@ type outcome struct {
 	errs   []string
 }
 
+// add records the result of run (counted from 0).
+func (o *outcome) add(run int, r runResult) {
+	for k, v := range r.values {
+		o.values[k] = append(o.values[k], v)
+	}
+	for _, n := range r.notes {
+		o.notes = append(o.notes, fmt.Sprintf("run %d: %s", run+1, n))
+	}
+}
+
 // runScenario runs sc cfg.runs times for every contender, interleaving
 // the contenders so that a noisy moment does not hit only one of them.
 func runScenario(ctx context.Context, cfg *config, sc scenario, list []contender, log io.Writer) map[string]*outcome {
@@ -263,12 +273,7 @@ func runScenario(ctx context.Context, cfg *config, sc scenario, list []contender
 				o.errs = append(o.errs, err.Error())
 				continue
 			}
-			for k, v := range r.values {
-				o.values[k] = append(o.values[k], v)
-			}
-			for _, n := range r.notes {
-				o.notes = append(o.notes, fmt.Sprintf("run %d: %s", run+1, n))
-			}
+			o.add(run, r)
 			fmt.Fprintf(log, "bench: %s %s run %d: %s (%v)\n", sc.id, c.name, run+1, brief(sc, r), time.Since(began).Round(10*time.Millisecond))
 		}
 	}

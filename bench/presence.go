@@ -138,12 +138,7 @@ func runPresence(ctx context.Context, cfg *config, sc scenario, stdout, log io.W
 				o.errs = append(o.errs, fmt.Sprintf("run %d: %v", run+1, err))
 				continue
 			}
-			for k, v := range r.values {
-				o.values[k] = append(o.values[k], v)
-			}
-			for _, n := range r.notes {
-				o.notes = append(o.notes, fmt.Sprintf("run %d: %s", run+1, n))
-			}
+			o.add(run, r)
 			fmt.Fprintf(log, "bench: presence %s run %d: %s (%v)\n", s.arg, run+1, brief(sc, r), time.Since(began).Round(10*time.Millisecond))
 		}
 	}
