@@ -132,23 +132,13 @@ func TestGroupCommitShares(t *testing.T) {
 	}
 
 	const pubs = 50
-	errs := make(chan error, pubs)
-	var wg sync.WaitGroup
-	for p := range pubs {
-		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
-	}
-	eventually(t, "every publish to wait", func() bool {
-		_, waits := natsbroker.CommitStats(pub)
-		return waits == pubs+1
-	})
+	done := heldPublishes(t, ctx, pub, pubs, 1)
 	held, _ := natsbroker.CommitStats(pub)
 	if held < 2 || held > 1+natsbroker.MaxFlushes {
 		t.Fatalf("%d flushes while held, want the short one's and 1 to %d", held, natsbroker.MaxFlushes)
 	}
 	px.release()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	for _, err := range done() {
 		if err != nil {
 			t.Fatalf("Publish: %v", err)
 		}
@@ -303,19 +293,9 @@ func TestOutageFailsEveryWaiter(t *testing.T) {
 
 	px.hold()
 	const pubs = 50
-	errs := make(chan error, pubs)
-	var wg sync.WaitGroup
-	for p := range pubs {
-		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
-	}
-	eventually(t, "every publish to wait", func() bool {
-		_, waits := natsbroker.CommitStats(pub)
-		return waits == pubs
-	})
+	done := heldPublishes(t, ctx, pub, pubs, 0)
 	px.cut()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	for _, err := range done() {
 		if !errors.Is(err, natsbroker.ErrNotConnected) {
 			t.Fatalf("Publish when the connection broke: %v, want ErrNotConnected", err)
 		}
@@ -345,19 +325,9 @@ func TestCloseFailsWaiters(t *testing.T) {
 
 	px.hold()
 	const pubs = 20
-	errs := make(chan error, pubs)
-	var wg sync.WaitGroup
-	for p := range pubs {
-		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
-	}
-	eventually(t, "every publish to wait", func() bool {
-		_, waits := natsbroker.CommitStats(pub)
-		return waits == pubs
-	})
+	done := heldPublishes(t, ctx, pub, pubs, 0)
 	equal(t, "Close", pub.Close(), nil)
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	for _, err := range done() {
 		if !errors.Is(err, natsbroker.ErrClosed) {
 			t.Fatalf("Publish waiting when Close ran: %v, want ErrClosed", err)
 		}
@@ -483,4 +453,25 @@ func serve(t testing.TB, h *wshub.Hub) *node {
 		ts.Close()
 	})
 	return &node{hub: h, ts: ts}
+}
+
+// heldPublishes starts n publishes of pub, each from its own goroutine,
+// and returns once they all wait for their confirmation (with waiting
+// earlier ones), with a function that waits for them to end and returns
+// their errors.
+func heldPublishes(t *testing.T, ctx context.Context, pub *natsbroker.Broker, n int, waiting uint64) func() []error {
+	t.Helper()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for p := range n {
+		wg.Go(func() { errs[p] = pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
+	}
+	eventually(t, "every publish to wait", func() bool {
+		_, waits := natsbroker.CommitStats(pub)
+		return waits == uint64(n)+waiting
+	})
+	return func() []error {
+		wg.Wait()
+		return errs
+	}
 }
