@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"net/http/httptest"
 	"os"
 	"strings"
 	"testing"
@@ -42,18 +41,7 @@ func TestREADMEHandler(t *testing.T) {
 	}
 
 	hub := pongHub()
-	ts := httptest.NewServer(hub)
-	t.Cleanup(func() {
-		hub.Close()
-		ts.Close()
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(ts.URL, "http"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.CloseNow()
+	ctx, conn := serveHub(t, hub)
 	if err := conn.Write(ctx, websocket.MessageText, []byte(`{"type":"ping","data":[1,2]}`)); err != nil {
 		t.Fatal(err)
 	}

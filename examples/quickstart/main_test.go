@@ -66,18 +66,7 @@ func TestREADMEErrorFrames(t *testing.T) {
 	section, _, _ = strings.Cut(section, "\n## ")
 
 	hub := wshub.New(nil, nil) // joins are denied by default
-	ts := httptest.NewServer(hub)
-	t.Cleanup(func() {
-		hub.Close()
-		ts.Close()
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(ts.URL, "http"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.CloseNow()
+	ctx, conn := serveHub(t, hub)
 	for _, frame := range []string{
 		`{"type":"join","room":"lobby","id":"1"}`,
 		`{"type":"publish","room":"lobby","data":"hi"}`,
@@ -232,6 +221,25 @@ func waitLine(t *testing.T, lines <-chan string, want string) {
 			t.Fatalf("the program did not print %q", want)
 		}
 	}
+}
+
+// serveHub serves hub on a test server, at its root, and dials it; the
+// test's cleanup closes all of it.
+func serveHub(t *testing.T, hub *wshub.Hub) (context.Context, *websocket.Conn) {
+	t.Helper()
+	ts := httptest.NewServer(hub)
+	t.Cleanup(func() {
+		hub.Close()
+		ts.Close()
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(ts.URL, "http"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.CloseNow() })
+	return ctx, conn
 }
 
 func expectFrame(t *testing.T, ctx context.Context, conn *websocket.Conn, want string) {
