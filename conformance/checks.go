@@ -232,11 +232,14 @@ func checkInvalidJSON(t *T) {
 }
 
 func checkWrongFieldType(t *T) {
+	checkErrorsKeepID(t, `{"type":"join","room":123,"id":"wrong-room"}`, `{"type":"publish","room":["x"],"id":"wrong-room2"}`)
+}
+
+// checkErrorsKeepID sends each of frames, which end with their "id", and
+// fails unless the error frame answering it carries that id.
+func checkErrorsKeepID(t *T, frames ...string) {
 	c := t.dial()
-	for _, raw := range []string{
-		`{"type":"join","room":123,"id":"wrong-room"}`,
-		`{"type":"publish","room":["x"],"id":"wrong-room2"}`,
-	} {
+	for _, raw := range frames {
 		m := errorAnswer(c, raw)
 		if id := raw[strings.LastIndex(raw, `"id":"`)+6 : len(raw)-2]; m.ID != id {
 			t.Fatalf("%s got %s: the error frame must carry the id, which could be read", raw, m)
@@ -254,14 +257,7 @@ func checkMissingType(t *T) {
 }
 
 func checkMissingTypeID(t *T) {
-	c := t.dial()
-	for _, raw := range []string{`{"room":"x","id":"no-type"}`, `{"type":"","id":"empty-type"}`} {
-		m := errorAnswer(c, raw)
-		if id := raw[strings.LastIndex(raw, `"id":"`)+6 : len(raw)-2]; m.ID != id {
-			t.Fatalf("%s got %s: the error frame must carry the id, which could be read", raw, m)
-		}
-	}
-	c.ack(join(t.room("")))
+	checkErrorsKeepID(t, `{"room":"x","id":"no-type"}`, `{"type":"","id":"empty-type"}`)
 }
 
 func checkNotObject(t *T) {

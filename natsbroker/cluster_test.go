@@ -65,11 +65,8 @@ func TestRoomSpansHubs(t *testing.T) {
 			pub.send(`{"type":"publish","room":"lobby","id":%q,"data":{"pub":%q,"seq":%d}}`, id, client, seq)
 		}
 		pubs.Go(func() {
-			for seq := range perPub {
-				if err := broadcast(ctx, n, "lobby", srv, seq); err != nil {
-					errs <- err
-					return
-				}
+			if err := broadcastSeqs(ctx, n, "lobby", srv, perPub); err != nil {
+				errs <- err
 			}
 		})
 	}

@@ -277,6 +277,17 @@ func broadcast(ctx context.Context, n *node, room, pub string, seq int) error {
 	return n.hub.Room(room).Broadcast(ctx, &wshub.Message{Data: payload{Pub: pub, Seq: seq}})
 }
 
+// broadcastSeqs broadcasts count messages of publisher pub, seqs 0 on,
+// one after another, stopping at the first error.
+func broadcastSeqs(ctx context.Context, n *node, room, pub string, count int) error {
+	for seq := range count {
+		if err := broadcast(ctx, n, room, pub, seq); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // next reads one message, returning errors instead of failing, for
 // goroutines other than the test's.
 func (p *peer) next() (wireMsg, error) {

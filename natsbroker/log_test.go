@@ -149,11 +149,8 @@ func TestLogOneOrderAcrossHubs(t *testing.T) {
 			}
 			clientPubs += perPub
 			pubs.Go(func() {
-				for seq := range perPub {
-					if err := broadcast(ctx, n, room, srv, seq); err != nil {
-						errs <- err
-						return
-					}
+				if err := broadcastSeqs(ctx, n, room, srv, perPub); err != nil {
+					errs <- err
 				}
 			})
 		}
