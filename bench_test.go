@@ -35,8 +35,8 @@ func BenchmarkHistoryFanout(b *testing.B) {
 			name = "history=on"
 		}
 		b.Run(name, func(b *testing.B) {
-			benchBroadcastWith(b, "wshub.json", 1000, func(string) wshub.HistoryPolicy {
-				return wshub.HistoryPolicy{Messages: keep}
+			benchBroadcastWith(b, "wshub.json", 1000, func(string) wshub.RoomOptions {
+				return wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: keep}}
 			})
 		})
 	}
@@ -57,9 +57,9 @@ func BenchmarkHistoryMemory(b *testing.B) {
 	var perMsg, perRoomBytes float64
 	for b.Loop() {
 		before := heapInUse()
-		store := wshub.NewMemoryHistory(1 << 40)
+		store := wshub.NewMemoryEngine(1 << 40)
 		for _, name := range names {
-			if _, _, _, err := store.Read(ctx, name, policy, 0, 0); err != nil {
+			if _, err := store.Read(ctx, name, policy, 0, 0); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -67,7 +67,7 @@ func BenchmarkHistoryMemory(b *testing.B) {
 		for range perRoom {
 			for _, name := range names {
 				// The hub hands the store a message it encoded for it.
-				if _, _, err := store.Append(ctx, name, policy, append([]byte(nil), msg...)); err != nil {
+				if err := store.Publish(ctx, name, policy, "", append([]byte(nil), msg...))(); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -93,11 +93,11 @@ func benchBroadcast(b *testing.B, proto string, n int) {
 	benchBroadcastWith(b, proto, n, nil)
 }
 
-func benchBroadcastWith(b *testing.B, proto string, n int, history func(string) wshub.HistoryPolicy) {
+func benchBroadcastWith(b *testing.B, proto string, n int, rooms func(string) wshub.RoomOptions) {
 	joined := make(chan struct{}, n)
 	h := wshub.New(nil, &wshub.Options{
 		PingInterval: -1,
-		History:      history,
+		Rooms:        rooms,
 		OnConnect:    func(c *wshub.Client) { c.Join("r"); joined <- struct{}{} },
 	})
 	ts := serve(b, h)

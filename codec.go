@@ -98,7 +98,7 @@ func (JSONBatchCodec) AppendBatch(dst []byte, msgs [][]byte) []byte {
 // it has no join, leave or publish. Outbound, Data must be a []byte, a
 // json.RawMessage (a JSON client's publish arrives as its JSON text) or a
 // string, and only messages of type "message" can be sent; anything else
-// fails with ErrUnsupportedData (so raw clients get no ack or error frames).
+// fails with errUnsupportedData (so raw clients get no ack or error frames).
 type RawCodec struct{}
 
 // Name returns "wshub.raw".
@@ -111,7 +111,7 @@ func (RawCodec) Binary() bool { return true }
 func (RawCodec) Marshal(v any) ([]byte, error) {
 	if m, ok := v.(*Message); ok {
 		if m.Type != TypeMessage {
-			return nil, fmt.Errorf("%w: raw codec cannot send type %q", ErrUnsupportedData, m.Type)
+			return nil, fmt.Errorf("%w: raw codec cannot send type %q", errUnsupportedData, m.Type)
 		}
 		v = m.Data
 	}
@@ -123,7 +123,7 @@ func (RawCodec) Marshal(v any) ([]byte, error) {
 	case string:
 		return []byte(d), nil
 	default:
-		return nil, fmt.Errorf("%w: raw codec needs []byte or string, got %T", ErrUnsupportedData, v)
+		return nil, fmt.Errorf("%w: raw codec needs []byte or string, got %T", errUnsupportedData, v)
 	}
 }
 
@@ -136,7 +136,7 @@ func (RawCodec) Unmarshal(data []byte, v any) error {
 	case *[]byte:
 		*d = b
 	default:
-		return fmt.Errorf("%w: raw codec cannot decode into %T", ErrUnsupportedData, v)
+		return fmt.Errorf("%w: raw codec cannot decode into %T", errUnsupportedData, v)
 	}
 	return nil
 }

@@ -212,7 +212,7 @@ func TestStopFromOnConnect(t *testing.T) {
 	}
 }
 
-// TestChurnWithBroker: clients join, leave, publish and disconnect in
+// TestChurnWithEngine: clients join, leave, publish and disconnect in
 // every way while the server broadcasts; afterwards the hub is empty,
 // OnDisconnect ran once per client, the broker's Subscribe and Unsubscribe
 // never overlapped or repeated, and a gone client's Send and Join fail.
@@ -223,7 +223,7 @@ func TestChurnWithBroker(t *testing.T) {
 	disconnects := make(map[*wshub.Client]int)
 	var all []*wshub.Client
 	h := wshub.New(nil, &wshub.Options{
-		Broker:        b,
+		Engine:        b,
 		AuthorizeJoin: allowAll,
 		PingInterval:  -1,
 		OnConnect: func(c *wshub.Client) {

@@ -2,85 +2,88 @@ package wshub
 
 import "errors"
 
-// Sentinel errors. Errors returned by wshub wrap one of these with %w, so
-// test for them with errors.Is. The text of each is also the reason sent to a
-// client in an error frame or a close frame.
+// Errors. Every error that wshub returns or reports wraps one of these,
+// so test for them with errors.Is; each groups the reasons a caller would
+// handle alike. The full text, such as "wshub: join denied", names the
+// reason, and is what a client gets in an error frame or a close frame.
 var (
-	// ErrHubClosed is returned by operations on a hub after Shutdown or Close
-	// began, and is the disconnect reason of clients closed by Shutdown.
+	// ErrHubClosed is returned by operations on a hub after Shutdown or
+	// Close began, and is the disconnect reason of clients closed by
+	// Shutdown.
 	ErrHubClosed = errors.New("wshub: hub closed")
 
 	// ErrClientClosed is returned by Client.Send, Join and Leave once the
 	// client is disconnecting or gone.
 	ErrClientClosed = errors.New("wshub: client closed")
 
-	// ErrSendQueueFull is the disconnect reason of a client whose send queue
-	// overflowed; Client.Send returns it for that client. The client is
-	// closed with status 1008.
-	ErrSendQueueFull = errors.New("wshub: send queue full")
+	// ErrSlowClient is the disconnect reason of a client closed (with
+	// status 1008, counted in Stats.Kicked) for holding others up:
+	// "wshub: send queue full" when a message would overflow its send
+	// queue (Client.Send returns it for that client), "wshub: write
+	// timeout" when its socket took no bytes, or its congested queue held
+	// up another client's publish, for Options.WriteTimeout.
+	ErrSlowClient = errors.New("wshub: slow client")
 
-	// ErrWriteTimeout is the disconnect reason of a client that took no
-	// bytes for Options.WriteTimeout, or whose congested queue held up
-	// another client's publish that long. It is closed with status 1008.
-	ErrWriteTimeout = errors.New("wshub: write timeout")
-
-	// ErrTooManyRooms reports a join past Options.MaxRooms.
-	ErrTooManyRooms = errors.New("wshub: too many rooms")
-
-	// ErrRateLimited answers a message read past Options.RateLimit; the
-	// message was not handled. It is also the disconnect reason (status
-	// 1008) of a client that sent MaxInvalidMessages of them in a row.
-	ErrRateLimited = errors.New("wshub: rate limit exceeded")
-
-	// ErrPongTimeout is the disconnect reason of a client that did not answer
-	// a keepalive ping in time.
+	// ErrPongTimeout is the disconnect reason of a client that did not
+	// answer a keepalive ping in time.
 	ErrPongTimeout = errors.New("wshub: pong timeout")
 
-	// ErrInvalidRoom reports a room name that is empty, too long
-	// (see MaxRoomNameLen) or not valid UTF-8.
-	ErrInvalidRoom = errors.New("wshub: invalid room name")
+	// ErrInvalid reports input the hub cannot take: an inbound frame the
+	// client's codec cannot decode or that breaks the protocol ("wshub:
+	// invalid message"; after 5 in a row the client is closed with 1007,
+	// at once for a text frame that is not UTF-8), a room name that is
+	// empty, over 128 bytes or not UTF-8 ("wshub: invalid room name"), a
+	// message type that is not the protocol's when the hub has no Handler
+	// ("wshub: unknown message type"), or Message.Data that a codec
+	// cannot encode ("wshub: data not supported by codec").
+	ErrInvalid = errors.New("wshub: invalid")
 
-	// ErrJoinDenied reports a client-initiated join refused because no
-	// Options.AuthorizeJoin is set. An AuthorizeJoin error is wrapped in it.
-	ErrJoinDenied = errors.New("wshub: join denied")
+	// ErrDenied reports a request or a connection refused by the hub's
+	// rules: a join without Options.AuthorizeJoin or refused by it
+	// ("wshub: join denied", wrapping AuthorizeJoin's error), a publish
+	// refused by AuthorizePublish ("wshub: publish denied"), a publish,
+	// leave or presence request for a room the client is not in ("wshub:
+	// not a member of the room"), a join past MaxRooms ("wshub: too many
+	// rooms"), a presence request for a room without presence ("wshub:
+	// room has no presence"), a message past RateLimit ("wshub: rate limit
+	// exceeded"; after 5 in a row the client is closed with 1008), an
+	// upgrade refused by Reject ("wshub: connection rejected") or past
+	// MaxClients ("wshub: too many clients").
+	ErrDenied = errors.New("wshub: denied")
 
-	// ErrPublishDenied wraps an error returned by Options.AuthorizePublish.
-	ErrPublishDenied = errors.New("wshub: publish denied")
+	// ErrEngine wraps an error of the Engine: a room message it did not
+	// take ("wshub: broker") or a history it could not read ("wshub:
+	// history"). A publish that fails with it was delivered to nobody
+	// (with a log, see the engine's documentation for whether it may
+	// still be stored).
+	ErrEngine = errors.New("wshub: engine")
+)
 
-	// ErrNotMember reports a publish to, or a leave of, a room the client is
-	// not in.
-	ErrNotMember = errors.New("wshub: not a member of the room")
+// reason is one of the reasons an exported error groups: its text is the
+// reason's, and errors.Is matches the group.
+type reason struct {
+	group error
+	text  string
+}
 
-	// ErrInvalidMessage reports an inbound frame that the client's codec
-	// cannot decode or that breaks the protocol. After MaxInvalidMessages of
-	// them in a row the client is closed with status 1007; a text frame
-	// that is not valid UTF-8 closes it with 1007 at once (RFC 6455 8.1).
-	ErrInvalidMessage = errors.New("wshub: invalid message")
+func (r *reason) Error() string { return r.text }
+func (r *reason) Unwrap() error { return r.group }
 
-	// ErrUnknownType answers a message whose type is not a protocol type
-	// when the hub has no Handler.
-	ErrUnknownType = errors.New("wshub: unknown message type")
-
-	// ErrUnsupportedData reports a Message.Data value that a codec cannot
-	// encode, such as a non-[]byte value given to RawCodec.
-	ErrUnsupportedData = errors.New("wshub: data not supported by codec")
-
-	// ErrRejected is wrapped by the errors that Reject returns.
-	ErrRejected = errors.New("wshub: connection rejected")
-
-	// ErrTooManyClients is the body of the 503 answer to an upgrade past
-	// Options.MaxClients.
-	ErrTooManyClients = errors.New("wshub: too many clients")
-
-	// ErrHistory wraps an error of Options.HistoryStore. A broadcast that
-	// fails with it was delivered to no member of this hub.
-	ErrHistory = errors.New("wshub: history")
-
-	// ErrNoPresence answers a presence request for a room that has no
-	// presence (see Options.Presence).
-	ErrNoPresence = errors.New("wshub: room has no presence")
-
-	// ErrBroker wraps an error of Options.Broker. A broadcast that fails
-	// with it was delivered to nobody.
-	ErrBroker = errors.New("wshub: broker")
+var (
+	errSendQueueFull   = &reason{ErrSlowClient, "wshub: send queue full"}
+	errWriteTimeout    = &reason{ErrSlowClient, "wshub: write timeout"}
+	errInvalidMessage  = &reason{ErrInvalid, "wshub: invalid message"}
+	errInvalidRoom     = &reason{ErrInvalid, "wshub: invalid room name"}
+	errUnknownType     = &reason{ErrInvalid, "wshub: unknown message type"}
+	errUnsupportedData = &reason{ErrInvalid, "wshub: data not supported by codec"}
+	errJoinDenied      = &reason{ErrDenied, "wshub: join denied"}
+	errPublishDenied   = &reason{ErrDenied, "wshub: publish denied"}
+	errNotMember       = &reason{ErrDenied, "wshub: not a member of the room"}
+	errTooManyRooms    = &reason{ErrDenied, "wshub: too many rooms"}
+	errNoPresence      = &reason{ErrDenied, "wshub: room has no presence"}
+	errRateLimited     = &reason{ErrDenied, "wshub: rate limit exceeded"}
+	errRejected        = &reason{ErrDenied, "wshub: connection rejected"}
+	errTooManyClients  = &reason{ErrDenied, "wshub: too many clients"}
+	errBroker          = &reason{ErrEngine, "wshub: broker"}
+	errHistory         = &reason{ErrEngine, "wshub: history"}
 )

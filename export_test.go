@@ -5,10 +5,43 @@ import "time"
 // PingNow starts a keepalive ping of c at once, as its timer would.
 func PingNow(c *Client) { c.ping() }
 
-// NewMemoryHistoryWithClock is NewMemoryHistory with a clock of the
-// test's.
-func NewMemoryHistoryWithClock(maxBytes int64, now func() time.Time) HistoryStore {
-	s := NewMemoryHistory(maxBytes).(*memoryHistory)
-	s.now = now
-	return s
+// NewMemoryEngineWithClock is NewMemoryEngine with a clock of the test's.
+func NewMemoryEngineWithClock(maxBytes int64, now func() time.Time) Engine {
+	e := NewMemoryEngine(maxBytes).(*memEngine)
+	e.hist.now = now
+	return e
 }
+
+// The reasons that the exported errors group, for tests that tell them
+// apart.
+var (
+	ErrSendQueueFull   = errSendQueueFull
+	ErrWriteTimeout    = errWriteTimeout
+	ErrInvalidMessage  = errInvalidMessage
+	ErrInvalidRoom     = errInvalidRoom
+	ErrUnknownType     = errUnknownType
+	ErrUnsupportedData = errUnsupportedData
+	ErrJoinDenied      = errJoinDenied
+	ErrPublishDenied   = errPublishDenied
+	ErrNotMember       = errNotMember
+	ErrTooManyRooms    = errTooManyRooms
+	ErrNoPresence      = errNoPresence
+	ErrRateLimited     = errRateLimited
+	ErrRejected        = errRejected
+	ErrTooManyClients  = errTooManyClients
+	ErrBroker          = errBroker
+	ErrHistory         = errHistory
+)
+
+// Limits that are not options.
+const (
+	DefaultReadLimit   = defaultReadLimit
+	DefaultMaxRooms    = defaultMaxRooms
+	DefaultHistoryAge  = defaultHistoryAge
+	MaxHistoryReplay   = maxHistoryReplay
+	MaxInfoBytes       = maxInfoBytes
+	MaxInvalidMessages = maxInvalidMessages
+	MaxPresenceList    = maxPresenceList
+	MaxRoomNameLen     = maxRoomNameLen
+	PresenceInterval   = presenceInterval
+)

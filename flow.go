@@ -16,7 +16,7 @@ import (
 // has been taken by its writer, that client is closed, or WriteTimeout
 // has passed since it began to wait. TCP then slows the sender, not the
 // room. A client still congested at that deadline held up the room for
-// WriteTimeout: it is closed with 1008 and ErrWriteTimeout. Every sender
+// WriteTimeout: it is closed with 1008 and errWriteTimeout. Every sender
 // queues at most one message beyond a quarter of a queue before it waits,
 // so senders overflow a queue only when more of them than three quarters
 // of it holds send at the same moment. Publishes that go through a
@@ -99,7 +99,7 @@ func (c *Client) awaitClients(ds []*Client) {
 		}
 		d.mu.Lock()
 		if d.congestedLocked() {
-			d.kickLocked(ErrWriteTimeout)
+			d.kickLocked(errWriteTimeout)
 		}
 		d.mu.Unlock()
 	}

@@ -66,12 +66,12 @@ func (p *peer) joinHist(room, extra string) ([]histMsg, histMsg) {
 	}
 }
 
-func keep(n int) func(string) wshub.HistoryPolicy {
-	return func(room string) wshub.HistoryPolicy {
+func keep(n int) func(string) wshub.RoomOptions {
+	return func(room string) wshub.RoomOptions {
 		if strings.HasPrefix(room, "nohist") {
-			return wshub.HistoryPolicy{}
+			return wshub.RoomOptions{}
 		}
-		return wshub.HistoryPolicy{Messages: n}
+		return wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: n}}
 	}
 }
 
@@ -85,7 +85,7 @@ func seqs(msgs []histMsg) []uint64 {
 
 func TestHistoryOnJoin(t *testing.T) {
 	t.Parallel()
-	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, History: keep(100)})
+	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, Rooms: keep(100)})
 	ts := serve(t, h)
 	ctx := testCtx(t)
 	room := h.Room("lobby")
@@ -141,7 +141,7 @@ func TestHistoryOnJoin(t *testing.T) {
 // others publish gives one gapless run of seqs: the replay, then live.
 func TestHistorySeamWithConcurrentPublishers(t *testing.T) {
 	t.Parallel()
-	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, History: keep(1000)})
+	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, Rooms: keep(1000)})
 	ts := serve(t, h)
 	ctx := testCtx(t)
 	const publishers, each = 3, 400
@@ -217,7 +217,7 @@ func TestHistorySeamWithConcurrentPublishers(t *testing.T) {
 
 func TestHistoryRecovery(t *testing.T) {
 	t.Parallel()
-	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, History: keep(100)})
+	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, Rooms: keep(100)})
 	ts := serve(t, h)
 	ctx := testCtx(t)
 	room := h.Room("r")
@@ -271,12 +271,12 @@ func TestHistoryEvictionChangesEpoch(t *testing.T) {
 	var clock sync.Mutex
 	h := wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: allowAll,
-		History: func(room string) wshub.HistoryPolicy {
-			return wshub.HistoryPolicy{Messages: 10, MaxAge: time.Minute}
+		Rooms: func(room string) wshub.RoomOptions {
+			return wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: 10, MaxAge: time.Minute}}
 		},
 		// Room for 15 messages of 100 bytes, with their overhead, and two
 		// rooms' logs.
-		HistoryStore: wshub.NewMemoryHistoryWithClock(15*(100+64)+2*256, func() time.Time {
+		Engine: wshub.NewMemoryEngineWithClock(15*(100+64)+2*256, func() time.Time {
 			clock.Lock()
 			defer clock.Unlock()
 			return now
@@ -331,7 +331,7 @@ func TestHistoryEvictionChangesEpoch(t *testing.T) {
 
 func TestHistoryBadInput(t *testing.T) {
 	t.Parallel()
-	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, History: keep(10)})
+	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, Rooms: keep(10)})
 	ts := serve(t, h)
 	h.Room("r").Broadcast(testCtx(t), &wshub.Message{Data: 1})
 	epoch, _, _ := h.Room("r").Position(testCtx(t))
@@ -376,7 +376,7 @@ func TestHistoryReconnectProperty(t *testing.T) {
 }
 
 func testReconnects(t *testing.T, retained int) {
-	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, History: keep(retained)})
+	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, Rooms: keep(retained)})
 	ts := serve(t, h)
 	ctx := testCtx(t)
 	const publishers, each, clients = 3, 300, 6
@@ -514,7 +514,7 @@ func FuzzJoinHistory(f *testing.F) {
 	} {
 		f.Add(s)
 	}
-	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, History: keep(20)})
+	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, Rooms: keep(20)})
 	ts := serve(f, h)
 	for i := range 30 {
 		h.Room("r").Broadcast(context.Background(), &wshub.Message{Data: i})
@@ -551,17 +551,17 @@ func FuzzJoinHistory(f *testing.F) {
 	})
 }
 
-// TestHistoryWithBroker: with the in-memory store, each hub numbers the
+// TestHistoryWithEngine: with the in-memory store, each hub numbers the
 // room's messages, other hubs' included, in the order it delivers them;
 // when the room's last local member leaves, the hub stops receiving the
 // room and its history of it ends: the next one has a new epoch.
 func TestHistoryWithBroker(t *testing.T) {
 	t.Parallel()
-	bus := &memBus{subs: make(map[string]map[*memBroker]func([]byte))}
+	bus := newMemBus()
 	var hubs []*wshub.Hub
 	var peers []*peer
 	for range 2 {
-		h := wshub.New(nil, &wshub.Options{Broker: &memBroker{bus: bus}, AuthorizeJoin: allowAll, History: keep(100)})
+		h := wshub.New(nil, &wshub.Options{Engine: newMemBroker(bus), AuthorizeJoin: allowAll, Rooms: keep(100)})
 		hubs = append(hubs, h)
 		peers = append(peers, dial(t, serve(t, h)))
 	}
@@ -594,10 +594,10 @@ func TestHistoryRestartSeenByMembers(t *testing.T) {
 	var clock sync.Mutex
 	h := wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: allowAll,
-		History: func(string) wshub.HistoryPolicy {
-			return wshub.HistoryPolicy{Messages: 10, MaxAge: time.Minute}
+		Rooms: func(string) wshub.RoomOptions {
+			return wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: 10, MaxAge: time.Minute}}
 		},
-		HistoryStore: wshub.NewMemoryHistoryWithClock(0, func() time.Time {
+		Engine: wshub.NewMemoryEngineWithClock(0, func() time.Time {
 			clock.Lock()
 			defer clock.Unlock()
 			return now
@@ -634,12 +634,12 @@ func TestHistoryPolicyDoesNotReleaseShutdown(t *testing.T) {
 	h := wshub.New(nil, &wshub.Options{
 		PingInterval: -1,
 		OnConnect:    func(c *wshub.Client) { connected <- c },
-		History: func(room string) wshub.HistoryPolicy {
+		Rooms: func(room string) wshub.RoomOptions {
 			if room == "block" {
 				inPolicy <- struct{}{}
 				<-release
 			}
-			return wshub.HistoryPolicy{}
+			return wshub.RoomOptions{}
 		},
 	})
 	ts := serve(t, h)

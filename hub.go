@@ -24,22 +24,31 @@ import (
 //
 // All methods are safe for concurrent use, including from inside hooks and
 // handlers. The zero Hub is not usable.
+//
+// Locks, in the order they are taken: a room's follow lock (rooms.go, held
+// across the Engine's Follow and Unfollow of that room only), Hub.mu (the
+// client and room tables), room.mu (a room's members: every delivery,
+// join commit and presence diff of the room queues under it), then
+// room.ownMu, presRoom.mu and Client.mu, each held only to change memory.
+// Hub.presMu and bcastMu come before presRoom.mu and Hub.mu. No lock is
+// held while a hook, a Handler, a Codec, an Engine call or Options.Rooms
+// runs, except the follow lock as said.
 type Hub struct {
-	handler Handler
-	opts    options
-	accept  websocket.AcceptOptions
-	encKey  []int  // codec index → its slot in an encoding
-	id      string // tells this hub's broker messages from others'
+	handler  Handler
+	opts     options
+	accept   websocket.AcceptOptions
+	encKey   []int          // codec index → its slot in an encoding
+	id       string         // prefixes the ids of this hub's publishes
+	presence PresenceEngine // Options.Engine, if it shares presence
 
-	history HistoryStore // nil without Options.History, or with a LogBroker
-	log     LogBroker    // Options.Broker, if it is one
-	logs    logState
+	codecUsers []atomic.Int64 // connected clients by encoding slot
+	nextPub    atomic.Uint64  // numbers this hub's publishes
 
 	presMu sync.Mutex // guards pres
 	pres   map[string]*presRoom
 
-	subMu sync.Mutex // guards subs
-	subs  map[string]*subscription
+	followMu sync.Mutex // guards follows
+	follows  map[string]*follow
 
 	mu      sync.RWMutex
 	clients map[*Client]struct{}
@@ -56,8 +65,8 @@ type Hub struct {
 	drained   chan struct{}
 	drainOnce sync.Once
 
-	brokerMu     sync.RWMutex // held for reading around broker calls
-	brokerClosed bool
+	engineMu     sync.RWMutex // held for reading around engine calls
+	engineClosed bool
 
 	messagesIn, messagesOut, dropped, kicked atomic.Uint64
 
@@ -76,8 +85,8 @@ func New(handler Handler, opts *Options) *Hub {
 		drained: make(chan struct{}),
 		id:      newID(),
 
-		subs: make(map[string]*subscription),
-		pres: make(map[string]*presRoom),
+		follows: make(map[string]*follow),
+		pres:    make(map[string]*presRoom),
 	}
 	// Buffers start small and grow with the batch, so a writer holds about
 	// what it writes, not a maximum.
@@ -85,23 +94,14 @@ func New(handler Handler, opts *Options) *Hub {
 		b := make([]byte, 0, 4<<10)
 		return &b
 	}
-	h.log, _ = h.opts.Broker.(LogBroker)
-	h.logs.own = make(map[string]*ownPublish)
-	if h.log != nil && h.opts.HistoryStore != nil {
-		panic("wshub: Options.HistoryStore must be nil with a LogBroker: the log keeps the histories")
-	}
-	if h.opts.History != nil && h.log == nil {
-		h.history = h.opts.HistoryStore
-		if h.history == nil {
-			h.history = NewMemoryHistory(0)
-		}
-	}
+	h.presence, _ = h.opts.Engine.(PresenceEngine)
 	h.accept = websocket.AcceptOptions{
 		Subprotocols:   h.opts.codecNames,
 		OriginPatterns: h.opts.OriginPatterns,
 	}
 	// The JSON codecs encode a message alike, so they share the JSON slot
-	// (the last one), which the broker uses too.
+	// (the last one), which the engine uses too.
+	h.codecUsers = make([]atomic.Int64, len(h.opts.Codecs)+1)
 	h.encKey = make([]int, len(h.opts.Codecs))
 	for i, c := range h.opts.Codecs {
 		h.encKey[i] = i
@@ -140,10 +140,10 @@ func (h *Hub) Stats() Stats {
 // room; clients joining it do.
 func (h *Hub) Room(name string) Room { return Room{hub: h, name: name} }
 
-// Broadcast sends m to every client connected to this hub (with a Broker,
-// not to other hubs' clients: use a room for that), as a message of type
-// "message" when m.Type is empty. Like Room.Broadcast it never waits for a
-// client and does not modify m. It returns ErrHubClosed once the hub is
+// Broadcast sends m to every client connected to this hub (not to other
+// hubs' clients: use a room for that), as a message of type "message" when
+// m.Type is empty. It never waits for a client and does not modify m; m is
+// encoded before any lock is taken. It returns ErrHubClosed once the hub is
 // closing, also when closing began during the call and m did not reach
 // every client, and the codec's error if m cannot be encoded.
 func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
@@ -155,12 +155,21 @@ func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
 	}
 	out := m.orMessage()
 	enc := h.newEncoding(&out)
+	enc.prepare()
 	h.bcastMu.Lock()
 	defer h.bcastMu.Unlock()
 	h.mu.RLock()
-	defer h.mu.RUnlock()
+	var late []*Client
 	for c := range h.clients {
-		enc.send(c)
+		if !enc.ready(c) {
+			late = append(late, c)
+			continue
+		}
+		enc.send(c, nil)
+	}
+	h.mu.RUnlock()
+	for _, c := range late {
+		enc.send(c, nil)
 	}
 	return enc.result()
 }
@@ -194,7 +203,7 @@ func (h *Hub) reserve() error {
 		return ErrHubClosed
 	}
 	if h.opts.MaxClients > 0 && len(h.clients)+h.pending >= h.opts.MaxClients {
-		return ErrTooManyClients
+		return errTooManyClients
 	}
 	h.pending++
 	h.hold()
@@ -235,9 +244,9 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 	}
 	c := newClient(h, conn, hw.cork, id)
 	if id.Info != nil {
-		if c.info, err = json.Marshal(id.Info); err != nil || len(c.info) > MaxInfoBytes {
+		if c.info, err = json.Marshal(id.Info); err != nil || len(c.info) > maxInfoBytes {
 			if err == nil {
-				err = fmt.Errorf("%d bytes, more than MaxInfoBytes", len(c.info))
+				err = fmt.Errorf("%d bytes, more than %d", len(c.info), maxInfoBytes)
 			}
 			err = fmt.Errorf("wshub: Identity.Info of client %q: %w", c.id, err)
 			h.opts.Logger.Error(err.Error())
@@ -255,6 +264,7 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 	}
 	h.pending--
 	h.clients[c] = struct{}{}
+	h.codecUsers[h.encKey[c.codecIndex]].Add(1)
 	h.mu.Unlock()
 	return c, nil
 }
@@ -311,7 +321,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	h.release()
 	select {
 	case <-h.drained:
-		h.closeBroker()
+		h.closeEngine()
 		return nil
 	case <-ctx.Done():
 	}
@@ -319,34 +329,31 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	return ctx.Err()
 }
 
-// closeBroker closes the broker once its calls under way have returned;
-// withBroker makes no call after that.
-func (h *Hub) closeBroker() {
-	if h.opts.Broker == nil {
+// closeEngine closes the engine once its calls under way have returned;
+// withEngine makes no call after that.
+func (h *Hub) closeEngine() {
+	h.engineMu.Lock()
+	defer h.engineMu.Unlock()
+	if h.engineClosed {
 		return
 	}
-	h.brokerMu.Lock()
-	defer h.brokerMu.Unlock()
-	if h.brokerClosed {
-		return
-	}
-	h.brokerClosed = true
-	if err := h.opts.Broker.Close(); err != nil {
-		h.opts.Logger.Warn("wshub: closing broker", "err", err)
+	h.engineClosed = true
+	if err := h.opts.Engine.Close(); err != nil {
+		h.opts.Logger.Warn("wshub: closing engine", "err", err)
 	}
 }
 
-// withBroker calls f with the broker, unless it is closed: then it
+// withEngine calls f with the engine, unless it is closed: then it
 // returns ErrHubClosed. Clients whose hooks were still running when
-// Shutdown returned leave their rooms later, without the broker, which
-// has dropped every subscription.
-func (h *Hub) withBroker(f func(b Broker) error) error {
-	h.brokerMu.RLock()
-	defer h.brokerMu.RUnlock()
-	if h.brokerClosed {
+// Shutdown returned leave their rooms later, without the engine, which
+// has dropped every follow.
+func (h *Hub) withEngine(f func(e Engine) error) error {
+	h.engineMu.RLock()
+	defer h.engineMu.RUnlock()
+	if h.engineClosed {
 		return ErrHubClosed
 	}
-	return f(h.opts.Broker)
+	return f(h.opts.Engine)
 }
 
 // Close closes the hub at once: new upgrades get 503 and every connection
@@ -367,7 +374,7 @@ func (h *Hub) Close() error {
 	g.Wait()
 	h.release()
 	<-h.drained
-	h.closeBroker()
+	h.closeEngine()
 	return nil
 }
 
@@ -398,137 +405,6 @@ func (h *Hub) userCode(f func()) {
 	h.release()
 	defer h.hold()
 	f()
-}
-
-// policyFor returns the history policy of room name. Options.History is
-// documented as fast, and is called directly: wrapping it in userCode
-// would give up a count of the hub's goroutines that callers outside them
-// (Room.Broadcast, say) never took, and Shutdown could return early.
-func (h *Hub) policyFor(name string) HistoryPolicy {
-	if h.opts.History == nil {
-		return HistoryPolicy{}
-	}
-	return h.opts.History(name)
-}
-
-func (h *Hub) lookup(name string) *room {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	return h.rooms[name]
-}
-
-// join adds c to room name, subscribing the broker to it when it is new.
-// req is the client's join message, nil for Client.Join; the returned ack
-// says where the room's history stands, if it has one.
-func (h *Hub) join(c *Client, name string, req *Message) (*Message, error) {
-	if err := validRoom(name); err != nil {
-		return nil, err
-	}
-	if h.presenceOn(name) {
-		h.watchPresence(name)
-	}
-	ack, err := h.addMember(c, name, h.policyFor(name), req)
-	if err != nil {
-		h.syncSubscription(name) // stops watching the presence of a room left empty
-		return nil, err
-	}
-	if err := h.syncSubscription(name); err != nil {
-		h.leave(c, name)
-		return nil, err
-	}
-	return ack, nil
-}
-
-// addMember adds c to the room, creating it with policy if needed. In a
-// room with history it queues, in the same step, what req asks to replay,
-// so that nothing is missed or repeated between that and live messages.
-func (h *Hub) addMember(c *Client, name string, policy HistoryPolicy, req *Message) (*Message, error) {
-	h.mu.Lock()
-	rm := h.rooms[name]
-	if rm == nil {
-		rm = newRoom(policy)
-		h.rooms[name] = rm
-	}
-	rm.mu.Lock()
-	h.mu.Unlock()
-	_, member := rm.members[c]
-	if err := c.addRoom(name); err != nil {
-		h.unlockRoom(name, rm)
-		return nil, err
-	}
-	ack := &Message{Type: TypeAck}
-	switch {
-	case rm.policy.on():
-		ack.Room = name
-		if err := h.replay(c, name, rm, req, member, ack); err != nil {
-			if !member {
-				c.removeRoom(name)
-			}
-			h.unlockRoom(name, rm)
-			return nil, err
-		}
-	case req != nil && req.Epoch != "":
-		ack.Room = name
-		ack.Recovered = new(bool) // the room keeps no history
-	}
-	if !member {
-		if rm.pres == nil && h.presenceOn(name) {
-			rm.pres = h.presRoomFor(name)
-		}
-		if rm.pres != nil {
-			h.presenceJoin(c, rm.pres)
-		}
-	}
-	rm.members[c] = struct{}{}
-	rm.mu.Unlock()
-	return ack, nil
-}
-
-// leave removes c from room name, and the room when it is empty.
-func (h *Hub) leave(c *Client, name string) error {
-	if err := h.removeMember(c, name); err != nil {
-		return err
-	}
-	if err := h.syncSubscription(name); err != nil {
-		h.opts.Logger.Warn("wshub: broker", "err", err)
-	}
-	return nil
-}
-
-func (h *Hub) removeMember(c *Client, name string) error {
-	if err := validRoom(name); err != nil {
-		return err
-	}
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	rm := h.rooms[name]
-	if rm == nil {
-		return ErrNotMember
-	}
-	rm.mu.Lock()
-	defer rm.mu.Unlock()
-	if !c.removeRoom(name) {
-		return ErrNotMember
-	}
-	if rm.pres != nil {
-		h.presenceLeave(c, rm.pres)
-	}
-	delete(rm.members, c)
-	if len(rm.members) == 0 {
-		rm.kill()
-		delete(h.rooms, name)
-	}
-	return nil
-}
-
-// forget removes a disconnected client from the hub.
-func (h *Hub) forget(c *Client) {
-	for _, name := range c.Rooms() {
-		h.leave(c, name)
-	}
-	h.mu.Lock()
-	delete(h.clients, c)
-	h.mu.Unlock()
 }
 
 func newID() string {

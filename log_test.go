@@ -44,8 +44,8 @@ func newMemLogStore() *memLogStore {
 	return s
 }
 
-// memLog is one hub's LogBroker on a memLogStore; live rooms go through a
-// memBus.
+// memLog is one hub's Engine on a memLogStore for the rooms with history,
+// as natsbroker's JetStream log; the others go through a memBus.
 type memLog struct {
 	*memBroker
 	s       *memLogStore
@@ -60,23 +60,26 @@ type follower struct {
 }
 
 func newMemLog(s *memLogStore, bus *memBus) *memLog {
-	return &memLog{memBroker: &memBroker{bus: bus}, s: s, follows: make(map[string]*follower)}
+	return &memLog{memBroker: newMemBroker(bus), s: s, follows: make(map[string]*follower)}
 }
 
-func (l *memLog) Append(ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) func() (uint64, error) {
+func (l *memLog) Publish(ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) func() error {
+	if p.Messages <= 0 {
+		return l.memBroker.Publish(ctx, room, p, id, msg)
+	}
 	s := l.s
-	seq, err := s.append(room, p, id, msg)
+	_, err := s.append(room, p, id, msg)
 	s.mu.Lock()
 	s.started++
 	s.changed.Broadcast()
 	s.mu.Unlock()
-	return func() (uint64, error) {
+	return func() error {
 		s.mu.Lock()
 		for s.started < s.gate {
 			s.changed.Wait()
 		}
 		s.mu.Unlock()
-		return seq, err
+		return err
 	}
 }
 
@@ -102,6 +105,9 @@ func (s *memLogStore) append(room string, p wshub.HistoryPolicy, id string, msg 
 }
 
 func (l *memLog) Read(ctx context.Context, room string, p wshub.HistoryPolicy, after uint64, limit int) (wshub.LogPage, error) {
+	if p.Messages <= 0 {
+		return l.memBroker.Read(ctx, room, p, after, limit)
+	}
 	s := l.s
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -115,7 +121,7 @@ func (l *memLog) Read(ctx context.Context, room string, p wshub.HistoryPolicy, a
 	page.Complete = len(es) < p.Messages || es[0].seq <= after+1
 	for _, e := range es {
 		if e.seq > after {
-			page.Messages = append(page.Messages, wshub.HistoryMessage{Seq: e.seq, JSON: e.msg})
+			page.Messages = append(page.Messages, wshub.Entry{Seq: e.seq, JSON: e.msg})
 		}
 	}
 	if limit >= 0 && len(page.Messages) > limit {
@@ -124,7 +130,10 @@ func (l *memLog) Read(ctx context.Context, room string, p wshub.HistoryPolicy, a
 	return page, nil
 }
 
-func (l *memLog) Follow(room string, p wshub.HistoryPolicy, after uint64, deliver func(uint64, string, []byte)) error {
+func (l *memLog) Follow(room string, p wshub.HistoryPolicy, after uint64, deliver func(wshub.Entry)) error {
+	if p.Messages <= 0 {
+		return l.memBroker.Follow(room, p, after, deliver)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.follows[room] != nil {
@@ -136,7 +145,7 @@ func (l *memLog) Follow(room string, p wshub.HistoryPolicy, after uint64, delive
 	return nil
 }
 
-func (l *memLog) follow(room string, after uint64, f *follower, deliver func(uint64, string, []byte)) {
+func (l *memLog) follow(room string, after uint64, f *follower, deliver func(wshub.Entry)) {
 	defer close(f.done)
 	s := l.s
 	for {
@@ -179,10 +188,10 @@ func (l *memLog) follow(room string, after uint64, f *follower, deliver func(uin
 		}
 		s.mu.Unlock()
 		if lost {
-			deliver(0, "", nil)
+			deliver(wshub.Entry{})
 			continue
 		}
-		deliver(e.seq, e.id, e.msg)
+		deliver(wshub.Entry{Seq: e.seq, ID: e.id, JSON: e.msg})
 		after = e.seq
 	}
 }
@@ -209,13 +218,13 @@ func (l *memLog) lose(room string) {
 	l.s.mu.Unlock()
 }
 
-func (l *memLog) Unsubscribe(room string) error {
+func (l *memLog) Unfollow(room string) error {
 	l.mu.Lock()
 	f := l.follows[room]
 	delete(l.follows, room)
 	l.mu.Unlock()
 	if f == nil {
-		return l.memBroker.Unsubscribe(room)
+		return l.memBroker.Unfollow(room)
 	}
 	close(f.stop)
 	l.s.mu.Lock()
@@ -235,19 +244,19 @@ func (l *memLog) followed(room string) bool {
 func logHubs(t *testing.T, n int, opts wshub.Options) (*memLogStore, []*memLog, []*wshub.Hub, []*httptest.Server) {
 	t.Helper()
 	s := newMemLogStore()
-	bus := &memBus{subs: make(map[string]map[*memBroker]func([]byte))}
+	bus := newMemBus()
 	var logs []*memLog
 	var hubs []*wshub.Hub
 	var servers []*httptest.Server
 	for range n {
 		l := newMemLog(s, bus)
 		o := opts
-		o.Broker = l
+		o.Engine = l
 		if o.AuthorizeJoin == nil {
 			o.AuthorizeJoin = allowAll
 		}
-		if o.History == nil {
-			o.History = keep(100)
+		if o.Rooms == nil {
+			o.Rooms = keep(100)
 		}
 		h := wshub.New(nil, &o)
 		logs, hubs, servers = append(logs, l), append(hubs, h), append(servers, serve(t, h))
@@ -285,7 +294,7 @@ func TestLogOneOrderAcrossHubs(t *testing.T) {
 	t.Parallel()
 	// Publishers are not paced by the other hubs' follows, so the room
 	// keeps all of it: a follow may lag that far.
-	_, _, _, servers := logHubs(t, 3, wshub.Options{History: keep(1000)})
+	_, _, _, servers := logHubs(t, 3, wshub.Options{Rooms: keep(1000)})
 	const each = 40
 	var peers []*peer
 	for _, ts := range servers {
@@ -354,7 +363,7 @@ func TestLogOneOrderAcrossHubs(t *testing.T) {
 // another with since and epoch, although its room's seqs have gaps.
 func TestLogRecoveryAcrossHubs(t *testing.T) {
 	t.Parallel()
-	_, _, hubs, servers := logHubs(t, 2, wshub.Options{History: keep(5)})
+	_, _, hubs, servers := logHubs(t, 2, wshub.Options{Rooms: keep(5)})
 	a := dial(t, servers[0])
 	_, ack := a.joinHist("r", "")
 	other := dial(t, servers[1])
@@ -499,15 +508,6 @@ func TestLogLostClosesMembers(t *testing.T) {
 	a.expectData("after")
 }
 
-func TestLogWithHistoryStorePanics(t *testing.T) {
-	defer func() {
-		if recover() == nil {
-			t.Fatal("New accepted a HistoryStore with a LogBroker")
-		}
-	}()
-	wshub.New(nil, &wshub.Options{Broker: newMemLog(newMemLogStore(), nil), HistoryStore: wshub.NewMemoryHistory(0)})
-}
-
 // TestLogPipelinesPublishes: a client's publishes are in flight together
 // (no append's wait returns before all ten were made), and it gets the
 // answers in order: each ack after its message, then the answers to later
@@ -552,9 +552,10 @@ func TestLogPipelinesPublishes(t *testing.T) {
 	equal(t, "answers", strings.Join(answers, " "), "a0 a1 a2 a3 a4 a5 a6 a7 a8 a9 e10 ajoin")
 }
 
-// TestLogRoomPublishPipelines: Room.Publish keeps a server's appends in
-// flight together, and their waits return once stored and delivered here.
-func TestLogRoomPublishPipelines(t *testing.T) {
+// TestLogConcurrentBroadcasts: broadcasts from several server goroutines
+// keep their appends in flight together (no append is stored before ten
+// were made), and each returns once stored and delivered here.
+func TestLogConcurrentBroadcasts(t *testing.T) {
 	t.Parallel()
 	store, _, hubs, servers := logHubs(t, 1, wshub.Options{})
 	p := dial(t, servers[0])
@@ -563,14 +564,22 @@ func TestLogRoomPublishPipelines(t *testing.T) {
 	store.gate = store.started + 10
 	store.mu.Unlock()
 	ctx := testCtx(t)
-	var waits []func() error
+	var g errgroup.Group
 	for i := range 10 {
-		waits = append(waits, hubs[0].Room("r").Publish(ctx, &wshub.Message{Data: fmt.Sprint(i)}))
+		g.Go(func() error { return hubs[0].Room("r").Broadcast(ctx, &wshub.Message{Data: fmt.Sprint(i)}) })
 	}
-	for i, wait := range waits {
-		if err := wait(); err != nil {
-			t.Fatalf("publish %d: %v", i, err)
+	if err := g.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	seen := make(map[string]bool)
+	var last uint64
+	for range 10 {
+		m := p.readHist()
+		if m.Seq <= last {
+			t.Fatalf("seq %d after %d", m.Seq, last)
 		}
+		last = m.Seq
+		seen[string(m.Data)] = true
 	}
-	p.expectData("0", "1", "2", "3", "4", "5", "6", "7", "8", "9")
+	equal(t, "distinct messages", len(seen), 10)
 }

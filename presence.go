@@ -10,7 +10,7 @@ import (
 	"time"
 )
 
-// Presence. A room for which Options.Presence returns true tells its
+// Presence. A room whose RoomOptions.Presence is true tells its
 // members who is in it: on joining, a client gets the room's state once (a
 // "presence" frame), then diffs ("presence_diff" frames: who joined, who
 // left), coalesced so that a room sends at most one diff every
@@ -19,26 +19,28 @@ import (
 // leaves when its last one leaves or drops, so that one user with three
 // tabs is one member with three connections. What a member shows of
 // itself is its Identity.Info, set by Options.Authenticate; a client
-// cannot set it. With a PresenceBroker, the state spans every hub.
+// cannot set it. With a PresenceEngine, the state spans every hub.
 //
 // Each presence room has a presRoom, shared by its room struct while it
 // has local members and kept by the hub while a diff is pending or other
-// hubs have members in it. Lock order: Hub.mu, room.mu, Hub.presMu,
-// presRoom.mu.
+// hubs have members in it. States and diffs are encoded outside every
+// lock; a state is sent only if no diff went out since it was taken (its
+// version), else it is taken again, so that a state plus the diffs after
+// it always add up to the truth.
 
 // Presence bounds.
 const (
-	// PresenceInterval is the longest a join or leave waits before the
+	// presenceInterval is the longest a join or leave waits before the
 	// room's members hear of it: changes within it go out in one diff.
-	PresenceInterval = 100 * time.Millisecond
+	presenceInterval = 100 * time.Millisecond
 
-	// MaxPresenceList is how many members a presence state lists at most
+	// maxPresenceList is how many members a presence state lists at most
 	// (fewer when their Info would make the frame larger than 32 KiB); its
 	// "total" counts them all.
-	MaxPresenceList = 100
+	maxPresenceList = 100
 
-	// MaxInfoBytes caps the JSON encoding of Identity.Info.
-	MaxInfoBytes = 1024
+	// maxInfoBytes caps the JSON encoding of Identity.Info.
+	maxInfoBytes = 1024
 )
 
 // Message types of presence.
@@ -67,49 +69,21 @@ type presenceDiff struct {
 	Leaves []Presence `json:"leaves"`
 }
 
-// A PresenceBroker is a Broker that also shares the presence of rooms
-// between hubs, so that a presence room's state and diffs cover its
-// members on every hub. The natsbroker module implements it on a
-// JetStream key-value bucket.
-//
-// The hub calls WatchPresence before a presence room gets its first local
-// member and UnwatchPresence when its last one leaves, SetPresence with
-// its local members after each change (coalesced, at most once per
-// PresenceInterval per room), and SetPresence(room, nil) when it has none.
-// Close withdraws what the hub published.
-type PresenceBroker interface {
-	Broker
-
-	// SetPresence publishes this hub's members of room, a JSON array of
-	// Presence, replacing what it published before; nil withdraws them.
-	// The broker keeps them visible to the other hubs while this hub is
-	// alive and connected, and withdraws them within a bound it documents
-	// when it is not.
-	SetPresence(room string, members []byte) error
-
-	// WatchPresence calls update with the members other hubs published
-	// for room, as each hub's set changes (with nil when the hub withdrew
-	// them or they expired), starting with the current ones, which it
-	// passes before it returns. Calls for one room come one at a time.
-	WatchPresence(room string, update func(hub string, members []byte)) error
-
-	// UnwatchPresence stops the updates of room.
-	UnwatchPresence(room string) error
-}
-
 // presRoom is the presence of one room.
 type presRoom struct {
 	name string
 
-	mu     sync.Mutex
-	local  map[string]*Presence           // this hub's members, by ID
-	remote map[string]map[string]Presence // other hubs' members, by hub and ID
-	ids    []string                       // every member's ID over all hubs, sorted
-	joins  map[string]Presence            // IDs that appeared since the last diff
-	leaves map[string]Presence            // IDs that disappeared since the last diff
-	timer  *time.Timer                    // pending flush
-	dirty  bool                           // local changed since the last SetPresence
-	watch  bool                           // watching other hubs
+	mu      sync.Mutex
+	local   map[string]*Presence           // this hub's members, by ID
+	remote  map[string]map[string]Presence // other hubs' members, by hub and ID
+	ids     []string                       // every member's ID over all hubs, sorted
+	joins   map[string]Presence            // IDs that appeared since the last diff
+	leaves  map[string]Presence            // IDs that disappeared since the last diff
+	timer   *time.Timer                    // pending or running flush
+	dirty   bool                           // local changed since the last SetPresence
+	watch   bool                           // watching other hubs
+	version uint64                         // diffs taken so far
+	changes uint64                         // changes of joins and leaves so far
 
 	putMu sync.Mutex // orders SetPresence calls
 }
@@ -117,11 +91,6 @@ type presRoom struct {
 func newPresRoom(name string) *presRoom {
 	return &presRoom{name: name, local: make(map[string]*Presence), remote: make(map[string]map[string]Presence),
 		joins: make(map[string]Presence), leaves: make(map[string]Presence)}
-}
-
-// presenceOn reports whether room name has presence.
-func (h *Hub) presenceOn(name string) bool {
-	return h.opts.Presence != nil && h.opts.Presence(name)
 }
 
 // presRoomFor returns the presence of room name, creating it if needed.
@@ -185,12 +154,12 @@ func (h *Hub) changedLocked(pr *presRoom, id string, before int, old Presence) {
 
 func (h *Hub) scheduleLocked(pr *presRoom) {
 	if pr.timer == nil && !h.closing.Load() {
-		pr.timer = time.AfterFunc(PresenceInterval, func() { h.flushPresence(pr) })
+		pr.timer = time.AfterFunc(presenceInterval, func() { h.flushPresence(pr) })
 	}
+	pr.changes++
 }
 
-// presenceJoin counts c's connection in pr, and queues the state for c:
-// rm.mu is held, so no diff goes out meanwhile.
+// presenceJoin counts c's connection in pr; rm.mu is held.
 func (h *Hub) presenceJoin(c *Client, pr *presRoom) {
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
@@ -203,7 +172,27 @@ func (h *Hub) presenceJoin(c *Client, pr *presRoom) {
 	l.Conns++
 	pr.dirty = true
 	h.changedLocked(pr, c.id, before, old)
-	c.sendPresence(pr.name, pr.stateLocked())
+}
+
+// presenceFrame returns the room's state encoded for c, and the version
+// of the presence it shows. The encoding runs outside every lock.
+func (h *Hub) presenceFrame(c *Client, pr *presRoom) ([]byte, uint64) {
+	pr.mu.Lock()
+	st, v := pr.stateLocked(), pr.version
+	pr.mu.Unlock()
+	b, err := c.codec.Marshal(&Message{Type: TypePresence, Room: pr.name, Data: st})
+	if err != nil {
+		h.opts.Logger.Debug("wshub: presence not sent", "client", c.id, "err", err)
+		return nil, v
+	}
+	return b, v
+}
+
+// versionNow returns the number of diffs taken so far.
+func (pr *presRoom) versionNow() uint64 {
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	return pr.version
 }
 
 // presenceLeave uncounts c's connection; rm.mu is held.
@@ -237,11 +226,6 @@ func (h *Hub) presenceUpdate(pr *presRoom, hub string, members []byte) {
 			next[p.ID] = p
 		}
 	}
-	rm := h.lookup(pr.name)
-	if rm != nil {
-		rm.mu.Lock() // no state goes to a joiner halfway through
-		defer rm.mu.Unlock()
-	}
 	pr.mu.Lock()
 	defer pr.mu.Unlock()
 	prev := pr.remote[hub]
@@ -270,14 +254,14 @@ func (h *Hub) presenceUpdate(pr *presRoom, hub string, members []byte) {
 
 // stateLocked returns the room's state, as sent to a client: the first
 // members by ID, without going through all of them, since it runs for
-// every join with the room's lock held.
+// every join.
 func (pr *presRoom) stateLocked() presenceState {
-	st := presenceState{Total: len(pr.ids), Members: make([]Presence, 0, min(len(pr.ids), MaxPresenceList))}
+	st := presenceState{Total: len(pr.ids), Members: make([]Presence, 0, min(len(pr.ids), maxPresenceList))}
 	size := 64
 	for _, id := range pr.ids {
 		_, p := pr.totalLocked(id)
 		size += len(p.ID) + len(p.Info) + 32
-		if len(st.Members) == MaxPresenceList || size > maxBatchBytes {
+		if len(st.Members) == maxPresenceList || size > maxBatchBytes {
 			break
 		}
 		st.Members = append(st.Members, p)
@@ -295,55 +279,58 @@ func (pr *presRoom) membersLocked() []Presence {
 	return out
 }
 
-// sendPresence queues a state frame for c.
-func (c *Client) sendPresence(room string, st presenceState) {
-	if _, err := c.send(&Message{Type: TypePresence, Room: room, Data: st}); err != nil && err != ErrClientClosed {
-		c.hub.opts.Logger.Debug("wshub: presence not sent", "client", c.id, "err", err)
-	}
-}
-
 // flushPresence sends the room's pending diff to its local members, gives
-// its local members to the PresenceBroker, and calls Options.OnPresence.
+// its local members to the PresenceEngine, and calls Options.OnPresence.
+// The diff is encoded outside every lock, then taken and queued in one
+// step under the room's lock, if nothing changed meanwhile (else it is
+// encoded again). Flushes of a room run one at a time: pr.timer stays set
+// until the end.
 func (h *Hub) flushPresence(pr *presRoom) {
 	if h.closing.Load() {
 		return
 	}
-	rm := h.lookup(pr.name)
-	if rm != nil {
-		rm.mu.Lock()
-	}
-	pr.mu.Lock()
-	pr.timer = nil
-	diff := presenceDiff{Joins: sortedValues(pr.joins), Leaves: sortedValues(pr.leaves)}
-	clear(pr.joins)
-	clear(pr.leaves)
+	var diff presenceDiff
 	var local []byte
-	put := pr.dirty && h.presenceBroker() != nil
-	if put {
-		pr.dirty = false
-		if len(pr.local) > 0 {
-			ms := make([]Presence, 0, len(pr.local))
-			for _, id := range slices.Sorted(maps.Keys(pr.local)) {
-				ms = append(ms, *pr.local[id])
-			}
-			local, _ = json.Marshal(ms) // Presence always encodes
+	put := false
+	for {
+		pr.mu.Lock()
+		diff = presenceDiff{Joins: sortedValues(pr.joins), Leaves: sortedValues(pr.leaves)}
+		changes := pr.changes
+		pr.mu.Unlock()
+		var encs []*encoding
+		for _, d := range splitDiff(diff) {
+			enc := h.newEncoding(&Message{Type: TypePresenceDiff, Room: pr.name, Data: d})
+			enc.prepare()
+			encs = append(encs, enc)
 		}
-	}
-	pr.mu.Unlock()
-	if rm != nil {
-		if !rm.dead {
-			for _, d := range splitDiff(diff) {
-				enc := h.newEncoding(&Message{Type: TypePresenceDiff, Room: pr.name, Data: d})
-				for c := range rm.members {
-					enc.send(c)
-				}
-			}
+		rm := h.lookup(pr.name)
+		if rm != nil {
+			rm.mu.Lock()
 		}
-		rm.mu.Unlock()
+		pr.mu.Lock()
+		if pr.changes != changes {
+			pr.mu.Unlock()
+			if rm != nil {
+				rm.mu.Unlock()
+			}
+			continue
+		}
+		clear(pr.joins)
+		clear(pr.leaves)
+		pr.version++
+		if put = pr.dirty && h.presence != nil; put {
+			pr.dirty = false
+			local = pr.localJSON()
+		}
+		pr.mu.Unlock()
+		if rm != nil {
+			h.sendAll(rm, encs)
+		}
+		break
 	}
 	if put {
 		pr.putMu.Lock()
-		err := h.withBroker(func(b Broker) error { return b.(PresenceBroker).SetPresence(pr.name, local) })
+		err := h.withEngine(func(Engine) error { return h.presence.SetPresence(pr.name, local) })
 		pr.putMu.Unlock()
 		if err != nil {
 			h.opts.Logger.Warn("wshub: presence not shared", "room", pr.name, "err", err)
@@ -352,7 +339,50 @@ func (h *Hub) flushPresence(pr *presRoom) {
 	if h.opts.OnPresence != nil && (len(diff.Joins) > 0 || len(diff.Leaves) > 0) {
 		h.opts.OnPresence(pr.name, diff.Joins, diff.Leaves) // on the timer's goroutine, holding nothing
 	}
+	pr.mu.Lock()
+	pr.timer = nil
+	if len(pr.joins) > 0 || len(pr.leaves) > 0 || pr.dirty {
+		h.scheduleLocked(pr)
+	}
+	pr.mu.Unlock()
 	h.dropPresRoom(pr)
+}
+
+// localJSON returns this hub's members of the room, for the engine.
+func (pr *presRoom) localJSON() []byte {
+	if len(pr.local) == 0 {
+		return nil
+	}
+	ms := make([]Presence, 0, len(pr.local))
+	for _, id := range slices.Sorted(maps.Keys(pr.local)) {
+		ms = append(ms, *pr.local[id])
+	}
+	b, _ := json.Marshal(ms) // Presence always encodes
+	return b
+}
+
+// sendAll queues encs, in order, for every member of rm, whose lock is
+// held and is released: members of a codec not in use a moment ago get
+// them after it.
+func (h *Hub) sendAll(rm *room, encs []*encoding) {
+	var late []*Client
+	if !rm.dead && len(encs) > 0 {
+		for c := range rm.members {
+			if !encs[0].ready(c) {
+				late = append(late, c)
+				continue
+			}
+			for _, enc := range encs {
+				enc.send(c, nil)
+			}
+		}
+	}
+	rm.mu.Unlock()
+	for _, c := range late {
+		for _, enc := range encs {
+			enc.send(c, nil)
+		}
+	}
 }
 
 // dropPresRoom forgets pr once nothing is left of it.
@@ -405,12 +435,6 @@ func splitDiff(d presenceDiff) []presenceDiff {
 	return out
 }
 
-// presenceBroker returns the broker if it shares presence.
-func (h *Hub) presenceBroker() PresenceBroker {
-	pb, _ := h.opts.Broker.(PresenceBroker)
-	return pb
-}
-
 // presenceRequest answers a client's request for a room's state.
 func (c *Client) presenceRequest(m *Message) error {
 	if err := validRoom(m.Room); err != nil {
@@ -419,23 +443,32 @@ func (c *Client) presenceRequest(m *Message) error {
 	h := c.hub
 	rm := h.lookup(m.Room)
 	if rm == nil || !c.inRoom(m.Room) {
-		return ErrNotMember
+		return errNotMember
 	}
-	rm.mu.Lock()
-	defer rm.mu.Unlock()
 	if rm.pres == nil {
-		return fmt.Errorf("%w: %q", ErrNoPresence, m.Room)
+		return fmt.Errorf("%w: %q", errNoPresence, m.Room)
 	}
-	rm.pres.mu.Lock()
-	st := rm.pres.stateLocked()
-	rm.pres.mu.Unlock()
-	c.sendPresence(m.Room, st)
-	return nil
+	for {
+		state, version := h.presenceFrame(c, rm.pres)
+		if state == nil {
+			return nil
+		}
+		rm.mu.Lock()
+		if rm.pres.versionNow() == version {
+			_, err := c.enqueue(state)
+			rm.mu.Unlock()
+			if err != nil && err != ErrClientClosed {
+				h.opts.Logger.Debug("wshub: presence not sent", "client", c.id, "err", err)
+			}
+			return nil
+		}
+		rm.mu.Unlock() // a diff went out since the state was taken
+	}
 }
 
 // Presence returns every member of the room, on this hub and, with a
-// PresenceBroker, on the others, sorted by ID; none when the room has no
-// presence (see Options.Presence). A hub follows the other hubs' members
+// PresenceEngine, on the others, sorted by ID; none when the room has no
+// presence (see Options.Rooms). A hub follows the other hubs' members
 // of a room only while it has members in it itself: without any, it
 // returns none, whatever the other hubs have.
 func (r Room) Presence() []Presence {
@@ -452,16 +485,16 @@ func (r Room) Presence() []Presence {
 }
 
 // watchPresence makes sure that the hub follows the members that other
-// hubs have in room name, with a PresenceBroker. The hub's join calls it
+// hubs have in room name, with a PresenceEngine. The hub's join calls it
 // before adding the room's first member, so that its state covers every
-// hub; syncSubscription stops it with the room's last member.
+// hub; syncFollow stops it with the room's last member.
 func (h *Hub) watchPresence(name string) {
-	pb := h.presenceBroker()
+	pb := h.presence
 	if pb == nil {
 		return
 	}
-	s := h.lockSubscription(name)
-	defer h.unlockSubscription(name, s)
+	f := h.lockFollow(name)
+	defer h.unlockFollow(name, f)
 	pr := h.presRoomFor(name)
 	pr.mu.Lock()
 	watching := pr.watch
@@ -469,7 +502,7 @@ func (h *Hub) watchPresence(name string) {
 	if watching {
 		return
 	}
-	err := h.withBroker(func(Broker) error {
+	err := h.withEngine(func(Engine) error {
 		return pb.WatchPresence(name, func(hub string, members []byte) { h.presenceUpdate(pr, hub, members) })
 	})
 	if err != nil {
@@ -486,9 +519,9 @@ func (h *Hub) watchPresence(name string) {
 
 // unwatchPresence stops following the other hubs' members of the room,
 // which has no local members left: they are forgotten without a diff. The
-// room's subscription lock is held.
+// room's follow lock is held.
 func (h *Hub) unwatchPresence(name string) {
-	pb := h.presenceBroker()
+	pb := h.presence
 	if pb == nil {
 		return
 	}
@@ -507,7 +540,7 @@ func (h *Hub) unwatchPresence(name string) {
 	if !watching {
 		return
 	}
-	err := h.withBroker(func(Broker) error { return pb.UnwatchPresence(name) })
+	err := h.withEngine(func(Engine) error { return pb.UnwatchPresence(name) })
 	if err != nil && !errors.Is(err, ErrHubClosed) {
 		h.opts.Logger.Warn("wshub: presence", "room", name, "err", err)
 	}

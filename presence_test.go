@@ -57,7 +57,15 @@ func (p *peer) readPresConn() presMsg {
 func presenceHub(t *testing.T, opts wshub.Options) (*wshub.Hub, *httptest.Server) {
 	t.Helper()
 	opts.AuthorizeJoin = allowAll
-	opts.Presence = func(room string) bool { return strings.HasPrefix(room, "p") }
+	rooms := opts.Rooms
+	opts.Rooms = func(room string) wshub.RoomOptions {
+		var o wshub.RoomOptions
+		if rooms != nil {
+			o = rooms(room)
+		}
+		o.Presence = strings.HasPrefix(room, "p")
+		return o
+	}
 	opts.Authenticate = func(r *http.Request) (wshub.Identity, error) {
 		id := r.URL.Query().Get("id")
 		info := any(map[string]string{"name": strings.ToUpper(id[:1]) + id[1:]})
@@ -299,7 +307,7 @@ func TestPresenceBadInput(t *testing.T) {
 	bob.mustAck(`{"type":"leave","room":"p","id":"l"}`) // bob got nothing from mallory
 }
 
-// memPresence is a working in-process PresenceBroker: hubs share their
+// memPresence is a working in-process PresenceEngine: hubs share their
 // members of a room through a map and are told of each other's changes.
 type memPresence struct {
 	*memBroker
@@ -374,13 +382,13 @@ func (bus *presenceBus) crash(hub string) {
 // member, and a hub that stops takes its members out of the others' view.
 func TestPresenceAcrossHubs(t *testing.T) {
 	t.Parallel()
-	bus := &memBus{subs: make(map[string]map[*memBroker]func([]byte))}
+	bus := newMemBus()
 	pbus := &presenceBus{members: make(map[string]map[string][]byte), watchers: make(map[string]map[string]func(string, []byte))}
 	var hubs []*wshub.Hub
 	var servers []*httptest.Server
 	for i := range 2 {
-		b := &memPresence{memBroker: &memBroker{bus: bus}, name: fmt.Sprint("hub", i), all: pbus}
-		h, ts := presenceHub(t, wshub.Options{Broker: b})
+		b := &memPresence{memBroker: newMemBroker(bus), name: fmt.Sprint("hub", i), all: pbus}
+		h, ts := presenceHub(t, wshub.Options{Engine: b})
 		hubs, servers = append(hubs, h), append(servers, ts)
 	}
 	alice := dialAs(t, servers[0], "alice")

@@ -1,0 +1,305 @@
+package wshub
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+
+	"github.com/coder/websocket"
+)
+
+// The connection of a client: its send queue, the writer goroutine that
+// runs only while the queue holds something, keepalive pings, and the
+// close. Everything here is the hub's own code: no lock of it is held
+// while user code runs.
+
+// enqueue queues an encoded message and starts the writer if it is idle.
+// It reports whether the queue is now congested (see flow.go). A message
+// that overflows the queue closes the client.
+func (c *Client) enqueue(b []byte) (congested bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return false, ErrClientClosed
+	}
+	o := &c.hub.opts
+	n, size := len(c.queue)-c.replayed, c.queueBytes-c.replayBytes
+	if n >= o.SendQueue || (n > 0 && size+len(b) > o.SendQueueBytes) {
+		c.hub.dropped.Add(1)
+		c.kickLocked(errSendQueueFull)
+		return false, errSendQueueFull
+	}
+	c.queue = append(c.queue, b)
+	c.queueBytes += len(b)
+	c.startWriterLocked()
+	return c.congestedLocked(), nil
+}
+
+// enqueueReplay queues what a join sends at once (its replay of history,
+// the live messages of its read, the presence state), since it must come
+// before any live message of the room. It does not count against the
+// queue's limits until the writer takes it (a replay is bounded by
+// maxHistoryReplay or the room's HistoryPolicy.Messages), so a long replay
+// does not get its client closed; it does count as congestion, so the
+// client's next message and the room's publishers wait for it.
+func (c *Client) enqueueReplay(frames [][]byte) {
+	if len(frames) == 0 {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return
+	}
+	for _, b := range frames {
+		c.queue = append(c.queue, b)
+		c.queueBytes += len(b)
+		c.replayBytes += len(b)
+	}
+	c.replayed += len(frames)
+	c.startWriterLocked()
+}
+
+// kickLocked closes the client with 1008 for hurting others, dropping its
+// queue, and counts it in Stats.Kicked.
+func (c *Client) kickLocked(cause error) {
+	if c.cause != nil {
+		return
+	}
+	c.hub.kicked.Add(1)
+	c.closeLocked(websocket.StatusPolicyViolation, strings.TrimPrefix(cause.Error(), "wshub: "), cause, false)
+}
+
+func (c *Client) startWriterLocked() {
+	if c.writing {
+		return
+	}
+	c.writing = true
+	c.spawn(c.writeLoop)
+}
+
+// spawn runs f on a goroutine that the client's group and Shutdown wait for.
+func (c *Client) spawn(f func()) {
+	c.hub.hold()
+	c.group.Go(func() error {
+		defer c.hub.release()
+		f()
+		return nil
+	})
+}
+
+// closeWith starts closing the client with code and reason, recording
+// cause as its disconnect reason. With flush, queued messages are written
+// first; without, they are dropped. Only the first call has an effect.
+func (c *Client) closeWith(code websocket.StatusCode, reason string, cause error, flush bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closeLocked(code, reason, cause, flush)
+}
+
+func (c *Client) closeLocked(code websocket.StatusCode, reason string, cause error, flush bool) {
+	if c.cause != nil {
+		return
+	}
+	c.closeCode, c.closeReason, c.cause, c.flush = code, reason, cause, flush
+	c.cancel()
+	c.wakeLocked()
+	if !flush {
+		c.dropQueueLocked()
+	}
+	if !c.writing {
+		// The writer closes the connection once the queue is empty.
+		c.startWriterLocked()
+		return
+	}
+	if !flush {
+		// The writer may be stuck on a slow peer: close from a goroutine of
+		// its own, which also unblocks the writer.
+		c.spawn(c.closeConn)
+	}
+}
+
+// closeConn runs the close handshake, once.
+func (c *Client) closeConn() {
+	c.closeOnce.Do(func() {
+		c.mu.Lock()
+		code, reason, cause := c.closeCode, c.closeReason, c.cause
+		c.mu.Unlock()
+		if errors.Is(cause, ErrSlowClient) {
+			c.hub.opts.Logger.Warn("wshub: client kicked", "client", c.id, "reason", cause)
+		}
+		if code == 0 {
+			c.conn.CloseNow() // the connection failed or the peer closed it
+			return
+		}
+		c.conn.Close(code, reason)
+	})
+}
+
+// abort cuts the connection without a handshake, dropping the queue even
+// if a graceful close was flushing it.
+func (c *Client) abort(cause error) {
+	c.mu.Lock()
+	c.closeLocked(websocket.StatusGoingAway, "", cause, false)
+	c.flush = false
+	c.dropQueueLocked()
+	c.mu.Unlock()
+	c.netConn.cut()
+}
+
+// dropQueueLocked discards the queued messages, counting them as Dropped.
+func (c *Client) dropQueueLocked() {
+	c.hub.dropped.Add(uint64(len(c.queue)))
+	clear(c.queue)
+	c.queue = c.queue[:0]
+	c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
+}
+
+// writeLoop writes queued messages until the queue is empty, then exits;
+// when the client is closing, it closes the connection instead of exiting.
+func (c *Client) writeLoop() {
+	for {
+		c.mu.Lock()
+		if len(c.queue) == 0 || (c.cause != nil && !c.flush) {
+			closing := c.cause != nil
+			if !closing {
+				c.writing = false
+			}
+			c.mu.Unlock()
+			if closing {
+				c.closeConn()
+			}
+			return
+		}
+		batch := c.queue
+		c.queue, c.spare = c.spare, nil
+		c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
+		c.wakeLocked()
+		c.mu.Unlock()
+
+		written, err := c.write(batch)
+		c.hub.messagesOut.Add(uint64(written))
+		c.hub.dropped.Add(uint64(len(batch) - written))
+
+		clear(batch)
+		c.mu.Lock()
+		if cap(batch) <= 64 {
+			c.spare = batch[:0]
+		}
+		c.mu.Unlock()
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				// No write progress for WriteTimeout: the socket is full,
+				// so no close frame could reach the peer either.
+				err = errWriteTimeout
+				c.mu.Lock()
+				if c.cause == nil {
+					c.hub.kicked.Add(1)
+				}
+				c.mu.Unlock()
+			}
+			c.abort(err)
+			return
+		}
+	}
+}
+
+// write writes msgs, as batch frames if the codec batches. The frames of
+// one call go out together, with as few system calls as corkConn allows:
+// usually one, even for a frame bigger than the connection's buffer. It
+// returns how many of msgs reached the socket; after an error the others
+// were not written.
+func (c *Client) write(msgs [][]byte) (written int, err error) {
+	c.ends = c.ends[:0]
+	c.netConn.cork()
+	defer func() {
+		if uerr := c.netConn.uncork(); err == nil {
+			err = uerr
+		}
+		_, flushed := c.netConn.progress()
+		for _, f := range c.ends {
+			if f.end <= flushed {
+				written += f.msgs
+			}
+		}
+	}()
+	typ := websocket.MessageText
+	if c.codec.Binary() {
+		typ = websocket.MessageBinary
+	}
+	bc, ok := c.codec.(BatchCodec)
+	if !ok {
+		for _, b := range msgs {
+			if err := c.conn.Write(context.Background(), typ, b); err != nil {
+				return 0, err
+			}
+			c.frameWritten(1)
+		}
+		return 0, nil
+	}
+	bufp := c.hub.getBuf()
+	defer c.hub.putBuf(bufp)
+	for len(msgs) > 0 {
+		n := batchLen(msgs)
+		*bufp = bc.AppendBatch((*bufp)[:0], msgs[:n])
+		if err := c.conn.Write(context.Background(), typ, *bufp); err != nil {
+			return 0, err
+		}
+		c.frameWritten(n)
+		msgs = msgs[n:]
+	}
+	return 0, nil
+}
+
+// frameEnd is where a frame of msgs messages ends in corkConn's stream.
+type frameEnd struct {
+	end  int64
+	msgs int
+}
+
+// frameWritten records that the frame just handed to the connection holds
+// n messages.
+func (c *Client) frameWritten(n int) {
+	c.ends = append(c.ends, frameEnd{end: c.netConn.taken.Load(), msgs: n})
+}
+
+// batchLen returns how many of msgs, at least one, go into the next batch
+// frame: as many as fit in maxBatchBytes with a separator between them and
+// two bytes around them.
+func batchLen(msgs [][]byte) int {
+	n, size := 1, len(msgs[0])+2
+	for n < len(msgs) && size+len(msgs[n])+1 <= maxBatchBytes {
+		size += len(msgs[n]) + 1
+		n++
+	}
+	return n
+}
+
+// ping checks that the peer answers within the ping interval. It runs on
+// the pinger timer's goroutine and does the ping on one of the client's.
+func (c *Client) ping() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.cause != nil {
+		return
+	}
+	c.spawn(func() {
+		// Not c.ctx: closing cancels it, and a ping frame whose context
+		// ends mid-write makes coder/websocket cut the connection, which
+		// would turn a graceful close into an abrupt one.
+		ctx, cancel := context.WithTimeout(context.Background(), c.hub.opts.PingInterval)
+		defer cancel()
+		err := c.conn.Ping(ctx)
+		switch {
+		case err == nil:
+			c.mu.Lock()
+			if c.cause == nil { // else run has stopped the timer for good
+				c.pinger.Reset(c.hub.opts.PingInterval)
+			}
+			c.mu.Unlock()
+		case errors.Is(err, context.DeadlineExceeded):
+			c.abort(ErrPongTimeout)
+		}
+	})
+}

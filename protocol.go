@@ -1,0 +1,273 @@
+package wshub
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+)
+
+// The protocol, on a client's read goroutine: read a frame, decode it,
+// handle it (join, leave, publish, presence, or the Handler), answer it
+// with an ack or an error in the order of the requests, then wait for the
+// queues it congested (flow.go) before reading the next.
+
+// run serves the client on its read goroutine until it disconnects.
+func (c *Client) run() {
+	defer c.hub.release()
+	h := c.hub
+	if h.opts.PingInterval > 0 {
+		c.mu.Lock() // ping reads c.pinger under c.mu
+		c.pinger = time.AfterFunc(h.opts.PingInterval, c.ping)
+		c.mu.Unlock()
+	}
+	h.opts.Logger.Debug("wshub: client connected", "client", c.id, "codec", c.codec.Name())
+	if h.opts.OnConnect != nil {
+		h.userCode(func() { h.opts.OnConnect(c) })
+	}
+	err := c.readLoop()
+	if c.pipe != nil {
+		close(c.pipe) // the acker answers what is in flight, then ends
+	}
+	if ce, ok := errors.AsType[websocket.CloseError](err); ok {
+		err = ce // the peer closed: its status and reason are the whole story
+	}
+	c.closeWith(0, "", err, false)
+	if c.pinger != nil {
+		c.pinger.Stop()
+	}
+	c.conn.CloseNow()
+	c.group.Wait()
+	h.forget(c)
+	c.cancel()
+
+	c.mu.Lock()
+	cause := c.cause
+	c.mu.Unlock()
+	h.opts.Logger.Debug("wshub: client disconnected", "client", c.id, "reason", cause)
+	if h.opts.OnDisconnect != nil {
+		h.userCode(func() { h.opts.OnDisconnect(c, cause) })
+	}
+}
+
+// readLoop reads and handles messages until the connection fails. Once
+// the client is closing, it reads only to see the peer's close frame.
+func (c *Client) readLoop() error {
+	for {
+		typ, data, err := c.conn.Read(context.Background())
+		if err != nil {
+			return err
+		}
+		c.hub.messagesIn.Add(1)
+		if c.ctx.Err() != nil {
+			continue
+		}
+		c.dispatch(typ, data)
+		c.awaitFlow()
+	}
+}
+
+// dispatch handles one inbound frame.
+func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
+	if typ == websocket.MessageText && !utf8.Valid(data) {
+		err := fmt.Errorf("%w: text frame is not valid UTF-8", errInvalidMessage)
+		c.closeWith(websocket.StatusInvalidFramePayloadData, "invalid UTF-8", err, true)
+		return
+	}
+	var m Message
+	if err := c.decode(typ, data, &m); err != nil {
+		c.refuse(&m, err, websocket.StatusInvalidFramePayloadData, "too many invalid messages")
+		return
+	}
+	if !c.rate.allow(&c.hub.opts) {
+		c.refuse(&m, errRateLimited, websocket.StatusPolicyViolation, "rate limit exceeded")
+		return
+	}
+	c.invalidRun = 0
+	ack, err := c.handle(&m)
+	switch {
+	case err == errPipelined:
+	case err != nil:
+		c.reply(&Message{Type: TypeError, ID: m.ID, Room: m.Room, Error: err.Error()})
+	case m.ID != "":
+		if ack == nil {
+			ack = &Message{Type: TypeAck}
+		}
+		ack.ID = m.ID
+		c.reply(ack)
+	}
+}
+
+// refuse answers a message that was not handled with an error frame, and
+// closes the client with code after maxInvalidMessages in a row.
+func (c *Client) refuse(m *Message, err error, code websocket.StatusCode, reason string) {
+	c.invalidRun++
+	c.reply(&Message{Type: TypeError, ID: m.ID, Room: m.Room, Error: err.Error()})
+	if c.invalidRun >= maxInvalidMessages {
+		c.closeWith(code, reason, err, true)
+	}
+}
+
+func (c *Client) decode(typ websocket.MessageType, data []byte, m *Message) error {
+	if binary := typ == websocket.MessageBinary; binary != c.codec.Binary() {
+		kind := "text"
+		if binary {
+			kind = "binary"
+		}
+		return fmt.Errorf("%w: unexpected %s frame for codec %s", errInvalidMessage, kind, c.codec.Name())
+	}
+	if err := c.codec.Unmarshal(data, m); err != nil {
+		return fmt.Errorf("%w: %v", errInvalidMessage, err)
+	}
+	return nil
+}
+
+// handle handles a decoded message and returns its ack, if not the plain
+// one.
+func (c *Client) handle(m *Message) (*Message, error) {
+	h := c.hub
+	switch m.Type {
+	case TypeJoin:
+		return c.join(m)
+	case TypeLeave:
+		return nil, c.Leave(m.Room)
+	case TypePublish:
+		return nil, c.publish(m)
+	case TypePresence:
+		return nil, c.presenceRequest(m)
+	}
+	if h.handler == nil {
+		return nil, fmt.Errorf("%w: %q", errUnknownType, m.Type)
+	}
+	var err error
+	h.userCode(func() { err = h.handler.ServeMessage(c.ctx, c, m) })
+	return nil, err
+}
+
+// join handles a client's join request, with its history fields.
+func (c *Client) join(m *Message) (*Message, error) {
+	h := c.hub
+	if err := validRoom(m.Room); err != nil {
+		return nil, err
+	}
+	switch {
+	case m.History < 0:
+		return nil, fmt.Errorf("%w: history %d is negative", errInvalidMessage, m.History)
+	case m.Since > 0 && m.Epoch == "":
+		return nil, fmt.Errorf("%w: since needs the epoch it refers to", errInvalidMessage)
+	case len(m.Epoch) > maxEpochLen:
+		return nil, fmt.Errorf("%w: epoch longer than %d bytes", errInvalidMessage, maxEpochLen)
+	}
+	if h.opts.AuthorizeJoin == nil {
+		return nil, errJoinDenied
+	}
+	var err error
+	h.userCode(func() { err = h.opts.AuthorizeJoin(c, m.Room) })
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errJoinDenied, err)
+	}
+	return h.join(c, m.Room, m)
+}
+
+func (c *Client) publish(m *Message) error {
+	if err := validRoom(m.Room); err != nil {
+		return err
+	}
+	h := c.hub
+	rm := h.lookup(m.Room)
+	if rm == nil || !c.inRoom(m.Room) {
+		return errNotMember
+	}
+	if h.opts.AuthorizePublish != nil {
+		var err error
+		h.userCode(func() { err = h.opts.AuthorizePublish(c, m) })
+		if err != nil {
+			return fmt.Errorf("%w: %w", errPublishDenied, err)
+		}
+	}
+	out := Message{Type: TypeMessage, Room: m.Room, From: c.id, Data: m.Data}
+	p, err := h.start(c.ctx, m.Room, rm.opts, &out, c, nil)
+	if err != nil {
+		return err
+	}
+	if c.inflight.Load() == 0 && p.delivered() {
+		// Kept and delivered already, as the memory engine does: answer
+		// here, without the acker.
+		congested, err := p.finish()
+		c.waitFor = append(c.waitFor, congested...)
+		return err
+	}
+	c.pipeline(m.ID, m.Room, p)
+	return errPipelined
+}
+
+// reply sends a protocol answer, on the read goroutine, which then waits
+// if the reply congested the client's queue. Codecs that cannot carry it
+// (RawCodec) leave the client without one.
+func (c *Client) reply(m *Message) {
+	c.piped.Wait() // the acker answers earlier publishes first
+	congested, err := c.send(m)
+	if congested {
+		c.congested(c)
+	}
+	if err != nil && !errors.Is(err, ErrClientClosed) {
+		c.hub.opts.Logger.Debug("wshub: reply not sent", "client", c.id, "err", err)
+	}
+}
+
+// Pipelining. A client's publishes that the engine does not keep at once
+// are handed over one after another, in order, on its read goroutine,
+// which goes on reading while up to pipeWindow of them are in flight. The
+// client's acker goroutine waits for each in turn and answers it, so acks
+// (and errors) come in the order of the publishes; the read goroutine
+// waits for the acker to be done before it answers anything itself.
+
+// pipeWindow bounds a client's publishes in flight.
+const pipeWindow = 32
+
+// errPipelined tells dispatch that the acker answers the message.
+var errPipelined = errors.New("wshub: answered by the acker")
+
+type pipeItem struct {
+	id, room string
+	p        *pending
+}
+
+// pipeline passes p, a publish with id handed to the engine, to the
+// acker, waiting while the window is full.
+func (c *Client) pipeline(id, room string, p *pending) {
+	if c.pipe == nil {
+		c.pipe = make(chan pipeItem, pipeWindow)
+		c.spawn(c.acker)
+	}
+	c.piped.Add(1)
+	c.inflight.Add(1)
+	c.pipe <- pipeItem{id, room, p}
+}
+
+// acker answers the client's pipelined publishes in order, once kept and
+// delivered to this hub's members, and waits for the queues their
+// delivery congested (flow.go); it ends when the read goroutine does.
+func (c *Client) acker() {
+	for it := range c.pipe {
+		congested, err := it.p.finish()
+		c.awaitClients(congested)
+		var answer *Message
+		switch {
+		case err != nil:
+			answer = &Message{Type: TypeError, ID: it.id, Room: it.room, Error: err.Error()}
+		case it.id != "":
+			answer = &Message{Type: TypeAck, ID: it.id}
+		}
+		if answer != nil {
+			if congested, _ := c.send(answer); congested {
+				c.awaitClients([]*Client{c})
+			}
+		}
+		c.inflight.Add(-1)
+		c.piped.Done()
+	}
+}
