@@ -80,6 +80,10 @@ func TestChaos(t *testing.T) {
 	if _, err := os.Stat("/proc/self/fd"); err != nil {
 		t.Skip("needs /proc/self/fd to count file descriptors")
 	}
+	// The network poller opens its descriptors on first use: count after.
+	if ln, err := net.Listen("tcp", "127.0.0.1:0"); err == nil {
+		ln.Close()
+	}
 	fdsBefore := openFDs(t)
 	var gone reasons
 	h := wshub.New(nil, &wshub.Options{
@@ -95,11 +99,11 @@ func TestChaos(t *testing.T) {
 	ctx := testCtx(t)
 	rooms := []string{"a", "b", "c", "d"}
 	const (
-		stayers  = 8   // read throughout, in every room, until the end
-		others   = 240 // join, leave, publish, stall, close and cut at random
-		maxOps   = 60
-		duration = 4 * time.Second
+		stayers = 8 // read throughout, in every room, until the end
+		maxOps  = 60
 	)
+	others := soak(40, 240) // join, leave, publish, stall, close and cut at random
+	duration := soak(500*time.Millisecond, 4*time.Second)
 	deadline := time.Now().Add(duration)
 
 	// Stayers join every room before anything is published.

@@ -25,7 +25,11 @@ type Engine interface {
 	// stored in the room's history if p keeps one, or handed to the bus,
 	// as the engine documents. It returns nil then, an error if the
 	// message will not reach the followers, and returns when ctx is done
-	// at the latest; the hub calls it once. Messages published one after
+	// at the latest; ctx may have no deadline, so an engine that waits on
+	// the network bounds the wait itself. The hub calls wait once. If
+	// Publish passed msg to this hub's follower before returning, wait
+	// must return at once: the hub then calls it on the publishing
+	// client's read goroutine. Messages published one after
 	// another (each Publish returning before the next is called) keep
 	// their order. id is unique to this publish and comes back in the
 	// Entry that Follow passes, so that the publishing hub knows its own.

@@ -71,7 +71,8 @@ func readRoom(ctx context.Context, conn *websocket.Conn, n int) error {
 
 // TestFloodDoesNotKickReaders: one client publishing 20,000 messages as
 // fast as it can into a room of four readers closes nobody; every reader,
-// and the publisher, gets all of them in order.
+// and the publisher, gets all of them in order. Ten rounds in the soak,
+// one of 5,000 otherwise.
 func TestFloodDoesNotKickReaders(t *testing.T) {
 	t.Parallel()
 	var gone reasons
@@ -80,8 +81,9 @@ func TestFloodDoesNotKickReaders(t *testing.T) {
 		OnDisconnect:  gone.record,
 	})
 	ts := serve(t, h)
-	const readers, n = 4, 20_000
-	for round := range 10 {
+	const readers = 4
+	n := soak(5_000, 20_000)
+	for round := range soak(1, 10) {
 		room := fmt.Sprintf("flood%d", round)
 		var peers []*peer
 		for range readers + 1 {
@@ -121,7 +123,7 @@ func TestPipelinedJoinsAreAllAnswered(t *testing.T) {
 	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll})
 	ts := serve(t, h)
 	p := dial(t, ts)
-	const n = 20_000
+	n := soak(5_000, 20_000)
 	ctx := testCtxFor(t, 5*time.Minute)
 	var g errgroup.Group
 	g.Go(func() error {
@@ -173,13 +175,22 @@ func TestStalledMemberClosedAlone(t *testing.T) {
 		},
 	})
 	ts := serve(t, h)
-	publisher, reader, stalled := dial(t, ts), dial(t, ts), dial(t, ts)
+	ctx := testCtxFor(t, 5*time.Minute)
+	// The stalled member's receive buffer is small, so that what fills
+	// the socket is mostly the server's send buffer.
+	conn, tcp, err := dialCuttable(ctx, wsURL(ts))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tcp.SetReadBuffer(16 << 10)
+	t.Cleanup(func() { conn.CloseNow() })
+	stalled := &peer{t: t, ctx: ctx, conn: conn}
+	publisher, reader := dial(t, ts), dial(t, ts)
 	for _, p := range []*peer{publisher, reader, stalled} {
 		p.join("r")
 	}
-	ctx := testCtxFor(t, 5*time.Minute)
 	// Enough to fill the stalled member's socket buffers a few times over.
-	const n = 2_000
+	n := soak(1_000, 2_000)
 	payload := strings.Repeat("x", 8000)
 	var g errgroup.Group
 	for _, p := range []*peer{publisher, reader} {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -19,6 +20,15 @@ import (
 
 func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
+}
+
+// soak returns full when the long soaks run (WSHUB_SOAK=1, as .ci/run
+// sets), else short: a run of go test stays quick, and CI runs them whole.
+func soak[T any](short, full T) T {
+	if os.Getenv("WSHUB_SOAK") != "" {
+		return full
+	}
+	return short
 }
 
 // allowAll is the one-line join authorizer of the docs.

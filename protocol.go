@@ -193,7 +193,7 @@ func (c *Client) publish(m *Message) error {
 	if err != nil {
 		return err
 	}
-	if c.inflight.Load() == 0 && p.delivered() {
+	if c.inflight.Load() == 0 && p.kept() {
 		// Kept and delivered already, as the memory engine does: answer
 		// here, without the acker.
 		congested, err := p.finish()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -29,21 +30,23 @@ type ownPublish struct {
 	from   *Client   // the publishing client; nil for the server
 	except []*Client // left out by Room.Broadcast
 
+	publishing atomic.Bool // Engine.Publish has not returned
+
 	// Set by the delivery here, before done closes.
 	congested []*Client // queues that the delivery left congested
 	err       error     // what Room.Broadcast returns: a codec's error, or ErrHubClosed
+	inline    bool      // delivered before Engine.Publish returned
 	done      chan struct{}
 }
 
 // pending is a publish handed to the engine.
 type pending struct {
-	h      *Hub
-	rm     *room // nil when the room has no local members
-	id     string
-	own    *ownPublish
-	wait   func() error
-	ctx    context.Context
-	cancel context.CancelFunc
+	h    *Hub
+	rm   *room // nil when the room has no local members
+	id   string
+	own  *ownPublish
+	wait func() error
+	ctx  context.Context
 }
 
 // start hands m, a message for room name, to the engine. from is the
@@ -54,11 +57,7 @@ func (h *Hub) start(ctx context.Context, name string, opts RoomOptions, m *Messa
 	if err != nil {
 		return nil, err
 	}
-	p := &pending{h: h, cancel: func() {}}
-	if _, ok := ctx.Deadline(); !ok {
-		ctx, p.cancel = context.WithTimeout(ctx, h.opts.WriteTimeout)
-	}
-	p.ctx = ctx
+	p := &pending{h: h, ctx: ctx}
 	p.id = h.id + "-" + strconv.FormatUint(h.nextPub.Add(1), 36)
 	p.own = &ownPublish{m: m, from: from, except: except, done: make(chan struct{})}
 	if rm := h.lookup(name); rm != nil {
@@ -70,20 +69,20 @@ func (h *Hub) start(ctx context.Context, name string, opts RoomOptions, m *Messa
 		rm.ownMu.Unlock()
 		p.rm = rm
 	}
+	p.own.publishing.Store(true)
 	err = h.withEngine(func(e Engine) error {
 		p.wait = e.Publish(ctx, name, opts.History, p.id, msg)
 		return nil
 	})
+	p.own.publishing.Store(false)
 	if err != nil {
 		p.forget()
-		p.cancel()
 		return nil, err
 	}
 	return p, nil
 }
 
-// delivered reports whether the message has been delivered here already,
-// as the memory engine does before Publish returns.
+// delivered reports whether the message has been delivered here already.
 func (p *pending) delivered() bool {
 	select {
 	case <-p.own.done:
@@ -93,15 +92,22 @@ func (p *pending) delivered() bool {
 	}
 }
 
+// kept reports whether the engine passed the message on before its
+// Publish returned, as the memory engine does: then its wait returns at
+// once.
+func (p *pending) kept() bool { return p.delivered() && p.own.inline }
+
 // finish waits until the engine kept the message, then, if the room has
 // local members, for its delivery to them, at most WriteTimeout: a client
 // sees its own message before its ack. It returns the clients whose queue
 // that delivery left congested, for the publisher to wait for (flow.go).
 func (p *pending) finish() ([]*Client, error) {
-	defer p.cancel()
 	defer p.forget()
 	if err := p.wait(); err != nil {
 		return nil, fmt.Errorf("%w: publish to %q: %w", errBroker, p.own.m.Room, err)
+	}
+	if p.delivered() {
+		return p.own.congested, p.own.err
 	}
 	if p.rm == nil {
 		return nil, p.h.closedErr(1)
@@ -153,6 +159,7 @@ func (h *Hub) deliver(rm *room, en Entry) {
 		rm.ownMu.Unlock()
 	}
 	if own != nil {
+		own.inline = own.publishing.Load()
 		defer close(own.done)
 	}
 	if h.closing.Load() {

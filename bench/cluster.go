@@ -27,9 +27,9 @@ import (
 // the window ahead of its slowest member, whichever publisher sent), then
 // latency at a paced rate. The publishers are members of the room, WebSocket
 // clients publishing without waiting for each ack (pubClient), or with
-// -cluster-broadcast goroutines of the hubs calling Room.Publish, each
-// with at most the window in flight (Room.Broadcast, one message at a
-// time, with -cluster-broadcast-sync).
+// -cluster-broadcast goroutines of the hubs, each with at most the window
+// of Room.Broadcast calls in flight, each on a goroutine of its own
+// (Room.Broadcast, one message at a time, with -cluster-broadcast-sync).
 
 // Children of the cluster scenario, by their first argument after
 // childFlag.
@@ -51,7 +51,7 @@ type hubSpec struct {
 	Broker  string `json:"broker,omitempty"`
 	NATS    string `json:"nats,omitempty"`    // the NATS URL, for a broker
 	History bool   `json:"history,omitempty"` // rooms keep historyMessages
-	// Window is how many Room.Publish calls each publisher goroutine keeps
+	// Window is how many Room.Broadcast calls each publisher goroutine keeps
 	// in flight; at most 1, it calls Room.Broadcast one at a time.
 	Window int `json:"window,omitempty"`
 }
@@ -63,11 +63,11 @@ func newClusterHub(spec string) (server, error) {
 	if err := json.Unmarshal([]byte(spec), &sp); err != nil {
 		return nil, fmt.Errorf("hub spec: %w", err)
 	}
-	var history func(string) wshub.HistoryPolicy
+	var rooms func(string) wshub.RoomOptions
 	if sp.History {
-		history = keepHistory
+		rooms = keepHistory
 	}
-	var broker wshub.Broker
+	var engine wshub.Engine
 	switch sp.Broker {
 	case brokerNone:
 	case brokerConfirm, brokerNoConfirm:
@@ -75,7 +75,7 @@ func newClusterHub(spec string) (server, error) {
 		if err != nil {
 			return nil, err
 		}
-		broker = b
+		engine = b
 	case brokerLog:
 		if !sp.History {
 			return nil, errors.New("the log broker needs history rooms")
@@ -84,11 +84,11 @@ func newClusterHub(spec string) (server, error) {
 		if err != nil {
 			return nil, err
 		}
-		broker = lg
+		engine = lg
 	default:
 		return nil, fmt.Errorf("unknown broker %q", sp.Broker)
 	}
-	srv := newWshubServer(history, broker)
+	srv := newWshubServer(rooms, engine)
 	srv.window = sp.Window
 	return srv, nil
 }
@@ -211,7 +211,7 @@ func publisherKind(cfg *config) string {
 		return "server-side publishers (-cluster-broadcast -cluster-broadcast-sync): goroutines calling Room.Broadcast in the hubs, one message at a time, spread over them in turn"
 	}
 	if cfg.clusterServer {
-		return fmt.Sprintf("server-side publishers (-cluster-broadcast): goroutines in the hubs, spread over them in turn, each calling Room.Publish with at most %d waits outstanding, calling them in order", cfg.window)
+		return fmt.Sprintf("server-side publishers (-cluster-broadcast): goroutines in the hubs, spread over them in turn, each with at most %d Room.Broadcast calls outstanding, each on a goroutine of its own, waiting for them in order", cfg.window)
 	}
 	return fmt.Sprintf("client publishers: WebSocket clients, members of the room (%d of its clients, connected to the hubs in turn), each writing publish frames with ids without waiting for their acks, at most %d unanswered, reading their connection all along", latencyPublishers, cfg.window)
 }
@@ -225,7 +225,7 @@ func clusterScenario() scenario {
 			return fmt.Sprintf("%s clients in one room, spread evenly over the hubs; every hub is a child process, NATS (nats-server %s embedded, JetStream on, store in a temporary directory) another, all on 127.0.0.1; the clients are in the bench process. "+
 				"Publishers: %s. "+
 				"Throughput: publishes of ~100-byte payloads by 1, then 10 publishers, the room at most %d messages ahead of its slowest client whichever publisher sent; measured for %v after a %v warm-up each. "+
-				"Latency: the 10 publishers in turn, paced at %d publishes/s in all, receive time minus the publisher's stamp (taken as it writes the frame, or before Room.Publish), over %v after a %v warm-up. "+
+				"Latency: the 10 publishers in turn, paced at %d publishes/s in all, receive time minus the publisher's stamp (taken as it writes the frame, or before Room.Broadcast), over %v after a %v warm-up. "+
 				"Server CPU is the getrusage of every hub and NATS process over the measured window, per delivery; NATS %% is NATS's part of it; deliveries/write(2) divides the deliveries by the hubs' write system calls (syscw of /proc/PID/io), so it shows how many messages a socket write carries; clients CPU is the bench process's. "+
 				"deliveries missing is the total, over all runs and phases, of messages a client had not received 5 s after its phase (each client must get every message once; one more than sent is a note); acks missing, of client publishes not acked by the end of the run (an error frame or an ack out of order is a note). "+
 				"× is the ratio of medians to %s.",

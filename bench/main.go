@@ -13,7 +13,7 @@
 //	go run ./bench -scenario fanout-1000 -contender wshub,wshub-history
 //	go run ./bench -scenario fanout-1000 -contender wshub-batch -runs 1 -profile /tmp/prof
 //	go run ./bench -scenario cluster    # many hubs over NATS, each hub a child process
-//	go run ./bench -scenario cluster -cluster-broadcast   # its publishers call Room.Publish in the hubs, not clients
+//	go run ./bench -scenario cluster -cluster-broadcast   # its publishers call Room.Broadcast in the hubs, not clients
 //	go run ./bench -scenario presence   # a 10,000-member presence room under churn, presence on and off
 //
 // wshub-history, wshub with every room keeping its last 1,000 messages,
@@ -67,7 +67,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	trace := fs.Bool("trace", false, "with -profile, the cluster scenario's children also write execution traces (go tool trace -pprof=sched FILE)")
 	clusterN := fs.Int("cluster-clients", 1000, "clients of the cluster scenario, over all hubs")
 	clusterHz := fs.Int("cluster-rate", 200, "publishes per second of the cluster scenario's latency phase")
-	clusterServer := fs.Bool("cluster-broadcast", false, "the cluster scenario's publishers are goroutines in the hubs calling Room.Publish, at most -window in flight each, not WebSocket clients")
+	clusterServer := fs.Bool("cluster-broadcast", false, "the cluster scenario's publishers are goroutines in the hubs calling Room.Broadcast, at most -window calls in flight each, not WebSocket clients")
 	clusterSync := fs.Bool("cluster-broadcast-sync", false, "with -cluster-broadcast, the publisher goroutines call Room.Broadcast, one message at a time")
 	presenceN := fs.Int("presence-members", 10000, "steady members of the presence scenario's room")
 	presenceRate := fs.Int("presence-rate", 1000, "joins per second, and as many leaves, of the presence scenario")

@@ -25,8 +25,12 @@ import (
 // The pool has cfg.presenceRate connections, connected (without joining)
 // before the measurement; the pacer gives them the events in turn, so
 // each one alternates join and leave, staying in the room, and out of it,
-// for half a second: longer than wshub.PresenceInterval, so that a join
+// for half a second: longer than presenceInterval, so that a join
 // and its leave are not coalesced away within one diff.
+
+// presenceInterval is how often, at most, a hub sends a presence room's
+// diff: wshub coalesces a room's changes over 100 ms.
+const presenceInterval = 100 * time.Millisecond
 
 // presenceHubChild is the child of the scenario: presence-hub on|off.
 const presenceHubChild = "presence-hub"
@@ -52,7 +56,7 @@ func newPresenceHub(arg string) (server, error) {
 		},
 	}
 	if arg == "on" {
-		opts.Presence = func(string) bool { return true }
+		opts.Rooms = func(string) wshub.RoomOptions { return wshub.RoomOptions{Presence: true} }
 	}
 	return newWshubServerWith(opts), nil
 }
@@ -89,7 +93,7 @@ func presenceScenario() scenario {
 		optIn: true,
 		about: func(cfg *config) string {
 			return fmt.Sprintf("%s members (distinct client IDs, Info {\"name\": ID}) in one room, reading; a pool of %s more connections joins and leaves the room (join, stay %v, leave, stay out as long; the connections stay open), paced at %s joins and %s leaves per second in all, measured for %v after a %v warm-up. "+
-				"One wshub server child per row and run, the same but for Options.Presence (on: every room; off: none); rows interleaved run by run. "+
+				"One wshub server child per row and run, the same but for the rooms' presence in Options.Rooms (on: every room; off: none); rows interleaved run by run. "+
 				"events/s counts the joins and leaves acked in the window; server CPU is the child's getrusage over the window, per event, and in %% of one core; frames, entries (joins and leaves listed) and payload bytes are what each steady member received in the window (presence_diff frames; the pool's own frames not counted), averaged over the members; ack is from a join or leave sent to its ack; bench clients CPU is the parent's, which holds every connection. "+
 				"× is the ratio of medians to %s.",
 				format(float64(cfg.presenceN), 0), format(float64(presencePool(cfg)), 0), presenceHold(cfg), format(float64(cfg.presenceRate), 0), format(float64(cfg.presenceRate), 0),
@@ -442,7 +446,7 @@ func runPresenceOnce(ctx context.Context, cfg *config, s presenceSetup, profile 
 	}
 	fmt.Fprintf(log, "bench: presence %s: %d members and %d in the pool connected in %v\n", s.arg, cfg.presenceN, len(t.pool), time.Since(began).Round(10*time.Millisecond))
 	// Let the diffs of the members' own joins go out.
-	time.Sleep(3 * wshub.PresenceInterval)
+	time.Sleep(3 * presenceInterval)
 	t.pace(ctx, cfg.warmup)
 	var prof *profiler
 	if profile {

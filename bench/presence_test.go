@@ -11,7 +11,7 @@ import (
 // TestPresence runs the presence scenario end to end at a tiny size: 50
 // members, 20 joins and 20 leaves a second for 1 s, both rows in child
 // processes (this test binary). Without presence the members get no
-// frame; with it they get diffs, at most one per PresenceInterval (so at
+// frame; with it they get diffs, at most one per presenceInterval (so at
 // most about 11 in the window), each listing several joins and leaves.
 // Neither row may have notes: no lost client, error answer, event not
 // acked or child exiting badly.

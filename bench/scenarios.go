@@ -42,7 +42,7 @@ type config struct {
 	clusterN      int    // clients of the cluster scenario, over all hubs
 	clusterHz     int    // publishes per second of its latency phase
 	clusterSetups string // comma-separated keys of its rows; "" for all
-	clusterServer bool   // its publishers call Room.Publish in the hubs instead of being clients
+	clusterServer bool   // its publishers call Room.Broadcast in the hubs instead of being clients
 	clusterSync   bool   // with clusterServer, they call Room.Broadcast, one message at a time
 
 	presenceN    int           // steady members of the presence scenario's room

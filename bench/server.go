@@ -26,8 +26,8 @@ type server interface {
 
 // A windowedServer is a server whose publisher goroutines (the child's
 // "p ROOM N ID") keep up to publishWindow publishes in flight: each
-// startPublish hands one over in order, and its wait, called in order,
-// returns what publish would have. A window of at most 1 means publish,
+// startPublish hands one over, and its wait, called in order, returns
+// what publish would have. A window of at most 1 means publish,
 // one at a time.
 type windowedServer interface {
 	server

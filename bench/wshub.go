@@ -12,12 +12,13 @@ import (
 // wshubServer serves the wshub rows: clients pick the JSON or the batching
 // JSON codec by subprotocol and join rooms with the wshub protocol. The
 // options are the defaults, but for history in the wshub-history row and
-// the broker and history of the cluster scenario's hubs.
+// the engine and history of the cluster scenario's hubs.
 type wshubServer struct {
 	hub *wshub.Hub
 	// window is how many publishes a publisher goroutine of the child keeps
-	// in flight with Room.Publish (the cluster scenario's hubs); at most
-	// 1, it calls Room.Broadcast one message at a time.
+	// in flight (the cluster scenario's hubs), each a Room.Broadcast on a
+	// goroutine of its own; at most 1, it calls Room.Broadcast one message
+	// at a time.
 	window int
 
 	mu    sync.Mutex
@@ -25,8 +26,8 @@ type wshubServer struct {
 }
 
 // historyMessages is how many messages each room of the wshub-history row
-// keeps: every room message is numbered and stored in the hub's default
-// in-memory store, which is what history costs a fan-out.
+// keeps: every room message is numbered and stored by the hub's default
+// engine, in memory, which is what history costs a fan-out.
 const historyMessages = 1000
 
 func newWshub() (server, error) { return newWshubServer(nil, nil), nil }
@@ -37,15 +38,15 @@ func newWshubHistory() (server, error) {
 	return newWshubServer(keepHistory, nil), nil
 }
 
-// keepHistory is the history policy of every room of the history rows.
-func keepHistory(string) wshub.HistoryPolicy {
-	return wshub.HistoryPolicy{Messages: historyMessages}
+// keepHistory is the room options of every room of the history rows.
+func keepHistory(string) wshub.RoomOptions {
+	return wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: historyMessages}}
 }
 
 // newWshubServer returns a wshub server with the default options but for
-// history and broker, which may be nil.
-func newWshubServer(history func(room string) wshub.HistoryPolicy, broker wshub.Broker) *wshubServer {
-	return newWshubServerWith(wshub.Options{History: history, Broker: broker})
+// rooms (Options.Rooms) and engine, which may be nil.
+func newWshubServer(rooms func(room string) wshub.RoomOptions, engine wshub.Engine) *wshubServer {
+	return newWshubServerWith(wshub.Options{Rooms: rooms, Engine: engine})
 }
 
 // newWshubServerWith returns a wshub server with opts, whose AuthorizeJoin
@@ -68,11 +69,17 @@ func (s *wshubServer) publish(room string, payload []byte) error {
 	return s.hub.Room(room).Broadcast(context.Background(), &wshub.Message{Data: json.RawMessage(payload)})
 }
 
-// publishWindow and startPublish make s a windowedServer.
+// publishWindow and startPublish make s a windowedServer. Room.Broadcast
+// carries the calls of several goroutines at once, which is how a server
+// keeps many messages in flight: each publish of the window is a
+// Room.Broadcast on a goroutine of its own (so the messages of one window
+// may go out in any order), and its wait returns that call's result.
 func (s *wshubServer) publishWindow() int { return s.window }
 
 func (s *wshubServer) startPublish(room string, payload []byte) (wait func() error) {
-	return s.hub.Room(room).Publish(context.Background(), &wshub.Message{Data: json.RawMessage(payload)})
+	done := make(chan error, 1)
+	go func() { done <- s.publish(room, payload) }()
+	return func() error { return <-done }
 }
 
 func (s *wshubServer) members() int {

@@ -95,7 +95,7 @@ func TestReconnectRecovers(t *testing.T) {
 	var conns []*wshub.Client
 	s := wshubtest.NewServer(t, nil, &wshub.Options{
 		AuthorizeJoin: allowAll,
-		History:       func(string) wshub.HistoryPolicy { return wshub.HistoryPolicy{Messages: 100} },
+		Rooms:         func(string) wshub.RoomOptions { return wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: 100}} },
 		OnConnect: func(c *wshub.Client) {
 			mu.Lock()
 			conns = append(conns, c)
@@ -270,7 +270,7 @@ func TestRejoinOrder(t *testing.T) {
 	connected := make(chan *wshub.Client, 4)
 	s := newSwitchable(t, &wshub.Options{
 		AuthorizeJoin: allowAll,
-		History:       func(string) wshub.HistoryPolicy { return wshub.HistoryPolicy{Messages: 100} },
+		Rooms:         func(string) wshub.RoomOptions { return wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: 100}} },
 		OnConnect:     func(c *wshub.Client) { connected <- c },
 	})
 	ctx := testCtx(t)

@@ -22,10 +22,9 @@ func referenceHub(t *testing.T) (*wshub.Hub, string) {
 	t.Helper()
 	h := wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
-		History: func(string) wshub.HistoryPolicy {
-			return wshub.HistoryPolicy{Messages: 100}
+		Rooms: func(string) wshub.RoomOptions {
+			return wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: 100}, Presence: true}
 		},
-		Presence: func(string) bool { return true },
 		Authenticate: func(r *http.Request) (wshub.Identity, error) {
 			id := r.URL.Query().Get("id")
 			return wshub.Identity{ID: id, Info: map[string]string{"name": id}}, nil

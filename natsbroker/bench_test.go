@@ -183,8 +183,8 @@ func benchConfirmedPublish(b *testing.B, pubs int) {
 	}
 	defer sub.Close()
 	var received atomic.Int64
-	if err := sub.Subscribe("bench", func([]byte) { received.Add(1) }); err != nil {
-		b.Fatalf("subscribe: %v", err)
+	if err := sub.Follow("bench", wshub.HistoryPolicy{}, 0, func(wshub.Entry) { received.Add(1) }); err != nil {
+		b.Fatalf("follow: %v", err)
 	}
 	msg := make([]byte, 64)
 
@@ -195,7 +195,7 @@ func benchConfirmedPublish(b *testing.B, pubs int) {
 	for range pubs {
 		g.Go(func() {
 			for next.Add(1) <= int64(b.N) {
-				if err := pub.Publish(ctx, "bench", msg); err != nil {
+				if err := publish(ctx, pub, "bench", msg); err != nil {
 					errs <- err
 					return
 				}

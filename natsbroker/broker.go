@@ -1,6 +1,7 @@
 package natsbroker
 
 import (
+	"container/list"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -22,21 +23,22 @@ const (
 // Errors of the broker. Errors from nats.go are wrapped in them or returned
 // wrapped with %w; test for either with errors.Is.
 var (
-	// ErrNotConnected is returned by Publish while the NATS connection is
-	// not up (connecting, reconnecting, draining or closed), and when the
-	// connection broke, or nats.go replaced it, before the server
-	// confirmed a message.
+	// ErrNotConnected is returned by Publish's wait while the NATS
+	// connection is not up (connecting, reconnecting, draining or
+	// closed), and when the connection broke, or nats.go replaced it,
+	// before the server confirmed a message.
 	ErrNotConnected = errors.New("natsbroker: not connected to NATS")
 
-	// ErrClosed is returned by Publish and Subscribe after Close.
+	// ErrClosed is returned by Publish's wait, Follow and Read after
+	// Close.
 	ErrClosed = errors.New("natsbroker: broker closed")
 
-	// ErrSubscribed is returned by Subscribe for a room that is already
-	// subscribed, and on a Log by Subscribe and Follow for a room that is
-	// already subscribed or followed.
-	ErrSubscribed = errors.New("natsbroker: room already subscribed")
+	// ErrFollowed is returned by Follow for a room that is already
+	// followed.
+	ErrFollowed = errors.New("natsbroker: room already followed")
 
-	// ErrUnconfirmed is returned, wrapped, by Log.Append when a message
+	// ErrUnconfirmed is returned, wrapped, by the wait of Log.Publish, for
+	// a room with history, when a message
 	// was sent to JetStream but no acknowledgement came before the
 	// context ended (the connection broke, or the server did not answer,
 	// and retries with the same message ID were not answered either).
@@ -57,24 +59,26 @@ type Options struct {
 
 	// Timeout bounds the wait for the server's confirmation of a
 	// published message when Publish's context has no deadline, and of
-	// a subscription in Subscribe. It also bounds each flush that the
+	// a subscription in Follow. It also bounds each flush that the
 	// broker runs for publishes that share one, SetPresence, and the
 	// reading of a room's current presence entries by WatchPresence.
 	// Default: DefaultTimeout (5s).
 	Timeout time.Duration
 
-	// NoConfirm makes Publish return as soon as the message is in nats.go's
-	// buffer for a connected connection, without waiting for the server to
-	// confirm it. Publishing is then faster, but a message written just
-	// before the connection breaks is lost although Publish returned nil.
-	// Default: false, Publish waits for the confirmation.
+	// NoConfirm makes the wait of Publish return as soon as the message
+	// is in nats.go's buffer for a connected connection, without waiting
+	// for the server to confirm it. Publishing is then faster, but a
+	// message written just before the connection breaks is lost although
+	// its wait returned nil. It does not apply to the history rooms of a
+	// Log, whose publishes wait for JetStream.
+	// Default: false, the wait is for the confirmation.
 	NoConfirm bool
 
 	// RetryOnFailedConnect makes Connect return a broker at once when no
 	// server answers, instead of an error, so that a hub can start while
 	// NATS is unreachable. nats.go then keeps trying in the background, as
 	// it does after losing a connection; until it connects, Publish
-	// returns ErrNotConnected and Subscribe registers the subscription,
+	// fails with ErrNotConnected and Follow registers the subscription,
 	// returns nil, and nats.go creates it on the server when it connects.
 	// New ignores this field: pass nats.RetryOnFailedConnect(true) to
 	// nats.Connect for the same behaviour.
@@ -111,9 +115,9 @@ type Options struct {
 	PresenceTTL time.Duration
 }
 
-// Broker is a wshub.Broker on a NATS connection, and a
-// wshub.PresenceBroker on a JetStream key-value bucket (see the package
-// documentation, "Presence"). Its methods are safe for concurrent use.
+// Broker is a wshub.Engine on core NATS, and a wshub.PresenceEngine on a
+// JetStream key-value bucket (see the package documentation, "Presence").
+// Its methods are safe for concurrent use.
 type Broker struct {
 	nc        *nats.Conn
 	ownConn   bool // Close closes nc: Connect made it
@@ -126,23 +130,55 @@ type Broker struct {
 
 	mu      sync.Mutex
 	subs    map[string]*nats.Subscription
-	follows map[string]*follow // rooms that a Log follows; nil for a Broker
+	hists   map[string]*localHistory // rooms with history on core NATS: followed, or read lately
+	idle    list.List                // the rooms of hists not followed, oldest first
+	follows map[string]*follow       // rooms that a Log follows in JetStream; nil for a Broker
 	closed  bool
 	done    chan struct{} // closed by Close
 }
 
-var _ wshub.AsyncBroker = (*Broker)(nil)
+var _ wshub.PresenceEngine = (*Broker)(nil)
+
+// idHeader is the NATS header that carries the id of a room message on
+// core NATS, so that the hub that published it knows it when it comes
+// back. A Log's history rooms carry it in JetStream's Nats-Msg-Id.
+const idHeader = "Wshub-Id"
+
+// The histories of rooms that this hub reads but does not follow (a
+// join reads a room's history before the hub follows the room, and
+// Room.History and Room.Position read rooms without local members) are
+// kept for idleHistoryAge, at most maxIdleHistories of them, so that the
+// epoch a join read is the one its room's history gets when followed.
+const (
+	idleHistoryAge   = time.Minute
+	maxIdleHistories = 1024
+)
+
+// localHistory is this hub's history of a room with history on core
+// NATS: an in-memory engine that numbers the room's messages in the order
+// the hub receives them.
+type localHistory struct {
+	eng      wshub.Engine
+	followed bool
+	made     time.Time     // when made, for an idle one
+	elem     *list.Element // in Broker.idle while not followed
+}
 
 // New returns a broker on nc, which stays the caller's: Close does not
 // close it. opts may be nil for the defaults. nc should be made with
 // nats.ReconnectBufSize(-1): otherwise nats.go queues the messages
 // published while it reconnects, Publish cannot tell they may be lost, and
-// a confirmation may time out for a message delivered later. New returns
-// an error if nc is nil, the prefix is not a valid subject, or
-// Options.PresenceTTL or Options.Replicas is out of range.
+// a confirmation may time out for a message delivered later. nc must not
+// be made with nats.NoEcho(): the hub delivers its own messages as NATS
+// hands them back. New returns an error if nc is nil or has NoEcho, the
+// prefix is not a valid subject, or Options.PresenceTTL or
+// Options.Replicas is out of range.
 func New(nc *nats.Conn, opts *Options) (*Broker, error) {
 	if nc == nil {
 		return nil, errors.New("natsbroker: nil connection")
+	}
+	if nc.Opts.NoEcho {
+		return nil, errors.New("natsbroker: connection made with NoEcho: the hub needs its own messages back")
 	}
 	var o Options
 	if opts != nil {
@@ -163,6 +199,7 @@ func New(nc *nats.Conn, opts *Options) (*Broker, error) {
 		timeout:   o.Timeout,
 		noConfirm: o.NoConfirm,
 		subs:      make(map[string]*nats.Subscription),
+		hists:     make(map[string]*localHistory),
 		done:      make(chan struct{}),
 	}
 	var err error
@@ -195,29 +232,25 @@ func (b *Broker) Subject(room string) string {
 	return b.prefix + base64.RawURLEncoding.EncodeToString([]byte(room))
 }
 
-// Publish sends msg to the subject of room. It returns ErrNotConnected at
-// once when the connection is not up. Unless Options.NoConfirm is set, it
-// then waits until the server has the message: a few publishes that wait
-// at the same time each have their confirmation round trip in flight at
-// once, many share them (see the package documentation), and one
-// publisher's messages keep their order. It returns nil once the server
-// confirmed the message, which is all "acknowledged" means; it returns
-// ErrNotConnected if the connection broke or was replaced before the
-// confirmation, ErrClosed if Close ran meanwhile, ctx's error when ctx is
-// done first or, when ctx has no deadline, after Options.Timeout, and an
-// error when a flush shared with other publishes got no answer within
+// Publish writes msg on the subject of room, with id in the Wshub-Id
+// header, and returns at once; the returned wait waits for the server's
+// confirmation. p does not matter: on core NATS every room goes through
+// its subject. Messages written one after another keep their order, and
+// every hub that follows the room gets them, this one included.
+//
+// When the connection is not up, wait returns ErrNotConnected. Unless
+// Options.NoConfirm is set, wait then waits until the server has the
+// message: a few publishes that wait at the same time each have their
+// confirmation round trip in flight at once, many share them (see the
+// package documentation). It returns nil once the server confirmed the
+// message, which is all "acknowledged" means; it returns ErrNotConnected
+// if the connection broke or was replaced before the confirmation,
+// ErrClosed if Close ran meanwhile, ctx's error when ctx is done first
+// or, when ctx has no deadline, after Options.Timeout, and an error when
+// a flush shared with other publishes got no answer within
 // Options.Timeout. After an error the message may or may not have been
-// delivered. Publish does not retain msg.
-func (b *Broker) Publish(ctx context.Context, room string, msg []byte) error {
-	return b.PublishAsync(ctx, room, msg)()
-}
-
-// PublishAsync is Publish in two steps, for the hub to pipeline a client's
-// publishes (wshub.AsyncBroker): it writes msg and returns at once, and
-// the returned wait waits for the confirmation and returns what Publish
-// would. Messages written one after another keep their order. wait must
-// be called once.
-func (b *Broker) PublishAsync(ctx context.Context, room string, msg []byte) (wait func() error) {
+// delivered. Publish does not retain msg. wait must be called once.
+func (b *Broker) Publish(ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) (wait func() error) {
 	fail := func(err error) func() error { return func() error { return err } }
 	if b.isClosed() {
 		return fail(ErrClosed)
@@ -225,24 +258,34 @@ func (b *Broker) PublishAsync(ctx context.Context, room string, msg []byte) (wai
 	if !b.nc.IsConnected() {
 		return fail(fmt.Errorf("%w (%v)", ErrNotConnected, b.nc.Status()))
 	}
+	m := b.message(room, id, msg)
 	if b.noConfirm {
-		if err := b.nc.Publish(b.Subject(room), msg); err != nil {
+		if err := b.nc.PublishMsg(m); err != nil {
 			return fail(b.connErr(err))
 		}
 		return func() error { return nil }
 	}
-	t, err := b.write(room, msg)
+	t, err := b.write(m)
 	if err != nil {
 		return fail(err)
 	}
 	return func() error { return b.commit.wait(ctx, t) }
 }
 
-// write publishes msg to the subject of room and returns the ticket to
-// wait for its confirmation with.
-func (b *Broker) write(room string, msg []byte) (ticket, error) {
+// message returns the NATS message of msg, published with id to room.
+func (b *Broker) message(room, id string, msg []byte) *nats.Msg {
+	m := &nats.Msg{Subject: b.Subject(room), Data: msg}
+	if id != "" {
+		m.Header = nats.Header{idHeader: []string{id}}
+	}
+	return m
+}
+
+// write publishes m and returns the ticket to wait for its confirmation
+// with.
+func (b *Broker) write(m *nats.Msg) (ticket, error) {
 	conn := connID(b.nc)
-	if err := b.nc.Publish(b.Subject(room), msg); err != nil {
+	if err := b.nc.PublishMsg(m); err != nil {
 		return ticket{}, b.connErr(err)
 	}
 	return b.commit.wrote(conn), nil
@@ -257,27 +300,95 @@ func (b *Broker) connErr(err error) error {
 	return fmt.Errorf("%w: %w", ErrNotConnected, err)
 }
 
-// Subscribe passes every message published to room to deliver, one at a
-// time on a goroutine of nats.go, in the order of each publisher. When
-// connected, it returns once the server has the subscription, so every
-// message published after that reaches deliver; it fails, subscribing
-// nothing, if the server does not answer within Options.Timeout. While
-// nats.go reconnects, or has not connected yet (see
-// Options.RetryOnFailedConnect), it returns nil at once and nats.go
+// Follow subscribes to the subject of room and passes every message
+// published to it, by any hub, this one included, to deliver, one at a
+// time on a goroutine of nats.go, in the order of each publisher, with
+// the id it was published with.
+//
+// Core NATS keeps no log, so for a room with history (p.Messages > 0)
+// this hub numbers the room's messages in the order it receives them: an
+// in-memory history of the room (wshub.NewMemoryEngine) numbers them 1,
+// 2, 3, …, keeps them for Read, and passes them to deliver with their
+// seq, starting after after. The history is this hub's own: another hub
+// numbers the same messages its way, and Unfollow ends it, so that a
+// later Follow starts a new epoch (a client recovers only on the hub it
+// left, while that hub kept the room).
+//
+// When connected, Follow returns once the server has the subscription,
+// so every message published after that reaches deliver; it fails,
+// following nothing, if the server does not answer within
+// Options.Timeout. While nats.go reconnects, or has not connected yet
+// (see Options.RetryOnFailedConnect), it returns nil at once and nats.go
 // subscribes when the connection is up; messages published before that
-// do not reach deliver. It returns ErrSubscribed if room is already
-// subscribed and ErrClosed after Close.
-func (b *Broker) Subscribe(room string, deliver func(msg []byte)) error {
+// do not reach deliver. It returns ErrFollowed if room is already
+// followed and ErrClosed after Close.
+func (b *Broker) Follow(room string, p wshub.HistoryPolicy, after uint64, deliver func(wshub.Entry)) error {
+	if p.Messages <= 0 {
+		return b.subscribe(room, nil, func(m *nats.Msg) {
+			if len(m.Data) > 0 { // an Entry without JSON would mean a loss
+				deliver(wshub.Entry{ID: m.Header.Get(idHeader), JSON: m.Data})
+			}
+		})
+	}
+	b.mu.Lock()
+	if err := b.followableLocked(room); err != nil {
+		b.mu.Unlock()
+		return err
+	}
+	h := b.historyLocked(room)
+	if h.elem != nil {
+		b.idle.Remove(h.elem)
+		h.elem = nil
+	}
+	h.followed = true
+	b.mu.Unlock()
+
+	eng := h.eng
+	if err := eng.Follow(room, p, after, deliver); err != nil {
+		b.dropHistory(room, h)
+		return err
+	}
+	err := b.subscribe(room, h, func(m *nats.Msg) {
+		// The memory engine numbers, keeps and passes on the message;
+		// its wait returns at once.
+		if len(m.Data) > 0 {
+			_ = eng.Publish(context.Background(), room, p, m.Header.Get(idHeader), m.Data)()
+		}
+	})
+	if err != nil {
+		b.dropHistory(room, h)
+	}
+	return err
+}
+
+// followableLocked returns ErrClosed after Close, ErrFollowed if room is
+// followed. b.mu is held.
+func (b *Broker) followableLocked(room string) error {
+	if b.closed {
+		return ErrClosed
+	}
+	if b.subs[room] != nil || b.follows[room] != nil {
+		return fmt.Errorf("%w: %q", ErrFollowed, room)
+	}
+	if h := b.hists[room]; h != nil && h.followed {
+		return fmt.Errorf("%w: %q", ErrFollowed, room)
+	}
+	return nil
+}
+
+// subscribe subscribes cb to the subject of room, for a Follow; h is the
+// room's history that Follow has taken, or nil.
+func (b *Broker) subscribe(room string, h *localHistory, cb nats.MsgHandler) error {
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return ErrClosed
 	}
-	if b.subs[room] != nil || b.follows[room] != nil {
+	if b.subs[room] != nil || b.follows[room] != nil || h == nil && b.hists[room] != nil && b.hists[room].followed {
 		b.mu.Unlock()
-		return fmt.Errorf("%w: %q", ErrSubscribed, room)
+		return fmt.Errorf("%w: %q", ErrFollowed, room)
 	}
-	sub, err := b.nc.Subscribe(b.Subject(room), func(m *nats.Msg) { deliver(m.Data) })
+	sub, err := b.nc.Subscribe(b.Subject(room), cb)
 	if err != nil {
 		b.mu.Unlock()
 		return b.connErr(err)
@@ -298,7 +409,7 @@ func (b *Broker) Subscribe(room string, deliver func(msg []byte)) error {
 	return b.connErr(fmt.Errorf("natsbroker: subscription not confirmed: %w", err))
 }
 
-// drop removes sub, the subscription of room, unless Close or Unsubscribe
+// drop removes sub, the subscription of room, unless Close or Unfollow
 // took it first.
 func (b *Broker) drop(room string, sub *nats.Subscription) {
 	b.mu.Lock()
@@ -309,27 +420,76 @@ func (b *Broker) drop(room string, sub *nats.Subscription) {
 	unsubscribe(sub)
 }
 
-// Unsubscribe stops the deliveries of room; a delivery in progress
-// finishes. Unsubscribing a room that is not subscribed does nothing and
-// returns nil. Without a connection, nats.go drops the subscription and
-// the server forgets it with the connection, so that is not an error.
-//
-// On a Log, Unsubscribe also stops the room's Follow, whichever of the two
-// the room has, and returns once its goroutine has ended: its deliver is
-// not called afterwards.
-func (b *Broker) Unsubscribe(room string) error {
+// historyLocked returns this hub's history of room, making an idle one
+// if it has none, and forgets the idle histories that are too old or too
+// many. b.mu is held.
+func (b *Broker) historyLocked(room string) *localHistory {
+	h := b.hists[room]
+	if h == nil {
+		h = &localHistory{eng: wshub.NewMemoryEngine(0), made: time.Now()}
+		h.elem = b.idle.PushBack(room)
+		b.hists[room] = h
+	}
+	for e := b.idle.Front(); e != nil && e.Value.(string) != room; e = b.idle.Front() {
+		old := b.hists[e.Value.(string)]
+		if b.idle.Len() <= maxIdleHistories && time.Since(old.made) < idleHistoryAge {
+			break
+		}
+		b.idle.Remove(e)
+		delete(b.hists, e.Value.(string))
+		old.eng.Close()
+	}
+	return h
+}
+
+// dropHistory forgets h, the history of room, and closes it, unless
+// Unfollow or Close did.
+func (b *Broker) dropHistory(room string, h *localHistory) {
 	b.mu.Lock()
-	sub, f := b.subs[room], b.follows[room]
+	mine := b.hists[room] == h
+	if mine {
+		delete(b.hists, room)
+	}
+	b.mu.Unlock()
+	if mine {
+		h.eng.Unfollow(room)
+		h.eng.Close()
+	}
+}
+
+// Unfollow stops the deliveries of room; a delivery in progress
+// finishes. Unfollowing a room that is not followed does nothing and
+// returns nil. Without a connection, nats.go drops the subscription and
+// the server forgets it with the connection, so that is not an error. For
+// a room with history on core NATS, it ends this hub's history of the
+// room (see Follow).
+//
+// On a Log, Unfollow also stops the room's follow of the room log, and
+// returns once its goroutine has ended: its deliver is not called
+// afterwards.
+func (b *Broker) Unfollow(room string) error {
+	b.mu.Lock()
+	sub, f, h := b.subs[room], b.follows[room], b.hists[room]
 	delete(b.subs, room)
 	delete(b.follows, room)
+	if h != nil && h.followed {
+		delete(b.hists, room)
+	} else {
+		h = nil
+	}
 	b.mu.Unlock()
 	if f != nil {
 		f.stop()
 	}
-	if sub == nil {
-		return nil
+	var err error
+	if sub != nil {
+		err = unsubscribe(sub)
 	}
-	return unsubscribe(sub)
+	if h != nil {
+		h.eng.Unfollow(room)
+		h.eng.Close()
+	}
+	return err
 }
 
 func unsubscribe(sub *nats.Subscription) error {
@@ -340,15 +500,41 @@ func unsubscribe(sub *nats.Subscription) error {
 	return err
 }
 
-// Close unsubscribes every room, fails the publishes still waiting for a
+// Read returns this hub's history of room (see Follow): the messages it
+// received and kept since it followed the room, with a seq above after,
+// oldest first, the newest limit of them when there are more (all with a
+// negative limit). A room that the hub does not follow has no messages
+// and an epoch of its own, kept for a while, so that a join that reads
+// the room before the hub follows it gets the epoch of what follows. A
+// room without history has no history to read: it gets an empty page. It
+// does not use the network, and returns ErrClosed after Close.
+func (b *Broker) Read(ctx context.Context, room string, p wshub.HistoryPolicy, after uint64, limit int) (wshub.LogPage, error) {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return wshub.LogPage{}, ErrClosed
+	}
+	if p.Messages <= 0 {
+		b.mu.Unlock()
+		// What the default engine answers.
+		eng := wshub.NewMemoryEngine(0)
+		defer eng.Close()
+		return eng.Read(ctx, room, p, after, limit)
+	}
+	h := b.historyLocked(room)
+	b.mu.Unlock()
+	return h.eng.Read(ctx, room, p, after, limit)
+}
+
+// Close unfollows every room, fails the publishes still waiting for a
 // confirmation with ErrClosed and, for a broker made by Connect, closes
 // the connection. A connection given to New stays open, and a publish
 // whose own flush is in flight on it returns when that flush ends: at the
 // server's answer, or when the publish's context or Options.Timeout ends
-// it. Publish and Subscribe return ErrClosed afterwards. Close does not
-// block on the network beyond nats.go's own Close; it returns the
-// unsubscribe errors joined. Calling it again does nothing and returns
-// nil.
+// it. Publish's wait, Follow and Read return ErrClosed afterwards. Close
+// does not block on the network beyond nats.go's own Close; it returns
+// the unsubscribe errors joined. Calling it again does nothing and
+// returns nil.
 //
 // Close also withdraws the members that the hub published for its
 // presence rooms: it deletes its keys of the presence bucket, waiting at
@@ -357,10 +543,10 @@ func unsubscribe(sub *nats.Subscription) error {
 // it could not delete expires within Options.PresenceTTL. SetPresence and
 // WatchPresence return ErrClosed afterwards.
 //
-// On a Log, Close also stops every Follow and returns once their
-// goroutines have ended; an Append still waiting for its acknowledgement
-// returns an error wrapping ErrUnconfirmed and ErrClosed, and Append,
-// Read and Follow return ErrClosed afterwards.
+// On a Log, Close also stops every follow of the room log and returns
+// once their goroutines have ended; a publish to a history room still
+// waiting for its acknowledgement returns an error wrapping
+// ErrUnconfirmed and ErrClosed.
 func (b *Broker) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -369,8 +555,9 @@ func (b *Broker) Close() error {
 	}
 	b.closed = true
 	close(b.done)
-	subs, follows := b.subs, b.follows
-	b.subs, b.follows = nil, nil
+	subs, follows, hists := b.subs, b.follows, b.hists
+	b.subs, b.follows, b.hists = nil, nil, nil
+	b.idle.Init()
 	b.mu.Unlock()
 
 	b.pres.close()
@@ -389,6 +576,9 @@ func (b *Broker) Close() error {
 		if err := unsubscribe(sub); err != nil {
 			errs = append(errs, err)
 		}
+	}
+	for _, h := range hists {
+		h.eng.Close()
 	}
 	if b.ownConn {
 		b.nc.Close()

@@ -32,12 +32,13 @@ func connect(t testing.TB, url string, opts *natsbroker.Options) *natsbroker.Bro
 	return b
 }
 
-// inbox subscribes b to room and returns the messages it receives.
+// inbox makes b follow room, a room without history, and returns the
+// messages it receives.
 func inbox(t testing.TB, b *natsbroker.Broker, room string) <-chan string {
 	t.Helper()
 	ch := make(chan string, 1<<16)
-	if err := b.Subscribe(room, func(msg []byte) { ch <- string(msg) }); err != nil {
-		t.Fatalf("Subscribe: %v", err)
+	if err := b.Follow(room, wshub.HistoryPolicy{}, 0, func(e wshub.Entry) { ch <- string(e.JSON) }); err != nil {
+		t.Fatalf("Follow: %v", err)
 	}
 	return ch
 }
@@ -70,7 +71,7 @@ func TestGroupCommit(t *testing.T) {
 	for p := range pubs {
 		wg.Go(func() {
 			for seq := range perPub {
-				if err := pub.Publish(ctx, "r", fmt.Appendf(nil, "%d:%d", p, seq)); err != nil {
+				if err := publish(ctx, pub, "r", fmt.Appendf(nil, "%d:%d", p, seq)); err != nil {
 					errs <- fmt.Errorf("publisher %d, message %d: %w", p, seq, err)
 					return
 				}
@@ -84,7 +85,7 @@ func TestGroupCommit(t *testing.T) {
 	}
 	// The sentinel follows every confirmed message on the connection, so
 	// it arrives after all of them.
-	if err := pub.Publish(ctx, "r", []byte("sentinel")); err != nil {
+	if err := publish(ctx, pub, "r", []byte("sentinel")); err != nil {
 		t.Fatalf("sentinel: %v", err)
 	}
 	next := make([]int, pubs)
@@ -127,7 +128,7 @@ func TestGroupCommitShares(t *testing.T) {
 	px.hold()
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
-	if err := pub.Publish(short, "r", []byte("short")); !errors.Is(err, context.DeadlineExceeded) {
+	if err := publish(short, pub, "r", []byte("short")); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Publish with a context that ends while held: %v, want DeadlineExceeded", err)
 	}
 
@@ -177,7 +178,7 @@ func TestGroupCommitPipelines(t *testing.T) {
 	errs := make(chan error, natsbroker.MaxFlushes+beyond)
 	var wg sync.WaitGroup
 	for p := range natsbroker.MaxFlushes + beyond {
-		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
+		wg.Go(func() { errs <- publish(ctx, pub, "r", fmt.Appendf(nil, "%d", p)) })
 		// Each publish waits before the next is written, so that no
 		// flush covers a later one.
 		eventually(t, "the publish to wait", func() bool {
@@ -238,7 +239,7 @@ func TestGroupCommitCovers(t *testing.T) {
 	errs := make(chan error, natsbroker.MaxFlushes)
 	var wg sync.WaitGroup
 	for p := range natsbroker.MaxFlushes {
-		wg.Go(func() { errs <- pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
+		wg.Go(func() { errs <- publish(ctx, pub, "r", fmt.Appendf(nil, "%d", p)) })
 		waits(2 + p)
 	}
 	equal(t, "flushes before b waits", first(natsbroker.CommitStats(pub)), uint64(natsbroker.MaxFlushes))
@@ -300,13 +301,13 @@ func TestOutageFailsEveryWaiter(t *testing.T) {
 			t.Fatalf("Publish when the connection broke: %v, want ErrNotConnected", err)
 		}
 	}
-	if err := pub.Publish(ctx, "r", []byte("down")); !errors.Is(err, natsbroker.ErrNotConnected) {
+	if err := publish(ctx, pub, "r", []byte("down")); !errors.Is(err, natsbroker.ErrNotConnected) {
 		t.Fatalf("Publish while disconnected: %v, want ErrNotConnected", err)
 	}
 
 	px.open()
 	eventually(t, "the broker to reconnect", pub.Conn().IsConnected)
-	if err := pub.Publish(ctx, "r", []byte("after")); err != nil {
+	if err := publish(ctx, pub, "r", []byte("after")); err != nil {
 		t.Fatalf("Publish after reconnecting: %v", err)
 	}
 	// The proxy dropped what it held: the first message through is the
@@ -332,14 +333,14 @@ func TestCloseFailsWaiters(t *testing.T) {
 			t.Fatalf("Publish waiting when Close ran: %v, want ErrClosed", err)
 		}
 	}
-	if err := pub.Publish(ctx, "r", nil); !errors.Is(err, natsbroker.ErrClosed) {
+	if err := publish(ctx, pub, "r", nil); !errors.Is(err, natsbroker.ErrClosed) {
 		t.Fatalf("Publish after Close: %v, want ErrClosed", err)
 	}
 }
 
 // With Options.RetryOnFailedConnect a broker starts while no NATS server
 // answers: Connect returns at once, Publish fails with ErrNotConnected,
-// Subscribe succeeds and takes effect when the server comes up, and a hub
+// Follow succeeds and takes effect when the server comes up, and a hub
 // on the broker accepts joins but refuses publishes until then.
 func TestStartWhileUnreachable(t *testing.T) {
 	t.Parallel()
@@ -354,19 +355,19 @@ func TestStartWhileUnreachable(t *testing.T) {
 	if b.Conn().IsConnected() {
 		t.Fatal("connected with no server")
 	}
-	if err := b.Publish(ctx, "r", []byte("early")); !errors.Is(err, natsbroker.ErrNotConnected) {
+	if err := publish(ctx, b, "r", []byte("early")); !errors.Is(err, natsbroker.ErrNotConnected) {
 		t.Fatalf("Publish before the server is up: %v, want ErrNotConnected", err)
 	}
 	got := inbox(t, b, "r")
 
-	h := wshub.New(nil, &wshub.Options{Broker: b, AuthorizeJoin: func(*wshub.Client, string) error { return nil }})
+	h := wshub.New(nil, &wshub.Options{Engine: b, AuthorizeJoin: func(*wshub.Client, string) error { return nil }})
 	n := serve(t, h)
 	c := dial(t, n)
 	c.join("lobby")
 	c.send(`{"type":"publish","room":"lobby","id":"p","data":{"pub":"c","seq":0}}`)
 	m := c.read()
-	if m.Type != "error" || m.ID != "p" || !strings.Contains(m.Error, wshub.ErrBroker.Error()) {
-		t.Fatalf("publish before the server is up: got %+v, want an ErrBroker error", m)
+	if m.Type != "error" || m.ID != "p" || !strings.Contains(m.Error, errBrokerText) {
+		t.Fatalf("publish before the server is up: got %+v, want a %q error", m, errBrokerText)
 	}
 
 	s := startNATS(t, port)
@@ -375,11 +376,11 @@ func TestStartWhileUnreachable(t *testing.T) {
 		return s.GlobalAccount().Interest(b.Subject("r")) == 1 && s.GlobalAccount().Interest(b.Subject("lobby")) == 1
 	})
 	other := connect(t, s.ClientURL(), nil)
-	if err := other.Publish(ctx, "r", []byte("from another hub")); err != nil {
+	if err := publish(ctx, other, "r", []byte("from another hub")); err != nil {
 		t.Fatalf("Publish from another broker: %v", err)
 	}
 	equal(t, "delivered", receive(t, ctx, got), "from another hub")
-	if err := b.Publish(ctx, "r", []byte("own")); err != nil {
+	if err := publish(ctx, b, "r", []byte("own")); err != nil {
 		t.Fatalf("Publish once connected: %v", err)
 	}
 	equal(t, "delivered", receive(t, ctx, got), "own")
@@ -408,11 +409,11 @@ func TestOutageRefusesLocalDelivery(t *testing.T) {
 
 	a.send(`{"type":"publish","room":"r","id":"p","data":{"pub":"a","seq":0}}`)
 	m := a.read()
-	if m.Type != "error" || m.ID != "p" || !strings.Contains(m.Error, wshub.ErrBroker.Error()) {
-		t.Fatalf("client publish during the outage: got %+v, want an ErrBroker error", m)
+	if m.Type != "error" || m.ID != "p" || !strings.Contains(m.Error, errBrokerText) {
+		t.Fatalf("client publish during the outage: got %+v, want a %q error", m, errBrokerText)
 	}
-	if err := broadcast(ctx, n, "r", "server", 0); !errors.Is(err, wshub.ErrBroker) || !errors.Is(err, natsbroker.ErrNotConnected) {
-		t.Fatalf("Room.Broadcast during the outage: %v, want ErrBroker and ErrNotConnected", err)
+	if err := broadcast(ctx, n, "r", "server", 0); !errors.Is(err, wshub.ErrEngine) || !errors.Is(err, natsbroker.ErrNotConnected) {
+		t.Fatalf("Room.Broadcast during the outage: %v, want ErrEngine and ErrNotConnected", err)
 	}
 	if err := n.hub.Broadcast(ctx, &wshub.Message{Data: payload{Pub: "local"}}); err != nil {
 		t.Fatalf("Hub.Broadcast during the outage: %v", err)
@@ -464,7 +465,7 @@ func heldPublishes(t *testing.T, ctx context.Context, pub *natsbroker.Broker, n 
 	errs := make([]error, n)
 	var wg sync.WaitGroup
 	for p := range n {
-		wg.Go(func() { errs[p] = pub.Publish(ctx, "r", fmt.Appendf(nil, "%d", p)) })
+		wg.Go(func() { errs[p] = publish(ctx, pub, "r", fmt.Appendf(nil, "%d", p)) })
 	}
 	eventually(t, "every publish to wait", func() bool {
 		_, waits := natsbroker.CommitStats(pub)

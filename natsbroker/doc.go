@@ -1,16 +1,23 @@
-// Package natsbroker implements wshub.Broker on NATS, so that the rooms of
+// Package natsbroker implements wshub.Engine on NATS, so that the rooms of
 // many wshub hubs, in as many processes, behave as one: a message published
 // in room "lobby" on one hub reaches the members of "lobby" on every hub.
 //
-// Connect to NATS and give the broker to the hub:
+// Connect to NATS and give the broker to the hub as its engine:
 //
 //	b, err := natsbroker.Connect("nats://127.0.0.1:4222", nil)
 //	if err != nil { … }
-//	hub := wshub.New(handler, &wshub.Options{Broker: b})
+//	hub := wshub.New(handler, &wshub.Options{Engine: b})
 //
 // or, with a connection of your own, natsbroker.New(nc, nil). The hub
 // closes the broker when it shuts down; a broker made by Connect then
 // closes its connection, one made by New leaves the connection to you.
+//
+// A hub delivers to its members only what its engine hands back to it,
+// its own messages included (see wshub.Engine). A Broker is that road on
+// core NATS: the hub publishes each room message on the room's subject
+// and delivers the messages that its subscription to the subject
+// receives, from every hub, its own included. A Log (see "Room log
+// (JetStream)") takes the rooms with history through JetStream instead.
 //
 // # Subjects
 //
@@ -36,6 +43,12 @@
 // also uses the JetStream API of the account ("$JS.API.>", without a
 // domain or API prefix), with direct gets.
 //
+// A message's payload is the room message as the hub encodes it (JSON,
+// without a seq), and its "Wshub-Id" header the id the hub published it
+// with, unique to that publish, by which the hub knows its own messages
+// when NATS hands them back. A Log's history rooms carry the id in
+// JetStream's "Nats-Msg-Id" header.
+//
 // # Guarantees
 //
 // The core-NATS broker is at most once across hubs. NATS core does not
@@ -44,24 +57,25 @@
 // subscription the server has not registered yet (right after it connects
 // or reconnects), misses what is published meanwhile, and its members
 // never see those messages; so do all the other hubs when a server fails
-// between confirming a message and forwarding it. Rooms that must not
-// lose messages across hubs need a log that hubs can resume from: see
-// "Room log (JetStream)" below.
+// between confirming a message and forwarding it. This holds for the hub
+// that published a message too: its own members get the message only as
+// NATS hands it back. Rooms that must not lose messages across hubs need
+// a log that hubs can resume from: see "Room log (JetStream)" below.
 //
 // # What "acknowledged" means
 //
-// By default Broker.Publish returns nil only once the NATS server the hub
-// is connected to has read the message: it is followed on the connection
-// by a PING, and the server has answered with its PONG. That is all an
-// acknowledgement means here, for Room.Broadcast returning nil as for the
-// ack frame a client gets for a publish. It does not mean that another hub
-// received the message: one that is reconnecting or not yet subscribed
-// misses it, as above.
+// By default the wait that Broker.Publish returns returns nil only once
+// the NATS server the hub is connected to has read the message: it is
+// followed on the connection by a PING, and the server has answered with
+// its PONG. That is all an acknowledgement means here, for Room.Broadcast
+// returning nil as for the ack frame a client gets for a publish. It does
+// not mean that another hub received the message: one that is
+// reconnecting or not yet subscribed misses it, as above.
 //
-// A hub pipelines each client's publishes through PublishAsync (see
-// wshub.AsyncBroker): up to 32 of one client are written before the first
-// is confirmed, and each reaches the hub's own members, then its ack, once
-// confirmed, in order. Confirmations are pipelined and, under load, shared. While at most 16
+// A hub pipelines each client's publishes: Publish writes a message and
+// returns at once, so that several of one client are written before the
+// first is confirmed, and the hub acks each once confirmed, in order.
+// Confirmations are pipelined and, under load, shared. While at most 16
 // publishes of a broker wait at once, each writes its own PING without
 // waiting for the others' PONGs, so a confirmation costs one round trip,
 // as if each publisher were alone. When more wait, a PING is written only
@@ -69,27 +83,27 @@
 // meanwhile share the next one (a group commit): a publish then waits at
 // most two round trips, and the server answers a few PINGs instead of
 // one per message. A PONG received on a new connection, after nats.go
-// reconnected, confirms nothing written on the old one: Publish then
-// returns ErrNotConnected. Options.NoConfirm skips the wait,
-// and a message written just before a connection breaks is then lost
-// although Publish returned nil.
+// reconnected, confirms nothing written on the old one: the wait then
+// returns ErrNotConnected. Options.NoConfirm skips the wait, and a
+// message written just before a connection breaks is then lost although
+// its wait returned nil.
 //
 // # When NATS is unreachable
 //
 // A NATS outage stops room messages on every hub, local members included.
-// While the connection is down Broker.Publish returns ErrNotConnected, so
-// Room.Broadcast returns an error wrapping wshub.ErrBroker and
-// ErrNotConnected, a client's publish gets an error frame, and the hub
-// delivers the message to none of its own members; other hubs got it only
-// if the connection broke after the server read it. Delivering locally
-// and reporting the cluster error instead would split each room into one
-// conversation per hub for the length of the outage, each looking healthy
-// to its members; refusing makes the outage visible to the publisher,
-// who can retry. Joins keep working:
-// Subscribe registers the room with nats.go, which subscribes on the
-// server when it is back. Hub.Broadcast, which stays on its hub, keeps
-// working too. For Publish to fail rather than queue while nats.go
-// reconnects, the connection must not buffer: Connect sets
+// While the connection is down the wait of Broker.Publish returns
+// ErrNotConnected, so Room.Broadcast returns an error wrapping
+// wshub.ErrEngine and ErrNotConnected, a client's publish gets an error
+// frame, and the hub delivers the message to none of its own members,
+// since nothing comes back; other hubs got it only if the connection
+// broke after the server read it. Delivering locally and reporting the
+// cluster error instead would split each room into one conversation per
+// hub for the length of the outage, each looking healthy to its members;
+// refusing makes the outage visible to the publisher, who can retry.
+// Joins keep working: Follow registers the room with nats.go, which
+// subscribes on the server when it is back. Hub.Broadcast, which stays on
+// its hub, keeps working too. For Publish to fail rather than queue while
+// nats.go reconnects, the connection must not buffer: Connect sets
 // nats.ReconnectBufSize(-1), and a connection given to New should too.
 //
 // Connect reconnects quickly and forever: after trying every server of
@@ -106,10 +120,12 @@
 // subscription's messages in order. Messages of different publishers have
 // no agreed order across hubs.
 //
-// Nothing is echoed: the hub delivers its own messages to its local
-// members directly, and drops them when NATS hands them back, by the
-// origin the hub writes into each message. Each member gets a message
-// exactly once.
+// Echo. NATS hands each message back to the hub that published it, and
+// that is how the hub's own members get it: the connection must not be
+// made with nats.NoEcho (Connect does not, and New refuses such a
+// connection). Each member gets a message exactly once, and the members
+// of one hub get a room's messages in the order that hub receives them,
+// its own among the others'.
 //
 // Reconnection is nats.go's: it reconnects on its own and re-creates the
 // broker's subscriptions. Deliveries
@@ -119,20 +135,36 @@
 // flood past nats.go's pending limits (by default 512k messages or 64 MB
 // per room).
 //
+// # History rooms on core NATS
+//
+// Core NATS keeps no log. For a room whose policy keeps history (see
+// wshub.RoomOptions), a Broker numbers the room's messages on each hub in
+// the order that hub receives them, and keeps them in memory for the
+// hub's history and recovery (wshub.NewMemoryEngine, one per room): the
+// members of one hub see one order and consecutive seqs, but each hub has
+// its own numbering and its own epoch, so a client recovers only on the
+// hub it left. A hub's history of a room ends when its last member there
+// leaves (the hub misses the room's messages from then on): when the room
+// gets members again, it starts a new epoch, and a client that rejoins
+// with an older one is told that it could not recover. A Log shares one
+// history, and one order, between all hubs.
+//
 // # Presence
 //
-// Broker and Log implement wshub.PresenceBroker: a hub whose
-// Options.Presence gives rooms presence shares their members with the
-// other hubs through a JetStream key-value bucket, so that each room's
-// state and diffs cover its members on every hub. There is nothing to set
-// up beyond the hub's Options.Presence (and Authenticate, for the
+// Broker and Log implement wshub.PresenceEngine: a hub whose
+// Options.Rooms gives rooms presence shares their members with the other
+// hubs through a JetStream key-value bucket, so that each room's state
+// and diffs cover its members on every hub. There is nothing to set up
+// beyond the rooms' presence in Options.Rooms (and Authenticate, for the
 // members' IDs and Info) with a natsbroker broker:
 //
 //	b, err := natsbroker.Connect("nats://127.0.0.1:4222", nil)
 //	if err != nil { … }
 //	hub := wshub.New(handler, &wshub.Options{
-//		Broker:   b,
-//		Presence: func(room string) bool { return true },
+//		Engine: b,
+//		Rooms: func(room string) wshub.RoomOptions {
+//			return wshub.RoomOptions{Presence: true}
+//		},
 //	})
 //
 // Presence needs JetStream on the server (nats-server 2.11 or later, for
@@ -180,7 +212,7 @@
 //
 // Cost. Each change of a hub's members of a room is one put (or one
 // delete) of that room's key, which the hub coalesces to at most ten per
-// second per room (wshub.PresenceInterval), plus a refresh of every room
+// second per room (one per 100 ms), plus a refresh of every room
 // with members every PresenceTTL/3. Each presence room with members on a
 // hub costs that hub one ordered consumer on the server and a status
 // listener, made when the room's first local member joins and deleted
@@ -195,18 +227,20 @@
 //
 // # Room log (JetStream)
 //
-// A Log is a Broker that also implements wshub.LogBroker: the rooms with
-// a history policy (wshub.Options.History) go through a log in NATS
-// JetStream that every hub shares; the other rooms go through core NATS as
-// with a Broker, on the same connection. Connect to a NATS server (or
-// cluster) with JetStream enabled and give the Log to the hub, without a
-// HistoryStore:
+// A Log is an engine whose rooms with a history policy (the History of
+// their wshub.RoomOptions, from wshub.Options.Rooms) go through a log in
+// NATS JetStream that every hub shares; the other rooms go through core
+// NATS as with a Broker, on the same connection. Connect to a NATS server
+// (or cluster) with JetStream enabled and give the Log to the hub as its
+// engine:
 //
 //	l, err := natsbroker.ConnectLog("nats://127.0.0.1:4222", nil)
 //	if err != nil { … }
 //	hub := wshub.New(handler, &wshub.Options{
-//		Broker:  l,
-//		History: func(room string) wshub.HistoryPolicy { return wshub.HistoryPolicy{Messages: 100} },
+//		Engine: l,
+//		Rooms: func(room string) wshub.RoomOptions {
+//			return wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: 100}}
+//		},
 //	})
 //
 // or natsbroker.NewLog(nc, nil) on a connection of your own (made with
@@ -248,7 +282,7 @@
 //
 // Appends are pipelined: each is published asynchronously and waits for
 // its own acknowledgement, so many are in flight at once; they are stored
-// in the order Append was called, also across reconnections (the
+// in the order Publish was called, also across reconnections (the
 // messages awaiting an acknowledgement are sent again, in order, before
 // any new one, and JetStream drops duplicates by message ID for two
 // minutes, or the policy's MaxAge if shorter).
@@ -265,7 +299,7 @@
 // the same storage and replicas.
 //
 // Retention is per stream, so per policy: MaxMsgsPerSubject is the
-// policy's Messages, MaxAge its MaxAge (wshub.DefaultHistoryAge when
+// policy's Messages, MaxAge its MaxAge (an hour, wshub's default, when
 // zero; JetStream wants at least 100 ms). Streams are created (or
 // updated) when a policy is first used, and remain after the hubs stop;
 // delete those of policies no longer used.

@@ -1,6 +1,10 @@
 package natsbroker
 
-import "context"
+import (
+	"context"
+
+	"github.com/wshub/wshub"
+)
 
 // MaxFlushes is how many waiting publishes may each have a flush in
 // flight; when more wait, they share.
@@ -14,9 +18,15 @@ func CommitStats(b *Broker) (flushes, waits uint64) { return b.commit.stats() }
 // for the message's confirmation, so that a test can order the waits of
 // messages already written.
 func Write(b *Broker, room string, msg []byte) (wait func(context.Context) error, err error) {
-	t, err := b.write(room, msg)
+	t, err := b.write(b.message(room, "", msg))
 	if err != nil {
 		return nil, err
 	}
 	return func(ctx context.Context) error { return b.commit.wait(ctx, t) }, nil
+}
+
+// Append publishes msg to the log of a history room as l.Publish does,
+// and its wait also returns the message's seq.
+func Append(l *Log, ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) (wait func() (uint64, error)) {
+	return l.appendLog(ctx, room, p, id, msg)
 }

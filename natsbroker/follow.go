@@ -35,7 +35,7 @@ type follow struct {
 	room    string
 	subj    string
 	p       wshub.HistoryPolicy
-	deliver func(seq uint64, id string, msg []byte)
+	deliver func(wshub.Entry)
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -44,12 +44,12 @@ type follow struct {
 	// Owned by run.
 	last   uint64   // seq of the last message passed to deliver, or Follow's after
 	epoch  string   // of the stream that last refers to; "" before the first consumer
-	lost   bool     // deliver(0, "", nil) was called for a gap after lostAt
+	lost   bool     // a loss was delivered for a gap after lostAt
 	lostAt uint64   //
 	stale  []string // consumers to delete once connected
 }
 
-func newFollow(l *Log, s *logStream, room string, p wshub.HistoryPolicy, after uint64, deliver func(uint64, string, []byte)) *follow {
+func newFollow(l *Log, s *logStream, room string, p wshub.HistoryPolicy, after uint64, deliver func(wshub.Entry)) *follow {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &follow{
 		l: l, s: s, room: room, subj: s.roomSubject(room), p: p, deliver: deliver,
@@ -237,7 +237,7 @@ func (f *follow) session(status <-chan nats.Status, resumed bool, wait *time.Dur
 				}
 			}
 			if seq > f.last {
-				f.deliver(seq, m.Header.Get(jetstream.MsgIDHeader), m.Data)
+				f.deliver(wshub.Entry{Seq: seq, ID: m.Header.Get(jetstream.MsgIDHeader), JSON: m.Data})
 				f.last = seq
 			}
 			if received++; received == pullBatch {
@@ -297,12 +297,12 @@ func (f *follow) checkGap() error {
 	return nil
 }
 
-// signalLost calls deliver(0, "", nil), unless it was called already for
-// the same last message.
+// signalLost passes the hub a loss, an Entry without JSON, unless it did
+// already for the same last message.
 func (f *follow) signalLost() {
 	if f.lost && f.lostAt == f.last {
 		return
 	}
 	f.lost, f.lostAt = true, f.last
-	f.deliver(0, "", nil)
+	f.deliver(wshub.Entry{})
 }

@@ -76,25 +76,33 @@ type node struct {
 }
 
 // newNodes starts n hubs on their own test servers and NATS connections
-// to url. The connections retry quickly so restart tests stay short.
+// to url, each with a Broker, and no room with history. The connections
+// retry quickly so restart tests stay short.
 func newNodes(t testing.TB, url string, n int, opts *natsbroker.Options) []*node {
 	t.Helper()
-	return startNodes(t, url, n, opts, nil)
+	return startNodes(t, url, n, opts, nil, false)
+}
+
+// newHistoryNodes starts n hubs as newNodes does, each with a Broker, and
+// with history as the history policies of their Options.Rooms.
+func newHistoryNodes(t testing.TB, url string, n int, opts *natsbroker.Options, history func(string) wshub.HistoryPolicy) []*node {
+	t.Helper()
+	return startNodes(t, url, n, opts, history, false)
 }
 
 // newLogNodes starts n hubs as newNodes does, each with a Log, and with
-// history as their Options.History.
+// history as the history policies of their Options.Rooms.
 func newLogNodes(t testing.TB, url string, n int, opts *natsbroker.Options, history func(string) wshub.HistoryPolicy) []*node {
 	t.Helper()
 	if history == nil {
 		history = func(string) wshub.HistoryPolicy { return wshub.HistoryPolicy{} }
 	}
-	return startNodes(t, url, n, opts, history)
+	return startNodes(t, url, n, opts, history, true)
 }
 
-// startNodes starts the hubs of newNodes, or of newLogNodes when history
-// is not nil.
-func startNodes(t testing.TB, url string, n int, opts *natsbroker.Options, history func(string) wshub.HistoryPolicy) []*node {
+// startNodes starts the hubs of newNodes, newHistoryNodes (a Broker, with
+// history) or newLogNodes (useLog: a Log).
+func startNodes(t testing.TB, url string, n int, opts *natsbroker.Options, history func(string) wshub.HistoryPolicy, useLog bool) []*node {
 	t.Helper()
 	nodes := make([]*node, n)
 	for i := range nodes {
@@ -111,8 +119,8 @@ func startNodes(t testing.TB, url string, n int, opts *natsbroker.Options, histo
 			t.Fatalf("connect: %v", err)
 		}
 		nd := &node{nc: nc}
-		var br wshub.Broker
-		if history != nil {
+		var br wshub.Engine
+		if useLog {
 			if nd.log, err = natsbroker.NewLog(nc, opts); err != nil {
 				t.Fatalf("NewLog: %v", err)
 			}
@@ -124,8 +132,8 @@ func startNodes(t testing.TB, url string, n int, opts *natsbroker.Options, histo
 			br = nd.broker
 		}
 		h := wshub.New(nil, &wshub.Options{
-			Broker:        br,
-			History:       history,
+			Engine:        br,
+			Rooms:         roomsOf(history),
 			AuthorizeJoin: func(*wshub.Client, string) error { return nil },
 		})
 		mux := http.NewServeMux()
@@ -140,6 +148,15 @@ func startNodes(t testing.TB, url string, n int, opts *natsbroker.Options, histo
 		nodes[i] = nd
 	}
 	return nodes
+}
+
+// roomsOf returns the Options.Rooms that gives rooms the policies of
+// history, or nil for nil.
+func roomsOf(history func(string) wshub.HistoryPolicy) func(string) wshub.RoomOptions {
+	if history == nil {
+		return nil
+	}
+	return func(room string) wshub.RoomOptions { return wshub.RoomOptions{History: history(room)} }
 }
 
 func testCtx(t testing.TB) context.Context {
@@ -202,7 +219,7 @@ func (p *peer) read() wireMsg {
 	return m
 }
 
-// join joins room and waits for the ack: the hub has then subscribed and
+// join joins room and waits for the ack: the hub then follows the room and
 // NATS has the subscription.
 func (p *peer) join(room string) {
 	p.t.Helper()
@@ -270,6 +287,19 @@ func equal[T comparable](t testing.TB, what string, got, want T) {
 	if got != want {
 		t.Fatalf("%s: got %v, want %v", what, got, want)
 	}
+}
+
+// Texts of wshub's errors as clients read them in error frames; wshub no
+// longer exports the reasons, only their groups (errors.Is).
+const (
+	errBrokerText    = "wshub: broker"                   // a publish the engine refused: wshub.ErrEngine
+	errNotMemberText = "wshub: not a member of the room" // wshub.ErrDenied
+)
+
+// publish publishes msg to room, a room without history, through b, and
+// waits for the confirmation.
+func publish(ctx context.Context, b *natsbroker.Broker, room string, msg []byte) error {
+	return b.Publish(ctx, room, wshub.HistoryPolicy{}, "", msg)()
 }
 
 // broadcast sends payload{pub, seq} to room from the server side of n.

@@ -19,25 +19,29 @@ import (
 	"github.com/wshub/wshub"
 )
 
-// Settings of the room log's streams and of Append.
+// Settings of the room log's streams and of its appends.
 const (
+	// defaultHistoryAge is the MaxAge of a HistoryPolicy that leaves it
+	// zero, as wshub has it: an hour.
+	defaultHistoryAge = time.Hour
+
 	// dupWindow is how long JetStream remembers message IDs, so that an
-	// Append retried within it stores its message once. It is capped by
+	// append retried within it stores its message once. It is capped by
 	// the stream's MaxAge.
 	dupWindow = 2 * time.Minute
 
-	// Waits between the attempts of an Append that JetStream did not
+	// Waits between the attempts of an append that JetStream did not
 	// answer (no stream yet, right after a server restart), and between
 	// the failed attempts of a follow to get going again.
 	retryMin = 50 * time.Millisecond
 	retryMax = 2 * time.Second
 )
 
-// Log is a wshub.LogBroker on NATS JetStream: the rooms with a history
+// Log is a wshub.Engine on NATS JetStream: the rooms with a history
 // policy go through a log that every hub shares, the others through core
-// NATS exactly as with a Broker, whose methods it has. See the package
-// documentation, "Room log (JetStream)". Its methods are safe for
-// concurrent use.
+// NATS exactly as with a Broker, whose methods it has; it is a
+// wshub.PresenceEngine as a Broker is. See the package documentation,
+// "Room log (JetStream)". Its methods are safe for concurrent use.
 type Log struct {
 	*Broker
 	js       jetstream.JetStream
@@ -48,10 +52,10 @@ type Log struct {
 	streams map[wshub.HistoryPolicy]*logStream // by policy, MaxAge filled in; guarded by smu
 
 	wmu     sync.Mutex // serializes the writes of appends
-	pending list.List  // *appendOp written and not answered, in the order of their Appends
+	pending list.List  // *appendOp written and not answered, in the order of their appends
 }
 
-var _ wshub.LogBroker = (*Log)(nil)
+var _ wshub.PresenceEngine = (*Log)(nil)
 
 // NewLog returns a Log on nc, which stays the caller's: Close does not
 // close it. nc's server must have JetStream enabled. opts may be nil for
@@ -107,7 +111,7 @@ type logStream struct {
 func (l *Log) stream(p wshub.HistoryPolicy) *logStream {
 	age := p.MaxAge
 	if age <= 0 {
-		age = wshub.DefaultHistoryAge
+		age = defaultHistoryAge
 	}
 	key := wshub.HistoryPolicy{Messages: p.Messages, MaxAge: age}
 	l.smu.Lock()
@@ -253,27 +257,41 @@ func checkPolicy(p wshub.HistoryPolicy) error {
 	return nil
 }
 
-// Append hands msg to the room's log, with id as its JetStream message ID
-// (the Nats-Msg-Id header), and returns at once; the returned wait waits
-// for JetStream's acknowledgement and returns msg's seq, its sequence in
-// the stream of the room's policy. Appends do not wait for each other:
-// each is published asynchronously, in the order of the Append calls on
-// this Log, and the stream stores them in that order.
+// Publish hands msg to the room's log if p keeps history, with id as its
+// JetStream message ID (the Nats-Msg-Id header), and returns at once; the
+// returned wait waits for JetStream's acknowledgement. Publishes do not
+// wait for each other: each is published asynchronously, in the order of
+// the Publish calls on this Log, and the stream stores them in that
+// order. A room without history goes through core NATS, as with
+// Broker.Publish.
 //
-// If the connection is not up when Append is called, or the message could
-// not be written on it, wait returns an error wrapping ErrNotConnected:
-// the message is stored nowhere. An error from JetStream for the first
-// attempt (a stream that cannot be created, or none answering) is as
-// definite. Once an attempt has been written, wait waits for its
-// acknowledgement; when none comes (the connection broke, or
+// If the connection is not up when Publish is called, or the message
+// could not be written on it, wait returns an error wrapping
+// ErrNotConnected: the message is stored nowhere. An error from JetStream
+// for the first attempt (a stream that cannot be created, or none
+// answering) is as definite. Once an attempt has been written, wait waits
+// for its acknowledgement; when none comes (the connection broke, or
 // Options.Timeout passed) the message is sent again with the same ID,
 // which JetStream stores at most once, until an acknowledgement comes or
 // ctx ends, and wait then returns an error wrapping ErrUnconfirmed (see
 // it). After a reconnection the messages that await their
 // acknowledgement are sent again in their first order, before any
-// appended later, so that the order holds. When ctx has no deadline,
-// Options.Timeout bounds the append. wait must be called once.
-func (l *Log) Append(ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) (wait func() (uint64, error)) {
+// published later, so that the order holds. When ctx has no deadline,
+// Options.Timeout bounds the publish. wait must be called once.
+func (l *Log) Publish(ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) (wait func() error) {
+	if p.Messages <= 0 {
+		return l.Broker.Publish(ctx, room, p, id, msg)
+	}
+	w := l.appendLog(ctx, room, p, id, msg)
+	return func() error {
+		_, err := w()
+		return err
+	}
+}
+
+// appendLog is Publish to a history room; its wait also returns msg's
+// seq, its sequence in the stream of the room's policy.
+func (l *Log) appendLog(ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) (wait func() (uint64, error)) {
 	fail := func(err error) func() (uint64, error) { return func() (uint64, error) { return 0, err } }
 	if err := checkPolicy(p); err != nil {
 		return fail(err)
@@ -317,7 +335,7 @@ func (l *Log) Append(ctx context.Context, room string, p wshub.HistoryPolicy, id
 	}
 }
 
-// appendOp is an Append waiting for its acknowledgement.
+// appendOp is an append waiting for its acknowledgement.
 type appendOp struct {
 	l    *Log
 	s    *logStream
@@ -354,7 +372,7 @@ func (l *Log) resendLocked() bool {
 }
 
 // wait waits for the append's acknowledgement, sending it again as
-// needed; see Append.
+// needed; see Publish.
 func (op *appendOp) wait(ctx context.Context) (uint64, error) {
 	l := op.l
 	defer func() {
@@ -485,7 +503,7 @@ var errStreamGone = errors.New("natsbroker: log stream not found")
 // Read returns the room's retained messages with a seq above after, oldest
 // first, the newest limit of them when there are more (all with a negative
 // limit, none with zero), and where the room's log stands; see
-// wshub.LogPage. Complete is derived from the stream's state, since
+// wshub.LogPage. A room without history is read as with Broker.Read. Complete is derived from the stream's state, since
 // JetStream drops messages oldest first (MaxAge stream-wide below its
 // first sequence, MaxMsgsPerSubject a room's oldest): with n retained
 // messages of the room, the oldest being oldest, it is after+1 >= the
@@ -501,8 +519,8 @@ var errStreamGone = errors.New("natsbroker: log stream not found")
 // and reads again until the replica that answers has it. When ctx has no
 // deadline, Options.Timeout bounds the read.
 func (l *Log) Read(ctx context.Context, room string, p wshub.HistoryPolicy, after uint64, limit int) (wshub.LogPage, error) {
-	if err := checkPolicy(p); err != nil {
-		return wshub.LogPage{}, err
+	if p.Messages <= 0 {
+		return l.Broker.Read(ctx, room, p, after, limit)
 	}
 	if l.isClosed() {
 		return wshub.LogPage{}, ErrClosed
@@ -548,7 +566,7 @@ func (l *Log) read(ctx context.Context, s *logStream, h jetstream.Stream, subj s
 	// A snapshot of the room: all its messages (read in one step), or its
 	// last one.
 	full := limit != 0 && after != math.MaxUint64
-	var msgs []wshub.HistoryMessage
+	var msgs []wshub.Entry
 	var oldest, latest uint64
 	if full {
 		if msgs, err = l.directBatch(ctx, s, subj, p.Messages); err != nil {
@@ -641,14 +659,14 @@ const (
 // directBatch returns the messages of subj, oldest first: at most max in
 // one batch, which the server reads in one step, and more batches if the
 // server cut it short by size.
-func (l *Log) directBatch(ctx context.Context, s *logStream, subj string, max int) ([]wshub.HistoryMessage, error) {
+func (l *Log) directBatch(ctx context.Context, s *logStream, subj string, max int) ([]wshub.Entry, error) {
 	inbox := l.nc.NewInbox()
 	sub, err := l.nc.SubscribeSync(inbox)
 	if err != nil {
 		return nil, err
 	}
 	defer sub.Unsubscribe()
-	var out []wshub.HistoryMessage
+	var out []wshub.Entry
 	seq := uint64(1)
 	for {
 		req := fmt.Appendf(nil, `{"seq":%d,"next_by_subj":%q,"batch":%d}`, seq, subj, max+1)
@@ -667,7 +685,7 @@ func (l *Log) directBatch(ctx context.Context, s *logStream, subj string, max in
 				if err != nil {
 					return nil, fmt.Errorf("direct get: sequence %q: %w", m.Header.Get(jetstream.SequenceHeader), err)
 				}
-				out = append(out, wshub.HistoryMessage{Seq: n, JSON: m.Data})
+				out = append(out, wshub.Entry{Seq: n, JSON: m.Data})
 				seq = n + 1
 				got++
 				continue
@@ -758,28 +776,27 @@ func (l *Log) leaderLast(ctx context.Context, s *logStream, subj string) (uint64
 
 // Follow starts passing the messages of room's log with a seq above after
 // to deliver, in the log's order, one at a time on a goroutine of its
-// own, with their seq and the ID they were appended with. It returns at
-// once: the goroutine reads the log through an ephemeral JetStream
-// consumer, and makes a new one, from the last message it passed, when
-// the connection comes back after an outage or the consumer fails. When
-// it finds then that the log no longer holds messages after that one
-// (per the rule of Read), it calls deliver(0, "", nil) once. Unsubscribe
-// and Close stop it and return once its goroutine has ended, so deliver
-// is not called afterwards. It returns ErrSubscribed if the room is
-// already followed or subscribed, ErrClosed after Close.
-func (l *Log) Follow(room string, p wshub.HistoryPolicy, after uint64, deliver func(seq uint64, id string, msg []byte)) error {
-	if err := checkPolicy(p); err != nil {
-		return err
+// own, as wshub.Entry values with their seq and the ID they were
+// published with, if p keeps history; a room without history is followed
+// on core NATS, as with Broker.Follow. It returns at once: the goroutine
+// reads the log through an ephemeral JetStream consumer, and makes a new
+// one, from the last message it passed, when the connection comes back
+// after an outage or the consumer fails. When it finds then that the log
+// no longer holds messages after that one (per the rule of Read), it
+// calls deliver once with an Entry whose JSON is nil. Unfollow and Close
+// stop it and return once its goroutine has ended, so deliver is not
+// called afterwards. It returns ErrFollowed if the room is already
+// followed, ErrClosed after Close.
+func (l *Log) Follow(room string, p wshub.HistoryPolicy, after uint64, deliver func(wshub.Entry)) error {
+	if p.Messages <= 0 {
+		return l.Broker.Follow(room, p, after, deliver)
 	}
 	s := l.stream(p)
 	f := newFollow(l, s, room, p, after, deliver)
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.closed {
-		return ErrClosed
-	}
-	if l.subs[room] != nil || l.follows[room] != nil {
-		return fmt.Errorf("%w: %q", ErrSubscribed, room)
+	if err := l.followableLocked(room); err != nil {
+		return err
 	}
 	l.follows[room] = f
 	go f.run()

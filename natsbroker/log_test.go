@@ -395,12 +395,12 @@ func TestLogLifecycle(t *testing.T) {
 		t.Fatalf("Read of an empty room: %+v, %v", page, err)
 	}
 
-	// Appends called one after another without waiting are stored in
-	// that order.
+	// Publishes called one after another without waiting are stored in
+	// that order (Append is Publish, with the seq).
 	var waits []func() (uint64, error)
 	for i := range 50 {
 		room := []string{"r", "other"}[i%2]
-		waits = append(waits, l.Append(ctx, room, p, fmt.Sprint("id", i), fmt.Appendf(nil, `{"type":"message","data":%d}`, i)))
+		waits = append(waits, natsbroker.Append(l, ctx, room, p, fmt.Sprint("id", i), fmt.Appendf(nil, `{"type":"message","data":%d}`, i)))
 	}
 	var seqs []uint64
 	for i, w := range waits {
@@ -414,8 +414,11 @@ func TestLogLifecycle(t *testing.T) {
 		seqs = append(seqs, seq)
 	}
 	// The same id stores once.
-	if seq, err := l.Append(ctx, "r", p, "id48", []byte(`{"type":"message","data":48}`))(); err != nil || seq != seqs[48] {
+	if seq, err := natsbroker.Append(l, ctx, "r", p, "id48", []byte(`{"type":"message","data":48}`))(); err != nil || seq != seqs[48] {
 		t.Fatalf("append again with id48: %d, %v, want %d", seq, err, seqs[48])
+	}
+	if err := l.Publish(ctx, "r", p, "id48", []byte(`{"type":"message","data":48}`))(); err != nil {
+		t.Fatalf("Publish again with id48: %v", err)
 	}
 
 	// "r" retains its last 3: seqs[44], seqs[46], seqs[48].
@@ -464,28 +467,28 @@ func TestLogLifecycle(t *testing.T) {
 	deliveries := make(chan delivery, 10)
 	var stopped sync.Mutex
 	stoppedFlag := false
-	deliver := func(seq uint64, id string, msg []byte) {
+	deliver := func(e wshub.Entry) {
 		stopped.Lock()
 		defer stopped.Unlock()
 		if stoppedFlag {
-			t.Errorf("delivery of %d after Unsubscribe", seq)
+			t.Errorf("delivery of %d after Unfollow", e.Seq)
 		}
-		deliveries <- delivery{seq, id}
+		deliveries <- delivery{e.Seq, e.ID}
 	}
 	if err := l.Follow("r", p, seqs[44], deliver); err != nil {
 		t.Fatalf("Follow: %v", err)
 	}
-	if err := l.Follow("r", p, 0, deliver); !errors.Is(err, natsbroker.ErrSubscribed) {
-		t.Fatalf("second Follow: %v, want ErrSubscribed", err)
+	if err := l.Follow("r", p, 0, deliver); !errors.Is(err, natsbroker.ErrFollowed) {
+		t.Fatalf("second Follow: %v, want ErrFollowed", err)
 	}
-	if err := l.Subscribe("r", func([]byte) {}); !errors.Is(err, natsbroker.ErrSubscribed) {
-		t.Fatalf("Subscribe of a followed room: %v, want ErrSubscribed", err)
+	if err := l.Follow("r", wshub.HistoryPolicy{}, 0, func(wshub.Entry) {}); !errors.Is(err, natsbroker.ErrFollowed) {
+		t.Fatalf("Follow without history of a followed room: %v, want ErrFollowed", err)
 	}
-	if err := l.Subscribe("plain", func([]byte) {}); err != nil {
-		t.Fatalf("Subscribe: %v", err)
+	if err := l.Follow("plain", wshub.HistoryPolicy{}, 0, func(wshub.Entry) {}); err != nil {
+		t.Fatalf("Follow without history: %v", err)
 	}
-	if err := l.Follow("plain", p, 0, deliver); !errors.Is(err, natsbroker.ErrSubscribed) {
-		t.Fatalf("Follow of a subscribed room: %v, want ErrSubscribed", err)
+	if err := l.Follow("plain", p, 0, deliver); !errors.Is(err, natsbroker.ErrFollowed) {
+		t.Fatalf("Follow of a room followed on core NATS: %v, want ErrFollowed", err)
 	}
 	next := func() delivery {
 		select {
@@ -498,7 +501,7 @@ func TestLogLifecycle(t *testing.T) {
 	}
 	equal(t, "first delivery", next(), delivery{seqs[46], "id46"})
 	equal(t, "second delivery", next(), delivery{seqs[48], "id48"})
-	seq, err := l.Append(ctx, "r", p, "live", []byte(`{"type":"message"}`))()
+	seq, err := natsbroker.Append(l, ctx, "r", p, "live", []byte(`{"type":"message"}`))()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -520,12 +523,12 @@ func TestLogLifecycle(t *testing.T) {
 		return info.State.Consumers
 	}
 	equal(t, "consumers while following", consumers(), 1)
-	equal(t, "Unsubscribe", l.Unsubscribe("r"), nil)
+	equal(t, "Unfollow", l.Unfollow("r"), nil)
 	stopped.Lock()
 	stoppedFlag = true
 	stopped.Unlock()
 	eventually(t, "the follow's consumer to go", func() bool { return consumers() == 0 })
-	if _, err := l.Append(ctx, "r", p, "after", []byte(`{"type":"message"}`))(); err != nil {
+	if err := l.Publish(ctx, "r", p, "after", []byte(`{"type":"message"}`))(); err != nil {
 		t.Fatal(err)
 	}
 	stopped.Lock()
@@ -540,14 +543,17 @@ func TestLogLifecycle(t *testing.T) {
 	if !l.Conn().IsClosed() {
 		t.Fatal("Close left ConnectLog's connection open")
 	}
-	if _, err := l.Append(ctx, "r", p, "closed", []byte(`{}`))(); !errors.Is(err, natsbroker.ErrClosed) {
-		t.Fatalf("Append after Close: %v, want ErrClosed", err)
+	if err := l.Publish(ctx, "r", p, "closed", []byte(`{}`))(); !errors.Is(err, natsbroker.ErrClosed) {
+		t.Fatalf("Publish after Close: %v, want ErrClosed", err)
+	}
+	if _, err := l.Read(ctx, "r", p, 0, -1); !errors.Is(err, natsbroker.ErrClosed) {
+		t.Fatalf("Read after Close: %v, want ErrClosed", err)
 	}
 	if err := l.Follow("x", p, 0, deliver); !errors.Is(err, natsbroker.ErrClosed) {
 		t.Fatalf("Follow after Close: %v, want ErrClosed", err)
 	}
 
-	// Without a connection, an append fails at once and stores nothing.
+	// Without a connection, a publish fails at once and stores nothing.
 	nc, err := nats.Connect(s.ClientURL())
 	if err != nil {
 		t.Fatal(err)
@@ -557,8 +563,8 @@ func TestLogLifecycle(t *testing.T) {
 		t.Fatal(err)
 	}
 	nc.Close()
-	if _, err := l2.Append(ctx, "r", p, "down", []byte(`{}`))(); !errors.Is(err, natsbroker.ErrNotConnected) {
-		t.Fatalf("Append on a closed connection: %v, want ErrNotConnected", err)
+	if err := l2.Publish(ctx, "r", p, "down", []byte(`{}`))(); !errors.Is(err, natsbroker.ErrNotConnected) {
+		t.Fatalf("Publish on a closed connection: %v, want ErrNotConnected", err)
 	}
 	equal(t, "Close of NewLog's", l2.Close(), nil)
 }
@@ -621,7 +627,7 @@ func TestLogNATSRestart(t *testing.T) {
 					o.ok[seq] = true
 				case errors.Is(err, natsbroker.ErrUnconfirmed):
 					o.unconfirmed[seq] = true
-				case errors.Is(err, wshub.ErrBroker):
+				case errors.Is(err, wshub.ErrEngine):
 					o.failed[seq] = true
 					failures++
 				default:
@@ -752,7 +758,7 @@ func TestLogMemoryStorageRestart(t *testing.T) {
 	// A join while the closed member is still in the room would join the
 	// old room, whose cursor refers to the lost stream, and miss the new
 	// stream's messages up to that seq (the core keeps the cursor after
-	// deliver(0, "", nil)): wait for the hub to drop the room.
+	// a loss, an Entry without JSON): wait for the hub to drop the room.
 	eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].hub.Room("m").Len() == 0 })
 	q := dial(t, nodes[1])
 	_, ack2 := q.joinAck("m", fmt.Sprintf(`"since":%d,"epoch":%q`, ack.Seq, ack.Epoch))

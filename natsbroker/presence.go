@@ -14,7 +14,6 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/wshub/wshub"
 )
 
 // Presence settings.
@@ -32,8 +31,6 @@ const (
 	// keys, with Options.Timeout if shorter.
 	presenceCloseWait = 2 * time.Second
 )
-
-var _ wshub.PresenceBroker = (*Broker)(nil)
 
 // The KV protocol's headers, as nats.go's jetstream package writes them.
 const (

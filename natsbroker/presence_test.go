@@ -47,7 +47,7 @@ func presenceNode(t testing.TB, url string, opts *natsbroker.Options, log bool) 
 		t.Fatalf("connect: %v", err)
 	}
 	n := &presNode{nc: nc}
-	var br wshub.Broker
+	var br wshub.Engine
 	if log {
 		l, err := natsbroker.NewLog(nc, opts)
 		if err != nil {
@@ -61,9 +61,9 @@ func presenceNode(t testing.TB, url string, opts *natsbroker.Options, log bool) 
 		br = n.broker
 	}
 	n.hub = wshub.New(nil, &wshub.Options{
-		Broker:        br,
+		Engine:        br,
 		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
-		Presence:      func(string) bool { return true },
+		Rooms:         func(string) wshub.RoomOptions { return wshub.RoomOptions{Presence: true} },
 		Authenticate: func(r *http.Request) (wshub.Identity, error) {
 			id := r.URL.Query().Get("id")
 			return wshub.Identity{ID: id, Info: map[string]string{"name": id}}, nil
@@ -328,7 +328,7 @@ func (r *recorder) next(ctx context.Context) update {
 	}
 }
 
-// TestPresenceBrokerAPI exercises the PresenceBroker methods directly:
+// TestPresenceBrokerAPI exercises the PresenceEngine methods directly:
 // the current entries come before WatchPresence returns, changes follow
 // in order, a hub never sees its own entry, UnwatchPresence stops the
 // updates, and Close deletes the hub's keys.

@@ -67,7 +67,7 @@ func TestNATSRestart(t *testing.T) {
 			wasDown := down.Load()
 			err := broadcast(ctx, nodes[0], "r", "down-server", seq)
 			switch {
-			case err != nil && !errors.Is(err, wshub.ErrBroker):
+			case err != nil && !errors.Is(err, wshub.ErrEngine):
 				serverErr = err
 				return
 			case err != nil && wasDown:
@@ -88,7 +88,7 @@ func TestNATSRestart(t *testing.T) {
 	down.Store(true)
 	publishing.Wait()
 	if serverErr != nil {
-		t.Fatalf("Room.Broadcast during the outage: %v, want ErrBroker", serverErr)
+		t.Fatalf("Room.Broadcast during the outage: %v, want ErrEngine", serverErr)
 	}
 	t.Logf("a Room.Broadcast racing the shutdown failed with: %v", raced)
 	if err := broadcast(ctx, nodes[0], "r", "down-server", maxAttempts); !errors.Is(err, natsbroker.ErrNotConnected) {
@@ -169,7 +169,7 @@ func TestNATSRestart(t *testing.T) {
 }
 
 // pubDuringOutage publishes seq from p and reports whether the hub
-// acknowledged it; an error frame must be a broker error.
+// acknowledged it; an error frame must be an engine error.
 func pubDuringOutage(t *testing.T, p *peer, seq int) bool {
 	t.Helper()
 	id := fmt.Sprint(seq)
@@ -180,8 +180,8 @@ func pubDuringOutage(t *testing.T, p *peer, seq int) bool {
 		case m.Type == "ack" && m.ID == id:
 			return true
 		case m.Type == "error" && m.ID == id:
-			if !strings.Contains(m.Error, wshub.ErrBroker.Error()) {
-				t.Fatalf("publish %d: error %q, want %q", seq, m.Error, wshub.ErrBroker)
+			if !strings.Contains(m.Error, errBrokerText) {
+				t.Fatalf("publish %d: error %q, want %q", seq, m.Error, errBrokerText)
 			}
 			return false
 		case m.Type == "message":

@@ -55,10 +55,12 @@ type memberInfo struct {
 // room tells its members who is in it (presence).
 func newHub(logger *slog.Logger) *wshub.Hub {
 	return wshub.New(nil, &wshub.Options{
-		History: func(string) wshub.HistoryPolicy {
-			return wshub.HistoryPolicy{Messages: historyMessages}
+		Rooms: func(string) wshub.RoomOptions {
+			return wshub.RoomOptions{
+				History:  wshub.HistoryPolicy{Messages: historyMessages},
+				Presence: true,
+			}
 		},
-		Presence:     func(string) bool { return true },
 		Authenticate: authenticate,
 		// Rooms are open: any name the library accepts may be joined, as long
 		// as it prints safely.

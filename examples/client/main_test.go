@@ -44,7 +44,7 @@ type server struct {
 	url     string
 	gone    chan error         // OnDisconnect reasons
 	clients chan *wshub.Client // OnConnect
-	store   wshub.HistoryStore // nil: the default
+	engine  wshub.Engine       // nil: the default
 }
 
 func newServer(t *testing.T) *server {
@@ -52,11 +52,11 @@ func newServer(t *testing.T) *server {
 	return newServerWith(t, nil)
 }
 
-// newServerWith is newServer with a history store of the test's (nil for
-// the default).
-func newServerWith(t *testing.T, store wshub.HistoryStore) *server {
+// newServerWith is newServer with an engine of the test's (nil for the
+// default).
+func newServerWith(t *testing.T, engine wshub.Engine) *server {
 	t.Helper()
-	s := &server{t: t, gone: make(chan error, 16), clients: make(chan *wshub.Client, 16), store: store}
+	s := &server{t: t, gone: make(chan error, 16), clients: make(chan *wshub.Client, 16), engine: engine}
 	s.hub = s.newHub()
 	ts := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*s.handler.Load()).ServeHTTP(w, r)
@@ -69,14 +69,15 @@ func newServerWith(t *testing.T, store wshub.HistoryStore) *server {
 // newHub starts a hub and makes the URL lead to it.
 func (s *server) newHub() *wshub.Hub {
 	hub := wshub.New(nil, &wshub.Options{
-		HistoryStore: s.store,
-		History: func(room string) wshub.HistoryPolicy {
-			if strings.HasPrefix(room, "plain-") {
-				return wshub.HistoryPolicy{}
+		Engine: s.engine,
+		Rooms: func(room string) wshub.RoomOptions {
+			var o wshub.RoomOptions
+			if !strings.HasPrefix(room, "plain-") {
+				o.History = wshub.HistoryPolicy{Messages: 100}
 			}
-			return wshub.HistoryPolicy{Messages: 100}
+			o.Presence = strings.HasPrefix(room, "here-")
+			return o
 		},
-		Presence: func(room string) bool { return strings.HasPrefix(room, "here-") },
 		Authenticate: func(r *http.Request) (wshub.Identity, error) {
 			name := r.URL.Query().Get("name")
 			if name == "" {
@@ -806,32 +807,73 @@ func TestFormat(t *testing.T) {
 	equal(t, "invalid UTF-8", clean("a\xffb\x1b"), `a`+"\uFFFD"+`b\x1b`)
 }
 
-// restartable is an in-memory history store that the test can make start
-// every room's history over, as expiry or eviction does on a real server.
+// restartable is an in-memory engine (wshub.NewMemoryEngine) that the
+// test can make start every room's history over, as expiry or eviction
+// does on a real server: the next message of a followed room then comes
+// with the new history's epoch.
 type restartable struct {
-	mu    sync.Mutex
-	inner wshub.HistoryStore
+	mu      sync.Mutex
+	inner   wshub.Engine
+	follows map[string]restartFollow
 }
 
-func (r *restartable) store() wshub.HistoryStore {
+// restartFollow is a Follow of a restartable engine.
+type restartFollow struct {
+	p       wshub.HistoryPolicy
+	deliver func(wshub.Entry)
+}
+
+func newRestartable() *restartable {
+	return &restartable{inner: wshub.NewMemoryEngine(0), follows: make(map[string]restartFollow)}
+}
+
+func (r *restartable) engine() wshub.Engine {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.inner
 }
 
+// restart replaces the engine with a new one, moving the follows to it.
 func (r *restartable) restart() {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	r.inner = wshub.NewMemoryHistory(0)
+	old := r.inner
+	r.inner = wshub.NewMemoryEngine(0)
+	for room, f := range r.follows {
+		old.Unfollow(room)
+		if err := r.inner.Follow(room, f.p, 0, f.deliver); err != nil {
+			panic(err) // in memory: it cannot fail
+		}
+	}
+	old.Close()
 }
 
-func (r *restartable) Append(ctx context.Context, room string, p wshub.HistoryPolicy, msg []byte) (uint64, string, error) {
-	return r.store().Append(ctx, room, p, msg)
+func (r *restartable) Publish(ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) func() error {
+	return r.engine().Publish(ctx, room, p, id, msg)
 }
 
-func (r *restartable) Read(ctx context.Context, room string, p wshub.HistoryPolicy, after uint64, limit int) ([]wshub.HistoryMessage, string, uint64, error) {
-	return r.store().Read(ctx, room, p, after, limit)
+func (r *restartable) Follow(room string, p wshub.HistoryPolicy, after uint64, deliver func(wshub.Entry)) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if err := r.inner.Follow(room, p, after, deliver); err != nil {
+		return err
+	}
+	r.follows[room] = restartFollow{p, deliver}
+	return nil
 }
+
+func (r *restartable) Unfollow(room string) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.follows, room)
+	return r.inner.Unfollow(room)
+}
+
+func (r *restartable) Read(ctx context.Context, room string, p wshub.HistoryPolicy, after uint64, limit int) (wshub.LogPage, error) {
+	return r.engine().Read(ctx, room, p, after, limit)
+}
+
+func (r *restartable) Close() error { return r.engine().Close() }
 
 // TestHistoryStartsOver: when the server's history of a room starts over
 // while the client is in it, the next message says so with its new epoch:
@@ -839,12 +881,12 @@ func (r *restartable) Read(ctx context.Context, room string, p wshub.HistoryPoli
 // nothing.
 func TestHistoryStartsOver(t *testing.T) {
 	t.Parallel()
-	store := &restartable{inner: wshub.NewMemoryHistory(0)}
-	s := newServerWith(t, store)
+	eng := newRestartable()
+	s := newServerWith(t, eng)
 	bob := connect(t, s, "bob", "lobby")
 	bob.send("one")
 	bob.expect("[lobby] bob: one")
-	store.restart()
+	eng.restart()
 	bob.send("two")
 	bob.expect("* [lobby] some messages may be missing: the server's history of this room started over")
 	bob.expect("[lobby] bob: two")

@@ -227,12 +227,11 @@ func startNode(name, addr, natsURL string, useLog bool, logger *slog.Logger) (*n
 	}
 	var err error
 	if useLog {
-		// The hub reads and writes the rooms' histories in the log: no
-		// HistoryStore.
-		opts.Broker, err = natsbroker.ConnectLog(natsURL, nil)
-		opts.History = func(string) wshub.HistoryPolicy { return logHistory }
+		// The hub reads and writes the rooms' histories in the log.
+		opts.Engine, err = natsbroker.ConnectLog(natsURL, nil)
+		opts.Rooms = func(string) wshub.RoomOptions { return wshub.RoomOptions{History: logHistory} }
 	} else {
-		opts.Broker, err = natsbroker.Connect(natsURL, nil)
+		opts.Engine, err = natsbroker.Connect(natsURL, nil)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
