@@ -165,16 +165,16 @@ func startHub(t *testing.T) string {
 			}
 			return nil
 		},
-		History: func(room string) wshub.HistoryPolicy {
+		Rooms: func(room string) wshub.RoomOptions {
+			o := wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: 100}, Presence: true}
 			switch {
 			case strings.HasPrefix(room, "plain-"):
-				return wshub.HistoryPolicy{}
+				o = wshub.RoomOptions{}
 			case strings.HasPrefix(room, "small-"):
-				return wshub.HistoryPolicy{Messages: 10}
+				o.History.Messages = 10
 			}
-			return wshub.HistoryPolicy{Messages: 100}
+			return o
 		},
-		Presence: func(room string) bool { return !strings.HasPrefix(room, "plain-") },
 	})
 	mux := http.NewServeMux()
 	mux.Handle("/ws", hub)
