@@ -89,11 +89,9 @@ func (c *Client) Info() json.RawMessage { return c.info }
 // Codec returns the codec negotiated with the client.
 func (c *Client) Codec() Codec { return c.codec }
 
-// Context returns a context that is canceled when the client starts
-// closing: the hub or the application closed it, or its connection failed.
-// The hub reads a client's next message only after the Handler returned, so
-// a peer's departure during a long handler is noticed after it returns (or,
-// with pings enabled, when the unanswered ping times out).
+// Context returns a context canceled when the client starts closing. A
+// peer's departure during a long Handler is noticed after it returns, or
+// when a ping goes unanswered.
 func (c *Client) Context() context.Context { return c.ctx }
 
 // Value returns the client's value for key, or nil.

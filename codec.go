@@ -5,12 +5,10 @@ import (
 	"fmt"
 )
 
-// A Codec turns Messages into WebSocket frames and back. The hub calls
-// Marshal with a *Message and Unmarshal with a *Message to fill; a codec may
-// support other types for its own users. Codecs are chosen per connection:
-// a client offers codec names in the Sec-WebSocket-Protocol header and the
-// hub picks the first of Options.Codecs it offered. Methods must be safe for
-// concurrent use.
+// A Codec turns Messages into WebSocket frames and back; the hub calls it
+// with *Message, outside every lock. A client picks one by name in the
+// Sec-WebSocket-Protocol header (see Options.Codecs). Methods must be safe
+// for concurrent use.
 type Codec interface {
 	// Name is the subprotocol name that selects this codec.
 	Name() string
@@ -92,13 +90,11 @@ func (JSONBatchCodec) AppendBatch(dst []byte, msgs [][]byte) []byte {
 	return append(dst, ']')
 }
 
-// RawCodec carries only message data, in binary frames, for applications
-// with their own format. An inbound frame becomes a Message of type
-// "message" whose Data is the frame's []byte; it goes to the Handler, since
-// it has no join, leave or publish. Outbound, Data must be a []byte, a
-// json.RawMessage (a JSON client's publish arrives as its JSON text) or a
-// string, and only messages of type "message" can be sent; anything else
-// fails with errUnsupportedData (so raw clients get no ack or error frames).
+// RawCodec carries only message data, in binary frames. An inbound frame
+// is a Message of type "message" with the frame as Data, for the Handler.
+// Outbound, only messages of type "message" with Data a []byte, string or
+// json.RawMessage (a JSON client's publish) can be sent; anything else,
+// acks and errors included, fails with ErrInvalid.
 type RawCodec struct{}
 
 // Name returns "wshub.raw".

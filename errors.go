@@ -2,60 +2,44 @@ package wshub
 
 import "errors"
 
-// Errors. Every error that wshub returns or reports wraps one of these,
-// so test for them with errors.Is; each groups the reasons a caller would
-// handle alike. The full text, such as "wshub: join denied", names the
-// reason, and is what a client gets in an error frame or a close frame.
+// Errors. Every error that wshub returns or reports wraps one of these:
+// test with errors.Is. Each groups reasons a caller handles alike; the
+// full text ("wshub: join denied") names the reason, and is what a client
+// gets in an error or close frame.
 var (
-	// ErrHubClosed is returned by operations on a hub after Shutdown or
-	// Close began, and is the disconnect reason of clients closed by
-	// Shutdown.
+	// ErrHubClosed: the hub is closing (Shutdown or Close began); also the
+	// disconnect reason of the clients Shutdown closes.
 	ErrHubClosed = errors.New("wshub: hub closed")
 
-	// ErrClientClosed is returned by Client.Send, Join and Leave once the
-	// client is disconnecting or gone.
+	// ErrClientClosed: the client is closing or gone.
 	ErrClientClosed = errors.New("wshub: client closed")
 
-	// ErrSlowClient is the disconnect reason of a client closed (with
-	// status 1008, counted in Stats.Kicked) for holding others up:
-	// "wshub: send queue full" when a message would overflow its send
-	// queue (Client.Send returns it for that client), "wshub: write
-	// timeout" when its socket took no bytes, or its congested queue held
-	// up another client's publish, for Options.WriteTimeout.
+	// ErrSlowClient: the client was closed with 1008 for holding others
+	// up, counted in Stats.Kicked: "send queue full" or "write timeout"
+	// (see Options.SendQueue and WriteTimeout).
 	ErrSlowClient = errors.New("wshub: slow client")
 
-	// ErrPongTimeout is the disconnect reason of a client that did not
-	// answer a keepalive ping in time.
+	// ErrPongTimeout: the client did not answer a ping in time.
 	ErrPongTimeout = errors.New("wshub: pong timeout")
 
-	// ErrInvalid reports input the hub cannot take: an inbound frame the
-	// client's codec cannot decode or that breaks the protocol ("wshub:
-	// invalid message"; after 5 in a row the client is closed with 1007,
-	// at once for a text frame that is not UTF-8), a room name that is
-	// empty, over 128 bytes or not UTF-8 ("wshub: invalid room name"), a
-	// message type that is not the protocol's when the hub has no Handler
-	// ("wshub: unknown message type"), or Message.Data that a codec
-	// cannot encode ("wshub: data not supported by codec").
+	// ErrInvalid: input the hub cannot take: an undecodable or invalid
+	// message ("invalid message"; 5 in a row close the client with 1007,
+	// a text frame that is not UTF-8 at once), a room name empty, over 128
+	// bytes or not UTF-8 ("invalid room name"), a type that is not the
+	// protocol's without a Handler ("unknown message type"), Data a codec
+	// cannot encode ("data not supported by codec").
 	ErrInvalid = errors.New("wshub: invalid")
 
-	// ErrDenied reports a request or a connection refused by the hub's
-	// rules: a join without Options.AuthorizeJoin or refused by it
-	// ("wshub: join denied", wrapping AuthorizeJoin's error), a publish
-	// refused by AuthorizePublish ("wshub: publish denied"), a publish,
-	// leave or presence request for a room the client is not in ("wshub:
-	// not a member of the room"), a join past MaxRooms ("wshub: too many
-	// rooms"), a presence request for a room without presence ("wshub:
-	// room has no presence"), a message past RateLimit ("wshub: rate limit
-	// exceeded"; after 5 in a row the client is closed with 1008), an
-	// upgrade refused by Reject ("wshub: connection rejected") or past
-	// MaxClients ("wshub: too many clients").
+	// ErrDenied: refused by the hub's rules: "join denied" (no
+	// AuthorizeJoin, or its error, wrapped), "publish denied", "not a
+	// member of the room", "too many rooms", "room has no presence",
+	// "rate limit exceeded", "connection rejected" (Reject), "too many
+	// clients".
 	ErrDenied = errors.New("wshub: denied")
 
-	// ErrEngine wraps an error of the Engine: a room message it did not
-	// take ("wshub: broker") or a history it could not read ("wshub:
-	// history"). A publish that fails with it was delivered to nobody
-	// (with a log, see the engine's documentation for whether it may
-	// still be stored).
+	// ErrEngine wraps an error of the Engine: "broker" for a message it
+	// did not take (nobody got it) or a follow that failed, "history" for
+	// a read that failed.
 	ErrEngine = errors.New("wshub: engine")
 )
 

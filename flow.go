@@ -16,17 +16,17 @@ import (
 // has been taken by its writer, that client is closed, or WriteTimeout
 // has passed since it began to wait. TCP then slows the sender, not the
 // room. A client still congested at that deadline held up the room for
-// WriteTimeout: it is closed with 1008 and errWriteTimeout. Every sender
+// WriteTimeout: it is closed with 1008 and "write timeout". Every sender
 // queues at most one message beyond a quarter of a queue before it waits,
 // so senders overflow a queue only when more of them than three quarters
-// of it holds send at the same moment. Publishes that go through a
-// LogBroker or an AsyncBroker are pipelined (log.go): the client's acker
-// does this waiting, and up to 32 of a client's publishes may be queued
-// beyond a quarter before its read goroutine waits too.
+// of it holds send at the same moment. Publishes that the engine does not
+// keep at once are pipelined (protocol.go): the client's acker does this
+// waiting, and up to 32 of a client's publishes may be queued beyond a
+// quarter before its read goroutine waits too.
 //
 // Server-side sends (Client.Send, Room.Broadcast and Hub.Broadcast, from a
-// Handler too) and messages from the Broker never wait: a queue they
-// overflow closes its client with ErrSendQueueFull.
+// Handler too) and messages published on other hubs never wait: a queue
+// they overflow closes its client with "send queue full".
 
 // congestedLocked reports whether c's queue is more than a quarter full.
 func (c *Client) congestedLocked() bool {

@@ -24,15 +24,12 @@ import (
 
 // HistoryPolicy says how much of a room's recent history the engine keeps.
 type HistoryPolicy struct {
-	// Messages is how many of the room's last messages are kept; zero or
-	// negative means the room keeps no history and its messages carry no
-	// seq. It also bounds a recovery: a client that rejoins with since gets
-	// up to this many messages at once, past its send queue's limits, so
-	// keep it to what a client may need (a few hundred messages).
+	// Messages is how many of the room's last messages are kept (none if
+	// zero: its messages carry no seq). A recovery replays up to this many
+	// at once, past the send queue's limits: keep it to a few hundred.
 	Messages int
 
-	// MaxAge is how long a message is kept. A room whose newest message is
-	// older than this has lost its history: its next message starts a new
+	// MaxAge is how long a message is kept; a room idle longer starts a new
 	// epoch. Default: 1 hour.
 	MaxAge time.Duration
 }

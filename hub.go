@@ -25,14 +25,12 @@ import (
 // All methods are safe for concurrent use, including from inside hooks and
 // handlers. The zero Hub is not usable.
 //
-// Locks, in the order they are taken: a room's follow lock (rooms.go, held
-// across the Engine's Follow and Unfollow of that room only), Hub.mu (the
-// client and room tables), room.mu (a room's members: every delivery,
-// join commit and presence diff of the room queues under it), then
-// room.ownMu, presRoom.mu and Client.mu, each held only to change memory.
-// Hub.presMu and bcastMu come before presRoom.mu and Hub.mu. No lock is
-// held while a hook, a Handler, a Codec, an Engine call or Options.Rooms
-// runs, except the follow lock as said.
+// Locks, outermost first: a room's follow lock (held across the Engine's
+// Follow and Unfollow of that room only), bcastMu, Hub.mu (clients and
+// rooms), room.mu (a room's members; every delivery, join and presence
+// diff of the room queues under it), Hub.presMu, then room.ownMu,
+// presRoom.mu and Client.mu. Each is held only to change memory: never
+// while a hook, the Handler, a Codec, the Engine or Options.Rooms runs.
 type Hub struct {
 	handler  Handler
 	opts     options

@@ -34,13 +34,10 @@ const (
 	defaultMaxHistoryBytes = 64 << 20
 )
 
-// NewMemoryEngine returns the in-memory Engine, whose rooms are local to
-// the hub that uses it. Its histories hold at most maxBytes of messages
-// (with a small overhead per message) over all rooms; past it, the history
-// of the room written least recently is dropped whole, and that room
-// starts a new epoch. A maxBytes of zero or less means 64 MiB. Its
-// histories last as long as the process. It never fails, and its Publish
-// has kept and passed on the message by the time it returns.
+// NewMemoryEngine returns the in-memory Engine: rooms local to the hub,
+// histories that last as long as the process, at most maxBytes of them
+// (64 MiB if zero or less; past it, the history of the room written least
+// recently is dropped and that room starts a new epoch). It never fails.
 func NewMemoryEngine(maxBytes int64) Engine {
 	if maxBytes <= 0 {
 		maxBytes = defaultMaxHistoryBytes

@@ -15,6 +15,9 @@ const (
 	TypeMessage = "message" // server → client: Data, from a room or the server
 	TypeAck     = "ack"     // server → client: request ID succeeded
 	TypeError   = "error"   // server → client: request failed, see Error
+
+	TypePresence     = "presence"      // client → server: ask for a room's state; server → client: the state
+	TypePresenceDiff = "presence_diff" // server → client: who joined and left a room
 )
 
 // Message is one protocol message, in either direction. With JSONCodec it
@@ -28,27 +31,18 @@ type Message struct {
 	Data  any    `json:"data,omitempty"`  // payload; inbound, what the codec decoded (json.RawMessage for JSON)
 	Error string `json:"error,omitempty"` // reason of an error answer
 
-	// Seq is a room message's number in its room's history, or, in a join's
-	// ack, the room's latest seq. The server sets it; it is ignored inbound.
+	// Seq numbers a room message in its room's history; in a join's ack,
+	// where the replay ends. Set by the server only.
 	Seq uint64 `json:"seq,omitempty"`
 
 	// Epoch names a room's history: in a join, the one Since refers to; in
-	// a join's ack, the room's current one; in a room message, set only
-	// when the room's history started anew while the client was in the
-	// room (the messages between are lost to it).
+	// its ack, the current one; in a room message, set when the history
+	// started anew while the client was in the room.
 	Epoch string `json:"epoch,omitempty"`
 
-	// Since, in a join with Epoch, is the last seq the client saw: the
-	// server replays every later message, or says it cannot.
-	Since uint64 `json:"since,omitempty"`
-
-	// History, in a join, asks for the room's last messages (at most
-	// MaxHistoryReplay).
-	History int `json:"history,omitempty"`
-
-	// Recovered, in the ack of a join with Epoch, tells whether every
-	// message after Since is replayed.
-	Recovered *bool `json:"recovered,omitempty"`
+	Since     uint64 `json:"since,omitempty"`     // in a join with Epoch: the last seq the client saw
+	History   int    `json:"history,omitempty"`   // in a join: how many last messages to replay (at most 100)
+	Recovered *bool  `json:"recovered,omitempty"` // in the ack of a join with Epoch: was all after Since replayed?
 }
 
 // orMessage returns a copy of m, of type "message" when m has no type: what
@@ -62,7 +56,7 @@ func (m *Message) orMessage() Message {
 }
 
 // A Handler receives the application messages of clients: every inbound
-// message whose type is not join, leave or publish. The hub calls it on the
+// message whose type is not join, leave, publish or presence. The hub calls it on the
 // client's read goroutine, one message at a time and in order, never while
 // holding a lock; the next message of that client is read after it returns.
 // ctx ends when the client disconnects. A non-nil error is sent to the client

@@ -28,124 +28,104 @@ const (
 // Options configures a Hub. A nil *Options and every zero field mean the
 // documented default. The hub reads Options only in New.
 type Options struct {
-	// Codecs lists the codecs a client may choose with the
-	// Sec-WebSocket-Protocol header, by Codec.Name. The first one is used
-	// when the client offers none of them.
-	// Default: JSONCodec, JSONBatchCodec.
+	// Codecs lists the codecs a client may choose by name in the
+	// Sec-WebSocket-Protocol header; the first is used when it offers
+	// none of them. Default: JSONCodec, JSONBatchCodec.
 	Codecs []Codec
 
 	// OriginPatterns lists host patterns of cross-origin pages allowed to
-	// connect, as in coder/websocket's AcceptOptions.OriginPatterns.
-	// Same-origin requests and requests without an Origin header are
-	// always allowed. Default: same-origin only; a refused Origin gets 403.
+	// connect, as in coder/websocket's AcceptOptions. Default: same-origin
+	// only (and requests without Origin); a refused Origin gets 403.
 	OriginPatterns []string
 
-	// ReadLimit is the largest inbound message in bytes. A bigger one
-	// closes the client with status 1009. Default: 32 KiB.
+	// ReadLimit is the largest inbound message in bytes; a bigger one
+	// closes the client with 1009. Default: 32 KiB.
 	ReadLimit int64
 
-	// SendQueue is how many outbound messages may wait for one client, and
-	// SendQueueBytes how many bytes (a single bigger message is let into an
-	// empty queue). A message that would exceed either closes the client
-	// with 1008 and "send queue full" (ErrSlowClient), and its queued
-	// messages count in Stats.Dropped. Server-side senders never wait; a
-	// client's own publishes and requests are paced so that they do not
-	// fill others' queues (see the package documentation).
-	// Defaults: 256 messages and 1 MiB.
+	// SendQueue and SendQueueBytes bound the messages and bytes waiting
+	// for one client (one bigger message may enter an empty queue). A
+	// message past either closes the client with 1008 and "send queue
+	// full" (ErrSlowClient). Defaults: 256 messages, 1 MiB.
 	SendQueue      int
 	SendQueueBytes int
 
-	// WriteTimeout bounds how long a client may hold things up: a client
-	// whose socket takes no bytes for this long (up to half as long
-	// again), or whose congested queue has kept another client's publish
-	// waiting this long, is closed with "write timeout" (ErrSlowClient,
-	// status 1008 when a close frame can still be written). It also bounds
-	// the wait for an Engine that has no deadline of its own. Default: 10s.
+	// WriteTimeout bounds how long a client may hold things up: one whose
+	// socket takes no bytes for this long (up to 1.5 times), or whose
+	// congested queue kept another client's publish waiting this long, is
+	// closed with "write timeout" (ErrSlowClient, 1008 when a close frame
+	// can still be written). It also bounds the engine reads of a join and
+	// a publish's wait for its delivery. Default: 10s.
 	WriteTimeout time.Duration
 
-	// MaxRooms caps the rooms one client may be in; a join past it fails
-	// with "too many rooms" (ErrDenied). Default: 128; negative means no
-	// limit.
+	// MaxRooms caps the rooms of one client; a join past it fails with
+	// "too many rooms" (ErrDenied). Default: 128; negative: no limit.
 	MaxRooms int
 
-	// RateLimit caps the messages per second the hub reads from one
-	// client, with bursts of up to RateBurst (default: RateLimit rounded
-	// up, at least 1). A message past the limit is not handled: it is
-	// answered with an error frame ("rate limit exceeded", ErrDenied), and
-	// 5 of them in a row close the client with 1008. Default: 0, no limit.
+	// RateLimit caps the messages per second read from one client, in
+	// bursts of up to RateBurst (default: RateLimit rounded up). A message
+	// past it is answered with "rate limit exceeded" (ErrDenied) and not
+	// handled; 5 in a row close the client with 1008. Default: no limit.
 	RateLimit float64
 	RateBurst int
 
-	// PingInterval is how often the hub pings each client. A client that
-	// has not answered a ping by the next one is closed with
-	// ErrPongTimeout. Pongs are read between messages, so a Handler that
-	// blocks longer than this times its client out too, and WriteTimeout,
-	// which bounds how long flow control pauses a client's reads, must
-	// stay below it. Default: 30s; negative disables pings.
+	// PingInterval is how often each client is pinged; one that has not
+	// answered by the next ping is closed with ErrPongTimeout. Keep it
+	// above WriteTimeout and above how long a Handler blocks. Default:
+	// 30s; negative disables pings.
 	PingInterval time.Duration
 
-	// MaxClients caps connected clients; past it, upgrades get 503 Service
-	// Unavailable. Default: 0, no limit.
+	// MaxClients caps connected clients; past it, upgrades get 503.
+	// Default: no limit.
 	MaxClients int
 
-	// Authenticate runs before the upgrade with the HTTP request. A non-nil
-	// error refuses the connection: an error from Reject carries its status
-	// and body; any other error gets 401 Unauthorized with the error's text
-	// as the body. The returned Identity names the client and sets its
-	// initial values. Default: nil, everyone is accepted with a generated
-	// ID (a "?name=" in the URL means nothing unless Authenticate reads it).
+	// Authenticate runs before the upgrade. An error refuses it: one from
+	// Reject with its status, any other with 401 and the error's text. The
+	// Identity names the client. Default: everyone is accepted with a
+	// random ID (a "?name=" in the URL means nothing unless it reads it).
 	Authenticate func(r *http.Request) (Identity, error)
 
-	// OnConnect runs once a client is connected, before its first message is
-	// read, on the client's read goroutine. It may call any Client or Hub
-	// method, for example c.Join to put every client in a room.
+	// OnConnect runs on the client's read goroutine before its first
+	// message is read; it may call any method, c.Join for instance.
 	OnConnect func(c *Client)
 
-	// AuthorizeJoin decides a join requested by the client. A nil error
-	// allows it. Default: nil, every client-requested join is refused with
-	// "join denied" (ErrDenied); Client.Join, the server's, is not affected.
-	// To allow every valid room name:
+	// AuthorizeJoin decides a join the client asks for; nil allows it.
+	// Default: nil, every such join is refused with "join denied"
+	// (ErrDenied); Client.Join, the server's, is not affected. To allow
+	// every valid room name:
 	//
 	//	AuthorizeJoin: func(*wshub.Client, string) error { return nil },
 	AuthorizeJoin func(c *Client, room string) error
 
-	// AuthorizePublish runs for every publish from a client, after the
-	// membership check and before the message goes out. It may rewrite
-	// m.Data (for example to stamp the sender's name). A non-nil error
-	// refuses the publish with an error frame ("publish denied", ErrDenied).
-	// Default: nil, members may publish.
+	// AuthorizePublish runs for every publish from a member before it goes
+	// out; it may rewrite m.Data. An error refuses it with "publish
+	// denied" (ErrDenied). Default: members may publish.
 	AuthorizePublish func(c *Client, m *Message) error
 
-	// OnDisconnect runs once per client after it left all rooms and its
-	// connection is closed, with the reason: an error of this package
-	// (ErrSlowClient, ErrPongTimeout, ErrHubClosed, ErrClientClosed,
-	// ErrInvalid, ErrDenied for rate limits, ErrEngine when the room's
-	// history lost messages), the peer's websocket.CloseError, or the
-	// connection's error. It may run after Shutdown or Close returned.
+	// OnDisconnect runs once per client, after it left its rooms and its
+	// connection closed, with the reason: an error of this package, the
+	// peer's websocket.CloseError, or the connection's error. It may run
+	// after Shutdown or Close returned.
 	OnDisconnect func(c *Client, reason error)
 
-	// Rooms gives the options of a room: its history policy and whether it
-	// has presence (see the package documentation). The hub calls it with
-	// a room's name, never under a lock, when a client joins it (before it
-	// exists on this hub) and on Room.Publish, Room.History and
-	// Room.Position; it must be fast and safe for concurrent use, and may
-	// call the Hub. A room keeps the options it was created with while it
-	// has members. Default: nil, no room keeps history or has presence.
+	// Rooms gives a room's options, when the room is created on this hub
+	// (it keeps them while it has members) and for Room.Broadcast,
+	// History and Position on a room without members here. It runs
+	// outside every lock, may call the Hub, and must be fast and safe for
+	// concurrent use. Default: no history, no presence.
 	Rooms func(room string) RoomOptions
 
-	// OnPresence runs after each change of a presence room's members (on
-	// all hubs, with a PresenceEngine, while this hub has members in the
-	// room), with the IDs that joined and left, at most once per 100 ms
-	// per room and never while the hub holds a lock. Default: nil.
+	// OnPresence runs after changes of a presence room's members (on every
+	// hub, with a PresenceEngine, while this hub has members in it), at
+	// most once per 100 ms per room, outside every lock. Default: nil.
 	OnPresence func(room string, joins, leaves []Presence)
 
-	// Engine orders and carries room messages and keeps their history.
-	// Default: NewMemoryEngine(0), rooms local to this hub with histories
-	// in memory. The natsbroker module's engines let rooms span processes.
+	// Engine orders, carries and keeps room messages. Default:
+	// NewMemoryEngine(0), rooms local to this hub. The natsbroker module's
+	// engines span processes.
 	Engine Engine
 
-	// Logger receives connection-level events at debug level and
-	// kicked clients at warn level. Default: nil, discard.
+	// Logger gets connection events at debug level and kicked clients at
+	// warn level. Default: discard.
 	Logger *slog.Logger
 }
 
@@ -161,18 +141,14 @@ type RoomOptions struct {
 
 // Identity is what Options.Authenticate learns about a connecting client.
 type Identity struct {
-	// ID names the client in the "from" field of its messages. Empty means
-	// a generated random ID, unique among clients. IDs set here need not be
-	// unique: one user may hold several connections.
+	// ID names the client in the "from" of its messages; empty means a
+	// random one. One user may hold several connections with one ID.
 	ID string
 
-	// Values are the client's initial values, read with Client.Value.
-	Values map[string]any
+	Values map[string]any // the client's initial values, see Client.Value
 
-	// Info is what the client shows of itself to the members of the
-	// presence rooms it joins (a display name, an avatar URL), sent as its
-	// JSON encoding, at most 1 KiB. Only the server sets it; nil sends
-	// none.
+	// Info is what the client shows of itself in presence rooms (a name,
+	// an avatar URL), as JSON of at most 1 KiB. Only the server sets it.
 	Info any
 }
 

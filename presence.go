@@ -14,7 +14,7 @@ import (
 // members who is in it: on joining, a client gets the room's state once (a
 // "presence" frame), then diffs ("presence_diff" frames: who joined, who
 // left), coalesced so that a room sends at most one diff every
-// PresenceInterval however many clients come and go. Presence is keyed by
+// presenceInterval however many clients come and go. Presence is keyed by
 // client ID: an ID joins when its first connection joins the room and
 // leaves when its last one leaves or drops, so that one user with three
 // tabs is one member with three connections. What a member shows of
@@ -41,12 +41,6 @@ const (
 
 	// maxInfoBytes caps the JSON encoding of Identity.Info.
 	maxInfoBytes = 1024
-)
-
-// Message types of presence.
-const (
-	TypePresence     = "presence"      // client → server: ask for a room's state; server → client: the state
-	TypePresenceDiff = "presence_diff" // server → client: who joined and left a room
 )
 
 // A Presence is one member of a presence room: a client ID, what it shows
@@ -466,11 +460,9 @@ func (c *Client) presenceRequest(m *Message) error {
 	}
 }
 
-// Presence returns every member of the room, on this hub and, with a
-// PresenceEngine, on the others, sorted by ID; none when the room has no
-// presence (see Options.Rooms). A hub follows the other hubs' members
-// of a room only while it has members in it itself: without any, it
-// returns none, whatever the other hubs have.
+// Presence returns every member of the room, sorted by ID: on this hub,
+// and, with a PresenceEngine, on the others while this hub has members in
+// the room; none when the room has no presence.
 func (r Room) Presence() []Presence {
 	h := r.hub
 	h.presMu.Lock()

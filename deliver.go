@@ -1,0 +1,262 @@
+package wshub
+
+// Delivery: the hub's end of the road (see publish.go). The engine passes
+// each room message to Hub.deliver, one at a time per room, in the room's
+// order; deliver encodes it for the codecs in use outside every lock, then
+// takes the room's lock only to queue it for each member.
+
+// deliver queues a room message that the engine passes, in the room's
+// order, for rm's members; a nil JSON means the history lost messages that
+// they have not had.
+func (h *Hub) deliver(rm *room, en Entry) {
+	if en.JSON == nil {
+		h.historyLost(rm)
+		return
+	}
+	var own *ownPublish
+	if en.ID != "" {
+		rm.ownMu.Lock()
+		if own = rm.own[en.ID]; own != nil {
+			delete(rm.own, en.ID)
+		}
+		rm.ownMu.Unlock()
+	}
+	if own != nil {
+		own.inline = own.publishing.Load()
+		defer close(own.done)
+	}
+	if h.closing.Load() {
+		if own != nil {
+			own.err = ErrHubClosed
+		}
+		return
+	}
+	var m *Message
+	if own != nil {
+		m = own.m
+	} else {
+		m = new(Message)
+		if err := (JSONCodec{}).Unmarshal(en.JSON, m); err != nil {
+			h.opts.Logger.Warn("wshub: undecodable room message from the engine", "room", rm.name, "err", err)
+			return
+		}
+		m.Room = rm.name
+	}
+	m.Seq = en.Seq
+	enc := h.newEncoding(m)
+	enc.setJSON(en.JSON)
+	enc.prepare()
+
+	rm.mu.Lock()
+	if !rm.admit(en, enc) {
+		rm.mu.Unlock()
+		return
+	}
+	var late, lateJoins []*Client // clients of a codec that was not in use a moment ago
+	for c := range rm.members {
+		if own != nil && contains(own.except, c) {
+			continue
+		}
+		if s, ok := rm.skip[c]; ok {
+			if en.Seq <= s {
+				continue // recovered on this hub past the cursor
+			}
+			delete(rm.skip, c)
+		}
+		if !enc.ready(c) {
+			late = append(late, c)
+			continue
+		}
+		enc.send(c, own)
+	}
+	for c, j := range rm.joining {
+		if en.Seq > 0 && en.Seq <= j.start || own != nil && contains(own.except, c) {
+			continue
+		}
+		if !enc.ready(c) {
+			lateJoins = append(lateJoins, c)
+			continue
+		}
+		j.buffer(enc, c)
+	}
+	rm.mu.Unlock()
+	// The next delivery to the room waits for this one to return, so the
+	// late ones still get the message in order.
+	for _, c := range late {
+		enc.send(c, own)
+	}
+	if len(lateJoins) > 0 {
+		for _, c := range lateJoins {
+			enc.get(enc.h.encKey[c.codecIndex])
+		}
+		rm.mu.Lock()
+		for _, c := range lateJoins {
+			if j := rm.joining[c]; j != nil {
+				j.buffer(enc, c)
+			} else if _, ok := rm.members[c]; ok {
+				enc.send(c, own)
+			}
+		}
+		rm.mu.Unlock()
+	}
+	if own != nil {
+		own.err = enc.result()
+	}
+}
+
+// admit decides, rm.mu held, whether rm's members get en: in a room with
+// history, a message they have not had. It moves the room's cursor, and
+// takes a new epoch of the history into the encoding.
+func (rm *room) admit(en Entry, enc *encoding) bool {
+	if rm.dead {
+		return false
+	}
+	if !rm.opts.History.on() {
+		return true
+	}
+	if !rm.positioned {
+		return false // the history lost messages: the members are closing
+	}
+	if en.Epoch != "" && rm.epoch != "" && en.Epoch != rm.epoch {
+		// The history started anew (it expired or was evicted) while the
+		// members knew another: they learn it from this message.
+		rm.cursor, rm.skip = 0, nil
+		for _, j := range rm.joining {
+			j.start = 0
+		}
+		enc.setEpoch(en.Epoch)
+	}
+	if en.Epoch != "" {
+		rm.epoch = en.Epoch
+	}
+	if en.Seq <= rm.cursor {
+		return false // the members have it
+	}
+	rm.cursor = en.Seq
+	return true
+}
+
+// encoding is one message being sent to many clients, encoded at most
+// once per codec: slot i for Options.Codecs[i], the last slot for JSON.
+// prepare encodes it, outside every lock, for the codecs in use.
+type encoding struct {
+	h      *Hub
+	m      *Message
+	json   []byte // stored JSON without seq, if known
+	slots  []encSlot
+	err    error // first encoding error
+	queued int   // clients it was queued for
+	closed int   // clients that were closing
+}
+
+// encSlot is one codec's encoding of a message.
+type encSlot struct {
+	frame []byte
+	err   error
+	done  bool
+}
+
+func (h *Hub) newEncoding(m *Message) *encoding {
+	return &encoding{h: h, m: m, slots: make([]encSlot, len(h.opts.Codecs)+1)}
+}
+
+// setJSON supplies the message's JSON without seq, as stored.
+func (e *encoding) setJSON(b []byte) { e.json = b }
+
+// prepare encodes the message for every codec that a client of the hub
+// uses.
+func (e *encoding) prepare() {
+	for slot := range e.slots {
+		if e.h.codecUsers[slot].Load() > 0 {
+			e.get(slot)
+		}
+	}
+}
+
+// setEpoch adds the epoch to the message: the JSON slot is made again,
+// and the others when a client needs them.
+func (e *encoding) setEpoch(epoch string) {
+	e.m.Epoch = epoch
+	clear(e.slots)
+	e.get(len(e.slots) - 1) // the hub's own code: safe under the lock
+}
+
+// ready reports whether c's codec's encoding is made.
+func (e *encoding) ready(c *Client) bool { return e.slots[e.h.encKey[c.codecIndex]].done }
+
+func (e *encoding) get(slot int) ([]byte, error) {
+	s := &e.slots[slot]
+	if s.done {
+		return s.frame, s.err
+	}
+	s.done = true
+	var b []byte
+	var err error
+	switch {
+	case slot == len(e.slots)-1 && e.json != nil:
+		b = e.json
+		if e.m.Seq > 0 {
+			b = withPosition(e.json, e.m.Seq, e.m.Epoch)
+		}
+	case slot == len(e.slots)-1:
+		b, err = (JSONCodec{}).Marshal(e.m)
+	default:
+		b, err = e.h.opts.Codecs[slot].Marshal(e.m)
+	}
+	switch {
+	case err != nil:
+		s.err = err
+		if e.err == nil {
+			e.err = err
+		}
+	case b == nil:
+		b = []byte{} // an empty message is still a frame
+	}
+	s.frame = b
+	return s.frame, s.err
+}
+
+// send queues e for c and notes in own, if any, a queue it congested.
+func (e *encoding) send(c *Client, own *ownPublish) {
+	if congested, _ := e.queue(c); congested && own != nil && own.from != nil {
+		own.congested = append(own.congested, c)
+	}
+}
+
+// queue queues e for c, counting it in the broadcast's result, and
+// reports whether that left c congested.
+func (e *encoding) queue(c *Client) (congested bool, err error) {
+	b, err := e.get(e.h.encKey[c.codecIndex])
+	if err != nil {
+		return false, err
+	}
+	congested, err = c.enqueue(b)
+	switch err {
+	case nil:
+		e.queued++
+	case ErrClientClosed:
+		e.closed++
+	}
+	return congested, err
+}
+
+// result is what a broadcast of e returns: a codec's error, or
+// ErrHubClosed when the hub began closing before e reached every member.
+func (e *encoding) result() error {
+	if e.err != nil {
+		return e.err
+	}
+	if e.queued == 0 {
+		return e.h.closedErr(1)
+	}
+	return e.h.closedErr(e.closed)
+}
+
+func contains(cs []*Client, c *Client) bool {
+	for _, x := range cs {
+		if x == c {
+			return true
+		}
+	}
+	return false
+}
