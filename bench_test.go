@@ -96,9 +96,9 @@ func benchBroadcast(b *testing.B, proto string, n int) {
 func benchBroadcastWith(b *testing.B, proto string, n int, rooms func(string) wshub.RoomOptions) {
 	joined := make(chan struct{}, n)
 	h := wshub.New(nil, &wshub.Options{
-		PingInterval: -1,
-		Rooms:        rooms,
-		OnConnect:    func(c *wshub.Client) { c.Join("r"); joined <- struct{}{} },
+		Rooms:     rooms,
+		OnConnect: func(c *wshub.Client) { c.Join("r"); joined <- struct{}{} },
+		Limits:    wshub.Limits{PingInterval: -1},
 	})
 	ts := serve(b, h)
 	ctx := testCtx(b)
@@ -190,7 +190,7 @@ func BenchmarkJSONCodec(b *testing.B) {
 // BenchmarkDispatch measures inbound publishes from one client to a room
 // of ten, through the read path.
 func BenchmarkDispatch(b *testing.B) {
-	h := wshub.New(nil, &wshub.Options{PingInterval: -1, AuthorizeJoin: allowAll})
+	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, Limits: wshub.Limits{PingInterval: -1}})
 	ts := serve(b, h)
 	p := dial(b, ts)
 	p.join("r")

@@ -324,7 +324,7 @@ func TestBrokerSubscriptionFollowsMembership(t *testing.T) {
 	t.Parallel()
 	b := newStrictBroker()
 	connected := make(chan *wshub.Client, 16)
-	h := wshub.New(nil, &wshub.Options{Engine: b, PingInterval: -1, OnConnect: func(c *wshub.Client) { connected <- c }})
+	h := wshub.New(nil, &wshub.Options{Engine: b, OnConnect: func(c *wshub.Client) { connected <- c }, Limits: wshub.Limits{PingInterval: -1}})
 	ts := serve(t, h)
 	var clients []*wshub.Client
 	for range 16 {
@@ -375,9 +375,9 @@ func TestShutdownWaitsForClientsInHandlers(t *testing.T) {
 		return nil
 	}), &wshub.Options{
 		Engine:       b,
-		PingInterval: -1,
 		OnConnect:    func(c *wshub.Client) { c.Join("r") },
 		OnDisconnect: func(*wshub.Client, error) { gone <- struct{}{} },
+		Limits:       wshub.Limits{PingInterval: -1},
 	})
 	ts := serve(t, h)
 	// No client has a writer running when Shutdown begins: each one's
@@ -431,7 +431,7 @@ func TestBroadcastRacingShutdown(t *testing.T) {
 		<-releasePublish
 		return nil
 	}
-	h := wshub.New(nil, &wshub.Options{Engine: b, PingInterval: -1, OnConnect: func(c *wshub.Client) { c.Join("r") }})
+	h := wshub.New(nil, &wshub.Options{Engine: b, OnConnect: func(c *wshub.Client) { c.Join("r") }, Limits: wshub.Limits{PingInterval: -1}})
 	ts := serve(t, h)
 	p := dial(t, ts)
 	eventually(t, "member joined", func() bool { return h.Room("r").Len() == 1 })

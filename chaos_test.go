@@ -88,12 +88,11 @@ func TestChaos(t *testing.T) {
 	var gone reasons
 	h := wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: allowAll,
-		WriteTimeout:  time.Second,
-		PingInterval:  -1,
 		Authenticate: func(r *http.Request) (wshub.Identity, error) {
 			return wshub.Identity{ID: r.URL.Query().Get("id")}, nil
 		},
 		OnDisconnect: gone.record,
+		Limits:       wshub.Limits{WriteTimeout: time.Second, PingInterval: -1},
 	})
 	ts := serve(t, h)
 	ctx := testCtx(t)

@@ -41,10 +41,12 @@ func TestCodecNegotiation(t *testing.T) {
 func TestBatchCodecFramesAreArrays(t *testing.T) {
 	t.Parallel()
 	connected := make(chan *wshub.Client, 2)
-	h := wshub.New(nil, &wshub.Options{SendQueue: 4096, OnConnect: func(c *wshub.Client) {
+	h := wshub.New(nil, &wshub.Options{OnConnect: func(c *wshub.Client) {
 		c.Join("r")
 		connected <- c
-	}})
+	},
+		Limits: wshub.Limits{SendQueue: 4096},
+	})
 	ts := serve(t, h)
 	batch := dial(t, ts, "wshub.json-batch")
 	<-connected
@@ -260,10 +262,8 @@ func TestBatchFramesFitReadLimit(t *testing.T) {
 	t.Parallel()
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
-		SendQueue:      1 << 12,
-		SendQueueBytes: 1 << 30,
-		PingInterval:   -1,
-		OnConnect:      func(c *wshub.Client) { connected <- c },
+		OnConnect: func(c *wshub.Client) { connected <- c },
+		Limits:    wshub.Limits{SendQueue: 1 << 12, SendQueueBytes: 1 << 30, PingInterval: -1},
 	})
 	ts := serve(t, h)
 	p := dial(t, ts, "wshub.json-batch")

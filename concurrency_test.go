@@ -26,12 +26,12 @@ func TestConcurrentUse(t *testing.T) {
 		return nil
 	}), &wshub.Options{
 		AuthorizeJoin: allowAll,
-		SendQueue:     1 << 16,
 		OnConnect: func(c *wshub.Client) {
 			clientsMu.Lock()
 			clients = append(clients, c)
 			clientsMu.Unlock()
 		},
+		Limits: wshub.Limits{SendQueue: 1 << 16},
 	})
 	ts := serve(t, h)
 	ctx := testCtx(t)
@@ -142,7 +142,7 @@ func FuzzDispatch(f *testing.F) {
 	}), &wshub.Options{
 		OnConnect:     func(c *wshub.Client) { c.Join("lobby") },
 		AuthorizeJoin: allowAll,
-		ReadLimit:     1 << 16,
+		Limits:        wshub.Limits{ReadLimit: 1 << 16},
 	})
 	ts := serve(f, h)
 	f.Fuzz(func(t *testing.T, frame string) {
@@ -225,7 +225,6 @@ func TestChurnWithBroker(t *testing.T) {
 	h := wshub.New(nil, &wshub.Options{
 		Engine:        b,
 		AuthorizeJoin: allowAll,
-		PingInterval:  -1,
 		OnConnect: func(c *wshub.Client) {
 			mu.Lock()
 			all = append(all, c)
@@ -236,6 +235,7 @@ func TestChurnWithBroker(t *testing.T) {
 			disconnects[c]++
 			mu.Unlock()
 		},
+		Limits: wshub.Limits{PingInterval: -1},
 	})
 	ts := serve(t, h)
 	ctx := testCtx(t)

@@ -73,10 +73,9 @@ type PresenceEngine interface {
 type Entry struct {
 	Seq uint64 // its place in the room's history; 0 without history
 
-	// Epoch names the room's history, if the engine knows it. When it
-	// differs from the one the hub knows, the history started anew without
-	// losing a message the hub had not had (the memory engine's history
-	// expired while the room was idle): members learn it from this message.
+	// Epoch names the room's history, if the engine knows it. A new one
+	// means the history started anew without losing a message the hub had
+	// not had (it expired while idle): members learn it from this message.
 	Epoch string
 
 	ID   string // the id it was published with; empty when read
@@ -89,7 +88,5 @@ type LogPage struct {
 	Epoch    string  // names the history; changes only when it is lost and started again
 	Latest   uint64  // the seq of the newest message, or one below any the room will get
 
-	// Complete reports that no message with a seq above after was dropped
-	// by retention.
-	Complete bool
+	Complete bool // no message with a seq above after was dropped by retention
 }

@@ -165,14 +165,13 @@ func TestStalledMemberClosedAlone(t *testing.T) {
 	closed := make(chan string, 3)
 	h := wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: allowAll,
-		// Long enough that a member which reads, on a busy machine under
-		// -race, is never taken for a stalled one.
-		WriteTimeout: 2 * time.Second,
-		PingInterval: -1,
 		OnDisconnect: func(c *wshub.Client, err error) {
 			gone.record(c, err)
 			closed <- c.ID()
 		},
+		// WriteTimeout: long enough that a member which reads, on a busy
+		// machine under -race, is never taken for a stalled one.
+		Limits: wshub.Limits{WriteTimeout: 2 * time.Second, PingInterval: -1},
 	})
 	ts := serve(t, h)
 	ctx := testCtxFor(t, 5*time.Minute)

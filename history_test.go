@@ -632,8 +632,7 @@ func TestHistoryPolicyDoesNotReleaseShutdown(t *testing.T) {
 	inPolicy, release := make(chan struct{}, 2), make(chan struct{})
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
-		PingInterval: -1,
-		OnConnect:    func(c *wshub.Client) { connected <- c },
+		OnConnect: func(c *wshub.Client) { connected <- c },
 		Rooms: func(room string) wshub.RoomOptions {
 			if room == "block" {
 				inPolicy <- struct{}{}
@@ -641,6 +640,7 @@ func TestHistoryPolicyDoesNotReleaseShutdown(t *testing.T) {
 			}
 			return wshub.RoomOptions{}
 		},
+		Limits: wshub.Limits{PingInterval: -1},
 	})
 	ts := serve(t, h)
 	dial(t, ts) // never reads: its close handshake cannot finish

@@ -69,8 +69,8 @@ func TestReadLimitCloses1009(t *testing.T) {
 	t.Parallel()
 	reasons := make(chan error, 1)
 	h := wshub.New(nil, &wshub.Options{
-		ReadLimit:    1024,
 		OnDisconnect: func(_ *wshub.Client, err error) { reasons <- err },
+		Limits:       wshub.Limits{ReadLimit: 1024},
 	})
 	ts := serve(t, h)
 	p := dial(t, ts)
@@ -121,7 +121,7 @@ func TestInvalidMessagesClose1007(t *testing.T) {
 
 func TestMaxClients503(t *testing.T) {
 	t.Parallel()
-	h := wshub.New(nil, &wshub.Options{MaxClients: 2})
+	h := wshub.New(nil, &wshub.Options{Limits: wshub.Limits{MaxClients: 2}})
 	ts := serve(t, h)
 	dial(t, ts)
 	p := dial(t, ts)
@@ -141,10 +141,9 @@ func TestSlowClientKicked(t *testing.T) {
 	reasons := make(chan error, 1)
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
-		SendQueue:    8,
-		PingInterval: -1,
 		OnConnect:    func(c *wshub.Client) { c.Join("feed"); connected <- c },
 		OnDisconnect: func(c *wshub.Client, err error) { reasons <- err },
+		Limits:       wshub.Limits{SendQueue: 8, PingInterval: -1},
 	})
 	ts := serve(t, h)
 	slow := dial(t, ts) // never reads until kicked
@@ -217,8 +216,8 @@ func TestPingTimeout(t *testing.T) {
 	t.Parallel()
 	reasons := make(chan error, 1)
 	h := wshub.New(nil, &wshub.Options{
-		PingInterval: 50 * time.Millisecond,
 		OnDisconnect: func(_ *wshub.Client, err error) { reasons <- err },
+		Limits:       wshub.Limits{PingInterval: 50 * time.Millisecond},
 	})
 	ts := serve(t, h)
 	// A coder/websocket client answers pings only while it reads; this one
@@ -233,7 +232,7 @@ func TestPingKeepsLiveClient(t *testing.T) {
 	t.Parallel()
 	// The interval is the time a pong has to come back: generous, so that a
 	// loaded machine does not make a live client look dead.
-	h := wshub.New(nil, &wshub.Options{PingInterval: 500 * time.Millisecond})
+	h := wshub.New(nil, &wshub.Options{Limits: wshub.Limits{PingInterval: 500 * time.Millisecond}})
 	ts := serve(t, h)
 	pings := make(chan struct{}, 100)
 	ctx := testCtx(t)
@@ -318,10 +317,8 @@ func TestShutdownDeadlineForcesClose(t *testing.T) {
 	t.Parallel()
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
-		SendQueue:      1 << 20,
-		SendQueueBytes: 1 << 30,
-		PingInterval:   -1,
-		OnConnect:      func(c *wshub.Client) { connected <- c },
+		OnConnect: func(c *wshub.Client) { connected <- c },
+		Limits:    wshub.Limits{SendQueue: 1 << 20, SendQueueBytes: 1 << 30, PingInterval: -1},
 	})
 	ts := serve(t, h)
 	dial(t, ts) // never reads, so its queue cannot be flushed
@@ -390,9 +387,6 @@ func TestUpgradeDuringShutdown(t *testing.T) {
 	inAuth, release := make(chan struct{}, 2), make(chan struct{})
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
-		PingInterval:   -1,
-		SendQueue:      1 << 20,
-		SendQueueBytes: 1 << 30,
 		Authenticate: func(r *http.Request) (wshub.Identity, error) {
 			if r.URL.Query().Get("late") != "" {
 				inAuth <- struct{}{}
@@ -401,6 +395,7 @@ func TestUpgradeDuringShutdown(t *testing.T) {
 			return wshub.Identity{}, nil
 		},
 		OnConnect: func(c *wshub.Client) { connected <- c },
+		Limits:    wshub.Limits{PingInterval: -1, SendQueue: 1 << 20, SendQueueBytes: 1 << 30},
 	})
 	ts := serve(t, h)
 	dial(t, ts) // never reads: Shutdown cannot flush it before its deadline
@@ -448,7 +443,7 @@ func TestUpgradeDuringShutdown(t *testing.T) {
 func TestPeerCloseWhileStreaming(t *testing.T) {
 	t.Parallel()
 	connected := make(chan *wshub.Client, 1)
-	h := wshub.New(nil, &wshub.Options{SendQueue: 1 << 17, SendQueueBytes: 64 << 20, OnConnect: func(c *wshub.Client) { connected <- c }})
+	h := wshub.New(nil, &wshub.Options{OnConnect: func(c *wshub.Client) { connected <- c }, Limits: wshub.Limits{SendQueue: 1 << 17, SendQueueBytes: 64 << 20}})
 	ts := serve(t, h)
 	for i := range 20 {
 		p := dial(t, ts)
@@ -559,9 +554,8 @@ func TestPendingPingKeepsGracefulClose(t *testing.T) {
 	t.Parallel()
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
-		PingInterval: time.Hour, // pings only when the test says
-		SendQueue:    1 << 12,
-		OnConnect:    func(c *wshub.Client) { connected <- c },
+		OnConnect: func(c *wshub.Client) { connected <- c },
+		Limits:    wshub.Limits{PingInterval: time.Hour, SendQueue: 1 << 12}, // pings only when the test says
 	})
 	ts, g := serveGated(t, h, nil)
 	p := dial(t, ts)
@@ -606,9 +600,8 @@ func TestForcedCloseAccountsForEveryMessage(t *testing.T) {
 	t.Parallel()
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
-		PingInterval: -1,
-		SendQueue:    1 << 14,
-		OnConnect:    func(c *wshub.Client) { connected <- c },
+		OnConnect: func(c *wshub.Client) { connected <- c },
+		Limits:    wshub.Limits{PingInterval: -1, SendQueue: 1 << 14},
 	})
 	ts, g := serveGated(t, h, nil)
 	p := dial(t, ts)
@@ -653,7 +646,7 @@ func TestForcedCloseAccountsForEveryMessage(t *testing.T) {
 func TestLateUpgradeIsCut(t *testing.T) {
 	t.Parallel()
 	inHijack, release := make(chan struct{}), make(chan struct{})
-	h := wshub.New(nil, &wshub.Options{PingInterval: -1})
+	h := wshub.New(nil, &wshub.Options{Limits: wshub.Limits{PingInterval: -1}})
 	ts, _ := serveGated(t, h, func() {
 		close(inHijack)
 		<-release
@@ -707,8 +700,8 @@ func TestMaxRooms(t *testing.T) {
 	connected := make(chan *wshub.Client, 1)
 	h := wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: allowAll,
-		MaxRooms:      2,
 		OnConnect:     func(c *wshub.Client) { connected <- c },
+		Limits:        wshub.Limits{MaxRooms: 2},
 	})
 	ts := serve(t, h)
 	p := dial(t, ts)
@@ -741,9 +734,8 @@ func TestRateLimit(t *testing.T) {
 	reasons := make(chan error, 1)
 	h := wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: allowAll,
-		RateLimit:     0.001, // no token comes back during the test
-		RateBurst:     3,
 		OnDisconnect:  func(_ *wshub.Client, err error) { reasons <- err },
+		Limits:        wshub.Limits{RateLimit: 0.001, RateBurst: 3}, // no token comes back during the test
 	})
 	ts := serve(t, h)
 	p := dial(t, ts)

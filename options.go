@@ -38,45 +38,7 @@ type Options struct {
 	// only (and requests without Origin); a refused Origin gets 403.
 	OriginPatterns []string
 
-	// ReadLimit is the largest inbound message in bytes; a bigger one
-	// closes the client with 1009. Default: 32 KiB.
-	ReadLimit int64
-
-	// SendQueue and SendQueueBytes bound the messages and bytes waiting
-	// for one client (one bigger message may enter an empty queue). A
-	// message past either closes the client with 1008 and "send queue
-	// full" (ErrSlowClient). Defaults: 256 messages, 1 MiB.
-	SendQueue      int
-	SendQueueBytes int
-
-	// WriteTimeout bounds how long a client may hold things up: one whose
-	// socket takes no bytes for this long (up to 1.5 times), or whose
-	// congested queue kept another client's publish waiting this long, is
-	// closed with "write timeout" (ErrSlowClient, 1008 when a close frame
-	// can still be written). It also bounds the engine reads of a join and
-	// a publish's wait for its delivery. Default: 10s.
-	WriteTimeout time.Duration
-
-	// MaxRooms caps the rooms of one client; a join past it fails with
-	// "too many rooms" (ErrDenied). Default: 128; negative: no limit.
-	MaxRooms int
-
-	// RateLimit caps the messages per second read from one client, in
-	// bursts of up to RateBurst (default: RateLimit rounded up). A message
-	// past it is answered with "rate limit exceeded" (ErrDenied) and not
-	// handled; 5 in a row close the client with 1008. Default: no limit.
-	RateLimit float64
-	RateBurst int
-
-	// PingInterval is how often each client is pinged; one that has not
-	// answered by the next ping is closed with ErrPongTimeout. Keep it
-	// above WriteTimeout and above how long a Handler blocks. Default:
-	// 30s; negative disables pings.
-	PingInterval time.Duration
-
-	// MaxClients caps connected clients; past it, upgrades get 503.
-	// Default: no limit.
-	MaxClients int
+	Limits Limits // what one client may take; each zero field has its default
 
 	// Authenticate runs before the upgrade. An error refuses it: one from
 	// Reject with its status, any other with 401 and the error's text. The
@@ -129,6 +91,44 @@ type Options struct {
 	Logger *slog.Logger
 }
 
+// Limits bound what one client may take, and how long it may hold the
+// hub up. Each zero field means its default.
+type Limits struct {
+	// ReadLimit is the largest inbound message in bytes; a bigger one
+	// closes the client with 1009. Default: 32 KiB.
+	ReadLimit int64
+
+	// SendQueue and SendQueueBytes bound the messages and bytes waiting
+	// for one client (one bigger message may enter an empty queue). A
+	// message past either closes the client with 1008 and "send queue
+	// full" (ErrSlowClient). Defaults: 256 messages, 1 MiB.
+	SendQueue      int
+	SendQueueBytes int
+
+	// WriteTimeout: a client whose socket takes no bytes this long (up to
+	// 1.5 times), or whose queue held up a publish this long, is closed
+	// with "write timeout" (ErrSlowClient). It also bounds a join's reads
+	// of history and a publish's wait for its delivery. Default: 10s.
+	WriteTimeout time.Duration
+
+	// MaxRooms caps the rooms of one client; a join past it fails with
+	// "too many rooms" (ErrDenied). Default: 128; negative: no limit.
+	MaxRooms int
+
+	// RateLimit caps the messages read per second, in bursts of RateBurst
+	// (default: RateLimit rounded up); one past it is refused ("rate limit
+	// exceeded"), 5 in a row close the client with 1008. Default: none.
+	RateLimit float64
+	RateBurst int
+
+	// PingInterval: a client that has not answered a ping by the next is
+	// closed with ErrPongTimeout. Keep it above WriteTimeout and what a
+	// Handler blocks. Default: 30s; negative disables pings.
+	PingInterval time.Duration
+
+	MaxClients int // connected clients; past it, upgrades get 503. Default: none
+}
+
 // RoomOptions are the options of one room, given by Options.Rooms.
 type RoomOptions struct {
 	// History says how many of the room's messages to keep; zero keeps
@@ -167,9 +167,11 @@ type rejectError struct {
 func (e *rejectError) Error() string { return e.reason }
 func (e *rejectError) Unwrap() error { return errRejected }
 
-// options is Options with the defaults applied.
+// options is Options with the defaults applied; its Limits are the ones
+// in force.
 type options struct {
 	Options
+	Limits
 	codecNames []string
 }
 
@@ -182,6 +184,7 @@ func (o *Options) withDefaults() options {
 		opts.Codecs = []Codec{JSONCodec{}, JSONBatchCodec{}}
 	}
 	opts.Codecs = append([]Codec(nil), opts.Codecs...)
+	opts.Limits = opts.Options.Limits
 	for _, c := range opts.Codecs {
 		opts.codecNames = append(opts.codecNames, c.Name())
 	}

@@ -171,7 +171,7 @@ func TestCloseCodeNotRetried(t *testing.T) {
 
 // TestDialRefused: a refused upgrade is an error of Dial.
 func TestDialRefused(t *testing.T) {
-	s := wshubtest.NewServer(t, nil, &wshub.Options{MaxClients: -1})
+	s := wshubtest.NewServer(t, nil, &wshub.Options{Limits: wshub.Limits{MaxClients: -1}})
 	s.Hub.Shutdown(testCtx(t))
 	if _, err := client.Dial(testCtx(t), s.URL, nil); err == nil || !strings.Contains(err.Error(), "503") {
 		t.Fatalf("dial a closed hub: %v", err)
