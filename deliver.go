@@ -63,11 +63,7 @@ func (h *Hub) deliver(rm *room, en Entry) {
 			}
 			delete(rm.skip, c)
 		}
-		if !enc.ready(c) {
-			late = append(late, c)
-			continue
-		}
-		enc.send(c, own)
+		enc.sendOrDefer(c, own, &late)
 	}
 	for c, j := range rm.joining {
 		if en.Seq > 0 && en.Seq <= j.start || own != nil && contains(own.except, c) {
@@ -214,6 +210,16 @@ func (e *encoding) get(slot int) ([]byte, error) {
 	}
 	s.frame = b
 	return s.frame, s.err
+}
+
+// sendOrDefer sends e to c if its codec's encoding is made, else adds c
+// to late, for a send once the caller's lock is released.
+func (e *encoding) sendOrDefer(c *Client, own *ownPublish, late *[]*Client) {
+	if !e.ready(c) {
+		*late = append(*late, c)
+		return
+	}
+	e.send(c, own)
 }
 
 // send queues e for c and notes in own, if any, a queue it congested.

@@ -159,11 +159,7 @@ func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
 	h.mu.RLock()
 	var late []*Client
 	for c := range h.clients {
-		if !enc.ready(c) {
-			late = append(late, c)
-			continue
-		}
-		enc.send(c, nil)
+		enc.sendOrDefer(c, nil, &late)
 	}
 	h.mu.RUnlock()
 	for _, c := range late {

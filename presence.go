@@ -431,14 +431,11 @@ func splitDiff(d presenceDiff) []presenceDiff {
 
 // presenceRequest answers a client's request for a room's state.
 func (c *Client) presenceRequest(m *Message) error {
-	if err := validRoom(m.Room); err != nil {
+	rm, err := c.roomOf(m.Room)
+	if err != nil {
 		return err
 	}
 	h := c.hub
-	rm := h.lookup(m.Room)
-	if rm == nil || !c.inRoom(m.Room) {
-		return errNotMember
-	}
 	if rm.pres == nil {
 		return fmt.Errorf("%w: %q", errNoPresence, m.Room)
 	}

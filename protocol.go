@@ -173,16 +173,12 @@ func (c *Client) join(m *Message) (*Message, error) {
 }
 
 func (c *Client) publish(m *Message) error {
-	if err := validRoom(m.Room); err != nil {
+	rm, err := c.roomOf(m.Room)
+	if err != nil {
 		return err
 	}
 	h := c.hub
-	rm := h.lookup(m.Room)
-	if rm == nil || !c.inRoom(m.Room) {
-		return errNotMember
-	}
 	if h.opts.AuthorizePublish != nil {
-		var err error
 		h.userCode(func() { err = h.opts.AuthorizePublish(c, m) })
 		if err != nil {
 			return fmt.Errorf("%w: %w", errPublishDenied, err)

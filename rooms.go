@@ -263,6 +263,18 @@ func (h *Hub) unlockFollow(name string, f *follow) {
 	f.mu.Unlock()
 }
 
+// roomOf returns the room called name if c is in it.
+func (c *Client) roomOf(name string) (*room, error) {
+	if err := validRoom(name); err != nil {
+		return nil, err
+	}
+	rm := c.hub.lookup(name)
+	if rm == nil || !c.inRoom(name) {
+		return nil, errNotMember
+	}
+	return rm, nil
+}
+
 func validRoom(name string) error {
 	switch {
 	case name == "":
