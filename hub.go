@@ -72,7 +72,8 @@ type Hub struct {
 }
 
 // New returns a hub that passes application messages to handler (which may
-// be nil: application messages are then answered with ErrUnknownType).
+// be nil: application messages are then answered with "unknown message
+// type", ErrInvalid).
 // opts may be nil for the defaults.
 func New(handler Handler, opts *Options) *Hub {
 	h := &Hub{
