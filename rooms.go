@@ -97,17 +97,23 @@ func (h *Hub) lookup(name string) *room {
 }
 
 // lockRoom returns the room called name, locked, creating it with opts if
-// it does not exist.
+// it does not exist. It does not wait for the room's lock while holding
+// the hub's, so a busy room holds up no other.
 func (h *Hub) lockRoom(name string, opts RoomOptions) *room {
-	h.mu.Lock()
-	rm := h.rooms[name]
-	if rm == nil {
-		rm = newRoom(name, opts)
-		h.rooms[name] = rm
+	for {
+		h.mu.Lock()
+		rm := h.rooms[name]
+		if rm == nil {
+			rm = newRoom(name, opts)
+			h.rooms[name] = rm
+		}
+		h.mu.Unlock()
+		rm.mu.Lock()
+		if !rm.dead {
+			return rm
+		}
+		rm.mu.Unlock() // removed meanwhile: look again
 	}
-	rm.mu.Lock()
-	h.mu.Unlock()
-	return rm
 }
 
 // unlockRoom unlocks rm, removing it if nobody is in it or joining it.
