@@ -22,7 +22,6 @@ func (h *Hub) deliver(rm *room, en Entry) {
 		rm.ownMu.Unlock()
 	}
 	if own != nil {
-		own.inline = own.publishing.Load()
 		defer close(own.done)
 	}
 	if h.closing.Load() {

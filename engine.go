@@ -21,9 +21,8 @@ type Engine interface {
 	// keeps one, or handed it to its bus, as it documents) and returns
 	// nil, or why msg will not reach the followers; the hub calls it once.
 	// ctx may have no deadline: an engine that waits on the network bounds
-	// the wait itself. If Publish passed msg to this hub's follower before
-	// returning, wait must return at once. Messages published one after
-	// another keep their order. id is unique to this publish and comes
+	// the wait itself. Messages published one after another keep their
+	// order. id is unique to this publish and comes
 	// back in the Entry that Follow passes.
 	Publish(ctx context.Context, room string, p HistoryPolicy, id string, msg []byte) (wait func() error)
 

@@ -38,6 +38,7 @@ type Hub struct {
 	encKey   []int          // codec index → its slot in an encoding
 	id       string         // prefixes the ids of this hub's publishes
 	presence PresenceEngine // Options.Engine, if it shares presence
+	memory   bool           // Options.Engine is the memory engine, whose wait never blocks
 
 	codecUsers []atomic.Int64 // connected clients by encoding slot
 	nextPub    atomic.Uint64  // numbers this hub's publishes
@@ -94,6 +95,7 @@ func New(handler Handler, opts *Options) *Hub {
 		return &b
 	}
 	h.presence, _ = h.opts.Engine.(PresenceEngine)
+	_, h.memory = h.opts.Engine.(*memEngine)
 	h.accept = websocket.AcceptOptions{
 		Subprotocols:   h.opts.codecNames,
 		OriginPatterns: h.opts.OriginPatterns,

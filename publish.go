@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strconv"
-	"sync/atomic"
 	"time"
 )
 
@@ -30,12 +29,9 @@ type ownPublish struct {
 	from   *Client   // the publishing client; nil for the server
 	except []*Client // left out by Room.Broadcast
 
-	publishing atomic.Bool // Engine.Publish has not returned
-
 	// Set by the delivery here, before done closes.
 	congested []*Client // queues that the delivery left congested
 	err       error     // what Room.Broadcast returns: a codec's error, or ErrHubClosed
-	inline    bool      // delivered before Engine.Publish returned
 	done      chan struct{}
 }
 
@@ -69,12 +65,10 @@ func (h *Hub) start(ctx context.Context, name string, opts RoomOptions, m *Messa
 		rm.ownMu.Unlock()
 		p.rm = rm
 	}
-	p.own.publishing.Store(true)
 	err = h.withEngine(func(e Engine) error {
 		p.wait = e.Publish(ctx, name, opts.History, p.id, msg)
 		return nil
 	})
-	p.own.publishing.Store(false)
 	if err != nil {
 		p.forget()
 		return nil, err
@@ -92,10 +86,10 @@ func (p *pending) delivered() bool {
 	}
 }
 
-// kept reports whether the engine passed the message on before its
-// Publish returned, as the memory engine does: then its wait returns at
-// once.
-func (p *pending) kept() bool { return p.delivered() && p.own.inline }
+// kept reports whether the message is kept and delivered here, so that
+// finish returns at once: the memory engine's wait never blocks (another
+// engine's may, even after the delivery, until its confirmation comes).
+func (p *pending) kept() bool { return p.h.memory && p.delivered() }
 
 // finish waits until the engine kept the message, then, if the room has
 // local members, for its delivery to them, at most WriteTimeout: a client
