@@ -7,7 +7,7 @@ import (
 	"maps"
 	"slices"
 	"sync"
-	"sync/atomic"
+
 	"time"
 
 	"github.com/coder/websocket"
@@ -58,7 +58,6 @@ type Client struct {
 	rate       rateLimit
 	pipe       chan pipeItem  // publishes in flight, to the acker; see protocol.go
 	piped      sync.WaitGroup // counts them
-	inflight   atomic.Int32   // and so does this, to be read without waiting
 
 	ends []frameEnd // the writer's frames of the batch it writes; writer only
 }

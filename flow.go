@@ -19,10 +19,10 @@ import (
 // WriteTimeout: it is closed with 1008 and "write timeout". Every sender
 // queues at most one message beyond a quarter of a queue before it waits,
 // so senders overflow a queue only when more of them than three quarters
-// of it holds send at the same moment. Publishes that the engine does not
-// keep at once are pipelined (protocol.go): the client's acker does this
-// waiting, and up to 32 of a client's publishes may be queued beyond a
-// quarter before its read goroutine waits too.
+// of it holds send at the same moment. Publishes through an engine that
+// waits on the network are pipelined (protocol.go): the client's acker
+// does this waiting, and up to 32 of a client's publishes may be queued
+// beyond a quarter before its read goroutine waits too.
 //
 // Server-side sends (Client.Send, Room.Broadcast and Hub.Broadcast, from a
 // Handler too) and messages published on other hubs never wait: a queue

@@ -25,7 +25,8 @@ type memEngine struct {
 type memFollow struct {
 	deliver  func(Entry)
 	queue    []Entry
-	draining bool // a goroutine is passing queue on
+	spare    []Entry // the last batch passed on, for reuse
+	draining bool    // a goroutine is passing queue on
 }
 
 // Defaults of the memory engine's histories.
@@ -77,12 +78,14 @@ func (e *memEngine) drainLocked(f *memFollow) {
 	f.draining = true
 	for len(f.queue) > 0 {
 		batch, deliver := f.queue, f.deliver
-		f.queue = nil
+		f.queue, f.spare = f.spare[:0], nil
 		e.mu.Unlock()
 		for _, en := range batch {
 			deliver(en)
 		}
+		clear(batch)
 		e.mu.Lock()
+		f.spare = batch[:0]
 	}
 	f.draining = false
 	e.mu.Unlock()

@@ -189,9 +189,11 @@ func (c *Client) publish(m *Message) error {
 	if err != nil {
 		return err
 	}
-	if c.inflight.Load() == 0 && p.kept() {
-		// Kept and delivered already, as the memory engine does: answer
-		// here, without the acker.
+	if h.memory {
+		// The memory engine keeps a message before Publish returns, and
+		// delivers it at once or as soon as the publish before it is
+		// delivered: wait here, so that a client has one publish at a
+		// time beyond a congested queue, as flow.go says.
 		congested, err := p.finish()
 		c.waitFor = append(c.waitFor, congested...)
 		return err
@@ -214,8 +216,8 @@ func (c *Client) reply(m *Message) {
 	}
 }
 
-// Pipelining. A client's publishes that the engine does not keep at once
-// are handed over one after another, in order, on its read goroutine,
+// Pipelining. With an engine other than the memory engine, a client's
+// publishes are handed over one after another, in order, on its read goroutine,
 // which goes on reading while up to pipeWindow of them are in flight. The
 // client's acker goroutine waits for each in turn and answers it, so acks
 // (and errors) come in the order of the publishes; the read goroutine
@@ -240,7 +242,6 @@ func (c *Client) pipeline(id, room string, p *pending) {
 		c.spawn(c.acker)
 	}
 	c.piped.Add(1)
-	c.inflight.Add(1)
 	c.pipe <- pipeItem{id, room, p}
 }
 
@@ -263,7 +264,6 @@ func (c *Client) acker() {
 				c.awaitClients([]*Client{c})
 			}
 		}
-		c.inflight.Add(-1)
 		c.piped.Done()
 	}
 }

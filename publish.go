@@ -37,10 +37,10 @@ type ownPublish struct {
 
 // pending is a publish handed to the engine.
 type pending struct {
+	own  ownPublish // what its delivery here needs, found by id in rm.own
 	h    *Hub
 	rm   *room // nil when the room has no local members
 	id   string
-	own  *ownPublish
 	wait func() error
 	ctx  context.Context
 }
@@ -53,15 +53,15 @@ func (h *Hub) start(ctx context.Context, name string, opts RoomOptions, m *Messa
 	if err != nil {
 		return nil, err
 	}
-	p := &pending{h: h, ctx: ctx}
-	p.id = h.id + "-" + strconv.FormatUint(h.nextPub.Add(1), 36)
-	p.own = &ownPublish{m: m, from: from, except: except, done: make(chan struct{})}
+	p := &pending{h: h, ctx: ctx, own: ownPublish{m: m, from: from, except: except, done: make(chan struct{})}}
+	var id [48]byte
+	p.id = string(strconv.AppendUint(append(append(id[:0], h.id...), '-'), h.nextPub.Add(1), 36))
 	if rm := h.lookup(name); rm != nil {
 		rm.ownMu.Lock()
 		if rm.own == nil {
 			rm.own = make(map[string]*ownPublish)
 		}
-		rm.own[p.id] = p.own
+		rm.own[p.id] = &p.own
 		rm.ownMu.Unlock()
 		p.rm = rm
 	}
@@ -85,11 +85,6 @@ func (p *pending) delivered() bool {
 		return false
 	}
 }
-
-// kept reports whether the message is kept and delivered here, so that
-// finish returns at once: the memory engine's wait never blocks (another
-// engine's may, even after the delivery, until its confirmation comes).
-func (p *pending) kept() bool { return p.h.memory && p.delivered() }
 
 // finish waits until the engine kept the message, then, if the room has
 // local members, for its delivery to them, at most WriteTimeout: a client
