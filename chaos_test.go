@@ -97,10 +97,8 @@ func TestChaos(t *testing.T) {
 	ts := serve(t, h)
 	ctx := testCtx(t)
 	rooms := []string{"a", "b", "c", "d"}
-	const (
-		stayers = 8 // read throughout, in every room, until the end
-		maxOps  = 60
-	)
+	const stayers = 8 // read throughout, in every room, until the end
+	maxOps := soak(20, 60)
 	others := soak(40, 240) // join, leave, publish, stall, close and cut at random
 	duration := soak(500*time.Millisecond, 4*time.Second)
 	deadline := time.Now().Add(duration)
