@@ -26,7 +26,7 @@ import (
 // handlers. The zero Hub is not usable.
 //
 // Locks, outermost first: a room's follow lock (held across the Engine's
-// Follow and Unfollow of that room only), bcastMu, Hub.mu (clients and
+// Follow, Unfollow and presence watch of that room only), bcastMu, Hub.mu (clients and
 // rooms), room.mu (a room's members; every delivery, join and presence
 // diff of the room queues under it), Hub.presMu, then room.ownMu,
 // presRoom.mu and Client.mu. Each is held only to change memory: never

@@ -78,8 +78,6 @@ type presRoom struct {
 	watch   bool                           // watching other hubs
 	version uint64                         // diffs taken so far
 	changes uint64                         // changes of joins and leaves so far
-
-	putMu sync.Mutex // orders SetPresence calls
 }
 
 func newPresRoom(name string) *presRoom {
@@ -323,9 +321,8 @@ func (h *Hub) flushPresence(pr *presRoom) {
 		break
 	}
 	if put {
-		pr.putMu.Lock()
+		// Flushes of a room run one at a time, so its SetPresence calls do.
 		err := h.withEngine(func(Engine) error { return h.presence.SetPresence(pr.name, local) })
-		pr.putMu.Unlock()
 		if err != nil {
 			h.opts.Logger.Warn("wshub: presence not shared", "room", pr.name, "err", err)
 		}
