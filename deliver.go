@@ -47,18 +47,23 @@ func (h *Hub) deliver(rm *room, en Entry) {
 	enc.prepare()
 
 	rm.mu.Lock()
-	if !rm.admit(en, enc) {
+	members, joiners := rm.admit(en, enc)
+	if !members && !joiners {
 		rm.mu.Unlock()
 		return
 	}
+	epoch := en.Epoch
+	if epoch == "" {
+		epoch = rm.epoch
+	}
 	var late, lateJoins []*Client // clients of a codec that was not in use a moment ago
 	for c := range rm.members {
-		if own != nil && contains(own.except, c) {
+		if !members || own != nil && contains(own.except, c) {
 			continue
 		}
 		if s, ok := rm.skip[c]; ok {
-			if en.Seq <= s {
-				continue // recovered on this hub past the cursor
+			if en.Seq <= s.seq {
+				continue // it has it: recovered or replayed past the cursor
 			}
 			delete(rm.skip, c)
 		}
@@ -72,7 +77,7 @@ func (h *Hub) deliver(rm *room, en Entry) {
 			lateJoins = append(lateJoins, c)
 			continue
 		}
-		j.buffer(enc, c)
+		j.buffer(enc, c, epoch)
 	}
 	rm.mu.Unlock()
 	// The next delivery to the room waits for this one to return, so the
@@ -87,8 +92,8 @@ func (h *Hub) deliver(rm *room, en Entry) {
 		rm.mu.Lock()
 		for _, c := range lateJoins {
 			if j := rm.joining[c]; j != nil {
-				j.buffer(enc, c)
-			} else if _, ok := rm.members[c]; ok {
+				j.buffer(enc, c, epoch)
+			} else if _, ok := rm.members[c]; ok && members {
 				enc.send(c, own)
 			}
 		}
@@ -99,23 +104,32 @@ func (h *Hub) deliver(rm *room, en Entry) {
 	}
 }
 
-// admit decides, rm.mu held, whether rm's members get en: in a room with
-// history, a message they have not had. It moves the room's cursor, and
-// takes a new epoch of the history into the encoding.
-func (rm *room) admit(en Entry, enc *encoding) bool {
+// admit decides, rm.mu held, whether rm's members and its joiners get en:
+// in a room with history, a message they have not had. It moves the
+// room's cursor, and takes a new epoch of the history into the encoding.
+func (rm *room) admit(en Entry, enc *encoding) (members, joiners bool) {
 	if rm.dead {
-		return false
+		return false, false
 	}
 	if !rm.opts.History.on() {
-		return true
+		return true, true
 	}
 	if !rm.positioned {
-		return false // the history lost messages: the members are closing
+		// The history lost messages (the members are closing), or the
+		// first join is reading it: joiners keep everything, and their
+		// commit sorts it out by seq.
+		rm.unplaced = max(rm.unplaced, en.Seq)
+		return false, true
 	}
 	if en.Epoch != "" && rm.epoch != "" && en.Epoch != rm.epoch {
 		// The history started anew (it expired or was evicted) while the
 		// members knew another: they learn it from this message.
-		rm.cursor, rm.skip = 0, nil
+		rm.prevEpoch, rm.cursor = rm.epoch, 0
+		for c, s := range rm.skip {
+			if s.epoch != en.Epoch {
+				delete(rm.skip, c)
+			}
+		}
 		for _, j := range rm.joining {
 			j.start = 0
 		}
@@ -125,10 +139,10 @@ func (rm *room) admit(en Entry, enc *encoding) bool {
 		rm.epoch = en.Epoch
 	}
 	if en.Seq <= rm.cursor {
-		return false // the members have it
+		return false, false // they have it
 	}
 	rm.cursor = en.Seq
-	return true
+	return true, true
 }
 
 // encoding is one message being sent to many clients, encoded at most

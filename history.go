@@ -101,7 +101,7 @@ func (h *Hub) historyLost(rm *room) {
 	rm.mu.Lock()
 	// The next join takes its position from the history again: if it
 	// was started anew, its seqs may be below the cursor.
-	rm.cursor, rm.positioned, rm.epoch, rm.skip = 0, false, "", nil
+	rm.cursor, rm.positioned, rm.epoch, rm.skip, rm.unplaced = 0, false, "", nil, 0
 	members := make([]*Client, 0, len(rm.members))
 	for c := range rm.members {
 		members = append(members, c)

@@ -30,13 +30,16 @@ type joiner struct {
 	positioned bool   // start is known: the room was positioned
 	frames     [][]byte
 	seqs       []uint64 // of frames
+	epochs     []string // of frames, when known
 }
 
-// buffer keeps the message of enc, encoded for c, for c's join.
-func (j *joiner) buffer(enc *encoding, c *Client) {
+// buffer keeps the message of enc, of the room's epoch, encoded for c, for
+// c's join.
+func (j *joiner) buffer(enc *encoding, c *Client, epoch string) {
 	if b, err := enc.get(enc.h.encKey[c.codecIndex]); err == nil {
 		j.frames = append(j.frames, b)
 		j.seqs = append(j.seqs, enc.m.Seq)
+		j.epochs = append(j.epochs, epoch)
 	}
 }
 
@@ -180,22 +183,27 @@ func (h *Hub) admit(c *Client, rm *room, j *joiner, req *Message) (*Message, err
 }
 
 // reaches reports, rm.mu held, whether page reaches j's start, positioning
-// the room (and its joiners) on page if it was not.
+// the room (and its joiners) if it was not: past page and past what was
+// delivered meanwhile, which the joiners read again if page lacks it.
 func (rm *room) reaches(j *joiner, page LogPage) bool {
 	if !rm.positioned {
-		rm.cursor, rm.positioned, rm.epoch = page.Latest, true, page.Epoch
+		rm.cursor, rm.positioned, rm.epoch = max(page.Latest, rm.unplaced), true, page.Epoch
+		rm.unplaced = 0
 		for _, o := range rm.joining {
-			o.start, o.positioned = page.Latest, true
+			o.start, o.positioned = rm.cursor, true
 		}
 	}
-	if rm.epoch != page.Epoch {
-		// The history started anew after the members' last message: the
-		// joiner takes the new one whole, and they learn it from the next
-		// message.
-		j.start = page.Latest
-		return true
+	switch page.Epoch {
+	case rm.epoch:
+		return page.Latest >= j.start
+	case rm.prevEpoch:
+		return false // read before the members learnt the new epoch
 	}
-	return page.Latest >= j.start
+	// The history started anew after the members' last message: the
+	// joiner takes the new one whole, and they learn it from the next
+	// message.
+	j.start = page.Latest
+	return true
 }
 
 // commit makes the joiner c a member, rm.mu held: it queues the replay up
@@ -214,18 +222,25 @@ func (rm *room) commit(c *Client, j *joiner, plan *replayPlan, req *Message, sta
 		if req != nil && plan.recovered != nil && *plan.recovered {
 			since = req.Since
 		}
+		epoch := plan.page.Epoch
 		for i, b := range j.frames {
-			if j.seqs[i] > since {
+			if j.seqs[i] > max(since, j.start) && (j.epochs[i] == "" || j.epochs[i] == epoch) {
 				frames = append(frames, b)
 			}
 		}
-		if since > rm.cursor {
-			// It had, on another hub, messages that this one has yet to
-			// deliver.
+		mark := skipMark{since, epoch}
+		if epoch != rm.epoch {
+			// It has the new history up to start; the members will learn
+			// it from messages that may include those.
+			mark.seq = j.start
+		}
+		if mark.seq > rm.cursor || epoch != rm.epoch {
+			// It has, from another hub or from its replay, messages that
+			// this hub has yet to deliver.
 			if rm.skip == nil {
-				rm.skip = make(map[*Client]uint64)
+				rm.skip = make(map[*Client]skipMark)
 			}
-			rm.skip[c] = since
+			rm.skip[c] = mark
 		}
 		ack.Seq = j.start // what follows the replay has a greater seq
 	} else {

@@ -25,9 +25,10 @@ import (
 
 // ownPublish is a publish of this hub on its way through the engine.
 type ownPublish struct {
-	m      *Message
-	from   *Client   // the publishing client; nil for the server
-	except []*Client // left out by Room.Broadcast
+	m       *Message
+	from    *Client   // the publishing client; nil for the server
+	except  []*Client // left out by Room.Broadcast
+	expires int64     // UnixNano after which it is forgotten if not delivered
 
 	// Set by the delivery here, before done closes.
 	congested []*Client // queues that the delivery left congested
@@ -56,10 +57,18 @@ func (h *Hub) start(ctx context.Context, name string, opts RoomOptions, m *Messa
 	p := &pending{h: h, ctx: ctx, own: ownPublish{m: m, from: from, except: except, done: make(chan struct{})}}
 	var id [48]byte
 	p.id = string(strconv.AppendUint(append(append(id[:0], h.id...), '-'), h.nextPub.Add(1), 36))
-	if rm := h.lookup(name); rm != nil {
+	if rm := h.lookup(name); rm != nil && rm.isFollowed() {
+		// Its delivery here will find it by id. A room not followed yet
+		// gets the message, if it keeps history, from the history when
+		// the engine starts following it.
+		now := time.Now().UnixNano()
+		p.own.expires = now + 2*int64(h.opts.WriteTimeout)
 		rm.ownMu.Lock()
 		if rm.own == nil {
 			rm.own = make(map[string]*ownPublish)
+		}
+		if len(rm.own) >= pipeWindow {
+			rm.sweepOwnLocked(now)
 		}
 		rm.own[p.id] = &p.own
 		rm.ownMu.Unlock()
@@ -90,9 +99,12 @@ func (p *pending) delivered() bool {
 // local members, for its delivery to them, at most WriteTimeout: a client
 // sees its own message before its ack. It returns the clients whose queue
 // that delivery left congested, for the publisher to wait for (flow.go).
+//
+// A publish whose delivery here is late stays registered, so that the
+// delivery still leaves out the clients it excepted.
 func (p *pending) finish() ([]*Client, error) {
-	defer p.forget()
 	if err := p.wait(); err != nil {
+		p.forget()
 		return nil, fmt.Errorf("%w: publish to %q: %w", errBroker, p.own.m.Room, err)
 	}
 	if p.delivered() {
@@ -118,6 +130,16 @@ func (p *pending) forget() {
 		p.rm.ownMu.Lock()
 		delete(p.rm.own, p.id)
 		p.rm.ownMu.Unlock()
+	}
+}
+
+// sweepOwnLocked forgets the publishes whose delivery here did not come in
+// twice WriteTimeout (an engine that lost them); rm.ownMu is held.
+func (rm *room) sweepOwnLocked(now int64) {
+	for id, o := range rm.own {
+		if o.expires < now {
+			delete(rm.own, id)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"iter"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"unicode/utf8"
 )
 
@@ -40,14 +41,23 @@ type room struct {
 	cursor     uint64
 	positioned bool
 	epoch      string
-	skip       map[*Client]uint64
+	prevEpoch  string // the epoch before, whose pages are stale
+	unplaced   uint64 // the highest seq delivered while not positioned
+	skip       map[*Client]skipMark
 
-	followed bool // the engine passes the room's messages to this room
+	followed atomic.Bool // the engine passes the room's messages to this room
 
 	ownMu sync.Mutex             // guards own
 	own   map[string]*ownPublish // this hub's publishes on their way through the engine
 
 	pres *presRoom // with presence (presence.go)
+}
+
+// skipMark is where a member's messages start: it has those of epoch up to
+// seq.
+type skipMark struct {
+	seq   uint64
+	epoch string
 }
 
 func newRoom(name string, opts RoomOptions) *room {
@@ -217,8 +227,11 @@ func (h *Hub) syncFollow(name string) error {
 		return nil
 	}
 	rm.mu.Lock()
-	after := rm.cursor
+	after, ready := rm.cursor, rm.positioned || !rm.opts.History.on()
 	rm.mu.Unlock()
+	if !ready {
+		return nil // the first join's read positions it, then it is followed
+	}
 	err := h.withEngine(func(e Engine) error {
 		return e.Follow(name, rm.opts.History, after, func(en Entry) { h.deliver(rm, en) })
 	})
@@ -230,17 +243,9 @@ func (h *Hub) syncFollow(name string) error {
 	return nil
 }
 
-func (rm *room) isFollowed() bool {
-	rm.mu.Lock()
-	defer rm.mu.Unlock()
-	return rm.followed
-}
+func (rm *room) isFollowed() bool { return rm.followed.Load() }
 
-func (rm *room) setFollowed() {
-	rm.mu.Lock()
-	rm.followed = true
-	rm.mu.Unlock()
-}
+func (rm *room) setFollowed() { rm.followed.Store(true) }
 
 func (h *Hub) lockFollow(name string) *follow {
 	h.followMu.Lock()
