@@ -6,8 +6,9 @@ import "context"
 // every hub that follows the room, the publishing hub included: a hub
 // delivers to its members only what its engine passes back, in that
 // order (docs/DESIGN.md). NewMemoryEngine is the default; the natsbroker
-// module has engines on NATS. The hub never calls an engine while holding
-// a lock, calls Follow and Unfollow of one room one at a time, and closes
+// module has engines on NATS. The hub calls an engine holding no lock of
+// its clients or rooms, calls Follow and Unfollow of one room one at a
+// time (under that room's follow lock), and closes
 // the engine when Shutdown or Close finishes. Methods must be safe for
 // concurrent use.
 //

@@ -26,11 +26,13 @@ import (
 // handlers. The zero Hub is not usable.
 //
 // Locks, outermost first: a room's follow lock (held across the Engine's
-// Follow, Unfollow and presence watch of that room only), bcastMu, Hub.mu (clients and
-// rooms), room.mu (a room's members; every delivery, join and presence
-// diff of the room queues under it), Hub.presMu, then room.ownMu,
-// presRoom.mu and Client.mu. Each is held only to change memory: never
-// while a hook, the Handler, a Codec, the Engine or Options.Rooms runs.
+// Follow, Unfollow and presence watch of that room), engineMu (read-held
+// around every engine call, so that Close waits for them), followMu,
+// bcastMu, Hub.mu (clients and rooms), room.mu (a room's members; every
+// delivery, join and presence diff of the room queues under it),
+// Hub.presMu, room.ownMu, presRoom.mu, Client.mu. These last are held
+// only to change memory, never while user code runs. The memory engine
+// delivers inside Publish and Follow: there a Codec runs under the first two.
 type Hub struct {
 	handler  Handler
 	opts     options

@@ -12,7 +12,7 @@ import (
 // The room table: where rooms are created, found and removed. A room
 // exists on a hub while it has local members (or clients joining it); the
 // hub follows it on the engine meanwhile, and the engine passes its
-// messages to Hub.deliver (road.go).
+// messages to Hub.deliver (deliver.go).
 
 // Room is a handle to a named room of a hub, returned by Hub.Room. Rooms
 // exist while they have members: the first join creates one and the last
