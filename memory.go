@@ -14,12 +14,19 @@ import (
 // to the room's follower in that order. The mutex is held only to change
 // memory; the follower is called without it, by whichever publisher finds
 // nobody else passing the room's messages on (it takes over the queue, so
-// that no goroutine waits for another and the order holds).
+// that no goroutine waits for another and the order holds). A publisher
+// passes on at most maxDrainBatches batches: if others keep publishing, a
+// goroutine of the engine takes over, so that no publisher works for the
+// others for long.
 type memEngine struct {
 	mu    sync.Mutex
 	rooms map[string]*memFollow // followed rooms
 	hist  memHistory
+	wg    sync.WaitGroup // the goroutines that took over a queue
 }
+
+// maxDrainBatches bounds the batches a publisher passes on for others.
+const maxDrainBatches = 4
 
 // memFollow is a followed room: its follower and what it has yet to get.
 type memFollow struct {
@@ -76,7 +83,24 @@ func (e *memEngine) drainLocked(f *memFollow) {
 		return
 	}
 	f.draining = true
-	for len(f.queue) > 0 {
+	e.drain(f, maxDrainBatches)
+}
+
+// drain passes f's queue on, at most batches batches (none is no limit),
+// then hands it to a goroutine of its own; e.mu is held and f.draining
+// set, and it releases e.mu.
+func (e *memEngine) drain(f *memFollow, batches int) {
+	for n := 0; len(f.queue) > 0; n++ {
+		if batches > 0 && n == batches {
+			e.wg.Add(1)
+			go func() {
+				defer e.wg.Done()
+				e.mu.Lock()
+				e.drain(f, 0)
+			}()
+			e.mu.Unlock()
+			return
+		}
 		batch, deliver := f.queue, f.deliver
 		f.queue, f.spare = f.spare[:0], nil
 		e.mu.Unlock()
@@ -139,8 +163,11 @@ func (e *memEngine) Read(_ context.Context, room string, p HistoryPolicy, after 
 	return LogPage{Messages: msgs, Epoch: epoch, Latest: latest, Complete: complete}, nil
 }
 
-// Close implements Engine.
-func (e *memEngine) Close() error { return nil }
+// Close implements Engine: it waits for the deliveries under way.
+func (e *memEngine) Close() error {
+	e.wg.Wait()
+	return nil
+}
 
 // memHistory is the memory engine's histories: a ring of messages per
 // room, and a list of rooms by last append, so that the least recently

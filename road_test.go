@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/wshub/wshub"
+	"golang.org/x/sync/errgroup"
 )
 
 // Races of the road that a gated engine makes wide: a Read held after it
@@ -216,4 +217,109 @@ func TestBroadcastDuringFirstJoinDoesNotWait(t *testing.T) {
 		got = append(got, string(a.readHist().Data))
 	}
 	equal(t, "joiner's message", fmt.Sprint(got), `["m1"]`)
+}
+
+// TestConcurrentBroadcastsOneOrder: many server goroutines broadcasting to
+// one room of the memory engine (whose publishers pass each other's
+// messages on, then hand a long queue to a goroutine of the engine): every
+// member gets every message once, in seq order, the same order for all.
+func TestConcurrentBroadcastsOneOrder(t *testing.T) {
+	t.Parallel()
+	const publishers, each = 8, 200
+	// Server-side sends do not wait for readers: the queues hold it all.
+	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, Rooms: keep(publishers * each),
+		Limits: wshub.Limits{SendQueue: 2 * publishers * each}})
+	ts := serve(t, h)
+	ctx := testCtx(t)
+	var members []*peer
+	for range 3 {
+		p := dial(t, ts)
+		p.joinHist("r", "")
+		members = append(members, p)
+	}
+	orders := make([][]string, len(members))
+	var readers errgroup.Group
+	for k, p := range members {
+		readers.Go(func() error {
+			for seq := uint64(1); seq <= publishers*each; seq++ {
+				m, err := readHist(ctx, p.conn)
+				if err != nil {
+					return err
+				}
+				if m.Seq != seq {
+					return fmt.Errorf("member %d: seq %d, want %d", k, m.Seq, seq)
+				}
+				orders[k] = append(orders[k], string(m.Data))
+			}
+			return nil
+		})
+	}
+	var publishing errgroup.Group
+	for i := range publishers {
+		publishing.Go(func() error {
+			for n := range each {
+				if err := h.Room("r").Broadcast(ctx, &wshub.Message{Data: fmt.Sprintf("%d-%d", i, n)}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err := publishing.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if err := readers.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	for k := range members[1:] {
+		equal(t, "order", strings.Join(orders[k+1], " "), strings.Join(orders[0], " "))
+	}
+}
+
+// TestMemoryEngineHandsOverALongQueue: a publisher that finds itself
+// passing on others' messages batch after batch hands the queue to a
+// goroutine of the engine, and returns; the order holds, and Close waits
+// for that goroutine.
+func TestMemoryEngineHandsOverALongQueue(t *testing.T) {
+	t.Parallel()
+	e := wshub.NewMemoryEngine(0)
+	p := wshub.HistoryPolicy{Messages: 10}
+	got, step := make(chan wshub.Entry), make(chan struct{})
+	if err := e.Follow("r", p, 0, func(en wshub.Entry) {
+		got <- en
+		<-step
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ctx := testCtx(t)
+	first := make(chan error, 1)
+	go func() { first <- e.Publish(ctx, "r", p, "1", []byte(`{"type":"message","data":1}`))() }()
+	var order []uint64
+	order = append(order, (<-got).Seq)
+	// Each message published while the one before is being passed on
+	// makes a batch of its own for the first publisher.
+	for i := 2; i <= 5; i++ {
+		if err := e.Publish(ctx, "r", p, fmt.Sprint(i), []byte(fmt.Sprintf(`{"type":"message","data":%d}`, i)))(); err != nil {
+			t.Fatal(err)
+		}
+		step <- struct{}{}
+		if i < 5 {
+			order = append(order, (<-got).Seq)
+		}
+	}
+	// Four batches passed on: the first publisher has handed the fifth over.
+	select {
+	case err := <-first:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the first publisher is still passing the queue on")
+	}
+	order = append(order, (<-got).Seq)
+	step <- struct{}{}
+	equal(t, "order", fmt.Sprint(order), "[1 2 3 4 5]")
+	if err := e.Close(); err != nil {
+		t.Fatal(err)
+	}
 }
