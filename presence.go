@@ -77,7 +77,7 @@ type presRoom struct {
 	dirty   bool                           // local changed since the last SetPresence
 	watch   bool                           // watching other hubs
 	version uint64                         // diffs taken so far
-	changes uint64                         // changes of joins and leaves so far
+	changes uint64                         // changes of joins and leaves so far (not of counts)
 }
 
 func newPresRoom(name string) *presRoom {
@@ -128,12 +128,14 @@ func (h *Hub) changedLocked(pr *presRoom, id string, before int, old Presence) {
 	}
 	switch {
 	case before == 0 && now > 0:
+		pr.changes++
 		if _, ok := pr.leaves[id]; ok {
 			delete(pr.leaves, id) // left and came back within one diff
 		} else {
 			pr.joins[id] = p
 		}
 	case before > 0 && now == 0:
+		pr.changes++
 		if _, ok := pr.joins[id]; ok {
 			delete(pr.joins, id)
 		} else {
@@ -148,7 +150,6 @@ func (h *Hub) scheduleLocked(pr *presRoom) {
 	if pr.timer == nil && !h.closing.Load() {
 		pr.timer = time.AfterFunc(presenceInterval, func() { h.flushPresence(pr) })
 	}
-	pr.changes++
 }
 
 // presenceJoin counts c's connection in pr; rm.mu is held.
