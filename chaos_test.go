@@ -92,7 +92,11 @@ func TestChaos(t *testing.T) {
 			return wshub.Identity{ID: r.URL.Query().Get("id")}, nil
 		},
 		OnDisconnect: gone.record,
-		Limits:       wshub.Limits{WriteTimeout: time.Second, PingInterval: -1},
+		// A reader must fall 3 s behind to be closed: on two cores under
+		// -race, with the other modules' tests running, the server's
+		// unpaced broadcasts can hold a reading client's writer back
+		// for a second.
+		Limits: wshub.Limits{WriteTimeout: 3 * time.Second, PingInterval: -1},
 	})
 	ts := serve(t, h)
 	ctx := testCtx(t)
@@ -180,6 +184,7 @@ func TestChaos(t *testing.T) {
 	for i, log := range stayerLogs {
 		if log.end != nil {
 			reason := reasons[fmt.Sprintf("s%d", i)]
+			t.Logf("stayer %d closed: %v", i, reason)
 			if !errors.Is(reason, wshub.ErrWriteTimeout) && !errors.Is(reason, wshub.ErrSendQueueFull) {
 				t.Fatalf("stayer %d lost its connection (%v) with disconnect reason %v", i, log.end, reason)
 			}
