@@ -56,7 +56,8 @@ func (h *Hub) deliver(rm *room, en Entry) {
 	if epoch == "" {
 		epoch = rm.epoch
 	}
-	var late, lateJoins []*Client // clients of a codec that was not in use a moment ago
+	var late []*Client // clients of a codec that was not in use a moment ago
+	var lateJoins map[*Client]*joiner
 	for c := range rm.members {
 		if !members || own != nil && contains(own.except, c) {
 			continue
@@ -74,7 +75,10 @@ func (h *Hub) deliver(rm *room, en Entry) {
 			continue
 		}
 		if !enc.ready(c) {
-			lateJoins = append(lateJoins, c)
+			if lateJoins == nil {
+				lateJoins = make(map[*Client]*joiner)
+			}
+			lateJoins[c] = j
 			continue
 		}
 		j.buffer(enc, c, epoch)
@@ -86,15 +90,15 @@ func (h *Hub) deliver(rm *room, en Entry) {
 		enc.send(c, own)
 	}
 	if len(lateJoins) > 0 {
-		for _, c := range lateJoins {
+		for c := range lateJoins {
 			enc.get(enc.h.encKey[c.codecIndex])
 		}
 		rm.mu.Lock()
-		for _, c := range lateJoins {
-			if j := rm.joining[c]; j != nil {
+		for c, j := range lateJoins {
+			if rm.joining[c] == j {
 				j.buffer(enc, c, epoch)
-			} else if _, ok := rm.members[c]; ok && members {
-				enc.send(c, own)
+			} else if _, ok := rm.members[c]; ok && j.committed && members {
+				enc.send(c, own) // it joined meanwhile, up to an earlier seq
 			}
 		}
 		rm.mu.Unlock()

@@ -31,6 +31,7 @@ type joiner struct {
 	frames     [][]byte
 	seqs       []uint64 // of frames
 	epochs     []string // of frames, when known
+	committed  bool     // it became a member
 }
 
 // buffer keeps the message of enc, of the room's epoch, encoded for c, for
@@ -151,6 +152,12 @@ func (h *Hub) admit(c *Client, rm *room, j *joiner, req *Message) (*Message, err
 	defer cancel()
 	var plan *replayPlan
 	for {
+		if c.ctx.Err() != nil {
+			return nil, ErrClientClosed
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("%w: join of %q: %w", errHistory, rm.name, err)
+		}
 		if rm.opts.History.on() && plan == nil {
 			var err error
 			if plan, err = h.readReplay(ctx, c, rm, req); err != nil {
@@ -254,6 +261,7 @@ func (rm *room) commit(c *Client, j *joiner, plan *replayPlan, req *Message, sta
 		frames = append(frames, state)
 	}
 	delete(rm.joining, c)
+	j.committed = true
 	rm.members[c] = struct{}{}
 	c.enqueueReplay(frames)
 	return ack
