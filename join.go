@@ -252,10 +252,7 @@ func (rm *room) commit(c *Client, j *joiner, plan *replayPlan, req *Message, sta
 		ack.Seq = j.start // what follows the replay has a greater seq
 	} else {
 		frames = j.frames
-		if req != nil && req.Epoch != "" {
-			ack.Room = rm.name
-			ack.Recovered = new(bool) // the room keeps no history
-		}
+		ack, _ = rm.memberAck(req) // a room without history: no error
 	}
 	if state != nil {
 		frames = append(frames, state)

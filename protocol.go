@@ -185,7 +185,7 @@ func (c *Client) publish(m *Message) error {
 		}
 	}
 	out := Message{Type: TypeMessage, Room: m.Room, From: c.id, Data: m.Data}
-	p, err := h.start(c.ctx, m.Room, rm.opts, &out, c, nil)
+	p, err := h.start(c.ctx, m.Room, rm, rm.opts, &out, c, nil)
 	if err != nil {
 		return err
 	}

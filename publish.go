@@ -46,10 +46,11 @@ type pending struct {
 	ctx  context.Context
 }
 
-// start hands m, a message for room name, to the engine. from is the
-// publishing client, nil for the server; except are clients to leave out.
+// start hands m, a message for room name (rm here, nil if it has no local
+// members), to the engine. from is the publishing client, nil for the
+// server; except are clients to leave out.
 // It never blocks on the network: pending.finish waits.
-func (h *Hub) start(ctx context.Context, name string, opts RoomOptions, m *Message, from *Client, except []*Client) (*pending, error) {
+func (h *Hub) start(ctx context.Context, name string, rm *room, opts RoomOptions, m *Message, from *Client, except []*Client) (*pending, error) {
 	msg, err := (JSONCodec{}).Marshal(m)
 	if err != nil {
 		return nil, err
@@ -57,7 +58,7 @@ func (h *Hub) start(ctx context.Context, name string, opts RoomOptions, m *Messa
 	p := &pending{h: h, ctx: ctx, own: ownPublish{m: m, from: from, except: except, done: make(chan struct{})}}
 	var id [48]byte
 	p.id = string(strconv.AppendUint(append(append(id[:0], h.id...), '-'), h.nextPub.Add(1), 36))
-	if rm := h.lookup(name); rm != nil && rm.isFollowed() {
+	if rm != nil && rm.isFollowed() {
 		// Its delivery here will find it by id. A room not followed yet
 		// gets the message, if it keeps history, from the history when
 		// the engine starts following it.
@@ -180,7 +181,8 @@ func (r Room) Broadcast(ctx context.Context, m *Message, except ...*Client) erro
 	out := m.orMessage()
 	out.Room = r.name
 	out.Seq = 0
-	p, err := h.start(ctx, r.name, h.roomOptions(r.name), &out, nil, except)
+	rm, opts := h.lookupOptions(r.name)
+	p, err := h.start(ctx, r.name, rm, opts, &out, nil, except)
 	if err != nil {
 		return err
 	}

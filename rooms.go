@@ -147,13 +147,20 @@ func (h *Hub) unlockRoom(rm *room) {
 // roomOptions returns the options of room name: those of the room if it
 // exists here, else Options.Rooms'. It is called outside every lock.
 func (h *Hub) roomOptions(name string) RoomOptions {
+	_, opts := h.lookupOptions(name)
+	return opts
+}
+
+// lookupOptions returns the room called name, nil if it does not exist
+// here, and its options, as roomOptions does.
+func (h *Hub) lookupOptions(name string) (*room, RoomOptions) {
 	if rm := h.lookup(name); rm != nil {
-		return rm.opts
+		return rm, rm.opts
 	}
 	if h.opts.Rooms == nil {
-		return RoomOptions{}
+		return nil, RoomOptions{}
 	}
-	return h.opts.Rooms(name)
+	return nil, h.opts.Rooms(name)
 }
 
 // leave removes c from room name, and the room when it is empty.
