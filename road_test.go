@@ -196,14 +196,7 @@ func TestBroadcastDuringFirstJoinDoesNotWait(t *testing.T) {
 	<-g.readDone
 	done := make(chan error, 1)
 	go func() { done <- h.Room("r").Broadcast(ctx, &wshub.Message{Data: "m1"}) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-ctx.Done():
-		t.Fatal("Broadcast waits for a delivery while the first join reads")
-	}
+	awaitResult(t, ctx, done, "Broadcast waits for a delivery while the first join reads")
 	close(g.readRelease)
 	var got []string
 	for {
@@ -308,18 +301,25 @@ func TestMemoryEngineHandsOverALongQueue(t *testing.T) {
 		}
 	}
 	// Four batches passed on: the first publisher has handed the fifth over.
-	select {
-	case err := <-first:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-ctx.Done():
-		t.Fatal("the first publisher is still passing the queue on")
-	}
+	awaitResult(t, ctx, first, "the first publisher is still passing the queue on")
 	order = append(order, (<-got).Seq)
 	step <- struct{}{}
 	equal(t, "order", fmt.Sprint(order), "[1 2 3 4 5]")
 	if err := e.Close(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// awaitResult waits for the result of a call that must return before ctx
+// ends, failing with stuck if it does not.
+func awaitResult(t *testing.T, ctx context.Context, result <-chan error, stuck string) {
+	t.Helper()
+	select {
+	case err := <-result:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatal(stuck)
 	}
 }
