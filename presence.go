@@ -27,6 +27,14 @@ import (
 // lock; a state is sent only if no diff went out since it was taken (its
 // version), else it is taken again, so that a state plus the diffs after
 // it always add up to the truth.
+//
+// A diff says what became of every ID that appeared or disappeared since
+// the last one. An ID that came and went within one interval (or went and
+// came back) is no change to a member that knew the room before, so the
+// diff leaves it out, unless a state went out meanwhile: that state may
+// show the ID in between, and the diff then says where it ended (a join
+// or a leave that, applied as a set operation, changes nothing for the
+// others; PROTOCOL.md §6).
 
 // Presence bounds.
 const (
@@ -71,8 +79,8 @@ type presRoom struct {
 	local   map[string]*Presence           // this hub's members, by ID
 	remote  map[string]map[string]Presence // other hubs' members, by hub and ID
 	ids     []string                       // every member's ID over all hubs, sorted
-	joins   map[string]Presence            // IDs that appeared since the last diff
-	leaves  map[string]Presence            // IDs that disappeared since the last diff
+	changed map[string]presChange          // IDs that appeared or disappeared since the last diff
+	shown   bool                           // a state was taken since the last diff
 	timer   *time.Timer                    // pending or running flush
 	dirty   bool                           // local changed since the last SetPresence
 	watch   bool                           // watching other hubs
@@ -80,9 +88,15 @@ type presRoom struct {
 	changes uint64                         // changes of joins and leaves so far (not of counts)
 }
 
+// presChange is what became of an ID since the last diff.
+type presChange struct {
+	was, is bool     // a member at the last diff, and now
+	p       Presence // its entry now, or its last one if it left
+}
+
 func newPresRoom(name string) *presRoom {
 	return &presRoom{name: name, local: make(map[string]*Presence), remote: make(map[string]map[string]Presence),
-		joins: make(map[string]Presence), leaves: make(map[string]Presence)}
+		changed: make(map[string]presChange)}
 }
 
 // presRoomFor returns the presence of room name, creating it if needed.
@@ -126,22 +140,17 @@ func (h *Hub) changedLocked(pr *presRoom, id string, before int, old Presence) {
 	case now == 0 && found:
 		pr.ids = slices.Delete(pr.ids, i, i+1)
 	}
-	switch {
-	case before == 0 && now > 0:
+	if (before == 0) != (now == 0) {
 		pr.changes++
-		if _, ok := pr.leaves[id]; ok {
-			delete(pr.leaves, id) // left and came back within one diff
-		} else {
-			pr.joins[id] = p
+		ch, ok := pr.changed[id]
+		if !ok {
+			ch.was = before > 0
 		}
-	case before > 0 && now == 0:
-		pr.changes++
-		if _, ok := pr.joins[id]; ok {
-			delete(pr.joins, id)
-		} else {
-			old.Conns = 0
-			pr.leaves[id] = old
+		ch.is, ch.p = now > 0, p
+		if now == 0 {
+			ch.p = old
 		}
+		pr.changed[id] = ch
 	}
 	h.scheduleLocked(pr)
 }
@@ -172,6 +181,7 @@ func (h *Hub) presenceJoin(c *Client, pr *presRoom) {
 func (h *Hub) presenceFrame(c *Client, pr *presRoom) ([]byte, uint64) {
 	pr.mu.Lock()
 	st, v := pr.stateLocked(), pr.version
+	pr.shown = true
 	pr.mu.Unlock()
 	b, err := c.codec.Marshal(&Message{Type: TypePresence, Room: pr.name, Data: st})
 	if err != nil {
@@ -282,16 +292,17 @@ func (h *Hub) flushPresence(pr *presRoom) {
 	if h.closing.Load() {
 		return
 	}
-	var diff presenceDiff
+	var diff presenceDiff // the changes, for OnPresence
 	var local []byte
 	put := false
 	for {
 		pr.mu.Lock()
-		diff = presenceDiff{Joins: sortedValues(pr.joins), Leaves: sortedValues(pr.leaves)}
+		var sent presenceDiff // what the members get
+		diff, sent = pr.diffLocked()
 		changes := pr.changes
 		pr.mu.Unlock()
 		var encs []*encoding
-		for _, d := range splitDiff(diff) {
+		for _, d := range splitDiff(sent) {
 			enc := h.newEncoding(&Message{Type: TypePresenceDiff, Room: pr.name, Data: d})
 			enc.prepare()
 			encs = append(encs, enc)
@@ -308,8 +319,8 @@ func (h *Hub) flushPresence(pr *presRoom) {
 			}
 			continue
 		}
-		clear(pr.joins)
-		clear(pr.leaves)
+		clear(pr.changed)
+		pr.shown = false
 		pr.version++
 		if put = pr.dirty && h.presence != nil; put {
 			pr.dirty = false
@@ -333,7 +344,7 @@ func (h *Hub) flushPresence(pr *presRoom) {
 	}
 	pr.mu.Lock()
 	pr.timer = nil
-	if len(pr.joins) > 0 || len(pr.leaves) > 0 || pr.dirty {
+	if len(pr.changed) > 0 || pr.dirty {
 		h.scheduleLocked(pr)
 	}
 	pr.mu.Unlock()
@@ -388,12 +399,35 @@ func (h *Hub) dropPresRoom(pr *presRoom) {
 	}
 }
 
-func sortedValues(m map[string]Presence) []Presence {
-	out := make([]Presence, 0, len(m))
-	for _, id := range slices.Sorted(maps.Keys(m)) {
-		out = append(out, m[id])
+// diffLocked returns the changes since the last diff, and the diff for
+// the members: the changes, and the IDs that came and went (or went and
+// came back) if a state went out meanwhile, as the comment at the top of
+// this file says.
+func (pr *presRoom) diffLocked() (changes, sent presenceDiff) {
+	changes = presenceDiff{Joins: []Presence{}, Leaves: []Presence{}}
+	sent = presenceDiff{Joins: []Presence{}, Leaves: []Presence{}}
+	for _, id := range slices.Sorted(maps.Keys(pr.changed)) {
+		ch := pr.changed[id]
+		if ch.was == ch.is && !pr.shown {
+			continue
+		}
+		p := ch.p
+		if !ch.is {
+			p.Conns = 0
+		}
+		if ch.is {
+			sent.Joins = append(sent.Joins, p)
+		} else {
+			sent.Leaves = append(sent.Leaves, p)
+		}
+		switch {
+		case ch.is && !ch.was:
+			changes.Joins = append(changes.Joins, p)
+		case !ch.is && ch.was:
+			changes.Leaves = append(changes.Leaves, p)
+		}
 	}
-	return out
+	return changes, sent
 }
 
 // splitDiff splits d into frames of at most about 32 KiB; none if empty.
