@@ -56,6 +56,18 @@ func (h *Hub) deliver(rm *room, en Entry) {
 	if epoch == "" {
 		epoch = rm.epoch
 	}
+	// Queues this message congested are waited for: by the publisher, for
+	// a client's publish of this hub (flow.go); here, for a message of
+	// another hub, so that the engine passes the room's messages at the
+	// pace its members take them; never for the server's Room.Broadcast.
+	var paced []*Client
+	wait := &paced
+	if own != nil {
+		wait = nil
+		if own.from != nil {
+			wait = &own.congested
+		}
+	}
 	var late []*Client // clients of a codec that was not in use a moment ago
 	var lateJoins map[*Client]*joiner
 	for c := range rm.members {
@@ -68,7 +80,7 @@ func (h *Hub) deliver(rm *room, en Entry) {
 			}
 			delete(rm.skip, c)
 		}
-		enc.sendOrDefer(c, own, &late)
+		enc.sendOrDefer(c, wait, &late)
 	}
 	for c, j := range rm.joining {
 		if en.Seq > 0 && en.Seq <= j.start || own != nil && contains(own.except, c) {
@@ -87,7 +99,7 @@ func (h *Hub) deliver(rm *room, en Entry) {
 	// The next delivery to the room waits for this one to return, so the
 	// late ones still get the message in order.
 	for _, c := range late {
-		enc.send(c, own)
+		enc.send(c, wait)
 	}
 	if len(lateJoins) > 0 {
 		for c := range lateJoins {
@@ -98,13 +110,16 @@ func (h *Hub) deliver(rm *room, en Entry) {
 			if rm.joining[c] == j {
 				j.buffer(enc, c, epoch)
 			} else if _, ok := rm.members[c]; ok && j.committed && members {
-				enc.send(c, own) // it joined meanwhile, up to an earlier seq
+				enc.send(c, wait) // it joined meanwhile, up to an earlier seq
 			}
 		}
 		rm.mu.Unlock()
 	}
 	if own != nil {
 		own.err = enc.result()
+	}
+	if len(paced) > 0 {
+		h.awaitQueues(paced, nil)
 	}
 }
 
@@ -231,18 +246,19 @@ func (e *encoding) get(slot int) ([]byte, error) {
 
 // sendOrDefer sends e to c if its codec's encoding is made, else adds c
 // to late, for a send once the caller's lock is released.
-func (e *encoding) sendOrDefer(c *Client, own *ownPublish, late *[]*Client) {
+func (e *encoding) sendOrDefer(c *Client, wait *[]*Client, late *[]*Client) {
 	if !e.ready(c) {
 		*late = append(*late, c)
 		return
 	}
-	e.send(c, own)
+	e.send(c, wait)
 }
 
-// send queues e for c and notes in own, if any, a queue it congested.
-func (e *encoding) send(c *Client, own *ownPublish) {
-	if congested, _ := e.queue(c); congested && own != nil && own.from != nil {
-		own.congested = append(own.congested, c)
+// send queues e for c and adds c to wait, if any, when that left its
+// queue congested.
+func (e *encoding) send(c *Client, wait *[]*Client) {
+	if congested, _ := e.queue(c); congested && wait != nil {
+		*wait = append(*wait, c)
 	}
 }
 

@@ -32,7 +32,12 @@ type Engine interface {
 	// after seq after, going on across reconnections. An Entry with a nil
 	// JSON says that the history lost messages not yet passed: the hub
 	// closes the room's members with 1012 so that they recover. deliver
-	// does not block on clients.
+	// paces the engine: for a message of another hub it returns once the
+	// members' queues it congested were taken, or their clients closed
+	// after WriteTimeout (flow.go). An engine that reads from a log reads
+	// its next messages after that; one that cannot be paced holds what
+	// arrives meanwhile, up to a bound it documents, and passes a loss
+	// past it.
 	Follow(room string, p HistoryPolicy, after uint64, deliver func(Entry)) error
 
 	// Unfollow stops the deliveries of room; one under way may finish.

@@ -24,9 +24,16 @@ import (
 // does this waiting, and up to 32 of a client's publishes may be queued
 // beyond a quarter before its read goroutine waits too.
 //
+// Messages published on other hubs are paced alike: the hub delivers the
+// next message of a room once the queues the last one congested were
+// taken (or their clients closed by WriteTimeout), so the engine passes a
+// room's messages at the pace of its members. An engine that reads from
+// a log (natsbroker's Log) then reads no faster; one that cannot be
+// paced, core NATS, holds a burst up to a bound it documents.
+//
 // Server-side sends (Client.Send, Room.Broadcast and Hub.Broadcast, from a
-// Handler too) and messages published on other hubs never wait: a queue
-// they overflow closes its client with "send queue full".
+// Handler too) never wait: a queue they overflow closes its client with
+// "send queue full".
 
 // congestedLocked reports whether c's queue is more than a quarter full.
 func (c *Client) congestedLocked() bool {
@@ -74,8 +81,14 @@ func (c *Client) awaitFlow() {
 }
 
 // awaitClients waits for each of ds to be no longer congested, at most
-// WriteTimeout in all, and closes those still congested then.
-func (c *Client) awaitClients(ds []*Client) {
+// WriteTimeout in all, and closes those still congested then; it stops
+// waiting when c closes.
+func (c *Client) awaitClients(ds []*Client) { c.hub.awaitQueues(ds, c.ctx.Done()) }
+
+// awaitQueues waits for each of ds to be no longer congested, at most
+// WriteTimeout in all, and closes those still congested then; it stops
+// waiting when done closes.
+func (h *Hub) awaitQueues(ds []*Client, done <-chan struct{}) {
 	var timer *time.Timer
 	expired := false
 	for _, d := range ds {
@@ -85,13 +98,13 @@ func (c *Client) awaitClients(ds []*Client) {
 		}
 		if !expired {
 			if timer == nil {
-				timer = time.NewTimer(c.hub.opts.WriteTimeout)
+				timer = time.NewTimer(h.opts.WriteTimeout)
 				defer timer.Stop()
 			}
 			select {
 			case <-space:
 				continue
-			case <-c.ctx.Done():
+			case <-done:
 				return
 			case <-timer.C:
 				expired = true

@@ -28,12 +28,22 @@ type memEngine struct {
 // maxDrainBatches bounds the batches a publisher passes on for others.
 const maxDrainBatches = 4
 
+// maxQueueBytes bounds what a followed room's queue holds while another
+// goroutine passes it on: a publisher past it waits until the queue is
+// taken. The hub paces deliveries of messages from other hubs (flow.go),
+// and natsbroker feeds those of core NATS rooms with history through a
+// memory engine: this keeps the burst in the bound that natsbroker
+// documents, not here.
+const maxQueueBytes = 1 << 20
+
 // memFollow is a followed room: its follower and what it has yet to get.
 type memFollow struct {
 	deliver  func(Entry)
 	queue    []Entry
-	spare    []Entry // the last batch passed on, for reuse
-	draining bool    // a goroutine is passing queue on
+	spare    []Entry       // the last batch passed on, for reuse
+	bytes    int           // of the JSON in queue
+	draining bool          // a goroutine is passing queue on
+	space    chan struct{} // closed when queue is taken; nil if nobody waits
 }
 
 // Defaults of the memory engine's histories.
@@ -69,6 +79,16 @@ func (e *memEngine) Publish(_ context.Context, room string, p HistoryPolicy, id 
 		return noError
 	}
 	f.queue = append(f.queue, en)
+	f.bytes += len(msg)
+	if f.draining && f.bytes > maxQueueBytes {
+		if f.space == nil {
+			f.space = make(chan struct{})
+		}
+		space := f.space
+		e.mu.Unlock()
+		<-space
+		return noError
+	}
 	e.drainLocked(f)
 	return noError
 }
@@ -102,7 +122,11 @@ func (e *memEngine) drain(f *memFollow, batches int) {
 			return
 		}
 		batch, deliver := f.queue, f.deliver
-		f.queue, f.spare = f.spare[:0], nil
+		f.queue, f.spare, f.bytes = f.spare[:0], nil, 0
+		if f.space != nil {
+			close(f.space)
+			f.space = nil
+		}
 		e.mu.Unlock()
 		for _, en := range batch {
 			deliver(en)
@@ -135,6 +159,7 @@ func (e *memEngine) Follow(room string, p HistoryPolicy, after uint64, deliver f
 		for _, m := range msgs {
 			m.Epoch = epoch
 			f.queue = append(f.queue, m)
+			f.bytes += len(m.JSON)
 		}
 	}
 	e.drainLocked(f)
@@ -147,7 +172,11 @@ func (e *memEngine) Unfollow(room string) error {
 	defer e.mu.Unlock()
 	if f := e.rooms[room]; f != nil {
 		delete(e.rooms, room)
-		f.queue = nil
+		f.queue, f.bytes = nil, 0
+		if f.space != nil {
+			close(f.space)
+			f.space = nil
+		}
 	}
 	return nil
 }

@@ -16,8 +16,9 @@ import (
 
 // Defaults used for zero Options fields.
 const (
-	DefaultPrefix  = "wshub.room"
-	DefaultTimeout = 5 * time.Second
+	DefaultPrefix     = "wshub.room"
+	DefaultTimeout    = 5 * time.Second
+	DefaultBurstBytes = 8 << 20
 )
 
 // Errors of the broker. Errors from nats.go are wrapped in them or returned
@@ -113,6 +114,20 @@ type Options struct {
 	// MemoryStorage also applies to the presence bucket.
 	// Default: DefaultPresenceTTL (30s).
 	PresenceTTL time.Duration
+
+	// BurstBytes bounds the messages of one room on core NATS (a room
+	// without history on a Broker or a Log, or with history on a Broker)
+	// that this hub holds while the room's members catch up: the hub
+	// delivers a room's messages at the pace its members read them, and
+	// core NATS does not wait. Past it, NATS drops messages for this hub
+	// (a slow consumer); the hub then closes the room's members with 1012
+	// so that they learn they missed some, and a room with history starts
+	// a new epoch of this hub's history, so that rejoining clients are
+	// told they could not recover. A Log's history rooms need no bound:
+	// their follow reads the room log at the members' pace. It is counted
+	// in message payload bytes, per room.
+	// Default: DefaultBurstBytes (8 MiB).
+	BurstBytes int
 }
 
 // Broker is a wshub.Engine on core NATS, and a wshub.PresenceEngine on a
@@ -124,6 +139,7 @@ type Broker struct {
 	prefix    string
 	timeout   time.Duration
 	noConfirm bool
+	burst     int          // Options.BurstBytes
 	commit    *groupCommit // confirms publishes; nil with NoConfirm
 
 	pres *presence // the presence of the hub's rooms, shared through JetStream
@@ -193,7 +209,11 @@ func New(nc *nats.Conn, opts *Options) (*Broker, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = DefaultTimeout
 	}
+	if o.BurstBytes <= 0 {
+		o.BurstBytes = DefaultBurstBytes
+	}
 	b := &Broker{
+		burst:     o.BurstBytes,
 		nc:        nc,
 		prefix:    o.Prefix + ".",
 		timeout:   o.Timeout,
@@ -324,7 +344,13 @@ func (b *Broker) connErr(err error) error {
 // followed and ErrClosed after Close.
 func (b *Broker) Follow(room string, p wshub.HistoryPolicy, after uint64, deliver func(wshub.Entry)) error {
 	if p.Messages <= 0 {
+		dropped := 0
 		return b.subscribe(room, nil, func(m *nats.Msg) {
+			if n, _ := m.Sub.Dropped(); n > dropped {
+				// A burst passed BurstBytes: the members missed messages.
+				dropped = n
+				deliver(wshub.Entry{})
+			}
 			if len(m.Data) > 0 { // an Entry without JSON would mean a loss
 				deliver(wshub.Entry{ID: m.Header.Get(idHeader), JSON: m.Data})
 			}
@@ -341,14 +367,21 @@ func (b *Broker) Follow(room string, p wshub.HistoryPolicy, after uint64, delive
 		h.elem = nil
 	}
 	h.followed = true
+	eng := h.eng
 	b.mu.Unlock()
 
-	eng := h.eng
 	if err := eng.Follow(room, p, after, deliver); err != nil {
 		b.dropHistory(room, h)
 		return err
 	}
+	dropped := 0
 	err := b.subscribe(room, h, func(m *nats.Msg) {
+		if n, _ := m.Sub.Dropped(); n > dropped {
+			dropped = n
+			if eng = b.restartHistory(room, h, p, deliver); eng == nil {
+				return // unfollowed meanwhile
+			}
+		}
 		// The memory engine numbers, keeps and passes on the message;
 		// its wait returns at once.
 		if len(m.Data) > 0 {
@@ -392,6 +425,11 @@ func (b *Broker) subscribe(room string, h *localHistory, cb nats.MsgHandler) err
 	if err != nil {
 		b.mu.Unlock()
 		return b.connErr(err)
+	}
+	if err := sub.SetPendingLimits(-1, b.burst); err != nil {
+		b.mu.Unlock()
+		unsubscribe(sub)
+		return err
 	}
 	b.subs[room] = sub
 	b.mu.Unlock()
@@ -447,14 +485,44 @@ func (b *Broker) historyLocked(room string) *localHistory {
 func (b *Broker) dropHistory(room string, h *localHistory) {
 	b.mu.Lock()
 	mine := b.hists[room] == h
+	eng := h.eng
 	if mine {
 		delete(b.hists, room)
 	}
 	b.mu.Unlock()
 	if mine {
-		h.eng.Unfollow(room)
-		h.eng.Close()
+		eng.Unfollow(room)
+		eng.Close()
 	}
+}
+
+// restartHistory starts h, the history of a followed room, anew after
+// NATS dropped messages for this hub: the old one's deliveries end, the
+// hub learns of the loss (it closes the members) and rejoining clients
+// read a new epoch. It returns the new engine, or nil if the room was
+// unfollowed meanwhile. It runs on the room's subscription, one at a
+// time with its deliveries.
+func (b *Broker) restartHistory(room string, h *localHistory, p wshub.HistoryPolicy, deliver func(wshub.Entry)) wshub.Engine {
+	b.mu.Lock()
+	old := h.eng
+	b.mu.Unlock()
+	old.Unfollow(room)
+	old.Close() // waits for a delivery under way
+	deliver(wshub.Entry{})
+	eng := wshub.NewMemoryEngine(0)
+	if err := eng.Follow(room, p, 0, deliver); err != nil {
+		eng.Close()
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.hists[room] != h {
+		eng.Unfollow(room)
+		eng.Close()
+		return nil
+	}
+	h.eng = eng
+	return eng
 }
 
 // Unfollow stops the deliveries of room; a delivery in progress
@@ -472,10 +540,10 @@ func (b *Broker) Unfollow(room string) error {
 	sub, f, h := b.subs[room], b.follows[room], b.hists[room]
 	delete(b.subs, room)
 	delete(b.follows, room)
+	var eng wshub.Engine
 	if h != nil && h.followed {
 		delete(b.hists, room)
-	} else {
-		h = nil
+		eng = h.eng
 	}
 	b.mu.Unlock()
 	if f != nil {
@@ -485,9 +553,9 @@ func (b *Broker) Unfollow(room string) error {
 	if sub != nil {
 		err = unsubscribe(sub)
 	}
-	if h != nil {
-		h.eng.Unfollow(room)
-		h.eng.Close()
+	if eng != nil {
+		eng.Unfollow(room)
+		eng.Close()
 	}
 	return err
 }
@@ -521,9 +589,9 @@ func (b *Broker) Read(ctx context.Context, room string, p wshub.HistoryPolicy, a
 		defer eng.Close()
 		return eng.Read(ctx, room, p, after, limit)
 	}
-	h := b.historyLocked(room)
+	eng := b.historyLocked(room).eng
 	b.mu.Unlock()
-	return h.eng.Read(ctx, room, p, after, limit)
+	return eng.Read(ctx, room, p, after, limit)
 }
 
 // Close unfollows every room, fails the publishes still waiting for a
@@ -555,7 +623,11 @@ func (b *Broker) Close() error {
 	}
 	b.closed = true
 	close(b.done)
-	subs, follows, hists := b.subs, b.follows, b.hists
+	subs, follows := b.subs, b.follows
+	engs := make([]wshub.Engine, 0, len(b.hists))
+	for _, h := range b.hists {
+		engs = append(engs, h.eng)
+	}
 	b.subs, b.follows, b.hists = nil, nil, nil
 	b.idle.Init()
 	b.mu.Unlock()
@@ -577,8 +649,8 @@ func (b *Broker) Close() error {
 			errs = append(errs, err)
 		}
 	}
-	for _, h := range hists {
-		h.eng.Close()
+	for _, eng := range engs {
+		eng.Close()
 	}
 	if b.ownConn {
 		b.nc.Close()

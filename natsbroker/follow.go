@@ -237,8 +237,14 @@ func (f *follow) session(status <-chan nats.Status, resumed bool, wait *time.Dur
 				}
 			}
 			if seq > f.last {
+				// deliver returns once the members took what it
+				// congested (wshub.Engine): the follow reads on at
+				// their pace, pulling more only as it gets through
+				// what it pulled, and a wait there is not a silence of
+				// the consumer.
 				f.deliver(wshub.Entry{Seq: seq, ID: m.Header.Get(jetstream.MsgIDHeader), JSON: m.Data})
 				f.last = seq
+				hb.Reset(heartbeatLoss)
 			}
 			if received++; received == pullBatch {
 				received = 0
