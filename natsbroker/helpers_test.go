@@ -102,7 +102,8 @@ func newLogNodes(t testing.TB, url string, n int, opts *natsbroker.Options, hist
 
 // startNodes starts the hubs of newNodes, newHistoryNodes (a Broker, with
 // history) or newLogNodes (useLog: a Log).
-func startNodes(t testing.TB, url string, n int, opts *natsbroker.Options, history func(string) wshub.HistoryPolicy, useLog bool) []*node {
+// tune, if any, changes the hubs' Options.
+func startNodes(t testing.TB, url string, n int, opts *natsbroker.Options, history func(string) wshub.HistoryPolicy, useLog bool, tune ...func(*wshub.Options)) []*node {
 	t.Helper()
 	nodes := make([]*node, n)
 	for i := range nodes {
@@ -131,11 +132,15 @@ func startNodes(t testing.TB, url string, n int, opts *natsbroker.Options, histo
 			}
 			br = nd.broker
 		}
-		h := wshub.New(nil, &wshub.Options{
+		hopts := &wshub.Options{
 			Engine:        br,
 			Rooms:         roomsOf(history),
 			AuthorizeJoin: func(*wshub.Client, string) error { return nil },
-		})
+		}
+		for _, f := range tune {
+			f(hopts)
+		}
+		h := wshub.New(nil, hopts)
 		mux := http.NewServeMux()
 		mux.Handle("/ws", h)
 		ts := httptest.NewServer(mux)

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,6 +54,8 @@ type Log struct {
 
 	wmu     sync.Mutex // serializes the writes of appends
 	pending list.List  // *appendOp written and not answered, in the order of their appends
+
+	snaps snapshotLog // reads of a room's history share a snapshot
 }
 
 var _ wshub.PresenceEngine = (*Log)(nil)
@@ -565,29 +568,38 @@ func (l *Log) read(ctx context.Context, s *logStream, h jetstream.Stream, subj s
 	}
 	// A snapshot of the room: all its messages (read in one step), or its
 	// last one.
+	// The stream's state is read after the snapshot: its first sequence
+	// can only have grown since, which errs on the side of incomplete.
 	full := limit != 0 && after != math.MaxUint64
 	var msgs []wshub.Entry
 	var oldest, latest uint64
+	var info *jetstream.StreamInfo
 	if full {
-		if msgs, err = l.directBatch(ctx, s, subj, p.Messages); err != nil {
+		// Shared with the reads of the room that come meanwhile
+		// (snapshot.go).
+		sn, err := l.snapshot(ctx, s, h, subj, p)
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return page, false, errStreamGone
+		} else if err != nil {
 			return page, false, err
 		}
+		msgs, info = sn.msgs, sn.info
 		if len(msgs) > 0 {
 			oldest, latest = msgs[0].Seq, msgs[len(msgs)-1].Seq
 		}
 		if latest < leader {
 			return page, true, nil // a replica that lags
 		}
-	} else if latest, err = l.lastSeq(ctx, s, subj); err != nil {
-		return page, false, err
-	}
-	// The stream's state, read after the snapshot: its first sequence can
-	// only have grown since, which errs on the side of incomplete.
-	info, err := h.Info(ctx, jetstream.WithSubjectFilter(subj))
-	if errors.Is(err, jetstream.ErrStreamNotFound) {
-		return page, false, errStreamGone
-	} else if err != nil {
-		return page, false, err
+	} else {
+		if latest, err = l.lastSeq(ctx, s, subj); err != nil {
+			return page, false, err
+		}
+		info, err = h.Info(ctx, jetstream.WithSubjectFilter(subj))
+		if errors.Is(err, jetstream.ErrStreamNotFound) {
+			return page, false, errStreamGone
+		} else if err != nil {
+			return page, false, err
+		}
 	}
 	st := info.State
 	count := st.Subjects[subj]
@@ -623,7 +635,7 @@ func (l *Log) read(ctx context.Context, s *logStream, h jetstream.Stream, subj s
 		msgs = msgs[len(msgs)-limit:]
 	}
 	if len(msgs) > 0 {
-		page.Messages = msgs
+		page.Messages = slices.Clone(msgs) // the snapshot's stay as they are
 	}
 	return page, false, nil
 }

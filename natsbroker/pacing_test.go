@@ -1,0 +1,247 @@
+package natsbroker_test
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/wshub/wshub"
+)
+
+// soak returns full when the long soaks run (WSHUB_SOAK=1, as .ci/run
+// sets), else short.
+func soak[T any](short, full T) T {
+	if os.Getenv("WSHUB_SOAK") != "" {
+		return full
+	}
+	return short
+}
+
+// smallQueues makes members' queues small (a quarter of a pull of the
+// log's follow), so that a burst the hub did not pace would overflow them;
+// a publisher's 32 pipelined publishes still fit.
+func smallQueues(o *wshub.Options) { o.Limits.SendQueue = 64 }
+
+// reader is a client in room r that reads everything until the sentinel
+// publisher's message: room messages, and the answers to its publishes.
+type reader struct {
+	p     *peer
+	got   []payload
+	acked map[string]bool // publish id → acknowledged (false: an error frame)
+	err   error
+	done  chan struct{}
+
+	mu      sync.Mutex
+	answers int
+	answer  *sync.Cond
+}
+
+func startReader(t *testing.T, n *node) *reader {
+	m := &reader{p: dial(t, n), acked: make(map[string]bool), done: make(chan struct{})}
+	m.answer = sync.NewCond(&m.mu)
+	m.p.join("r")
+	go m.read()
+	return m
+}
+
+func (m *reader) read() {
+	defer close(m.done)
+	for {
+		w, err := m.p.next()
+		if err != nil {
+			m.err = err
+			m.mu.Lock()
+			m.answer.Broadcast()
+			m.mu.Unlock()
+			return
+		}
+		switch w.Type {
+		case "ack", "error":
+			m.mu.Lock()
+			m.acked[w.ID] = w.Type == "ack"
+			m.answers++
+			m.answer.Broadcast()
+			m.mu.Unlock()
+		case "message":
+			var d payload
+			if err := json.Unmarshal(w.Data, &d); err != nil {
+				m.err = err
+				return
+			}
+			if d.Pub == "sentinel" {
+				return
+			}
+			m.got = append(m.got, d)
+		default:
+			m.err = fmt.Errorf("unexpected %+v", w)
+			return
+		}
+	}
+}
+
+// awaitAnswers waits until n publishes were answered, or the reader
+// ended.
+func (m *reader) awaitAnswers(n int) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for m.answers < n && m.err == nil {
+		m.answer.Wait()
+	}
+}
+
+// publishEvery publishes payload{pub, seq} to r from m every interval
+// until stop closes, and returns how many it sent.
+func (m *reader) publishEvery(pub string, interval time.Duration, stop <-chan struct{}) int {
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for seq := 0; ; seq++ {
+		select {
+		case <-stop:
+			return seq
+		case <-tick.C:
+		}
+		frame := fmt.Sprintf(`{"type":"publish","room":"r","id":"%d","data":{"pub":%q,"seq":%d}}`, seq, pub, seq)
+		if err := m.p.conn.Write(m.p.ctx, websocket.MessageText, []byte(frame)); err != nil {
+			return seq // the reader reports why
+		}
+	}
+}
+
+// checkAcked fails unless every reader got the same messages in the
+// same order, without duplicates, including every acknowledged publish.
+func checkAcked(t *testing.T, members []*reader, pubs map[string]*reader) {
+	t.Helper()
+	want := members[0].got
+	seen := make(map[payload]bool)
+	for _, d := range want {
+		if seen[d] {
+			t.Fatalf("reader 0 got %+v twice", d)
+		}
+		seen[d] = true
+	}
+	for pub, m := range pubs {
+		for id, ok := range m.acked {
+			seq, _ := strconv.Atoi(id)
+			if ok && !seen[payload{Pub: pub, Seq: seq}] {
+				t.Fatalf("acknowledged publish %s %d reached nobody", pub, seq)
+			}
+		}
+	}
+	for i, m := range members[1:] {
+		if !slices.Equal(m.got, want) {
+			t.Fatalf("reader %d got %d messages, reader 0 %d: not one order", i+1, len(m.got), len(want))
+		}
+	}
+}
+
+// TestLogPacedAfterBusHang: two hubs on the room log, 100 members, a
+// client publishing 100/s on each hub; NATS takes nothing for a while (a
+// SIGSTOP, here a proxy that holds what the hubs send), then all of it at
+// once. The log's catch-up reaches each hub as a burst, which the hubs
+// deliver at their members' pace: no reader is closed, and every reader
+// gets every acknowledged publish once, in one order.
+func TestLogPacedAfterBusHang(t *testing.T) {
+	for run := range soak(1, 10) {
+		t.Run(fmt.Sprint(run), func(t *testing.T) { logBusHang(t, soak(2*time.Second, 7*time.Second)) })
+	}
+}
+
+func logBusHang(t *testing.T, hang time.Duration) {
+	s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
+	px := startProxy(t, s.Addr().String())
+	hist := policies(map[string]wshub.HistoryPolicy{"r": {Messages: 100000}})
+	nodes := startNodes(t, px.url(), 2, nil, hist, true, smallQueues)
+
+	var members []*reader
+	for i := range 100 {
+		members = append(members, startReader(t, nodes[i%2]))
+	}
+	pubs := map[string]*reader{"a": members[0], "b": members[1]}
+	stop := make(chan struct{})
+	sent := make(map[string]int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for pub, m := range pubs {
+		wg.Go(func() {
+			n := m.publishEvery(pub, 10*time.Millisecond, stop)
+			mu.Lock()
+			sent[pub] = n
+			mu.Unlock()
+		})
+	}
+	time.Sleep(time.Second) // traffic before the hang
+	px.hold()
+	time.Sleep(hang)
+	px.release()
+	time.Sleep(time.Second) // and after
+	close(stop)
+	wg.Wait()
+	for pub, m := range pubs {
+		m.awaitAnswers(sent[pub])
+	}
+	if err := broadcast(testCtx(t), nodes[0], "r", "sentinel", 0); err != nil {
+		t.Fatalf("sentinel: %v", err)
+	}
+	for i, m := range members {
+		<-m.done
+		if m.err != nil {
+			t.Fatalf("reader %d (hub %d): %v", i, i%2, m.err)
+		}
+	}
+	for i, n := range nodes {
+		equal(t, fmt.Sprintf("hub %d's kicked members", i), n.hub.Stats().Kicked, 0)
+	}
+	checkAcked(t, members, pubs)
+	t.Logf("%d messages, %d/%d published", len(members[0].got), sent["a"], sent["b"])
+}
+
+// TestFloodPacedOnOtherHub: one client on hub A publishes as fast as flow
+// control lets it; the members on hub B read at a normal pace and none is
+// closed, on core NATS as on the room log.
+func TestFloodPacedOnOtherHub(t *testing.T) {
+	for _, useLog := range []bool{false, true} {
+		t.Run(map[bool]string{false: "core", true: "log"}[useLog], func(t *testing.T) {
+			s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
+			var hist func(string) wshub.HistoryPolicy
+			if useLog {
+				hist = policies(map[string]wshub.HistoryPolicy{"r": {Messages: 100000}})
+			}
+			nodes := startNodes(t, s.ClientURL(), 2, nil, hist, useLog, smallQueues)
+			var members []*reader
+			for i := range 40 {
+				members = append(members, startReader(t, nodes[i%2]))
+			}
+			flooder := members[0] // on hub A
+			n := soak(2000, 10000)
+			for seq := range n {
+				flooder.p.send(`{"type":"publish","room":"r","id":"%d","data":{"pub":"a","seq":%d}}`, seq, seq)
+			}
+			flooder.awaitAnswers(n)
+			if err := broadcast(testCtx(t), nodes[0], "r", "sentinel", 0); err != nil {
+				t.Fatalf("sentinel: %v", err)
+			}
+			for i, m := range members {
+				<-m.done
+				if m.err != nil {
+					t.Fatalf("reader %d (hub %d): %v", i, i%2, m.err)
+				}
+			}
+			for id, ok := range flooder.acked {
+				if !ok {
+					t.Fatalf("publish %s refused", id)
+				}
+			}
+			equal(t, "hub B's kicked members", nodes[1].hub.Stats().Kicked, 0)
+			for i, m := range members {
+				checkSequences(t, fmt.Sprintf("reader %d", i), m.got, map[string]int{"a": n})
+			}
+		})
+	}
+}
