@@ -61,6 +61,11 @@ func runChild(args []string) error {
 			return err
 		}
 		return serveChild(srv)
+	case stormHubChild:
+		if len(args) != 2 {
+			return errors.New("usage: " + stormHubChild + " SPEC")
+		}
+		return runStormHub(args[1])
 	case presenceHubChild:
 		if len(args) != 2 {
 			return errors.New("usage: " + presenceHubChild + " on|off")
@@ -109,15 +114,18 @@ func serveChild(srv server) error {
 	mux.Handle("/ws", srv)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(ln)
-
-	out := bufio.NewWriter(os.Stdout)
-	fmt.Fprintf(out, "addr %s\n", ln.Addr())
-	out.Flush()
-
-	ch := &childState{srv: srv, out: out}
-	err = ch.serve(os.Stdin)
 	// Exit without a graceful shutdown: the parent cuts its clients.
-	return err
+	return serveOn(srv, ln.Addr().String())
+}
+
+// serveOn writes addr, then obeys the commands of serveChild for srv,
+// which serves on addr.
+func serveOn(srv server, addr string) error {
+	out := bufio.NewWriter(os.Stdout)
+	fmt.Fprintf(out, "addr %s\n", addr)
+	out.Flush()
+	ch := &childState{srv: srv, out: out}
+	return ch.serve(os.Stdin)
 }
 
 // childState is a child's side of the commands. srv is nil in the NATS

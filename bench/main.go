@@ -15,6 +15,7 @@
 //	go run ./bench -scenario cluster    # many hubs over NATS, each hub a child process
 //	go run ./bench -scenario cluster -cluster-broadcast   # its publishers call Room.Broadcast in the hubs, not clients
 //	go run ./bench -scenario presence   # a 10,000-member presence room under churn, presence on and off
+//	go run ./bench -scenario storm      # 5,000 clients rejoin a restarted hub, on the room log and in memory
 //
 // wshub-history, wshub with every room keeping its last 1,000 messages,
 // runs only when -contender names it; the cluster scenario (cluster.go)
@@ -61,7 +62,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	idle := fs.Int("idle-clients", 0, "clients of the idle-memory scenario (default 10000, quick 1000)")
 	window := fs.Int("window", 64, "messages a room may be ahead of its slowest client")
 	floodMsgs := fs.Int("flood-messages", 0, "messages the flood publisher sends (default 20000, quick 2000)")
-	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all); and the opt-in cluster and presence, named in full")
+	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all); and the opt-in cluster, presence and storm, named in full")
 	who := fs.String("contender", "", "comma-separated contenders: "+strings.Join(contenderNames(false), ", ")+" (default all but the opt-in "+strings.Join(contenderNames(true), ", ")+")")
 	profile := fs.String("profile", "", "write CPU and heap profiles of each server child into this directory")
 	trace := fs.Bool("trace", false, "with -profile, the cluster scenario's children also write execution traces (go tool trace -pprof=sched FILE)")
@@ -70,6 +71,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	clusterServer := fs.Bool("cluster-broadcast", false, "the cluster scenario's publishers are goroutines in the hubs calling Room.Broadcast, at most -window calls in flight each, not WebSocket clients")
 	clusterSync := fs.Bool("cluster-broadcast-sync", false, "with -cluster-broadcast, the publisher goroutines call Room.Broadcast, one message at a time")
 	presenceN := fs.Int("presence-members", 10000, "steady members of the presence scenario's room")
+	stormN := fs.Int("storm-clients", 5000, "clients of the storm scenario on the restarted hub")
 	presenceRate := fs.Int("presence-rate", 1000, "joins per second, and as many leaves, of the presence scenario")
 	presenceFor := fs.Duration("presence-for", 10*time.Second, "measured time of each run of the presence scenario")
 	clusterSetups := fs.String("cluster-setups", "", "comma-separated rows of the cluster scenario: "+strings.Join(clusterSetupKeys(), ", ")+" (default all)")
@@ -86,6 +88,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		trace: *trace, clusterN: *clusterN, clusterHz: *clusterHz, clusterSetups: *clusterSetups, clusterServer: *clusterServer,
 		clusterSync: *clusterSync,
 		presenceN:   *presenceN, presenceRate: *presenceRate, presenceFor: *presenceFor,
+		stormN: *stormN,
 	}
 	if cfg.clusterN < 1 || cfg.clusterHz < 1 {
 		return errors.New("-cluster-clients and -cluster-rate must be positive")

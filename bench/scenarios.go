@@ -45,6 +45,8 @@ type config struct {
 	clusterServer bool   // its publishers call Room.Broadcast in the hubs instead of being clients
 	clusterSync   bool   // with clusterServer, they call Room.Broadcast, one message at a time
 
+	stormN int // clients of the storm scenario on the restarted hub
+
 	presenceN    int           // steady members of the presence scenario's room
 	presenceRate int           // its joins per second, and as many leaves
 	presenceFor  time.Duration // its measured window
@@ -173,7 +175,7 @@ func scenarios(cfg *config) []scenario {
 			},
 		})
 	}
-	return append(list, clusterScenario(), presenceScenario())
+	return append(list, clusterScenario(), presenceScenario(), stormScenario())
 }
 
 var throughputMetrics = []metric{
