@@ -68,6 +68,7 @@ var (
 	errRateLimited     = &reason{ErrDenied, "wshub: rate limit exceeded"}
 	errRejected        = &reason{ErrDenied, "wshub: connection rejected"}
 	errTooManyClients  = &reason{ErrDenied, "wshub: too many clients"}
+	errOverloaded      = &reason{ErrDenied, "wshub: overloaded, try again later"}
 	errBroker          = &reason{ErrEngine, "wshub: broker"}
 	errHistory         = &reason{ErrEngine, "wshub: history"}
 )

@@ -5,6 +5,14 @@ import "time"
 // PingNow starts a keepalive ping of c at once, as its timer would.
 func PingNow(c *Client) { c.ping() }
 
+// SetAdmitFloor sets how many upgrades per interval an overloaded hub
+// lets in, and returns a function that restores it.
+func SetAdmitFloor(n int) (restore func()) {
+	old := admitFloor
+	admitFloor = n
+	return func() { admitFloor = old }
+}
+
 // NewMemoryEngineWithClock is NewMemoryEngine with a clock of the test's.
 func NewMemoryEngineWithClock(maxBytes int64, now func() time.Time) Engine {
 	e := NewMemoryEngine(maxBytes).(*memEngine)

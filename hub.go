@@ -69,7 +69,9 @@ type Hub struct {
 	engineMu     sync.RWMutex // held for reading around engine calls
 	engineClosed bool
 
-	messagesIn, messagesOut, dropped, kicked atomic.Uint64
+	messagesIn, messagesOut, dropped, kicked, refused atomic.Uint64
+
+	admission admission // of upgrades, while the process is overloaded
 
 	bufPool sync.Pool // *[]byte: batch frames and corkConn's pending bytes
 }
@@ -125,6 +127,7 @@ type Stats struct {
 	MessagesOut uint64 // queued messages written to a client's socket; a batch frame counts each
 	Dropped     uint64 // queued messages not written because their client was closed first
 	Kicked      uint64 // clients closed for holding others up: a full send queue or a write timeout
+	Refused     uint64 // upgrades answered 503: the hub closing, MaxClients, or overloaded
 }
 
 // Stats returns the hub's counters. It is cheap and safe to call any time.
@@ -136,6 +139,7 @@ func (h *Hub) Stats() Stats {
 	s.MessagesOut = h.messagesOut.Load()
 	s.Dropped = h.dropped.Load()
 	s.Kicked = h.kicked.Load()
+	s.Refused = h.refused.Load()
 	return s
 }
 
@@ -175,13 +179,21 @@ func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
 
 // ServeHTTP upgrades the request to a WebSocket connection and serves the
 // client until it disconnects; it returns as soon as the connection is
-// established. Before the upgrade it answers 503 Service Unavailable when
-// the hub is closing or MaxClients are connected, 403 Forbidden for a
-// cross-origin request not allowed by OriginPatterns, and the status of a
-// refusal by Authenticate.
+// established. Before the upgrade it answers 503 Service Unavailable,
+// with a Retry-After of 1 to 3 seconds, when the hub is closing, when
+// MaxClients are connected, and when the process is too busy to take more
+// clients without hurting those it has (admission.go: in a reconnect storm
+// it lets a few in at a time); 403 Forbidden for a cross-origin request
+// not allowed by OriginPatterns; and the status of a refusal by
+// Authenticate.
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if err := h.reserve(); err != nil {
-		http.Error(w, err.Error(), http.StatusServiceUnavailable)
+	err := error(errOverloaded)
+	if h.closing.Load() || h.admission.admit(h.closing.Load) {
+		err = h.reserve()
+	}
+	if err != nil {
+		h.refused.Add(1)
+		refuse(w, err)
 		return
 	}
 	c, err := h.upgrade(w, r)
@@ -232,7 +244,8 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 			return nil, err
 		}
 		if h.closing.Load() { // Shutdown began while Authenticate ran
-			http.Error(w, ErrHubClosed.Error(), http.StatusServiceUnavailable)
+			h.refused.Add(1)
+			refuse(w, ErrHubClosed)
 			return nil, ErrHubClosed
 		}
 	}

@@ -130,10 +130,23 @@ func TestMaxClients503(t *testing.T) {
 		t.Fatal("third client accepted")
 	}
 	equal(t, "status", resp.StatusCode, http.StatusServiceUnavailable)
+	checkRetryAfter(t, resp)
+	equal(t, "refused", h.Stats().Refused, 1)
 	// A slot frees when a client leaves.
 	p.conn.Close(websocket.StatusNormalClosure, "")
 	eventually(t, "client gone", func() bool { return h.Stats().Clients == 1 })
 	dial(t, ts)
+}
+
+// checkRetryAfter fails unless resp, a 503 of the hub, says when to come
+// back: 1 to 3 seconds.
+func checkRetryAfter(t *testing.T, resp *http.Response) {
+	t.Helper()
+	switch v := resp.Header.Get("Retry-After"); v {
+	case "1", "2", "3":
+	default:
+		t.Fatalf("Retry-After %q, want 1 to 3 seconds", v)
+	}
 }
 
 func TestSlowClientKicked(t *testing.T) {
@@ -303,6 +316,7 @@ func TestShutdownFlushesAndCloses1001(t *testing.T) {
 		t.Fatal("dial after shutdown succeeded")
 	}
 	equal(t, "status", resp.StatusCode, http.StatusServiceUnavailable)
+	checkRetryAfter(t, resp)
 	if err := h.Room("x").Broadcast(testCtx(t), &wshub.Message{}); !errors.Is(err, wshub.ErrHubClosed) {
 		t.Fatalf("broadcast after shutdown: %v", err)
 	}

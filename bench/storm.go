@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +11,9 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -118,8 +121,10 @@ var stormMetrics = []metric{
 	{key: "stopback", header: "last back after stop (s)", digits: 2},
 	{key: "p50a", header: "A live p50 (ms)", digits: 1},
 	{key: "p99a", header: "A live p99 (ms)", digits: 1},
+	{key: "prea", header: "A p99 before (ms)", digits: 1},
 	{key: "p50b", header: "B live p50 (ms)", digits: 1},
 	{key: "p99b", header: "B live p99 (ms)", digits: 1},
+	{key: "preb", header: "B p99 before (ms)", digits: 1},
 	{key: "recovered", header: "recovered:true"},
 	{key: "notrecovered", header: "recovered:false"},
 	{key: "refused", header: "503s", sum: true},
@@ -186,11 +191,12 @@ type stormClient struct {
 type stormRun struct {
 	stopped   atomic.Int64 // unix ns of the stop; 0 before
 	restarted atomic.Int64 // unix ns of the restart
-	storming  atomic.Bool  // recording latencies
+	phase     atomic.Int32 // 1: recording latencies before the stop, 2: during the storm
 
 	mu           sync.Mutex
-	histA, histB histogram
-	back         int // A's clients rejoined after the stop
+	histA, histB histogram // during the storm
+	preA, preB   histogram // before the stop
+	back         int       // A's clients rejoined after the stop
 	lastBack     int64
 	recovered    int
 	notRecovered int
@@ -289,10 +295,12 @@ func (c *stormClient) read(ctx context.Context, conn *websocket.Conn, first bool
 		if err != nil {
 			return
 		}
-		var f stormFrame
-		if err := json.Unmarshal(b, &f); err != nil {
-			c.bad(fmt.Sprintf("undecodable %s", b))
-			continue
+		f, ok := parseStormMessage(b)
+		if !ok {
+			if err := json.Unmarshal(b, &f); err != nil {
+				c.bad(fmt.Sprintf("undecodable %s", b))
+				continue
+			}
 		}
 		switch f.Type {
 		case "ack":
@@ -330,15 +338,21 @@ func (c *stormClient) take(f stormFrame, live bool) {
 		c.bad(fmt.Sprintf("%s: got %d, want %d", c.room, f.Data.N, c.next))
 	}
 	c.next = f.Data.N + 1
-	if live && c.st.storming.Load() {
+	if phase := c.st.phase.Load(); live && phase > 0 {
 		lat := (time.Now().UnixNano() - f.Data.TS) / 1000
-		c.st.mu.Lock()
-		if c.hubA {
-			c.st.histA.record(lat)
-		} else {
-			c.st.histB.record(lat)
+		st := c.st
+		st.mu.Lock()
+		switch {
+		case phase == 1 && c.hubA:
+			st.preA.record(lat)
+		case phase == 1:
+			st.preB.record(lat)
+		case c.hubA:
+			st.histA.record(lat)
+		default:
+			st.histB.record(lat)
 		}
-		c.st.mu.Unlock()
+		st.mu.Unlock()
 	}
 }
 
@@ -465,8 +479,10 @@ func runStormOnce(ctx context.Context, cfg *config, s stormSetup) (runResult, er
 	defer pubDone.Wait()
 	defer cancel()
 
-	time.Sleep(2 * time.Second) // traffic before the stop
-	st.storming.Store(true)
+	time.Sleep(time.Second) // traffic before the stop
+	st.phase.Store(1)
+	time.Sleep(2 * time.Second)
+	st.phase.Store(2)
 	st.stopped.Store(time.Now().UnixNano())
 	if s.kill {
 		hubA.cmd.Process.Kill()
@@ -480,6 +496,13 @@ func runStormOnce(ctx context.Context, cfg *config, s stormSetup) (runResult, er
 	}
 	children = append(children, hubA2)
 	st.restarted.Store(time.Now().UnixNano())
+	var profile string
+	if cfg.profileDir != "" {
+		profile = filepath.Join(cfg.profileDir, fmt.Sprintf("storm-%s.cpu.pprof", strings.NewReplacer(" ", "", ",", "-").Replace(s.label)))
+		if _, err := hubA2.call("cpuprof " + profile); err != nil {
+			return res, err
+		}
+	}
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		st.mu.Lock()
@@ -494,7 +517,12 @@ func runStormOnce(ctx context.Context, cfg *config, s stormSetup) (runResult, er
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	st.storming.Store(false)
+	st.phase.Store(0)
+	if profile != "" {
+		if _, err := hubA2.call("cpustop"); err != nil {
+			return res, err
+		}
+	}
 	time.Sleep(500 * time.Millisecond) // the last deliveries, checked
 	cancel()
 
@@ -512,6 +540,8 @@ func runStormOnce(ctx context.Context, cfg *config, s stormSetup) (runResult, er
 		"p99a":         ms(st.histA.quantile(0.99)),
 		"p50b":         ms(st.histB.quantile(0.5)),
 		"p99b":         ms(st.histB.quantile(0.99)),
+		"prea":         ms(st.preA.quantile(0.99)),
+		"preb":         ms(st.preB.quantile(0.99)),
 		"recovered":    float64(st.recovered),
 		"notrecovered": float64(st.notRecovered),
 		"refused":      float64(st.refused),
@@ -522,6 +552,7 @@ func runStormOnce(ctx context.Context, cfg *config, s stormSetup) (runResult, er
 	if !s.log {
 		delete(res.values, "p50b")
 		delete(res.values, "p99b")
+		delete(res.values, "preb")
 		delete(res.values, "closedB")
 	}
 	res.notes = append(res.notes, st.badNotes...)
@@ -566,4 +597,49 @@ func stormPublish(ctx context.Context, addr string) {
 		}
 		conn.Close()
 	}
+}
+
+var (
+	messagePrefix = []byte(`{"type":"message",`)
+	seqKey        = []byte(`"seq":`)
+	epochKey      = []byte(`"epoch":"`)
+	nKey          = []byte(`"n":`)
+	stormTSKey    = []byte(`"ts":`)
+)
+
+// parseStormMessage reads a room message of the scenario without
+// encoding/json, which would cost the clients more CPU than the hub
+// spends on them; ok is false for any other frame.
+func parseStormMessage(b []byte) (f stormFrame, ok bool) {
+	if !bytes.HasPrefix(b, messagePrefix) {
+		return f, false
+	}
+	f.Type = "message"
+	num := func(key []byte) (int64, bool) {
+		i := bytes.Index(b, key)
+		if i < 0 {
+			return 0, false
+		}
+		j := i + len(key)
+		k := j
+		for k < len(b) && b[k] >= '0' && b[k] <= '9' {
+			k++
+		}
+		v, err := strconv.ParseInt(string(b[j:k]), 10, 64)
+		return v, err == nil
+	}
+	seq, ok1 := num(seqKey)
+	n, ok2 := num(nKey)
+	ts, ok3 := num(stormTSKey)
+	if !ok1 || !ok2 || !ok3 {
+		return f, false
+	}
+	f.Seq, f.Data.N, f.Data.TS = uint64(seq), int(n), ts
+	if i := bytes.Index(b, epochKey); i >= 0 {
+		rest := b[i+len(epochKey):]
+		if j := bytes.IndexByte(rest, '"'); j >= 0 {
+			f.Epoch = string(rest[:j])
+		}
+	}
+	return f, true
 }

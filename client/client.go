@@ -69,7 +69,10 @@ type Options struct {
 
 	// MinBackoff and MaxBackoff bound the wait between reconnection
 	// attempts: it starts at MinBackoff, doubles after each failure up to
-	// MaxBackoff, and is varied by ±25 %. Defaults: 500 ms and 15 s.
+	// MaxBackoff, and is varied by ±25 %. Defaults: 500 ms and 15 s. A
+	// refusal with a Retry-After (a hub's 503: shutting down, full or
+	// overloaded) waits at least what it says, plus up to a quarter more
+	// at random, up to 5 minutes.
 	MinBackoff, MaxBackoff time.Duration
 
 	// NoReconnect makes the first loss of the connection final.
@@ -268,6 +271,29 @@ func retryable(err error) bool {
 	return false
 }
 
+// maxRetryAfter caps the wait that a server's Retry-After asks for.
+const maxRetryAfter = 5 * time.Minute
+
+// retryAfter returns the wait that the Retry-After header of a refused
+// upgrade asks for (in seconds, or until an HTTP date), or 0.
+func retryAfter(err error) time.Duration {
+	re, ok := errors.AsType[*RefusedError](err)
+	if !ok || re.Header == nil {
+		return 0
+	}
+	v := re.Header.Get("Retry-After")
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.Atoi(v); err == nil {
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = time.Until(t)
+	}
+	return min(max(d, 0), maxRetryAfter)
+}
+
 // run reads the connection, and reconnects when it is lost, until Close
 // or a loss that is not worth retrying.
 func (c *Conn) run(ws *websocket.Conn) {
@@ -294,6 +320,12 @@ func (c *Conn) run(ws *websocket.Conn) {
 		for {
 			wait := time.Duration(float64(backoff) * (0.75 + rand.Float64()/2))
 			backoff = min(2*backoff, c.opts.MaxBackoff)
+			if ra := retryAfter(err); ra > wait {
+				// The server said when: not before, and spread over a
+				// quarter more, so that its clients do not all come back
+				// at once.
+				wait = ra + time.Duration(rand.Float64()*float64(ra)/4)
+			}
 			c.event(Event{State: Offline, Err: err, Retry: wait})
 			select {
 			case <-time.After(wait):

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -411,4 +412,34 @@ func TestFailFastRejoining(t *testing.T) {
 	if m := next(t, ctx, c); data(m) != "2" {
 		t.Fatalf("got %+v", m)
 	}
+}
+
+// TestReconnectHonoursRetryAfter: a hub that answers 503 with a
+// Retry-After (a hub shutting down, full or overloaded) is tried again no
+// sooner than it says, whatever MinBackoff.
+func TestReconnectHonoursRetryAfter(t *testing.T) {
+	connected := make(chan *wshub.Client, 4)
+	s := newSwitchable(t, &wshub.Options{OnConnect: func(c *wshub.Client) { connected <- c }})
+	closed := wshub.New(nil, nil)
+	closed.Close() // answers 503 with a Retry-After of 1 to 3 s
+	ctx := testCtx(t)
+	log := newEventLog()
+	c, err := client.Dial(ctx, s.url, &client.Options{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, OnEvent: log.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	s.serve(closed)
+	(<-connected).Close(websocket.StatusGoingAway, "restarting")
+	var re *client.RefusedError
+	e := log.waitFor(t, ctx, func(e client.Event) bool { return e.State == client.Offline && errors.As(e.Err, &re) })
+	secs, err := strconv.Atoi(re.Header.Get("Retry-After"))
+	if re.StatusCode != http.StatusServiceUnavailable || err != nil || secs < 1 {
+		t.Fatalf("refused with %d, Retry-After %q", re.StatusCode, re.Header.Get("Retry-After"))
+	}
+	if want := time.Duration(secs) * time.Second; e.Retry < want || e.Retry > want*5/4 {
+		t.Fatalf("waits %v after a Retry-After of %v", e.Retry, want)
+	}
+	s.serve(nil) // the hub is back
+	log.waitFor(t, ctx, func(e client.Event) bool { return e.State == client.Online })
 }

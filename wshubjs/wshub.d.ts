@@ -102,6 +102,8 @@ export interface Options {
   /** The first wait before reconnecting, in ms (500), doubled after each failed attempt up to maxDelay (15000). */
   minDelay?: number;
   maxDelay?: number;
+  /** The least wait after an attempt that failed before the connection opened, in ms (1000), drawn up to twice that: a hub's 503, whose Retry-After browsers hide. */
+  refusedDelay?: number;
   /** The WebSocket constructor; default globalThis.WebSocket. */
   WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
 }

@@ -17,7 +17,10 @@
 // client waits and connects again: about minDelay (500 ms) at first,
 // doubling after each failed
 // attempt up to maxDelay (15 s), each wait varied by ±25 %, starting over
-// after a success. Any other close code (1000, 1007, 1008, 1009, 1011, …)
+// after a success. An attempt that failed before the connection opened
+// waits at least refusedDelay (1 s) to twice that: it may have been a hub's
+// 503 (shutting down, full, or overloaded by a reconnect storm), whose
+// Retry-After (1 to 3 s) a browser does not show to scripts. Any other close code (1000, 1007, 1008, 1009, 1011, …)
 // is about this client: it stops ("closed" state), and reconnect() starts
 // again. In a browser, going back online retries at once.
 //
@@ -85,6 +88,7 @@ export class Client {
       offline: "wait",
       minDelay: 500,
       maxDelay: 15000,
+      refusedDelay: 1000,
       WebSocket: globalThis.WebSocket,
       ...options,
     };
@@ -220,8 +224,10 @@ export class Client {
       ws.onclose({code: 1006, reason: "timeout"});
       ws.close();
     }, this.#opts.timeout);
+    let opened = false;
     ws.onopen = () => {
       if (this.#ws !== ws) return;
+      opened = true;
       clearTimeout(this.#connecting);
       this.#attempt = 0;
       this.#setState("online", {protocol: ws.protocol});
@@ -258,7 +264,8 @@ export class Client {
         this.#stop(e.code, e.reason);
         return;
       }
-      const delay = Math.min(this.#opts.minDelay * 2 ** this.#attempt, this.#opts.maxDelay) * (0.75 + Math.random() * 0.5);
+      let delay = Math.min(this.#opts.minDelay * 2 ** this.#attempt, this.#opts.maxDelay) * (0.75 + Math.random() * 0.5);
+      if (!opened) delay = Math.max(delay, this.#opts.refusedDelay * (1 + Math.random()));
       this.#attempt++;
       this.#timer = setTimeout(() => this.#open(), delay);
       this.#setState("offline", {code: e.code, reason: e.reason, delay, attempt: this.#attempt});

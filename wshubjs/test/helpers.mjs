@@ -23,7 +23,7 @@ const types = ["state", "message", "app", "presence", "presence_diff", "rejoin",
 // connect returns a recorder of a new client named name, which reconnects
 // fast; the client is closed when the test ends.
 export function connect(t, name, options = {}) {
-  const c = new Client(`${base}?name=${encodeURIComponent(name)}`, {minDelay: 20, maxDelay: 200, ...options});
+  const c = new Client(`${base}?name=${encodeURIComponent(name)}`, {minDelay: 20, maxDelay: 200, refusedDelay: 0, ...options});
   t.after(() => c.close());
   return new Recorder(c, name);
 }

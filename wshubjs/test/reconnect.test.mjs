@@ -4,6 +4,7 @@
 
 import {test} from "node:test";
 import assert from "node:assert/strict";
+import http from "node:http";
 import net from "node:net";
 import {Client} from "../wshub.js";
 import {Recorder, connect, uniq} from "./helpers.mjs";
@@ -147,11 +148,27 @@ test("an attempt to connect that is never answered times out, and is tried again
     for (const s of sockets) s.destroy();
     server.close();
   });
-  const c = new Client(`ws://127.0.0.1:${server.address().port}/ws`, {timeout: 200, minDelay: 20, maxDelay: 200});
+  const c = new Client(`ws://127.0.0.1:${server.address().port}/ws`, {timeout: 200, minDelay: 20, maxDelay: 200, refusedDelay: 0});
   t.after(() => c.close());
   const rec = new Recorder(c, "silent");
   const off = await rec.until("state", (e) => e.state === "offline");
   assert.deepEqual([off.code, off.reason, off.attempt], [1006, "timeout", 1]);
   await rec.until("state", (e) => e.state === "offline" && e.attempt === 2);
   assert.ok(sockets.length >= 2, `${sockets.length} connections`);
+});
+
+test("a refused attempt waits at least refusedDelay: a 503's Retry-After is not shown", async (t) => {
+  // What a hub shutting down or overloaded answers: 503 and a Retry-After.
+  const server = http.createServer((req, res) => {
+    res.writeHead(503, {"Retry-After": "1", "Content-Type": "text/plain"});
+    res.end("wshub: overloaded, try again later");
+  });
+  await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+  t.after(() => server.close());
+  const c = new Client(`ws://127.0.0.1:${server.address().port}/ws`, {minDelay: 20, maxDelay: 200, refusedDelay: 300});
+  t.after(() => c.close());
+  const rec = new Recorder(c, "refused");
+  const off = await rec.until("state", (e) => e.state === "offline");
+  assert.equal(off.code, 1006);
+  assert.ok(off.delay >= 300 && off.delay <= 600, `delay ${off.delay}`);
 });

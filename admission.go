@@ -1,0 +1,118 @@
+package wshub
+
+import (
+	"math/rand/v2"
+	"net/http"
+	"runtime/metrics"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// Admission. A hub that takes upgrades faster than its process can serve
+// them hurts the clients it has: in a reconnect storm (a restart, a
+// deploy, a network that came back) thousands of handshakes and joins
+// compete for the CPU with the deliveries to the members already there.
+// So the hub watches how long the process's runnable goroutines wait for
+// a CPU (the Go scheduler's latencies, from runtime/metrics), read when
+// an upgrade comes at least admitInterval after the last reading: they
+// cover the time since. While their 99th
+// percentile over the last interval passes overloadLatency, it lets
+// admitFloor upgrades through per interval, so that it never refuses
+// everyone; the others wait for a later interval's share, at most
+// admitWait, and are then answered 503 with a Retry-After of 1 to 3
+// seconds, drawn at random so that the retries spread out.
+
+const (
+	admitInterval   = 50 * time.Millisecond
+	overloadLatency = 20 * time.Millisecond
+	admitWait       = time.Second
+)
+
+// admitFloor is a variable for a test that makes it small.
+var admitFloor = 96
+
+// admission decides whether an upgrade comes in now.
+type admission struct {
+	mu       sync.Mutex
+	read     time.Time        // when the latencies were last read
+	prev     []uint64         // their counts then
+	sample   []metrics.Sample // the scheduler's latencies
+	over     bool             // the last interval passed overloadLatency
+	admitted int              // upgrades let through in this interval while over
+}
+
+const schedLatencies = "/sched/latencies:seconds"
+
+// admit reports whether an upgrade may come in: at once, or after
+// waiting at most admitWait for a later interval's share, unless done
+// closes first.
+func (a *admission) admit(done func() bool) bool {
+	deadline := time.Now().Add(admitWait)
+	for {
+		now := time.Now()
+		wait, ok := a.try(now)
+		if ok {
+			return true
+		}
+		if done() || now.Add(wait).After(deadline) {
+			return false
+		}
+		time.Sleep(wait)
+	}
+}
+
+// try reports whether an upgrade may come in at now, or how long until
+// the next interval.
+func (a *admission) try(now time.Time) (time.Duration, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if now.Sub(a.read) >= admitInterval {
+		a.over = a.measure()
+		a.read, a.admitted = now, 0
+	}
+	if !a.over {
+		return 0, true
+	}
+	a.admitted++
+	return a.read.Add(admitInterval).Sub(now), a.admitted <= admitFloor
+}
+
+// measure reads the scheduler's latencies and reports whether their 99th
+// percentile since the last reading passes overloadLatency.
+func (a *admission) measure() bool {
+	if a.sample == nil {
+		a.sample = []metrics.Sample{{Name: schedLatencies}}
+	}
+	metrics.Read(a.sample)
+	if a.sample[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return false // not in this runtime
+	}
+	h := a.sample[0].Value.Float64Histogram()
+	prev := a.prev
+	a.prev = append(a.prev[:0:0], h.Counts...)
+	if len(prev) != len(h.Counts) {
+		return false
+	}
+	var total uint64
+	for i, c := range h.Counts {
+		total += c - prev[i]
+	}
+	if total == 0 {
+		return false
+	}
+	// The bucket holding the 99th percentile starts past overloadLatency.
+	rank, seen := total-total/100, uint64(0)
+	for i, c := range h.Counts {
+		if seen += c - prev[i]; seen >= rank {
+			return h.Buckets[i] >= overloadLatency.Seconds()
+		}
+	}
+	return false
+}
+
+// refuse answers an upgrade 503 with a Retry-After of 1 to 3 seconds.
+func refuse(w http.ResponseWriter, err error) {
+	w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(3)))
+	http.Error(w, err.Error(), http.StatusServiceUnavailable)
+}
