@@ -110,12 +110,18 @@ func serveChild(srv server) error {
 	if err != nil {
 		return err
 	}
+	serveWS(srv, ln)
+	// Exit without a graceful shutdown: the parent cuts its clients.
+	return serveOn(srv, ln.Addr().String())
+}
+
+// serveWS serves srv at /ws on ln, in the background.
+func serveWS(srv server, ln net.Listener) *http.Server {
 	mux := http.NewServeMux()
 	mux.Handle("/ws", srv)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go hs.Serve(ln)
-	// Exit without a graceful shutdown: the parent cuts its clients.
-	return serveOn(srv, ln.Addr().String())
+	return hs
 }
 
 // serveOn writes addr, then obeys the commands of serveChild for srv,

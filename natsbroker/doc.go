@@ -128,12 +128,20 @@
 // its own among the others'.
 //
 // Reconnection is nats.go's: it reconnects on its own and re-creates the
-// broker's subscriptions. Deliveries
-// that nats.go cannot hand to the hub fast enough are dropped by nats.go
-// as a slow consumer and reported to the connection's nats.ErrorHandler;
-// the hub's delivery only queues messages for clients, so this takes a
-// flood past nats.go's pending limits (by default 512k messages or 64 MB
-// per room).
+// broker's subscriptions.
+//
+// Bursts. The hub delivers a room's messages at the pace its members take
+// them (wshub.Engine's Follow): a message that leaves members' queues
+// congested is followed by the next once they were taken. Core NATS does
+// not wait, so what arrives meanwhile waits in the room's subscription, up
+// to Options.BurstBytes (8 MiB by default) of payloads per room. Past it,
+// nats.go drops messages for this hub as a slow consumer (and reports it
+// to the connection's nats.ErrorHandler); the Broker then passes the hub a
+// loss, which closes the room's local members with 1012, so that they
+// learn that they missed messages, and, in a room with history, starts
+// this hub's numbering of the room anew (a new epoch), so that their
+// rejoins are told they could not recover. A Log's history rooms need no
+// bound: a follow reads the room log only as fast as the hub delivers.
 //
 // # History rooms on core NATS
 //

@@ -12,7 +12,9 @@ import (
 )
 
 // Settings of a follow's consumer. A follow pulls pullBatch messages at a
-// time; each pull lasts at most pullExpires, and the server sends a
+// time, and the next batch only once it passed the last one on: since the
+// hub's deliver returns when the members took what a message congested,
+// the follow reads the room log at their pace; each pull lasts at most pullExpires, and the server sends a
 // heartbeat every pullHeartbeat while it has nothing to send, so a follow
 // that hears nothing for heartbeatLoss knows its consumer or server is
 // gone. The server deletes a consumer that nobody pulled from for

@@ -114,6 +114,21 @@ func (m *reader) publishEvery(pub string, interval time.Duration, stop <-chan st
 	}
 }
 
+// endReaders publishes the sentinel on n and waits for every reader, of
+// which reader i is on hub i%2, to get it.
+func endReaders(t *testing.T, n *node, readers []*reader) {
+	t.Helper()
+	if err := broadcast(testCtx(t), n, "r", "sentinel", 0); err != nil {
+		t.Fatalf("sentinel: %v", err)
+	}
+	for i, m := range readers {
+		<-m.done
+		if m.err != nil {
+			t.Fatalf("reader %d (hub %d): %v", i, i%2, m.err)
+		}
+	}
+}
+
 // checkAcked fails unless every reader got the same messages in the
 // same order, without duplicates, including every acknowledged publish.
 func checkAcked(t *testing.T, members []*reader, pubs map[string]*reader) {
@@ -186,15 +201,7 @@ func logBusHang(t *testing.T, hang time.Duration) {
 	for pub, m := range pubs {
 		m.awaitAnswers(sent[pub])
 	}
-	if err := broadcast(testCtx(t), nodes[0], "r", "sentinel", 0); err != nil {
-		t.Fatalf("sentinel: %v", err)
-	}
-	for i, m := range members {
-		<-m.done
-		if m.err != nil {
-			t.Fatalf("reader %d (hub %d): %v", i, i%2, m.err)
-		}
-	}
+	endReaders(t, nodes[0], members)
 	for i, n := range nodes {
 		equal(t, fmt.Sprintf("hub %d's kicked members", i), n.hub.Stats().Kicked, 0)
 	}
@@ -224,15 +231,7 @@ func TestFloodPacedOnOtherHub(t *testing.T) {
 				flooder.p.send(`{"type":"publish","room":"r","id":"%d","data":{"pub":"a","seq":%d}}`, seq, seq)
 			}
 			flooder.awaitAnswers(n)
-			if err := broadcast(testCtx(t), nodes[0], "r", "sentinel", 0); err != nil {
-				t.Fatalf("sentinel: %v", err)
-			}
-			for i, m := range members {
-				<-m.done
-				if m.err != nil {
-					t.Fatalf("reader %d (hub %d): %v", i, i%2, m.err)
-				}
-			}
+			endReaders(t, nodes[0], members)
 			for id, ok := range flooder.acked {
 				if !ok {
 					t.Fatalf("publish %s refused", id)
