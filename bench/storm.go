@@ -478,7 +478,18 @@ func runStormOnce(ctx context.Context, cfg *config, s stormSetup) (runResult, er
 
 	time.Sleep(time.Second) // traffic before the stop
 	st.phase.Store(1)
+	label := strings.NewReplacer(" ", "", ",", "-").Replace(s.label)
+	if cfg.profileDir != "" {
+		if _, err := hubA.call("cpuprof " + filepath.Join(cfg.profileDir, "storm-"+label+"-before.cpu.pprof")); err != nil {
+			return res, err
+		}
+	}
 	time.Sleep(2 * time.Second)
+	if cfg.profileDir != "" {
+		if _, err := hubA.call("cpustop"); err != nil {
+			return res, err
+		}
+	}
 	st.phase.Store(2)
 	st.stopped.Store(time.Now().UnixNano())
 	if s.kill {
@@ -495,7 +506,7 @@ func runStormOnce(ctx context.Context, cfg *config, s stormSetup) (runResult, er
 	st.restarted.Store(time.Now().UnixNano())
 	var profile string
 	if cfg.profileDir != "" {
-		profile = filepath.Join(cfg.profileDir, fmt.Sprintf("storm-%s.cpu.pprof", strings.NewReplacer(" ", "", ",", "-").Replace(s.label)))
+		profile = filepath.Join(cfg.profileDir, "storm-"+label+".cpu.pprof")
 		if _, err := hubA2.call("cpuprof " + profile); err != nil {
 			return res, err
 		}
