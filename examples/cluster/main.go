@@ -71,6 +71,7 @@ var page = template.Must(template.New("page").Parse(pageHTML))
 // config is what the flags set.
 type config struct {
 	Addrs    []string // one hub per address
+	Names    []string // of the hubs, "A" and "B"; by index when empty
 	Log      bool     // rooms go through a JetStream room log
 	NATSURL  string   // empty: start an embedded NATS server
 	NATSPort int      // the embedded server's port; server.RANDOM_PORT for any
@@ -88,9 +89,10 @@ func main() {
 	flag.StringVar(&cfg.NATSURL, "nats", "", "NATS server URL; empty starts an embedded server on 127.0.0.1")
 	flag.IntVar(&cfg.NATSPort, "nats-port", server.RANDOM_PORT, "port of the embedded NATS server (-1: any free port)")
 	flag.Parse()
-	for _, addr := range []string{*a, *b} {
+	for i, addr := range []string{*a, *b} {
 		if addr != "" {
 			cfg.Addrs = append(cfg.Addrs, addr)
+			cfg.Names = append(cfg.Names, nodeName(i))
 		}
 	}
 
@@ -99,7 +101,7 @@ func main() {
 	defer stop()
 	err := run(ctx, cfg, logger, func(urls []string) {
 		for i, u := range urls {
-			logger.Info("node ready: open it in a browser", "node", nodeName(i), "url", u)
+			logger.Info("node ready: open it in a browser", "node", cfg.name(i), "url", u)
 		}
 	})
 	if err != nil {
@@ -110,6 +112,14 @@ func main() {
 }
 
 func nodeName(i int) string { return string(rune('A' + i)) }
+
+// name returns the name of node i: from Names, or by its index.
+func (c config) name(i int) string {
+	if i < len(c.Names) {
+		return c.Names[i]
+	}
+	return nodeName(i)
+}
 
 // run serves one hub per address until ctx is done, then shuts everything
 // down gracefully. ready gets the page URL of each node once all listen.
@@ -149,7 +159,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger, ready func(urls [
 		}
 	}()
 	for i, addr := range cfg.Addrs {
-		n, err := startNode(nodeName(i), addr, natsURL, cfg.Log, logger)
+		n, err := startNode(cfg.name(i), addr, natsURL, cfg.Log, logger)
 		if err != nil {
 			return err
 		}
