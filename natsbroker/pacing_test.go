@@ -6,6 +6,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/wshub/wshub"
+	"github.com/wshub/wshub/natsbroker"
 )
 
 // soak returns full when the long soaks run (WSHUB_SOAK=1, as .ci/run
@@ -240,6 +242,58 @@ func TestFloodPacedOnOtherHub(t *testing.T) {
 			equal(t, "hub B's kicked members", nodes[1].hub.Stats().Kicked, 0)
 			for i, m := range members {
 				checkSequences(t, fmt.Sprintf("reader %d", i), m.got, map[string]int{"a": n})
+			}
+		})
+	}
+}
+
+// TestCoreBurstPastBound: on core NATS, a burst from another hub past
+// Options.BurstBytes, held while a stalled member holds up the room until
+// WriteTimeout closes it, is not lost silently: NATS drops messages for
+// the hub, and the hub closes the room's other members with 1012; in a
+// room with history, they learn on rejoining that they could not recover.
+func TestCoreBurstPastBound(t *testing.T) {
+	for _, history := range []bool{false, true} {
+		t.Run(map[bool]string{false: "no history", true: "history"}[history], func(t *testing.T) {
+			s := startNATS(t, server.RANDOM_PORT)
+			var hist func(string) wshub.HistoryPolicy
+			if history {
+				hist = policies(map[string]wshub.HistoryPolicy{"r": {Messages: 10}})
+			}
+			nodes := startNodes(t, s.ClientURL(), 2, &natsbroker.Options{BurstBytes: 64 << 10}, hist, false,
+				func(o *wshub.Options) { o.Limits.WriteTimeout = 2 * time.Second })
+			stalled := dial(t, nodes[1])
+			stalled.join("r") // and never reads again
+			reader := dial(t, nodes[1])
+			_, ack := reader.joinAck("r", "")
+			closed := make(chan error, 1)
+			go func() {
+				for {
+					if _, err := reader.next(); err != nil {
+						closed <- err
+						return
+					}
+				}
+			}()
+			// 32 MiB from hub A, more than the stalled member's socket and
+			// queue take, and far more than BurstBytes.
+			big := strings.Repeat("x", 8<<10)
+			ctx := testCtx(t)
+			for i := range 4096 {
+				if err := nodes[0].hub.Room("r").Broadcast(ctx, &wshub.Message{Data: payload{Pub: big, Seq: i}}); err != nil {
+					t.Fatalf("broadcast %d: %v", i, err)
+				}
+			}
+			nodes[0].hub.Room("r").Broadcast(ctx, &wshub.Message{Data: payload{Pub: "after"}}) // the burst's end shows it
+			err := <-closed
+			equal(t, "reader's close code", websocket.CloseStatus(err), websocket.StatusServiceRestart)
+			if !history {
+				return
+			}
+			again := dial(t, nodes[1])
+			_, rejoin := again.joinAck("r", fmt.Sprintf(`"epoch":%q,"since":%d`, ack.Epoch, ack.Seq))
+			if rejoin.Recovered == nil || *rejoin.Recovered {
+				t.Fatalf("rejoin after the loss: %+v, want recovered:false", rejoin)
 			}
 		})
 	}
