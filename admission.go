@@ -20,13 +20,13 @@ import (
 // percentile over the last interval passes overloadLatency, it lets
 // admitFloor upgrades through per interval, so that it never refuses
 // everyone; the others wait for a later interval's share, at most
-// admitWait, and are then answered 503 with a Retry-After of 1 to 3
+// admitWait, and are then answered 503 with a Retry-After of 1 or 2
 // seconds, drawn at random so that the retries spread out.
 
 const (
 	admitInterval   = 50 * time.Millisecond
 	overloadLatency = 20 * time.Millisecond
-	admitWait       = time.Second
+	admitWait       = 2 * time.Second
 )
 
 // admitFloor is a variable for a test that makes it small.
@@ -111,8 +111,8 @@ func (a *admission) measure() bool {
 	return false
 }
 
-// refuse answers an upgrade 503 with a Retry-After of 1 to 3 seconds.
+// refuse answers an upgrade 503 with a Retry-After of 1 or 2 seconds.
 func refuse(w http.ResponseWriter, err error) {
-	w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(3)))
+	w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(2)))
 	http.Error(w, err.Error(), http.StatusServiceUnavailable)
 }

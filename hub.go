@@ -180,7 +180,7 @@ func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
 // ServeHTTP upgrades the request to a WebSocket connection and serves the
 // client until it disconnects; it returns as soon as the connection is
 // established. Before the upgrade it answers 503 Service Unavailable,
-// with a Retry-After of 1 to 3 seconds, when the hub is closing, when
+// with a Retry-After of 1 or 2 seconds, when the hub is closing, when
 // MaxClients are connected, and when the process is too busy to take more
 // clients without hurting those it has (admission.go: in a reconnect storm
 // it lets a few in at a time); 403 Forbidden for a cross-origin request

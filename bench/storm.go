@@ -35,8 +35,8 @@ import (
 // clients cannot recover: they are told so).
 //
 // Clients reconnect as the client libraries do: after 100 ms doubling to
-// 5 s, each wait drawn at random between half and all of it, or after
-// what a 503's Retry-After says (with the same spread). Each checks that
+// 5 s, each wait drawn at random between half and all of it, and after a
+// 503 at least what its Retry-After says, plus up to a quarter more. Each checks that
 // it gets every message of its room once, in order, across the restart
 // (the publisher numbers the messages of each room), unless its rejoin
 // was told recovered:false.
@@ -250,6 +250,7 @@ func (c *stormClient) connect(ctx context.Context, backoff *time.Duration) (*web
 			return conn, nil
 		}
 		wait := *backoff
+		wait = wait/2 + rand.N(wait/2+1)
 		*backoff = min(2**backoff, 5*time.Second)
 		if resp != nil {
 			if resp.StatusCode == http.StatusServiceUnavailable {
@@ -258,11 +259,11 @@ func (c *stormClient) connect(ctx context.Context, backoff *time.Duration) (*web
 				c.st.mu.Unlock()
 			}
 			if s, err := strconv.Atoi(resp.Header.Get("Retry-After")); err == nil && s > 0 {
-				wait = time.Duration(s) * time.Second
+				ra := time.Duration(s) * time.Second
+				wait = max(wait, ra+rand.N(ra/4)) // as the Go client
 			}
 			resp.Body.Close()
 		}
-		wait = wait/2 + rand.N(wait/2+1)
 		select {
 		case <-time.After(wait):
 		case <-ctx.Done():

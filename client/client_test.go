@@ -421,7 +421,7 @@ func TestReconnectHonoursRetryAfter(t *testing.T) {
 	connected := make(chan *wshub.Client, 4)
 	s := newSwitchable(t, &wshub.Options{OnConnect: func(c *wshub.Client) { connected <- c }})
 	closed := wshub.New(nil, nil)
-	closed.Close() // answers 503 with a Retry-After of 1 to 3 s
+	closed.Close() // answers 503 with a Retry-After of 1 or 2 s
 	ctx := testCtx(t)
 	log := newEventLog()
 	c, err := client.Dial(ctx, s.url, &client.Options{MinBackoff: time.Millisecond, MaxBackoff: 10 * time.Millisecond, OnEvent: log.add})
