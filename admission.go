@@ -1,6 +1,7 @@
 package wshub
 
 import (
+	"context"
 	"math/rand/v2"
 	"net/http"
 	"runtime/metrics"
@@ -26,14 +27,14 @@ import (
 const (
 	admitInterval   = 50 * time.Millisecond
 	overloadLatency = 20 * time.Millisecond
+	admitFloor      = 96
 	admitWait       = 2 * time.Second
 )
 
-// admitFloor is a variable for a test that makes it small.
-var admitFloor = 96
-
 // admission decides whether an upgrade comes in now.
 type admission struct {
+	floor int // admitFloor, or less in a test
+
 	mu       sync.Mutex
 	read     time.Time        // when the latencies were last read
 	prev     []uint64         // their counts then
@@ -45,20 +46,33 @@ type admission struct {
 const schedLatencies = "/sched/latencies:seconds"
 
 // admit reports whether an upgrade may come in: at once, or after
-// waiting at most admitWait for a later interval's share, unless done
-// closes first.
-func (a *admission) admit(done func() bool) bool {
+// waiting at most admitWait for a later interval's share. It gives up
+// when ctx ends (the client went) or closing reports true. Waiters wake
+// at random in the next interval, not all at its start.
+func (a *admission) admit(ctx context.Context, closing func() bool) bool {
 	deadline := time.Now().Add(admitWait)
+	var timer *time.Timer
 	for {
 		now := time.Now()
 		wait, ok := a.try(now)
 		if ok {
 			return true
 		}
-		if done() || now.Add(wait).After(deadline) {
+		wait += rand.N(admitInterval)
+		if closing() || now.Add(wait).After(deadline) {
 			return false
 		}
-		time.Sleep(wait)
+		if timer == nil {
+			timer = time.NewTimer(wait)
+			defer timer.Stop()
+		} else {
+			timer.Reset(wait)
+		}
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return false
+		}
 	}
 }
 
@@ -75,7 +89,7 @@ func (a *admission) try(now time.Time) (time.Duration, bool) {
 		return 0, true
 	}
 	a.admitted++
-	return a.read.Add(admitInterval).Sub(now), a.admitted <= admitFloor
+	return a.read.Add(admitInterval).Sub(now), a.admitted <= a.floor
 }
 
 // measure reads the scheduler's latencies and reports whether their 99th

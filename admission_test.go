@@ -17,8 +17,8 @@ import (
 // Retry-After; once the CPU is free again, it takes every upgrade. It does
 // not run in parallel: it overloads the whole process.
 func TestOverloadedHubRefusesWithRetryAfter(t *testing.T) {
-	defer wshub.SetAdmitFloor(1)()
 	h := wshub.New(nil, nil)
+	wshub.SetAdmitFloor(h, 1)
 	ts := serve(t, h)
 
 	var stop atomic.Bool

@@ -44,6 +44,7 @@ type Client struct {
 	replayed    int      // messages of queue that a history replay put there, past the limits
 	replayBytes int
 	space       chan struct{} // closed when the queue is taken or the client closes; made by a waiter
+	unpaced     bool          // congested past paceWait: deliveries from other hubs wait no more for it (flow.go)
 	spare       [][]byte      // the writer's previous batch, reused
 	writing     bool          // a writer goroutine is running
 	closeCode   websocket.StatusCode

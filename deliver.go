@@ -119,7 +119,7 @@ func (h *Hub) deliver(rm *room, en Entry) {
 		own.err = enc.result()
 	}
 	if len(paced) > 0 {
-		h.awaitQueues(paced, nil)
+		h.pace(rm, paced)
 	}
 }
 

@@ -17,7 +17,10 @@ import "context"
 // room's order, not necessarily by one.
 type Engine interface {
 	// Publish hands msg, a room message encoded with JSONCodec and without
-	// a seq, to the room's order, and returns without waiting. wait waits
+	// a seq, to the room's order, and returns without waiting for the
+	// network or for clients (it may wait, within ctx, while the room's
+	// messages not yet passed on pass a bound of the engine's: the memory
+	// engine's is 1 MiB). wait waits
 	// until the engine kept msg (stored it in the room's history if p
 	// keeps one, or handed it to its bus, as it documents) and returns
 	// nil, or why msg will not reach the followers; the hub calls it once.

@@ -5,13 +5,9 @@ import "time"
 // PingNow starts a keepalive ping of c at once, as its timer would.
 func PingNow(c *Client) { c.ping() }
 
-// SetAdmitFloor sets how many upgrades per interval an overloaded hub
-// lets in, and returns a function that restores it.
-func SetAdmitFloor(n int) (restore func()) {
-	old := admitFloor
-	admitFloor = n
-	return func() { admitFloor = old }
-}
+// SetAdmitFloor sets how many upgrades per interval h lets in while its
+// process is overloaded; call it before h serves.
+func SetAdmitFloor(h *Hub, n int) { h.admission.floor = n }
 
 // NewMemoryEngineWithClock is NewMemoryEngine with a clock of the test's.
 func NewMemoryEngineWithClock(maxBytes int64, now func() time.Time) Engine {

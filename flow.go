@@ -26,14 +26,18 @@ import (
 //
 // Messages published on other hubs are paced alike: the hub delivers the
 // next message of a room once the queues the last one congested were
-// taken (or their clients closed by WriteTimeout), so the engine passes a
-// room's messages at the pace of its members. An engine that reads from
-// a log (natsbroker's Log) then reads no faster; one that cannot be
-// paced, core NATS, holds a burst up to a bound it documents.
+// taken, so the engine passes a room's messages at the pace of its
+// members. An engine that reads from a log (natsbroker's Log) then reads
+// no faster; one that cannot be paced, core NATS, holds a burst up to a
+// bound it documents. A member that stops reading must not stop the room,
+// though: the hub waits for the queues one message congested at most
+// paceWait (1 s, or WriteTimeout if shorter), and a client still congested
+// then is waited for no more until its writer takes its queue again; it
+// overflows, or times out, and is closed alone.
 //
 // Server-side sends (Client.Send, Room.Broadcast and Hub.Broadcast, from a
-// Handler too) never wait: a queue they overflow closes its client with
-// "send queue full".
+// Handler too) never wait for a client: a queue they overflow closes its
+// client with "send queue full".
 
 // congestedLocked reports whether c's queue is more than a quarter full.
 func (c *Client) congestedLocked() bool {
@@ -41,8 +45,10 @@ func (c *Client) congestedLocked() bool {
 	return 4*len(c.queue) > o.SendQueue || 4*c.queueBytes > o.SendQueueBytes
 }
 
-// wakeLocked releases the read goroutines waiting for c's queue.
+// wakeLocked releases the read goroutines waiting for c's queue, which its
+// writer took.
 func (c *Client) wakeLocked() {
+	c.unpaced = false
 	if c.space != nil {
 		close(c.space)
 		c.space = nil
@@ -80,15 +86,53 @@ func (c *Client) awaitFlow() {
 	c.waitFor = c.waitFor[:0]
 }
 
+// paceWait bounds the wait of an engine's delivery for the queues that a
+// message of another hub congested.
+const paceWait = time.Second
+
+// pace waits, on an engine's delivery to rm, for the clients ds whose
+// queues it congested, as the comment at the top of this file says.
+func (h *Hub) pace(rm *room, ds []*Client) {
+	var timer *time.Timer
+	for i, d := range ds {
+		d.mu.Lock()
+		var space chan struct{}
+		if d.cause == nil && d.congestedLocked() && !d.unpaced {
+			if d.space == nil {
+				d.space = make(chan struct{})
+			}
+			space = d.space
+		}
+		d.mu.Unlock()
+		if space == nil {
+			continue
+		}
+		if timer == nil {
+			timer = time.NewTimer(min(paceWait, h.opts.WriteTimeout))
+			defer timer.Stop()
+		}
+		select {
+		case <-space:
+			continue
+		case <-rm.gone:
+			return
+		case <-timer.C:
+		}
+		for _, d := range ds[i:] {
+			d.mu.Lock()
+			if d.congestedLocked() {
+				d.unpaced = true
+			}
+			d.mu.Unlock()
+		}
+		return
+	}
+}
+
 // awaitClients waits for each of ds to be no longer congested, at most
 // WriteTimeout in all, and closes those still congested then; it stops
 // waiting when c closes.
-func (c *Client) awaitClients(ds []*Client) { c.hub.awaitQueues(ds, c.ctx.Done()) }
-
-// awaitQueues waits for each of ds to be no longer congested, at most
-// WriteTimeout in all, and closes those still congested then; it stops
-// waiting when done closes.
-func (h *Hub) awaitQueues(ds []*Client, done <-chan struct{}) {
+func (c *Client) awaitClients(ds []*Client) {
 	var timer *time.Timer
 	expired := false
 	for _, d := range ds {
@@ -98,13 +142,13 @@ func (h *Hub) awaitQueues(ds []*Client, done <-chan struct{}) {
 		}
 		if !expired {
 			if timer == nil {
-				timer = time.NewTimer(h.opts.WriteTimeout)
+				timer = time.NewTimer(c.hub.opts.WriteTimeout)
 				defer timer.Stop()
 			}
 			select {
 			case <-space:
 				continue
-			case <-done:
+			case <-c.ctx.Done():
 				return
 			case <-timer.C:
 				expired = true

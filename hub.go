@@ -89,6 +89,8 @@ func New(handler Handler, opts *Options) *Hub {
 		drained: make(chan struct{}),
 		id:      newID(),
 
+		admission: admission{floor: admitFloor},
+
 		follows: make(map[string]*follow),
 		pres:    make(map[string]*presRoom),
 	}
@@ -187,9 +189,13 @@ func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
 // not allowed by OriginPatterns; and the status of a refusal by
 // Authenticate.
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	err := error(errOverloaded)
-	if h.closing.Load() || h.admission.admit(h.closing.Load) {
-		err = h.reserve()
+	err := h.reserve()
+	if err == nil && !h.admission.admit(r.Context(), h.closing.Load) {
+		h.unreserve()
+		err = errOverloaded
+		if h.closing.Load() {
+			err = ErrHubClosed
+		}
 	}
 	if err != nil {
 		h.refused.Add(1)

@@ -67,7 +67,7 @@ func NewMemoryEngine(maxBytes int64) Engine {
 }
 
 // Publish implements Engine.
-func (e *memEngine) Publish(_ context.Context, room string, p HistoryPolicy, id string, msg []byte) func() error {
+func (e *memEngine) Publish(ctx context.Context, room string, p HistoryPolicy, id string, msg []byte) func() error {
 	e.mu.Lock()
 	en := Entry{ID: id, JSON: msg}
 	if p.on() {
@@ -86,7 +86,10 @@ func (e *memEngine) Publish(_ context.Context, room string, p HistoryPolicy, id 
 		}
 		space := f.space
 		e.mu.Unlock()
-		<-space
+		select { // msg is kept and queued either way
+		case <-space:
+		case <-ctx.Done():
+		}
 		return noError
 	}
 	e.drainLocked(f)

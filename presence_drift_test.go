@@ -110,15 +110,18 @@ func presenceDrift(t *testing.T) {
 		}
 	}
 	slots := make([]*websocket.Conn, 60)
-	for i := range slots {
-		slots[i] = connect(fmt.Sprintf("u%02d", i%20))
-		readers.Go(func() { // discards what it is sent
+	discard := func(c *websocket.Conn) {
+		readers.Go(func() {
 			for {
-				if _, _, err := slots[i].Read(ctx); err != nil {
+				if _, _, err := c.Read(ctx); err != nil {
 					return
 				}
 			}
 		})
+	}
+	for i := range slots {
+		slots[i] = connect(fmt.Sprintf("u%02d", i%20))
+		discard(slots[i])
 	}
 
 	var obs []*observer
@@ -140,13 +143,7 @@ func presenceDrift(t *testing.T) {
 		case c == nil: // reconnect
 			c = connect(fmt.Sprintf("u%02d", i%20))
 			slots[i] = c
-			readers.Go(func() {
-				for {
-					if _, _, err := c.Read(ctx); err != nil {
-						return
-					}
-				}
-			})
+			discard(c)
 			send(c, join)
 		case r < 5:
 			send(c, join) // joining twice is an error frame: no change

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -450,25 +451,46 @@ func runStormOnce(ctx context.Context, cfg *config, s stormSetup) (runResult, er
 	if s.log {
 		total += 100
 	}
+	// At most 64 first joins in flight; every one within a minute.
 	sem := make(chan struct{}, 64)
-	go func() {
+	setup, cancelSetup := context.WithTimeout(cctx, time.Minute)
+	defer cancelSetup()
+	wg.Go(func() {
 		for range total {
-			<-st.joined
-			<-sem
+			select {
+			case <-st.joined:
+				<-sem
+			case <-setup.Done():
+				return
+			}
 		}
-	}()
+	})
+	take := func() error {
+		select {
+		case sem <- struct{}{}:
+			return nil
+		case <-setup.Done():
+			return errors.New("the clients did not all join within a minute")
+		}
+	}
 	for i := range cfg.stormN {
-		sem <- struct{}{}
+		if err := take(); err != nil {
+			return res, err
+		}
 		add(addrA, i, true)
 	}
 	if s.log {
 		for i := range 100 {
-			sem <- struct{}{}
+			if err := take(); err != nil {
+				return res, err
+			}
 			add(hubB.addr, i, false)
 		}
 	}
-	for range 64 {
-		sem <- struct{}{} // every join acknowledged
+	for range 64 { // every join acknowledged
+		if err := take(); err != nil {
+			return res, err
+		}
 	}
 
 	// The publisher: a client of its own, reconnecting like the others.

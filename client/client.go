@@ -271,7 +271,8 @@ func retryable(err error) bool {
 	return false
 }
 
-// maxRetryAfter caps the wait that a server's Retry-After asks for.
+// maxRetryAfter caps the wait after a server's Retry-After, spread
+// included.
 const maxRetryAfter = 5 * time.Minute
 
 // retryAfter returns the wait that the Retry-After header of a refused
@@ -324,7 +325,7 @@ func (c *Conn) run(ws *websocket.Conn) {
 				// The server said when: not before, and spread over a
 				// quarter more, so that its clients do not all come back
 				// at once.
-				wait = ra + time.Duration(rand.Float64()*float64(ra)/4)
+				wait = min(ra+time.Duration(rand.Float64()*float64(ra)/4), maxRetryAfter)
 			}
 			c.event(Event{State: Offline, Err: err, Retry: wait})
 			select {

@@ -14,10 +14,11 @@ import (
 // Settings of a follow's consumer. A follow pulls pullBatch messages at a
 // time, and the next batch only once it passed the last one on: since the
 // hub's deliver returns when the members took what a message congested,
-// the follow reads the room log at their pace; each pull lasts at most pullExpires, and the server sends a
-// heartbeat every pullHeartbeat while it has nothing to send, so a follow
-// that hears nothing for heartbeatLoss knows its consumer or server is
-// gone. The server deletes a consumer that nobody pulled from for
+// the follow reads the room log at their pace. Each pull lasts at most
+// pullExpires, and the server sends a heartbeat every pullHeartbeat while
+// it has nothing to send, so a follow that hears nothing for
+// heartbeatLoss (not counting its waits in deliver) knows its consumer or
+// server is gone. The server deletes a consumer that nobody pulled from for
 // consumerInactive: the consumers of a hub that vanished.
 const (
 	pullBatch        = 256

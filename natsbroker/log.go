@@ -577,11 +577,11 @@ func (l *Log) read(ctx context.Context, s *logStream, h jetstream.Stream, subj s
 	if full {
 		// Shared with the reads of the room that come meanwhile
 		// (snapshot.go).
-		sn, err := l.snapshot(ctx, s, h, subj, p)
-		if errors.Is(err, jetstream.ErrStreamNotFound) {
+		sn, serr := l.snapshot(ctx, s, h, subj, p)
+		if errors.Is(serr, jetstream.ErrStreamNotFound) {
 			return page, false, errStreamGone
-		} else if err != nil {
-			return page, false, err
+		} else if serr != nil {
+			return page, false, serr
 		}
 		msgs, info = sn.msgs, sn.info
 		if len(msgs) > 0 {

@@ -41,6 +41,7 @@ type reader struct {
 	done  chan struct{}
 
 	mu      sync.Mutex
+	ended   bool // read returned; err says why
 	answers int
 	answer  *sync.Cond
 }
@@ -54,14 +55,17 @@ func startReader(t *testing.T, n *node) *reader {
 }
 
 func (m *reader) read() {
-	defer close(m.done)
+	var err error
+	defer func() {
+		m.mu.Lock()
+		m.err, m.ended = err, true
+		m.answer.Broadcast()
+		m.mu.Unlock()
+		close(m.done)
+	}()
 	for {
-		w, err := m.p.next()
-		if err != nil {
-			m.err = err
-			m.mu.Lock()
-			m.answer.Broadcast()
-			m.mu.Unlock()
+		var w wireMsg
+		if w, err = m.p.next(); err != nil {
 			return
 		}
 		switch w.Type {
@@ -73,8 +77,7 @@ func (m *reader) read() {
 			m.mu.Unlock()
 		case "message":
 			var d payload
-			if err := json.Unmarshal(w.Data, &d); err != nil {
-				m.err = err
+			if err = json.Unmarshal(w.Data, &d); err != nil {
 				return
 			}
 			if d.Pub == "sentinel" {
@@ -82,7 +85,7 @@ func (m *reader) read() {
 			}
 			m.got = append(m.got, d)
 		default:
-			m.err = fmt.Errorf("unexpected %+v", w)
+			err = fmt.Errorf("unexpected %+v", w)
 			return
 		}
 	}
@@ -93,7 +96,7 @@ func (m *reader) read() {
 func (m *reader) awaitAnswers(n int) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for m.answers < n && m.err == nil {
+	for m.answers < n && !m.ended {
 		m.answer.Wait()
 	}
 }
@@ -116,17 +119,21 @@ func (m *reader) publishEvery(pub string, interval time.Duration, stop <-chan st
 	}
 }
 
-// endReaders publishes the sentinel on n and waits for every reader, of
-// which reader i is on hub i%2, to get it.
+// endReaders publishes the sentinel on n and waits for every reader to get
+// it.
 func endReaders(t *testing.T, n *node, readers []*reader) {
 	t.Helper()
 	if err := broadcast(testCtx(t), n, "r", "sentinel", 0); err != nil {
 		t.Fatalf("sentinel: %v", err)
 	}
 	for i, m := range readers {
-		<-m.done
+		select {
+		case <-m.done:
+		case <-time.After(time.Minute):
+			t.Fatalf("reader %d: no sentinel within a minute", i)
+		}
 		if m.err != nil {
-			t.Fatalf("reader %d (hub %d): %v", i, i%2, m.err)
+			t.Fatalf("reader %d: %v", i, m.err)
 		}
 	}
 }
@@ -297,4 +304,30 @@ func TestCoreBurstPastBound(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestStalledMemberDoesNotHoldRoom: a member that stops reading holds up
+// the deliveries from other hubs for a second at most, however long
+// WriteTimeout: then it is on its own, its queue overflows and it is
+// closed alone, while the room's other members get everything.
+func TestStalledMemberDoesNotHoldRoom(t *testing.T) {
+	s := startNATS(t, server.RANDOM_PORT)
+	nodes := startNodes(t, s.ClientURL(), 2, &natsbroker.Options{BurstBytes: 256 << 20}, nil, false,
+		func(o *wshub.Options) { o.Limits.WriteTimeout = time.Hour })
+	stalled := dial(t, nodes[1])
+	stalled.join("r") // and never reads again
+	r := startReader(t, nodes[1])
+	// 16 MiB from hub A: more than the stalled member's socket and queue
+	// take.
+	big := strings.Repeat("x", 8<<10)
+	ctx := testCtx(t)
+	const n = 2048
+	for i := range n {
+		if err := nodes[0].hub.Room("r").Broadcast(ctx, &wshub.Message{Data: payload{Pub: big, Seq: i}}); err != nil {
+			t.Fatalf("broadcast %d: %v", i, err)
+		}
+	}
+	endReaders(t, nodes[0], []*reader{r})
+	equal(t, "messages the reader got", len(r.got), n)
+	equal(t, "hub B's kicked members", nodes[1].hub.Stats().Kicked, 1)
 }

@@ -189,7 +189,11 @@ func TestLogRollingRestart(t *testing.T) {
 		t.Fatalf("sentinel: %v", err)
 	}
 	for i, r := range rollers {
-		<-r.done
+		select {
+		case <-r.done:
+		case <-ctx.Done():
+			t.Fatalf("client %d: no sentinel", i)
+		}
 		if r.err != nil {
 			t.Fatalf("client %d: %v", i, r.err)
 		}

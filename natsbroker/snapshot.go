@@ -70,8 +70,10 @@ func (l *Log) snapshot(ctx context.Context, s *logStream, h jetstream.Stream, su
 	sl.mu.Unlock()
 
 	// This read runs sn, for every read that takes it: after the running
-	// one, and bounded by the Log's timeout rather than by this read's
-	// context alone.
+	// one, and bounded by the Log's timeout, not by this read's context,
+	// since others wait for it. So the read that runs a snapshot may take
+	// up to twice the timeout (the running one, then its own) whatever
+	// its context.
 	if running != nil {
 		<-running.done
 	}

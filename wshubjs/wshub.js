@@ -21,8 +21,9 @@
 // waits at least refusedDelay (1 s) to twice that: it may have been a hub's
 // 503 (shutting down, full, or overloaded by a reconnect storm), whose
 // Retry-After (1 or 2 s) a browser does not show to scripts. Any other
-// close code (1000, 1007, 1008, 1009, 1011, …) is about this client: it stops ("closed" state), and reconnect() starts
-// again. In a browser, going back online retries at once.
+// close code (1000, 1007, 1008, 1009, 1011, …) is about this client: it
+// stops ("closed" state), and reconnect() starts again. In a browser,
+// going back online retries at once.
 //
 // Rooms survive reconnects: every room joined is joined again on each new
 // connection, with a recovery (the epoch and last seq seen, with the first

@@ -1,0 +1,75 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// TestStorm runs the storm scenario end to end at a small size: 100
+// clients on hub A, every row in child processes (this test binary). Every
+// client must come back, each exactly once and in order: recovered on the
+// room log, told it could not recover with the in-memory history; no
+// member of B closed, no row with notes (a lost client, an error frame, a
+// child exiting badly).
+func TestStorm(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts child processes")
+	}
+	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=100"))
+	var out, log bytes.Buffer
+	err := run([]string{"-scenario", "storm", "-runs", "1", "-storm-clients", "100"}, &out, &log)
+	t.Logf("progress:\n%s", log.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := tableRows(out.String())
+	if len(rows) != len(stormSetups) {
+		t.Fatalf("%d rows, want %d:\n%s", len(rows), len(stormSetups), out.String())
+	}
+	for i, s := range stormSetups {
+		r := rows[i]
+		if r.cells[0] != s.label {
+			t.Fatalf("row %d is %q, want %q", i, r.cells[0], s.label)
+		}
+		cell := func(header string) string {
+			t.Helper()
+			for j, h := range r.head {
+				if h == header {
+					return r.cells[j]
+				}
+			}
+			t.Fatalf("no column %q", header)
+			return ""
+		}
+		num := func(header string) float64 {
+			t.Helper()
+			v, err := strconv.ParseFloat(strings.ReplaceAll(cell(header), ",", ""), 64)
+			if err != nil {
+				t.Fatalf("%s: %s is %q", s.label, header, cell(header))
+			}
+			return v
+		}
+		if notes := r.cells[len(r.cells)-1]; notes != "" {
+			t.Errorf("%s: notes %q", s.label, notes)
+		}
+		recovered, lost := num("recovered:true"), num("recovered:false")
+		if s.log && (recovered != 100 || lost != 0) || !s.log && (recovered != 0 || lost != 100) {
+			t.Errorf("%s: recovered:true %v, recovered:false %v", s.label, recovered, lost)
+		}
+		if v := num("gaps+dups+reorders"); v != 0 {
+			t.Errorf("%s: %v gaps, duplicates or reorders", s.label, v)
+		}
+		if v := num("max connections per client"); v != 2 {
+			t.Errorf("%s: a client connected %v times, want 2", s.label, v)
+		}
+		if s.log && num("B members closed") != 0 {
+			t.Errorf("%s: members of B closed", s.label)
+		}
+		if v := num("last back after stop (s)"); v <= 0 {
+			t.Errorf("%s: last back %v s after the stop", s.label, v)
+		}
+	}
+}
