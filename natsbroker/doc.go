@@ -132,7 +132,8 @@
 //
 // Bursts. The hub delivers a room's messages at the pace its members take
 // them (wshub.Engine's Follow): a message that leaves members' queues
-// congested is followed by the next once they were taken. Core NATS does
+// congested is followed by the next once they were taken, or after a
+// second for a member that stopped reading (it is then closed alone). Core NATS does
 // not wait, so what arrives meanwhile waits in the room's subscription, up
 // to Options.BurstBytes (8 MiB by default) of payloads per room. Past it,
 // nats.go drops messages for this hub as a slow consumer (and reports it
