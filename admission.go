@@ -15,14 +15,15 @@ import (
 // deploy, a network that came back) thousands of handshakes and joins
 // compete for the CPU with the deliveries to the members already there.
 // So the hub watches how long the process's runnable goroutines wait for
-// a CPU (the Go scheduler's latencies, from runtime/metrics), read when
-// an upgrade comes at least admitInterval after the last reading: they
-// cover the time since. While their 99th
-// percentile over the last interval passes overloadLatency, it lets
-// admitFloor upgrades through per interval, so that it never refuses
+// a CPU (the Go scheduler's latencies, from runtime/metrics), read when an
+// upgrade comes at least admitInterval after the last reading: they cover
+// the time since. While their 99th percentile passes overloadLatency, it
+// lets admitFloor upgrades through per interval, so that it never refuses
 // everyone; the others wait for a later interval's share, at most
 // admitWait, and are then answered 503 with a Retry-After of 1 or 2
-// seconds, drawn at random so that the retries spread out.
+// seconds, drawn at random so that the retries spread out. An upgrade
+// that waits holds its place against MaxClients, and Shutdown waits for
+// it (at most an interval or two: it gives up when the hub closes).
 
 const (
 	admitInterval   = 50 * time.Millisecond
