@@ -7,7 +7,6 @@ import (
 	"maps"
 	"slices"
 	"sync"
-
 	"time"
 
 	"github.com/coder/websocket"

@@ -56,11 +56,11 @@ func (c *Client) wakeLocked() {
 }
 
 // spaceSignal returns a channel closed once c's queue is taken or c
-// closes, or nil if c is not congested.
-func (c *Client) spaceSignal() <-chan struct{} {
+// closes, or nil if c is not congested, or if paced and c is unpaced.
+func (c *Client) spaceSignal(paced bool) <-chan struct{} {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.cause != nil || !c.congestedLocked() {
+	if c.cause != nil || !c.congestedLocked() || paced && c.unpaced {
 		return nil
 	}
 	if c.space == nil {
@@ -93,39 +93,12 @@ const paceWait = time.Second
 // pace waits, on an engine's delivery to rm, for the clients ds whose
 // queues it congested, as the comment at the top of this file says.
 func (h *Hub) pace(rm *room, ds []*Client) {
-	var timer *time.Timer
-	for i, d := range ds {
+	for _, d := range h.awaitQueues(ds, min(paceWait, h.opts.WriteTimeout), rm.gone, true) {
 		d.mu.Lock()
-		var space chan struct{}
-		if d.cause == nil && d.congestedLocked() && !d.unpaced {
-			if d.space == nil {
-				d.space = make(chan struct{})
-			}
-			space = d.space
+		if d.congestedLocked() {
+			d.unpaced = true
 		}
 		d.mu.Unlock()
-		if space == nil {
-			continue
-		}
-		if timer == nil {
-			timer = time.NewTimer(min(paceWait, h.opts.WriteTimeout))
-			defer timer.Stop()
-		}
-		select {
-		case <-space:
-			continue
-		case <-rm.gone:
-			return
-		case <-timer.C:
-		}
-		for _, d := range ds[i:] {
-			d.mu.Lock()
-			if d.congestedLocked() {
-				d.unpaced = true
-			}
-			d.mu.Unlock()
-		}
-		return
 	}
 }
 
@@ -133,31 +106,37 @@ func (h *Hub) pace(rm *room, ds []*Client) {
 // WriteTimeout in all, and closes those still congested then; it stops
 // waiting when c closes.
 func (c *Client) awaitClients(ds []*Client) {
-	var timer *time.Timer
-	expired := false
-	for _, d := range ds {
-		space := d.spaceSignal()
-		if space == nil {
-			continue
-		}
-		if !expired {
-			if timer == nil {
-				timer = time.NewTimer(c.hub.opts.WriteTimeout)
-				defer timer.Stop()
-			}
-			select {
-			case <-space:
-				continue
-			case <-c.ctx.Done():
-				return
-			case <-timer.C:
-				expired = true
-			}
-		}
+	for _, d := range c.hub.awaitQueues(ds, c.hub.opts.WriteTimeout, c.ctx.Done(), false) {
 		d.mu.Lock()
 		if d.congestedLocked() {
 			d.kickLocked(errWriteTimeout)
 		}
 		d.mu.Unlock()
 	}
+}
+
+// awaitQueues waits for each of ds in turn to be no longer congested (with
+// paced, not for those unpaced), at most limit in all, and returns the
+// clients it had not seen through when limit passed; none if done closes
+// first.
+func (h *Hub) awaitQueues(ds []*Client, limit time.Duration, done <-chan struct{}, paced bool) []*Client {
+	var timer *time.Timer
+	for i, d := range ds {
+		space := d.spaceSignal(paced)
+		if space == nil {
+			continue
+		}
+		if timer == nil {
+			timer = time.NewTimer(limit)
+			defer timer.Stop()
+		}
+		select {
+		case <-space:
+		case <-done:
+			return nil
+		case <-timer.C:
+			return ds[i:]
+		}
+	}
+	return nil
 }

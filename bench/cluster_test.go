@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -97,6 +98,28 @@ func checkCluster(t *testing.T, args []string, setups []clusterSetup) {
 // tableRow is a data row of a Markdown table with the table's header.
 type tableRow struct {
 	head, cells []string
+}
+
+// cell returns the row's cell in the column header.
+func (r tableRow) cell(t *testing.T, header string) string {
+	t.Helper()
+	for j, h := range r.head {
+		if h == header {
+			return r.cells[j]
+		}
+	}
+	t.Fatalf("no column %q", header)
+	return ""
+}
+
+// number returns the row's cell in the column header as a number.
+func (r tableRow) number(t *testing.T, header string) float64 {
+	t.Helper()
+	v, err := strconv.ParseFloat(strings.ReplaceAll(r.cell(t, header), ",", ""), 64)
+	if err != nil {
+		t.Fatalf("%s: %s is %q", r.cells[0], header, r.cell(t, header))
+	}
+	return v
 }
 
 // tableRows returns the data rows of the Markdown tables in s.

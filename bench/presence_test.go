@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -35,20 +34,7 @@ func TestPresence(t *testing.T) {
 		if r.cells[0] != s.label {
 			t.Fatalf("row %d is %q, want %q", i, r.cells[0], s.label)
 		}
-		cell := func(header string) float64 {
-			t.Helper()
-			for j, h := range r.head {
-				if h == header {
-					v, err := strconv.ParseFloat(strings.ReplaceAll(r.cells[j], ",", ""), 64)
-					if err != nil {
-						t.Fatalf("%s: %s is %q", s.label, header, r.cells[j])
-					}
-					return v
-				}
-			}
-			t.Fatalf("no column %q", header)
-			return 0
-		}
+		cell := func(header string) float64 { return r.number(t, header) }
 		if notes := r.cells[len(r.cells)-1]; notes != "" {
 			t.Errorf("%s: notes %q", s.label, notes)
 		}

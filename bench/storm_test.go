@@ -3,7 +3,6 @@ package main
 import (
 	"bytes"
 	"os"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -34,24 +33,7 @@ func TestStorm(t *testing.T) {
 		if r.cells[0] != s.label {
 			t.Fatalf("row %d is %q, want %q", i, r.cells[0], s.label)
 		}
-		cell := func(header string) string {
-			t.Helper()
-			for j, h := range r.head {
-				if h == header {
-					return r.cells[j]
-				}
-			}
-			t.Fatalf("no column %q", header)
-			return ""
-		}
-		num := func(header string) float64 {
-			t.Helper()
-			v, err := strconv.ParseFloat(strings.ReplaceAll(cell(header), ",", ""), 64)
-			if err != nil {
-				t.Fatalf("%s: %s is %q", s.label, header, cell(header))
-			}
-			return v
-		}
+		num := func(header string) float64 { return r.number(t, header) }
 		if notes := r.cells[len(r.cells)-1]; notes != "" {
 			t.Errorf("%s: notes %q", s.label, notes)
 		}

@@ -346,10 +346,8 @@ func (b *Broker) Follow(room string, p wshub.HistoryPolicy, after uint64, delive
 	if p.Messages <= 0 {
 		dropped := 0
 		return b.subscribe(room, nil, func(m *nats.Msg) {
-			if n, _ := m.Sub.Dropped(); n > dropped {
-				// A burst passed BurstBytes: the members missed messages.
-				dropped = n
-				deliver(wshub.Entry{})
+			if droppedSince(m, &dropped) {
+				deliver(wshub.Entry{}) // the members missed messages
 			}
 			if len(m.Data) > 0 { // an Entry without JSON would mean a loss
 				deliver(wshub.Entry{ID: m.Header.Get(idHeader), JSON: m.Data})
@@ -376,8 +374,7 @@ func (b *Broker) Follow(room string, p wshub.HistoryPolicy, after uint64, delive
 	}
 	dropped := 0
 	err := b.subscribe(room, h, func(m *nats.Msg) {
-		if n, _ := m.Sub.Dropped(); n > dropped {
-			dropped = n
+		if droppedSince(m, &dropped) {
 			if eng = b.restartHistory(room, h, p, deliver); eng == nil {
 				return // unfollowed meanwhile
 			}
@@ -392,6 +389,17 @@ func (b *Broker) Follow(room string, p wshub.HistoryPolicy, after uint64, delive
 		b.dropHistory(room, h)
 	}
 	return err
+}
+
+// droppedSince reports whether NATS dropped messages of m's subscription
+// since *seen was counted (a burst past BurstBytes), and counts them.
+func droppedSince(m *nats.Msg, seen *int) bool {
+	n, _ := m.Sub.Dropped()
+	if n <= *seen {
+		return false
+	}
+	*seen = n
+	return true
 }
 
 // followableLocked returns ErrClosed after Close, ErrFollowed if room is
