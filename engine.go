@@ -18,16 +18,14 @@ import "context"
 type Engine interface {
 	// Publish hands msg, a room message encoded with JSONCodec and without
 	// a seq, to the room's order, and returns without waiting for the
-	// network or for clients (it may wait, within ctx, while the room's
-	// messages not yet passed on pass a bound of the engine's: the memory
-	// engine's is 1 MiB). wait waits
-	// until the engine kept msg (stored it in the room's history if p
-	// keeps one, or handed it to its bus, as it documents) and returns
-	// nil, or why msg will not reach the followers; the hub calls it once.
-	// ctx may have no deadline: an engine that waits on the network bounds
-	// the wait itself. Messages published one after another keep their
-	// order. id is unique to this publish and comes
-	// back in the Entry that Follow passes.
+	// network or clients (only, within ctx, while the room's messages not
+	// yet passed on pass a bound: the memory engine's is 1 MiB). wait waits
+	// until the engine kept msg (stored it in the room's history if p keeps
+	// one, or handed it to its bus, as it documents) and returns nil, or
+	// why msg will not reach the followers; the hub calls it once. ctx may
+	// have no deadline: an engine that waits on the network bounds the
+	// wait itself. Messages published one after another keep their order.
+	// id is unique to this publish and comes back in its Entry.
 	Publish(ctx context.Context, room string, p HistoryPolicy, id string, msg []byte) (wait func() error)
 
 	// Follow starts passing room's messages, from every hub, to deliver,
@@ -35,12 +33,10 @@ type Engine interface {
 	// after seq after, going on across reconnections. An Entry with a nil
 	// JSON says that the history lost messages not yet passed: the hub
 	// closes the room's members with 1012 so that they recover. deliver
-	// paces the engine: for a message of another hub it returns once the
-	// members' queues it congested were taken, or their clients closed
-	// after WriteTimeout (flow.go). An engine that reads from a log reads
-	// its next messages after that; one that cannot be paced holds what
-	// arrives meanwhile, up to a bound it documents, and passes a loss
-	// past it.
+	// returns, for another hub's message, once the queues it congested
+	// were taken (a second at most): an engine reading a log reads on at
+	// that pace; one that cannot be paced holds what comes meanwhile, up
+	// to a bound it documents, and passes a loss past it.
 	Follow(room string, p HistoryPolicy, after uint64, deliver func(Entry)) error
 
 	// Unfollow stops the deliveries of room; one under way may finish.
@@ -49,6 +45,7 @@ type Engine interface {
 	// Read returns the room's retained messages with a seq above after,
 	// oldest first, at most limit (the newest; all if negative), and where
 	// the history stands; a room without history yet gets a new epoch.
+	// The hub only reads the page: its messages may be shared.
 	Read(ctx context.Context, room string, p HistoryPolicy, after uint64, limit int) (LogPage, error)
 
 	// Close releases the engine.

@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"math"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -520,7 +519,9 @@ var errStreamGone = errors.New("natsbroker: log stream not found")
 // zero limit, of its last message, and the stream's info. With Replicas
 // above 1 it also asks the stream's leader for the room's last message,
 // and reads again until the replica that answers has it. When ctx has no
-// deadline, Options.Timeout bounds the read.
+// deadline, Options.Timeout bounds the read. Reads of one room that
+// overlap share one read of its messages, and their pages share the
+// messages: read them, do not modify them.
 func (l *Log) Read(ctx context.Context, room string, p wshub.HistoryPolicy, after uint64, limit int) (wshub.LogPage, error) {
 	if p.Messages <= 0 {
 		return l.Broker.Read(ctx, room, p, after, limit)
@@ -635,7 +636,7 @@ func (l *Log) read(ctx context.Context, s *logStream, h jetstream.Stream, subj s
 		msgs = msgs[len(msgs)-limit:]
 	}
 	if len(msgs) > 0 {
-		page.Messages = slices.Clone(msgs) // the snapshot's stay as they are
+		page.Messages = msgs[:len(msgs):len(msgs)] // shared with the snapshot's other reads; an append copies
 	}
 	return page, false, nil
 }
