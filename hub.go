@@ -180,14 +180,11 @@ func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
 }
 
 // ServeHTTP upgrades the request to a WebSocket connection and serves the
-// client until it disconnects; it returns as soon as the connection is
-// established. Before the upgrade it answers 503 Service Unavailable,
-// with a Retry-After of 1 or 2 seconds, when the hub is closing, when
-// MaxClients are connected, and when the process is too busy to take more
-// clients without hurting those it has (admission.go: in a reconnect storm
-// it lets a few in at a time); 403 Forbidden for a cross-origin request
-// not allowed by OriginPatterns; and the status of a refusal by
-// Authenticate.
+// client until it disconnects; it returns once the connection is set up.
+// It answers instead 503 with a Retry-After of 1 or 2 s when the hub is
+// closing, full (MaxClients) or overloaded (in a reconnect storm it lets
+// clients in a share at a time), 403 for a cross-origin request not
+// allowed by OriginPatterns, and the status of Authenticate's refusal.
 func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	err := h.reserve()
 	if err == nil && !h.admission.admit(r.Context(), h.closing.Load) {
