@@ -30,7 +30,7 @@ import (
 // members. An engine that reads from a log (natsbroker's Log) then reads
 // no faster; one that cannot be paced, core NATS, holds a burst up to a
 // bound it documents. A member that stops reading must not stop the room,
-// though: the hub waits for the queues one message congested at most
+// though: the hub waits for each queue one message congested at most
 // paceWait (1 s, or WriteTimeout if shorter), and a client still congested
 // then is waited for no more until its writer takes its queue again; it
 // overflows, or times out, and is closed alone.
@@ -91,14 +91,19 @@ func (c *Client) awaitFlow() {
 const paceWait = time.Second
 
 // pace waits, on an engine's delivery to rm, for the clients ds whose
-// queues it congested, as the comment at the top of this file says.
+// queues it congested, as the comment at the top of this file says: for
+// each at most paceWait, so that a member that stopped reading costs the
+// room that once, and only it is unpaced.
 func (h *Hub) pace(rm *room, ds []*Client) {
-	for _, d := range h.awaitQueues(ds, min(paceWait, h.opts.WriteTimeout), rm.gone, true) {
-		d.mu.Lock()
-		if d.congestedLocked() {
-			d.unpaced = true
+	limit := min(paceWait, h.opts.WriteTimeout)
+	for i := range ds {
+		for _, d := range h.awaitQueues(ds[i:i+1], limit, rm.gone, true) {
+			d.mu.Lock()
+			if d.congestedLocked() {
+				d.unpaced = true
+			}
+			d.mu.Unlock()
 		}
-		d.mu.Unlock()
 	}
 }
 
