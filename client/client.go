@@ -4,14 +4,23 @@
 // application sees every message of a room with history once, in order,
 // or is told that some are missing.
 //
-//	c, err := client.Dial(ctx, "ws://localhost:8080/ws?name=alice", nil)
+//	c, err := client.Dial(ctx, "ws://localhost:8080/ws", nil)
 //	if err != nil { … }
 //	defer c.Close()
-//	if _, err := c.Join(ctx, "lobby", 20); err != nil { … }
+//	if _, err := c.Join(ctx, "lobby", &client.JoinOptions{History: 20}); err != nil { … }
 //	go func() {
-//		for m := range c.Messages() { … }
+//		for m := range c.Messages() { … } // room messages only
 //	}()
 //	err = c.Publish(ctx, "lobby", map[string]string{"text": "hi"})
+//
+// Messages carries the rooms' messages and nothing else. The other frames
+// a server sends (presence, error frames that answer no request, the
+// application's own types) go to Options.OnFrame, and changes of the
+// connection's state to Options.OnEvent.
+//
+// How the server names the client is up to its Options.Authenticate: a
+// "?name=alice" in the URL, a cookie or a header in Options.Header mean
+// something only if it reads them.
 //
 // It needs nothing beyond the wshub module's own dependencies.
 package client
@@ -83,6 +92,17 @@ type Options struct {
 	// the rooms are being rejoined (Rejoining) they still wait: the
 	// connection is up, and is Online after one round trip per room.
 	FailFast bool
+
+	// OnFrame, if set, gets every frame that is neither a room message
+	// nor the answer to a request: presence states and diffs, error
+	// frames that answer no request (a refused publish sent with Send),
+	// and messages of the application's own types. Without it they are
+	// dropped. It runs on the client's read goroutine, in the order the
+	// frames came, and nothing is read while it runs: the room messages
+	// that came before the frame are already in Messages' buffer, so a
+	// reader that takes len(Messages()) of them before it handles the
+	// frame keeps the server's order. It must return: Close waits for it.
+	OnFrame func(*wshub.Message)
 
 	// Buffer is the capacity of the Messages channel. The client stops
 	// reading from the server while it is full, so that the server's flow
@@ -392,7 +412,7 @@ func (c *Conn) rejoin(ws *websocket.Conn) {
 }
 
 // read reads ws until it fails, passing answers to their requests and
-// everything else to Messages.
+// everything else on (pass).
 func (c *Conn) read(ws *websocket.Conn) error {
 	for {
 		_, b, err := ws.Read(context.Background())
@@ -420,13 +440,28 @@ func (c *Conn) read(ws *websocket.Conn) error {
 				ans <- m // after the event: the rejoin's Online comes after it
 			}
 			for _, m := range out {
-				select {
-				case c.msgs <- m:
-				case <-c.ctx.Done():
-					return ErrClosed
+				if err := c.pass(m); err != nil {
+					return err
 				}
 			}
 		}
+	}
+}
+
+// pass passes m on: a room message to Messages, anything else to
+// OnFrame.
+func (c *Conn) pass(m *wshub.Message) error {
+	if m.Type != wshub.TypeMessage {
+		if c.opts.OnFrame != nil {
+			c.opts.OnFrame(m)
+		}
+		return nil
+	}
+	select {
+	case c.msgs <- m:
+		return nil
+	case <-c.ctx.Done():
+		return ErrClosed
 	}
 }
 
@@ -609,10 +644,11 @@ func (c *Conn) State() State {
 	return c.state
 }
 
-// Messages returns the channel of what the server sends besides answers:
-// room messages (each once, in order, across reconnections), presence
-// frames, error frames that answer no request, and application messages.
-// It is closed when the Conn is closed for good. Read it continuously.
+// Messages returns the channel of the messages of the rooms joined (and
+// of the server's broadcasts to all its clients): each once, in order,
+// across reconnections in a room with history. Other
+// frames go to Options.OnFrame. It is closed when the Conn is closed for
+// good. Read it continuously: while it is full the client reads nothing.
 func (c *Conn) Messages() <-chan *wshub.Message { return c.msgs }
 
 // connection returns the current connection, waiting for it within ctx
@@ -709,13 +745,27 @@ func (c *Conn) Request(ctx context.Context, m *wshub.Message) (*wshub.Message, e
 	return c.request(ctx, ws, m, nil)
 }
 
-// Join joins room, asking for its last history messages (0 for none; in
-// a room with history). The room stays joined across reconnections, with
-// recovery of what was missed, until Leave.
-func (c *Conn) Join(ctx context.Context, name string, history int) (JoinResult, error) {
+// JoinOptions are the options of a join; nil means none.
+type JoinOptions struct {
+	// History asks for the room's last History messages (at most 100, in
+	// a room with history), passed to Messages before the live ones. After
+	// a reconnection the client asks instead for what it missed, and for
+	// these again only when the server cannot replay that.
+	History int
+}
+
+// Join joins the room name and waits for the server's answer. The room
+// stays joined across reconnections, with recovery of what was missed,
+// until Leave. A server refuses every join unless its
+// Options.AuthorizeJoin allows it: the error is then a *ServerError.
+func (c *Conn) Join(ctx context.Context, name string, opts *JoinOptions) (JoinResult, error) {
 	ws, err := c.connection(ctx)
 	if err != nil {
 		return JoinResult{}, err
+	}
+	var history int
+	if opts != nil {
+		history = opts.History
 	}
 	m := &wshub.Message{Type: wshub.TypeJoin, Room: name, History: history}
 	ans, err := c.request(ctx, ws, m, &joining{room: name, history: history})

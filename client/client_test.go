@@ -60,7 +60,7 @@ func TestJoinPublishLeave(t *testing.T) {
 	defer c.Close()
 	other := s.Dial(t, "")
 	other.Join("lobby")
-	if _, err := c.Join(ctx, "lobby", 0); err != nil {
+	if _, err := c.Join(ctx, "lobby", nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Publish(ctx, "lobby", map[string]string{"text": "hi"}); err != nil {
@@ -111,7 +111,7 @@ func TestReconnectRecovers(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Join(ctx, "r", 0); err != nil {
+	if _, err := c.Join(ctx, "r", nil); err != nil {
 		t.Fatal(err)
 	}
 	room := s.Hub.Room("r")
@@ -283,7 +283,7 @@ func TestRejoinOrder(t *testing.T) {
 	defer c.Close()
 	rooms := []string{"m", "z", "a", "q"}
 	for _, r := range rooms {
-		if _, err := c.Join(ctx, r, 0); err != nil {
+		if _, err := c.Join(ctx, r, nil); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -380,7 +380,7 @@ func TestFailFastRejoining(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Join(ctx, "r", 0); err != nil {
+	if _, err := c.Join(ctx, "r", nil); err != nil {
 		t.Fatal(err)
 	}
 	release := make(chan struct{})
@@ -442,4 +442,100 @@ func TestReconnectHonoursRetryAfter(t *testing.T) {
 	}
 	s.serve(nil) // the hub is back
 	log.waitFor(t, ctx, func(e client.Event) bool { return e.State == client.Online })
+}
+
+// TestFramesApart: Messages carries room messages only; presence frames,
+// error frames that answer no request and the application's messages
+// reach OnFrame, in the order the server sent them relative to the room
+// messages before them.
+func TestFramesApart(t *testing.T) {
+	s := wshubtest.NewServer(t, wshub.HandlerFunc(func(ctx context.Context, c *wshub.Client, m *wshub.Message) error {
+		return c.Send(&wshub.Message{Type: "pong", Data: m.Data})
+	}), &wshub.Options{
+		Authenticate: func(r *http.Request) (wshub.Identity, error) {
+			return wshub.Identity{ID: r.URL.Query().Get("name")}, nil
+		},
+		AuthorizeJoin: allowAll,
+		Rooms:         func(string) wshub.RoomOptions { return wshub.RoomOptions{Presence: true} },
+	})
+	ctx := testCtx(t)
+	type seen struct {
+		m        *wshub.Message
+		buffered int // room messages waiting in Messages when it came
+	}
+	frames := make(chan seen, 16)
+	var c *client.Conn
+	ready := make(chan struct{})
+	c, err := client.Dial(ctx, s.URL, &client.Options{OnFrame: func(m *wshub.Message) {
+		<-ready
+		frames <- seen{m, len(c.Messages())}
+	}})
+	close(ready)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	nextFrame := func(typ string) seen {
+		t.Helper()
+		select {
+		case f := <-frames:
+			if f.m.Type != typ {
+				t.Fatalf("frame %+v, want type %s", f.m, typ)
+			}
+			return f
+		case <-ctx.Done():
+			t.Fatalf("no %s frame", typ)
+		}
+		return seen{}
+	}
+
+	if _, err := c.Join(ctx, "lobby", nil); err != nil {
+		t.Fatal(err)
+	}
+	nextFrame("presence")
+	for i := range 3 {
+		if err := c.Publish(ctx, "lobby", i); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other, err := client.Dial(ctx, s.URL+"?name=other", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	if _, err := other.Join(ctx, "lobby", nil); err != nil { // a presence diff, after the three messages
+		t.Fatal(err)
+	}
+	for { // the diff of the client's own join may come first
+		f := nextFrame("presence_diff")
+		if !strings.Contains(data(f.m), `"other"`) {
+			continue
+		}
+		if f.buffered != 3 {
+			t.Fatalf("%d room messages buffered before the diff, want the 3 sent before it", f.buffered)
+		}
+		break
+	}
+	if err := c.Send(ctx, &wshub.Message{Type: "ping", Data: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if f := nextFrame("pong"); data(f.m) != `"x"` {
+		t.Fatalf("pong %+v", f.m)
+	}
+	// A publish sent without waiting for its answer, to a room not
+	// joined: its error frame answers no request.
+	if err := c.Send(ctx, &wshub.Message{Type: wshub.TypePublish, Room: "elsewhere", Data: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if f := nextFrame(wshub.TypeError); f.m.Room != "elsewhere" {
+		t.Fatalf("error frame %+v", f.m)
+	}
+	for i := range 3 {
+		if m := next(t, ctx, c); m.Type != wshub.TypeMessage || data(m) != fmt.Sprint(i) {
+			t.Fatalf("message %d: %+v", i, m)
+		}
+	}
+	if n := len(c.Messages()); n != 0 {
+		t.Fatalf("%d more in Messages", n)
+	}
 }

@@ -89,7 +89,7 @@ func startRoller(t *testing.T, url string) *roller {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { r.c.Close() })
-	if _, err := r.c.Join(ctx, "r", 0); err != nil {
+	if _, err := r.c.Join(ctx, "r", nil); err != nil {
 		t.Fatal(err)
 	}
 	go func() {

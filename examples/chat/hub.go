@@ -10,6 +10,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/coder/websocket"
 	"github.com/wshub/wshub"
 )
 
@@ -74,7 +75,7 @@ func newHub(logger *slog.Logger) *wshub.Hub {
 			_ = c.Send(&wshub.Message{Type: "welcome", Data: welcome{ID: c.ID(), Name: name}})
 		},
 		OnDisconnect: func(c *wshub.Client, reason error) {
-			logger.Info("disconnect", "id", c.ID(), "name", clientName(c), "reason", reason)
+			logger.Info("disconnect", "id", c.ID(), "name", clientName(c), "reason", leftBecause(reason))
 		},
 		Logger: logger,
 	})
@@ -139,6 +140,17 @@ func stampName(c *wshub.Client, m *wshub.Message) error {
 	}
 	m.Data = chatMessage{Name: clientName(c), Text: text}
 	return nil
+}
+
+// leftBecause says why a client left, for the log: a close by the client
+// itself (1000, or 1001 when a page is closed) as such, anything else as
+// its error.
+func leftBecause(reason error) string {
+	switch code := websocket.CloseStatus(reason); code {
+	case websocket.StatusNormalClosure, websocket.StatusGoingAway:
+		return fmt.Sprintf("closed by the client (%d)", code)
+	}
+	return reason.Error()
 }
 
 func clientName(c *wshub.Client) string {

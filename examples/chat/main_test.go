@@ -64,6 +64,7 @@ func TestMain(m *testing.M) {
 // server is the chat server running in-process on a random loopback port.
 type server struct {
 	addr   string
+	log    *testLog
 	hub    *wshub.Hub
 	stop   context.CancelFunc // Ctrl-C
 	served chan error
@@ -84,7 +85,7 @@ func startServerAt(t *testing.T, addr string) *server {
 	out := &testLog{w: t.Output()}
 	t.Cleanup(out.stop) // after the shutdown, registered below
 	logger := slog.New(slog.NewTextHandler(out, nil))
-	s := &server{addr: ln.Addr().String(), hub: newHub(logger), stop: stop, served: make(chan error, 1)}
+	s := &server{addr: ln.Addr().String(), log: out, hub: newHub(logger), stop: stop, served: make(chan error, 1)}
 	go func() { s.served <- serve(ctx, ln, s.hub, logger) }()
 	t.Cleanup(func() { s.shutdown(t) })
 	return s
@@ -94,18 +95,51 @@ func startServerAt(t *testing.T, addr string) *server {
 // OnDisconnect, which logs, outside the goroutines that Shutdown waits
 // for, so a client's last line may come after serve returned, and writing
 // it to the test's output once the test has ended would panic.
+// It also keeps what was written, for waitFor.
 type testLog struct {
-	mu sync.Mutex
-	w  io.Writer // nil once stopped
+	mu      sync.Mutex
+	w       io.Writer // nil once stopped
+	all     strings.Builder
+	written chan struct{} // closed, and replaced, by each write
 }
 
 func (l *testLog) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.all.Write(p)
+	if l.written != nil {
+		close(l.written)
+		l.written = nil
+	}
 	if l.w == nil {
 		return len(p), nil
 	}
 	return l.w.Write(p)
+}
+
+// waitFor waits until a line of the log contains all of parts.
+func (l *testLog) waitFor(t *testing.T, parts ...string) {
+	t.Helper()
+	deadline := time.After(timeout)
+	for {
+		l.mu.Lock()
+		for line := range strings.Lines(l.all.String()) {
+			if !slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(line, p) }) {
+				l.mu.Unlock()
+				return
+			}
+		}
+		if l.written == nil {
+			l.written = make(chan struct{})
+		}
+		written := l.written
+		l.mu.Unlock()
+		select {
+		case <-written:
+		case <-deadline:
+			t.Fatalf("no log line with %q in:\n%s", parts, l.all.String())
+		}
+	}
 }
 
 func (l *testLog) stop() {
@@ -1134,4 +1168,14 @@ func (p *peer) waitConns(room, id string, n int) {
 		}
 	}
 	p.t.Fatalf("%s never had %d connections in %s", id, n, room)
+}
+
+// TestDisconnectLogged: a client that closes its connection normally is
+// logged as such, not as an error text.
+func TestDisconnectLogged(t *testing.T) {
+	s := startServer(t)
+	alice := dial(t, s, "alice")
+	alice.welcome("alice")
+	alice.conn.Close(websocket.StatusNormalClosure, "")
+	s.log.waitFor(t, "msg=disconnect", "name=alice", `reason="closed by the client (1000)"`)
 }

@@ -1,4 +1,5 @@
-// Client is a terminal chat client for examples/chat.
+// Client is a terminal chat client for any wshub server, made for
+// examples/chat.
 //
 //	go run ./examples/client -url ws://localhost:8080/ws -name alice -room lobby
 //
@@ -27,6 +28,13 @@
 // once). It prints neither for the members already there when it joins,
 // nor for itself, nor in a room of more members than the server lists
 // (100), where they would drown the conversation.
+//
+// It works with any wshub server: a message shows the "name" in its data
+// (the client sends its -name so, and examples/chat stamps the sender's),
+// else the sender's name in a presence room, else its client ID. How the
+// server names the client itself is up to the server: examples/chat reads
+// "?name=", which the client adds to the URL. In a room without presence,
+// /who says that the server does not tell who is in it.
 //
 // When the server goes away (close status 1001), the connection is lost
 // (1006) or a room log lost messages (1012), the client reconnects with
@@ -169,12 +177,13 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	}
 
 	s := &session{url: *rawURL, name: *name, out: stdout, errs: stderr, prompt: prompt,
-		rosters: make(map[string]*roster), history: make(map[string]bool), signal: make(chan struct{}, 1)}
+		rosters: make(map[string]*roster), history: make(map[string]bool), signal: make(chan struct{}, 1),
+			frames: make(chan *wshub.Message), done: make(chan struct{})}
 	u, err := withName(s.url, s.name)
 	if err == nil {
 		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
 		// FailFast: a line typed while offline is refused at once, with a hint.
-		s.conn, err = client.Dial(dctx, u, &client.Options{FailFast: true, OnEvent: s.queue})
+		s.conn, err = client.Dial(dctx, u, &client.Options{FailFast: true, OnEvent: s.queue, OnFrame: s.frame})
 		cancel()
 	}
 	if err != nil {
@@ -208,14 +217,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				return s.closed()
 			}
 			s.receive(m)
+		case f := <-s.frames:
+			// The messages that came before the frame are in msgs.
+			s.drain(msgs)
+			s.receive(f)
 		case err := <-answer:
 			// Show first what came before the answer: the state /who
 			// asked for, the history of the room joined, one's own message.
-			for n := len(msgs); n > 0; n-- {
-				if m, ok := <-msgs; ok {
-					s.receive(m)
-				}
-			}
+			s.drain(msgs)
 			s.answered(err)
 		case line, ok := <-input:
 			s.promptShown = false // Enter took the cursor to a new line
@@ -223,6 +232,26 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 				return s.quit()
 			}
 		}
+	}
+}
+
+// drain shows the messages waiting in msgs: those that came before what
+// is shown next.
+func (s *session) drain(msgs <-chan *wshub.Message) {
+	for n := len(msgs); n > 0; n-- {
+		if m, ok := <-msgs; ok {
+			s.receive(m)
+		}
+	}
+}
+
+// frame is OnFrame: it hands a frame that is not a room message (presence,
+// errors, the server's own types) to the loop, and returns once the loop
+// has it, so that it is shown after the messages that came before it.
+func (s *session) frame(m *wshub.Message) {
+	select {
+	case s.frames <- m:
+	case <-s.done:
 	}
 }
 
@@ -308,6 +337,9 @@ type session struct {
 	mu     sync.Mutex     // guards events, which OnEvent appends to
 	events []client.Event // not handled yet
 	signal chan struct{}  // there are events
+
+	frames chan *wshub.Message // from OnFrame
+	done   chan struct{}       // closed when run returns
 }
 
 // op is a request awaiting its answer.
@@ -334,7 +366,7 @@ func (s *session) start(o *op, f func(ctx context.Context) error) {
 func (s *session) join(room string) {
 	o := &op{kind: "join", room: room}
 	s.start(o, func(ctx context.Context) (err error) {
-		o.joined, err = s.conn.Join(ctx, room, historyOnJoin)
+		o.joined, err = s.conn.Join(ctx, room, &client.JoinOptions{History: historyOnJoin})
 		return err
 	})
 }
@@ -440,6 +472,7 @@ func closeReason(ce websocket.CloseError) string {
 
 // quit closes the connection normally (status 1000) and ends the session.
 func (s *session) quit() int {
+	close(s.done) // a frame on its way is not waited for
 	s.conn.Close()
 	if s.op != nil {
 		<-s.op.done
@@ -478,7 +511,7 @@ func (s *session) command(line string) (quit bool) {
 		// Sent without waiting for the ack, as a chat does: a refusal
 		// comes as an error frame of the room.
 		s.start(&op{kind: "message", room: room}, func(ctx context.Context) error {
-			return s.conn.Send(ctx, &wshub.Message{Type: wshub.TypePublish, Room: room, Data: chatData{Text: line}})
+			return s.conn.Send(ctx, &wshub.Message{Type: wshub.TypePublish, Room: room, Data: chatData{Name: s.name, Text: line}})
 		})
 	case strings.EqualFold(cmd, "/quit"):
 		return true
@@ -490,6 +523,12 @@ func (s *session) command(line string) (quit bool) {
 		room := s.current()
 		if room == "" {
 			s.println(s.errs, "not in a room")
+			break
+		}
+		if s.rosters[room] == nil && s.online {
+			// A room with presence sends its members before the join's
+			// answer: this one has none.
+			s.println(s.out, "* "+clean(room)+" has no presence: the server does not say who is in it")
 			break
 		}
 		s.start(&op{kind: "/who", room: room}, func(ctx context.Context) error {
@@ -589,6 +628,7 @@ func (s *session) who(o *op) {
 	for i, m := range o.state.Members {
 		names[i] = clean(m.name())
 	}
+	slices.Sort(names) // the server sorts by client ID
 	head := fmt.Sprintf("* %d in %s", o.state.Total, clean(o.room))
 	if o.state.Total > len(names) {
 		head += fmt.Sprintf(", %d shown", len(names))
@@ -625,9 +665,18 @@ func (s *session) show(m *wshub.Message) {
 			s.println(s.out, fmt.Sprintf("* [%s] some messages may be missing: the server's history of this room started over", clean(m.Room)))
 		}
 	}
-	if line := format(m); line != "" {
+	if line := format(m, s.memberName); line != "" {
 		s.println(s.out, line)
 	}
+}
+
+// memberName is the name a room with presence shows for the client id,
+// or "".
+func (s *session) memberName(room, id string) string {
+	if r := s.rosters[room]; r != nil {
+		return r.names[id]
+	}
+	return ""
 }
 
 // setRoster takes a room's state: who is in it now. It replaces what the
@@ -710,11 +759,12 @@ func rawData(m *wshub.Message) json.RawMessage {
 
 // format renders one message for the terminal, or returns "" for one not
 // worth showing; one of a type this client does not know is shown as
-// JSON. Everything from the network goes through clean.
-func format(m *wshub.Message) string {
+// JSON. nameOf, if not nil, names a room's member by its client ID ("" if
+// unknown). Everything from the network goes through clean.
+func format(m *wshub.Message, nameOf func(room, id string) string) string {
 	switch m.Type {
 	case wshub.TypeMessage:
-		sender, text := chatLine(m)
+		sender, text := chatLine(m, nameOf)
 		if m.Room == "" {
 			return fmt.Sprintf("%s: %s", clean(sender), clean(text))
 		}
@@ -735,10 +785,11 @@ func format(m *wshub.Message) string {
 	return clean(string(b))
 }
 
-// chatLine returns who sent a message and what it says: the name the chat
-// server stamped, else the sender's client ID, else "(server)" for a
+// chatLine returns who sent a message and what it says: the name in its
+// data (examples/chat stamps the sender's), else the sender's name in the
+// room's presence (nameOf), else its client ID, else "(server)" for a
 // message the server sent itself; the text, else the data as it came.
-func chatLine(m *wshub.Message) (sender, text string) {
+func chatLine(m *wshub.Message, nameOf func(room, id string) string) (sender, text string) {
 	raw := rawData(m)
 	var d chatData
 	if json.Unmarshal(raw, &d) != nil || d.Text == "" {
@@ -751,10 +802,14 @@ func chatLine(m *wshub.Message) (sender, text string) {
 	switch {
 	case d.Name != "":
 		return d.Name, d.Text
-	case m.From != "":
-		return m.From, d.Text
+	case m.From == "":
+		return "(server)", d.Text
+	case nameOf != nil:
+		if name := nameOf(m.Room, m.From); name != "" {
+			return name, d.Text
+		}
 	}
-	return "(server)", d.Text
+	return m.From, d.Text
 }
 
 // clean makes text from the network safe to print: control characters,

@@ -802,7 +802,7 @@ func TestFormat(t *testing.T) {
 		if err := (wshub.JSONCodec{}).Unmarshal([]byte(tc.frame), &m); err != nil {
 			t.Fatal(err)
 		}
-		equal(t, tc.frame, format(&m), tc.want)
+		equal(t, tc.frame, format(&m, nil), tc.want)
 	}
 	equal(t, "invalid UTF-8", clean("a\xffb\x1b"), `a`+"\uFFFD"+`b\x1b`)
 }
@@ -919,12 +919,12 @@ func TestWho(t *testing.T) {
 	equal(t, "exit status", bob.wait(), 0)
 	alice.expect("* bob left here-lobby")
 
-	// In a room without presence, /who gets the server's refusal; out of
-	// every room, a hint.
+	// In a room without presence, /who says so plainly; out of every
+	// room, a hint.
 	alice.send("/join plain-x")
 	alice.expect("* joined plain-x")
 	alice.send("/who")
-	alice.expect(`! [plain-x] wshub: room has no presence: "plain-x"`)
+	alice.expect("* plain-x has no presence: the server does not say who is in it")
 	alice.send("/leave")
 	alice.expect("* left plain-x")
 
@@ -988,4 +988,58 @@ func rawJoin(t *testing.T, url, name, room string) *websocket.Conn {
 			return ws
 		}
 	}
+}
+
+// TestAnyServer: against a hub that neither names its clients nor stamps
+// their messages (as examples/cluster), messages show the name the client
+// sends, or the sender's name in a presence room, and /who says plainly
+// when a room has no presence.
+func TestAnyServer(t *testing.T) {
+	t.Parallel()
+	hub := wshub.New(nil, &wshub.Options{
+		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
+		// Random client IDs; rooms named here-* show a name from the URL.
+		Authenticate: func(r *http.Request) (wshub.Identity, error) {
+			return wshub.Identity{Info: map[string]string{"name": r.URL.Query().Get("name")}}, nil
+		},
+		Rooms: func(room string) wshub.RoomOptions { return wshub.RoomOptions{Presence: strings.HasPrefix(room, "here-")} },
+	})
+	t.Cleanup(func() { hub.Close() })
+	ts := httptest.NewServer(hub)
+	t.Cleanup(ts.Close)
+	url := "ws" + strings.TrimPrefix(ts.URL, "http")
+
+	alice := start(t, "-url", url, "-name", "alice", "-room", "lobby")
+	alice.expect("* connected to " + url + " as alice")
+	alice.expect("* joined lobby")
+	bob := start(t, "-url", url, "-name", "bob", "-room", "lobby")
+	bob.expect("* connected to " + url + " as bob")
+	bob.expect("* joined lobby")
+	bob.send("hi")
+	alice.expect("[lobby] bob: hi")
+	alice.send("/who")
+	alice.expect("* lobby has no presence: the server does not say who is in it")
+
+	// A sender that puts no name in its data is named by its presence info.
+	alice.send("/join here-x")
+	alice.expect("* joined here-x")
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	raw, _, err := websocket.Dial(ctx, url+"?name=carol", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.CloseNow()
+	send := func(f string) {
+		t.Helper()
+		if err := raw.Write(ctx, websocket.MessageText, []byte(f)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send(`{"type":"join","room":"here-x","id":"1"}`)
+	alice.expect("* carol joined here-x") // alice learns carol's name
+	send(`{"type":"publish","room":"here-x","data":{"text":"beep"}}`)
+	alice.expect("[here-x] carol: beep")
+	alice.send("/who")
+	alice.expect("* 2 in here-x: alice, carol")
 }

@@ -1,0 +1,81 @@
+package client_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"time"
+
+	"github.com/wshub/wshub"
+	"github.com/wshub/wshub/client"
+)
+
+// A client joins a room, publishes, and reads its own message back.
+func Example() {
+	hub := wshub.New(nil, &wshub.Options{
+		AuthorizeJoin: func(*wshub.Client, string) error { return nil }, // default: deny
+	})
+	srv := httptest.NewServer(hub)
+	defer srv.Close()
+	defer hub.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") // ws://127.0.0.1:port
+	c, err := client.Dial(ctx, url, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Join(ctx, "lobby", nil); err != nil {
+		log.Fatal(err)
+	}
+	if err := c.Publish(ctx, "lobby", map[string]string{"text": "hi"}); err != nil {
+		log.Fatal(err)
+	}
+	m := <-c.Messages()
+	fmt.Printf("[%s] %s\n", m.Room, m.Data)
+	// Output: [lobby] {"text":"hi"}
+}
+
+// Frames other than room messages, here the members of a room with
+// presence, reach Options.OnFrame.
+func Example_presence() {
+	hub := wshub.New(nil, &wshub.Options{
+		Authenticate: func(r *http.Request) (wshub.Identity, error) {
+			return wshub.Identity{ID: r.URL.Query().Get("name")}, nil
+		},
+		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
+		Rooms:         func(string) wshub.RoomOptions { return wshub.RoomOptions{Presence: true} },
+	})
+	srv := httptest.NewServer(hub)
+	defer srv.Close()
+	defer hub.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	frames := make(chan *wshub.Message, 16)
+	url := "ws" + strings.TrimPrefix(srv.URL, "http") + "?name=alice"
+	c, err := client.Dial(ctx, url, &client.Options{OnFrame: func(m *wshub.Message) { frames <- m }})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Join(ctx, "lobby", nil); err != nil {
+		log.Fatal(err)
+	}
+	state := <-frames // the room's members, sent before the join's ack
+	var members struct {
+		Members []struct{ ID string }
+		Total   int
+	}
+	if err := json.Unmarshal(state.Data.(json.RawMessage), &members); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(state.Type, members.Total, members.Members[0].ID)
+	// Output: presence 1 alice
+}
