@@ -178,7 +178,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 
 	s := &session{url: *rawURL, name: *name, out: stdout, errs: stderr, prompt: prompt,
 		rosters: make(map[string]*roster), history: make(map[string]bool), signal: make(chan struct{}, 1),
-			frames: make(chan *wshub.Message), done: make(chan struct{})}
+		frames: make(chan *wshub.Message), done: make(chan struct{})}
 	u, err := withName(s.url, s.name)
 	if err == nil {
 		dctx, cancel := context.WithTimeout(ctx, dialTimeout)

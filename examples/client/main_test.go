@@ -1002,7 +1002,9 @@ func TestAnyServer(t *testing.T) {
 		Authenticate: func(r *http.Request) (wshub.Identity, error) {
 			return wshub.Identity{Info: map[string]string{"name": r.URL.Query().Get("name")}}, nil
 		},
-		Rooms: func(room string) wshub.RoomOptions { return wshub.RoomOptions{Presence: strings.HasPrefix(room, "here-")} },
+		Rooms: func(room string) wshub.RoomOptions {
+			return wshub.RoomOptions{Presence: strings.HasPrefix(room, "here-")}
+		},
 	})
 	t.Cleanup(func() { hub.Close() })
 	ts := httptest.NewServer(hub)
