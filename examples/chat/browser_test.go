@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -17,87 +16,8 @@ import (
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
 	"github.com/coder/websocket"
+	"github.com/wshub/wshub/examples/internal/browser"
 )
-
-// browserNames are the Chromium executables the browser test looks for.
-var browserNames = []string{"chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "headless-shell"}
-
-// findBrowser returns the path of a Chromium. Without one the test skips,
-// unless WSHUB_REQUIRE_BROWSER=1 (set by CI), where it fails.
-func findBrowser(t *testing.T) string {
-	t.Helper()
-	for _, name := range browserNames {
-		if path, err := exec.LookPath(name); err == nil {
-			return path
-		}
-	}
-	msg := fmt.Sprintf("no Chromium found in PATH (looked for %v); install one, e.g. apt-get install chromium", browserNames)
-	if os.Getenv("WSHUB_REQUIRE_BROWSER") == "1" {
-		t.Fatal(msg + "; WSHUB_REQUIRE_BROWSER=1 requires the browser test to run")
-	}
-	t.Skip(msg)
-	return ""
-}
-
-// startBrowser starts a headless Chromium for the test and returns the
-// context of its first tab.
-func startBrowser(t *testing.T) context.Context {
-	t.Helper()
-	exe := findBrowser(t)
-	profile := t.TempDir()
-	allocCtx, cancelAlloc := chromedp.NewExecAllocator(context.Background(),
-		chromedp.ExecPath(exe),
-		chromedp.Headless,
-		chromedp.NoSandbox, // containers and CI runners often lack the sandbox's privileges
-		chromedp.DisableGPU,
-		chromedp.NoFirstRun,
-		chromedp.NoDefaultBrowserCheck,
-		chromedp.UserDataDir(profile),
-		// Without these, Chromium keeps trying to reach Google's services
-		// and stalls on a machine without Internet access.
-		chromedp.Flag("disable-quic", true),
-		chromedp.Flag("disable-background-networking", true),
-		chromedp.Flag("disable-component-update", true),
-		chromedp.Flag("disable-sync", true),
-		chromedp.Flag("disable-default-apps", true),
-		chromedp.Flag("disable-extensions", true),
-		chromedp.Flag("disable-dev-shm-usage", true),
-		// Background tabs must keep their timers: the page reconnects on one.
-		chromedp.Flag("disable-background-timer-throttling", true),
-		chromedp.Flag("disable-renderer-backgrounding", true),
-		chromedp.Flag("disable-backgrounding-occluded-windows", true),
-		chromedp.WindowSize(1000, 640),
-	)
-	ctx, cancel := chromedp.NewContext(allocCtx)
-	t.Cleanup(func() {
-		chromedp.Cancel(ctx) // closes the browser and waits for it
-		cancel()
-		cancelAlloc()
-		removeProfile(t, profile)
-	})
-	// The first Run starts the browser; it must not have a deadline.
-	if err := chromedp.Do(ctx); err != nil {
-		t.Fatalf("starting %s: %v", exe, err)
-	}
-	return ctx
-}
-
-// removeProfile removes Chromium's profile before t.TempDir's own cleanup:
-// Chromium's helper processes may still write to it for a moment after the
-// browser is gone, which makes a single RemoveAll fail.
-func removeProfile(t *testing.T, dir string) {
-	deadline := time.Now().Add(timeout)
-	for {
-		err := os.RemoveAll(dir)
-		if err == nil || time.Now().After(deadline) {
-			if err != nil {
-				t.Logf("removing browser profile: %v", err)
-			}
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
 
 // tab is one browser tab with the chat page open.
 type tab struct {
@@ -288,7 +208,7 @@ func (tb *tab) screenshot(path string) {
 // and both pages reconnect on their own.
 func TestBrowser(t *testing.T) {
 	t.Parallel()
-	browser := startBrowser(t)
+	browser := browser.Start(t)
 	s := startServer(t)
 	url := "http://" + s.addr + "/"
 
@@ -390,7 +310,7 @@ const missingNotice = "Some messages may be missing here: the server could not r
 // published shows what it missed, once, after it reconnects on its own.
 func TestBrowserHistory(t *testing.T) {
 	t.Parallel()
-	browser := startBrowser(t)
+	browser := browser.Start(t)
 	s := startServer(t)
 	p := startProxy(t, s.addr)
 
@@ -457,7 +377,7 @@ func TestBrowserHistory(t *testing.T) {
 // what it missed once and says nothing is missing.
 func TestBrowserRecovers(t *testing.T) {
 	t.Parallel()
-	browser := startBrowser(t)
+	browser := browser.Start(t)
 	s := startServer(t)
 	p := startProxy(t, s.addr)
 
@@ -531,7 +451,7 @@ func (tb *tab) messages() string {
 // a phone with more rooms than fit, and a message over the length limit.
 func TestBrowserPage(t *testing.T) {
 	t.Parallel()
-	browser := startBrowser(t)
+	browser := browser.Start(t)
 	s := startServer(t)
 	url := "http://" + s.addr + "/"
 
@@ -739,7 +659,7 @@ func (tb *tab) waitNotices(want string) {
 // about those who were there before them.
 func TestBrowserPresence(t *testing.T) {
 	t.Parallel()
-	browser := startBrowser(t)
+	browser := browser.Start(t)
 	s := startServer(t)
 	url := "http://" + s.addr + "/"
 

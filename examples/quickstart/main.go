@@ -1,5 +1,11 @@
 // Command quickstart serves a hub on /ws, where clients may join any room,
-// and broadcasts the text of each POST /announce to the room "lobby".
+// and broadcasts the text of each POST /announce to the room "lobby"; on
+// Ctrl-C or SIGTERM it stops gracefully, in the order docs/DEPLOYING.md
+// ("Stopping") explains.
+//
+//	go run ./examples/quickstart
+//	go run ./examples/client -name alice   # in another terminal
+//	curl -d text=hello localhost:8080/announce
 package main
 
 import (
@@ -44,12 +50,9 @@ func main() {
 		stop() // a second Ctrl-C kills at once
 	}
 
-	// A fresh context: ctx is already done, and a Shutdown with it would cut
-	// every client at once (1006) instead of closing it with 1001.
+	// A fresh context (ctx is done), and the hub before the HTTP server.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	// The hub first: http.Server.Shutdown neither waits for nor closes
-	// upgraded connections.
 	if err := hub.Shutdown(ctx); err != nil { // queued messages are written, clients get 1001
 		log.Print(err)
 	}

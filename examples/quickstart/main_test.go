@@ -3,12 +3,9 @@ package main
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"net/url"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
@@ -18,7 +15,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"github.com/wshub/wshub"
 	"go.uber.org/goleak"
 )
 
@@ -29,78 +25,6 @@ func TestMain(m *testing.M) {
 // timeout bounds every wait; generous, since failing is the only way to
 // reach it.
 const timeout = 15 * time.Second
-
-// TestREADME checks that the README's Quick start is this program, so that
-// what a newcomer pastes is what this package compiles and tests.
-func TestREADME(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	code, err := os.ReadFile("main.go")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, ok := strings.Cut(string(readme), "\n## Quick start\n")
-	if !ok {
-		t.Fatal("README.md has no Quick start section")
-	}
-	_, block, ok := strings.Cut(section, "```go\n")
-	if !ok {
-		t.Fatal("README.md's Quick start has no Go code block")
-	}
-	block, _, _ = strings.Cut(block, "```\n")
-	if block != string(code) {
-		t.Errorf("README.md's Quick start differs from examples/quickstart/main.go; copy the file into the README.\n%s", firstDifference(block, string(code)))
-	}
-}
-
-// TestREADMEErrorFrames checks that the error frames the README shows in
-// "Clients over time" are the ones a hub sends.
-func TestREADMEErrorFrames(t *testing.T) {
-	readme, err := os.ReadFile("../../README.md")
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, section, _ := strings.Cut(string(readme), "\n## Clients over time\n")
-	section, _, _ = strings.Cut(section, "\n## ")
-
-	hub := wshub.New(nil, nil) // joins are denied by default
-	ctx, conn := serveHub(t, hub)
-	for _, frame := range []string{
-		`{"type":"join","room":"lobby","id":"1"}`,
-		`{"type":"publish","room":"lobby","data":"hi"}`,
-	} {
-		if err := conn.Write(ctx, websocket.MessageText, []byte(frame)); err != nil {
-			t.Fatal(err)
-		}
-		_, got, err := conn.Read(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(section, "\n"+string(got)+"\n") {
-			t.Errorf("the answer to %s is %s, which README.md's Clients over time does not show", frame, got)
-		}
-	}
-}
-
-// firstDifference describes the first line where a and b differ.
-func firstDifference(a, b string) string {
-	al, bl := strings.Split(a, "\n"), strings.Split(b, "\n")
-	for i := range max(len(al), len(bl)) {
-		var x, y string
-		if i < len(al) {
-			x = al[i]
-		}
-		if i < len(bl) {
-			y = bl[i]
-		}
-		if x != y {
-			return fmt.Sprintf("line %d:\n  README:  %s\n  main.go: %s", i+1, x, y)
-		}
-	}
-	return ""
-}
 
 // TestRun runs the program as a user does: with its port taken it says so
 // and exits 1; otherwise a client joins the lobby, gets a POST /announce,
@@ -221,25 +145,6 @@ func waitLine(t *testing.T, lines <-chan string, want string) {
 			t.Fatalf("the program did not print %q", want)
 		}
 	}
-}
-
-// serveHub serves hub on a test server, at its root, and dials it; the
-// test's cleanup closes all of it.
-func serveHub(t *testing.T, hub *wshub.Hub) (context.Context, *websocket.Conn) {
-	t.Helper()
-	ts := httptest.NewServer(hub)
-	t.Cleanup(func() {
-		hub.Close()
-		ts.Close()
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	t.Cleanup(cancel)
-	conn, _, err := websocket.Dial(ctx, "ws"+strings.TrimPrefix(ts.URL, "http"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.CloseNow() })
-	return ctx, conn
 }
 
 func expectFrame(t *testing.T, ctx context.Context, conn *websocket.Conn, want string) {
