@@ -59,7 +59,7 @@ func findNode(t *testing.T) (string, []string) {
 	}
 	node, err := exec.LookPath("node")
 	if err != nil {
-		skip("no node in PATH: install Node.js 22 or newer (20.10+ works too) to run the tests of wshub.js")
+		skip("no node in PATH: install Node.js (docs/CLIENTS.md gives the versions) to run the tests of wshub.js")
 	}
 	for _, flags := range [][]string{nil, {"--experimental-websocket"}} {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
@@ -70,7 +70,7 @@ func findNode(t *testing.T) (string, []string) {
 		}
 	}
 	out, _ := exec.Command(node, "--version").Output()
-	skip(fmt.Sprintf("node %s has no WebSocket, even with --experimental-websocket: the tests of wshub.js need Node.js 22 or newer (or 20.10+)", strings.TrimSpace(string(out))))
+	skip(fmt.Sprintf("node %s has no WebSocket, even with --experimental-websocket: see docs/CLIENTS.md for the Node.js versions wshub.js runs on", strings.TrimSpace(string(out))))
 	return "", nil
 }
 

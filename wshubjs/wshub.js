@@ -1,6 +1,7 @@
 // wshub.js: a client of the wshub protocol, version 1 (docs/PROTOCOL.md),
-// for browsers and Node.js 22+ (or 20 with --experimental-websocket). An
-// ES module without dependencies or build step; types in wshub.d.ts.
+// for browsers and Node.js (docs/CLIENTS.md gives the versions). An ES
+// module without dependencies or build step; types in wshub.d.ts.
+// docs/CLIENTS.md is its reference; what follows is a summary.
 //
 //   import {Client} from "/wshub.js";
 //   const hub = new Client("/ws?name=alice");

@@ -1,6 +1,7 @@
 // Package wshubjs serves wshub.js, a client of the wshub protocol for
-// browsers (and Node.js 22+), with its TypeScript declarations, wshub.d.ts:
-// an ES module without dependencies or build step.
+// browsers and Node.js, with its TypeScript declarations, wshub.d.ts: an ES
+// module without dependencies or build step. docs/CLIENTS.md is its
+// reference, and says which Node.js versions it runs on.
 //
 // Mount Handler where pages can import it:
 //

@@ -796,7 +796,7 @@ func chatLine(m *wshub.Message, nameOf func(room, id string) string) (sender, te
 		d = chatData{Text: string(raw)}
 		var s string
 		if json.Unmarshal(raw, &s) == nil {
-			d.Text = s // a bare string, as from the Quick start's /announce
+			d.Text = s // a bare string, as the Quick start's time or examples/quickstart's /announce
 		}
 	}
 	switch {
