@@ -296,15 +296,19 @@ replace github.com/wshub/wshub/natsbroker => %s
 // the examples, the benchmarks and natsbroker, and outside .git.
 func copyCore(t *testing.T, dir string) {
 	t.Helper()
-	abs, err := filepath.Abs(root)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = filepath.WalkDir(abs, func(path string, d os.DirEntry, err error) error {
+	copyDir(t, root, dir)
+}
+
+// copyDir copies the files of the module at from into to, without the
+// directories of other modules, hidden ones, and files over 1 MiB (test
+// binaries and the like).
+func copyDir(t *testing.T, from, to string) {
+	t.Helper()
+	err := filepath.WalkDir(from, func(path string, d os.DirEntry, err error) error {
 		if err != nil {
 			return err
 		}
-		rel, _ := filepath.Rel(abs, path)
+		rel, _ := filepath.Rel(from, path)
 		if d.IsDir() {
 			if rel != "." && (strings.HasPrefix(d.Name(), ".") || d.Name() == "node_modules") {
 				return filepath.SkipDir
@@ -312,17 +316,17 @@ func copyCore(t *testing.T, dir string) {
 			if _, err := os.Stat(filepath.Join(path, "go.mod")); err == nil && rel != "." {
 				return filepath.SkipDir // another module
 			}
-			return os.MkdirAll(filepath.Join(dir, rel), 0o755)
+			return os.MkdirAll(filepath.Join(to, rel), 0o755)
 		}
 		info, err := d.Info()
 		if err != nil || !info.Mode().IsRegular() || info.Size() > 1<<20 || rel == "go.work" || rel == "go.work.sum" {
-			return err // test binaries and the like are not the module
+			return err
 		}
 		b, err := os.ReadFile(path)
 		if err != nil {
 			return err
 		}
-		return os.WriteFile(filepath.Join(dir, rel), b, 0o644)
+		return os.WriteFile(filepath.Join(to, rel), b, 0o644)
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -416,6 +420,26 @@ func TestInstallAndQuickStart(t *testing.T) {
 func raw(m wshub.Message) json.RawMessage {
 	b, _ := m.Data.(json.RawMessage)
 	return b
+}
+
+// TestCopyExample follows docs/DEPLOYING.md's steps to start a service
+// from examples/chat, in a copy of the clone, and builds the result.
+func TestCopyExample(t *testing.T) {
+	doc := filepath.Join(root, "docs", "DEPLOYING.md")
+	steps := blocks(t, doc, "sh")
+	steps = slices.DeleteFunc(steps, func(b block) bool { return !strings.Contains(b.code, "cp -r examples/chat") })
+	if len(steps) != 1 {
+		t.Fatalf("docs/DEPLOYING.md has %d sh blocks that copy examples/chat, want 1", len(steps))
+	}
+	script, ok := strings.CutSuffix(steps[0].code, "go mod tidy && go run .\n")
+	if !ok {
+		t.Fatalf("%v no longer ends with %q; update this test:\n%s", steps[0], "go mod tidy && go run .", steps[0].code)
+	}
+	top := t.TempDir()
+	clone := filepath.Join(top, "wshub")
+	copyCore(t, clone)
+	copyDir(t, filepath.Join(root, "examples", "chat"), filepath.Join(clone, "examples", "chat"))
+	run(t, clone, "bash", "-euo", "pipefail", "-c", script+"go mod tidy && go vet . && go build -o app .\n")
 }
 
 // freeAddr returns a loopback address with a port free a moment ago.
