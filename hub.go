@@ -58,6 +58,8 @@ type Hub struct {
 
 	bcastMu sync.Mutex // orders hub-wide broadcasts
 
+	denyHint sync.Once // logs once that a nil AuthorizeJoin denies every join
+
 	// Shutdown waits for live to reach zero: it counts the hub's goroutines
 	// (and upgrades in progress), except those running user code, so that a
 	// hook may call Shutdown or Close without waiting for itself.

@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -237,13 +240,37 @@ func TestProtocolErrors(t *testing.T) {
 	p.join("lobby")
 }
 
+// TestJoinDeniedByDefault: without AuthorizeJoin every join a client asks
+// for is refused, and the hub's log says why, once.
 func TestJoinDeniedByDefault(t *testing.T) {
 	t.Parallel()
-	ts := serve(t, wshub.New(nil, nil))
+	var mu sync.Mutex
+	var log strings.Builder
+	logger := slog.New(slog.NewTextHandler(lockedWriter{&mu, &log}, nil))
+	ts := serve(t, wshub.New(nil, &wshub.Options{Logger: logger}))
 	p := dial(t, ts)
-	m := p.request(`{"type":"join","room":"lobby","id":"1"}`)
-	equal(t, "type", m.Type, "error")
-	equal(t, "error", m.Error, wshub.ErrJoinDenied.Error())
+	for _, room := range []string{"lobby", "other"} {
+		m := p.request(`{"type":"join","room":%q,"id":"1"}`, room)
+		equal(t, "type", m.Type, "error")
+		equal(t, "error", m.Error, wshub.ErrJoinDenied.Error())
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if n := strings.Count(log.String(), "Options.AuthorizeJoin is nil"); n != 1 {
+		t.Fatalf("the log says %d times why joins are denied, want once:\n%s", n, log.String())
+	}
+}
+
+// lockedWriter writes to w under mu.
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  io.Writer
+}
+
+func (l lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func TestServerSideRoomsAndExcept(t *testing.T) {

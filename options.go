@@ -50,10 +50,11 @@ type Options struct {
 	// message is read; it may call any method, c.Join for instance.
 	OnConnect func(c *Client)
 
-	// AuthorizeJoin decides a join the client asks for; nil allows it.
-	// Default: nil, every such join is refused with "join denied"
-	// (ErrDenied); Client.Join, the server's, is not affected. To allow
-	// every valid room name:
+	// AuthorizeJoin decides a join the client asks for: a nil error allows
+	// it, an error refuses it. Default: no AuthorizeJoin, and every join a
+	// client asks for is refused with "join denied" (ErrDenied; the hub
+	// logs a warning the first time); Client.Join, the server's, is not
+	// affected. To allow every valid room name:
 	//
 	//	AuthorizeJoin: func(*wshub.Client, string) error { return nil },
 	AuthorizeJoin func(c *Client, room string) error

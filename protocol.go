@@ -162,6 +162,9 @@ func (c *Client) join(m *Message) (*Message, error) {
 		return nil, fmt.Errorf("%w: epoch longer than %d bytes", errInvalidMessage, maxEpochLen)
 	}
 	if h.opts.AuthorizeJoin == nil {
+		h.denyHint.Do(func() {
+			h.opts.Logger.Warn("wshub: join denied: Options.AuthorizeJoin is nil, which denies every join a client asks for", "room", m.Room)
+		})
 		return nil, errJoinDenied
 	}
 	var err error
