@@ -591,3 +591,15 @@ func TestErrorFrames(t *testing.T) {
 		}
 	}
 }
+
+// TestREADMELength: the README stays short enough to read in ten minutes;
+// what does not fit goes to docs/.
+func TestREADMELength(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), "\n"); n > 200 {
+		t.Fatalf("README.md has %d lines, more than 200: move the details to docs/", n)
+	}
+}
