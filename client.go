@@ -49,6 +49,7 @@ type Client struct {
 	closeCode   websocket.StatusCode
 	closeReason string
 	cause       error // disconnect reason, set once
+	cut         bool  // closed without a close handshake
 	flush       bool  // write the queue before closing
 	rooms       map[string]struct{}
 
@@ -146,17 +147,18 @@ func (c *Client) Rooms() []string {
 // status 1008.
 func (c *Client) Send(m *Message) error {
 	out := m.orMessage()
-	_, err := c.send(&out)
+	_, err := c.send(&out, qApp)
 	return err
 }
 
-// send encodes m with the client's codec and queues it; see enqueue.
-func (c *Client) send(m *Message) (congested bool, err error) {
+// send encodes m with the client's codec and queues it, counting it as of
+// kind (qApp, qReply); see enqueue.
+func (c *Client) send(m *Message, kind int) (congested bool, err error) {
 	b, err := c.codec.Marshal(m)
 	if err != nil {
 		return false, err
 	}
-	return c.enqueue(b)
+	return c.enqueue(b, kind)
 }
 
 // Close writes the client's queued messages, then closes the connection
@@ -184,6 +186,7 @@ func (c *Client) addRoom(name string) error {
 		c.rooms = make(map[string]struct{})
 	}
 	c.rooms[name] = struct{}{}
+	c.hub.m.members.Add(1)
 	return nil
 }
 
@@ -194,6 +197,7 @@ func (c *Client) removeRoom(name string) bool {
 		return false
 	}
 	delete(c.rooms, name)
+	c.hub.m.members.Add(-1)
 	return true
 }
 

@@ -17,7 +17,7 @@ import (
 // enqueue queues an encoded message and starts the writer if it is idle.
 // It reports whether the queue is now congested (see flow.go). A message
 // that overflows the queue closes the client.
-func (c *Client) enqueue(b []byte) (congested bool, err error) {
+func (c *Client) enqueue(b []byte, kind int) (congested bool, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.cause != nil {
@@ -26,12 +26,13 @@ func (c *Client) enqueue(b []byte) (congested bool, err error) {
 	o := &c.hub.opts
 	n, size := len(c.queue)-c.replayed, c.queueBytes-c.replayBytes
 	if n >= o.SendQueue || (n > 0 && size+len(b) > o.SendQueueBytes) {
-		c.hub.dropped.Add(1)
+		c.hub.m.dropped.Add(1)
 		c.kickLocked(errSendQueueFull)
 		return false, errSendQueueFull
 	}
 	c.queue = append(c.queue, b)
 	c.queueBytes += len(b)
+	c.hub.m.queued[kind].Add(1)
 	c.startWriterLocked()
 	return c.congestedLocked(), nil
 }
@@ -58,6 +59,7 @@ func (c *Client) enqueueReplay(frames [][]byte) {
 		c.replayBytes += len(b)
 	}
 	c.replayed += len(frames)
+	c.hub.m.queued[qReplay].Add(uint64(len(frames)))
 	c.startWriterLocked()
 }
 
@@ -67,7 +69,7 @@ func (c *Client) kickLocked(cause error) {
 	if c.cause != nil {
 		return
 	}
-	c.hub.kicked.Add(1)
+	c.hub.m.kicked.Add(1)
 	c.closeLocked(websocket.StatusPolicyViolation, strings.TrimPrefix(cause.Error(), "wshub: "), cause, false)
 }
 
@@ -142,7 +144,7 @@ func (c *Client) closeConn() {
 func (c *Client) abort(cause error) {
 	c.mu.Lock()
 	c.closeLocked(websocket.StatusGoingAway, "", cause, false)
-	c.flush = false
+	c.flush, c.cut = false, true
 	c.dropQueueLocked()
 	c.mu.Unlock()
 	c.netConn.cut()
@@ -150,7 +152,7 @@ func (c *Client) abort(cause error) {
 
 // dropQueueLocked discards the queued messages, counting them as Dropped.
 func (c *Client) dropQueueLocked() {
-	c.hub.dropped.Add(uint64(len(c.queue)))
+	c.hub.m.dropped.Add(uint64(len(c.queue)))
 	clear(c.queue)
 	c.queue = c.queue[:0]
 	c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
@@ -178,9 +180,10 @@ func (c *Client) writeLoop() {
 		c.wakeLocked()
 		c.mu.Unlock()
 
+		c.hub.m.queueDepth.observe(float64(len(batch)))
 		written, err := c.write(batch)
-		c.hub.messagesOut.Add(uint64(written))
-		c.hub.dropped.Add(uint64(len(batch) - written))
+		c.hub.m.messagesOut.Add(uint64(written))
+		c.hub.m.dropped.Add(uint64(len(batch) - written))
 
 		clear(batch)
 		c.mu.Lock()
@@ -195,7 +198,7 @@ func (c *Client) writeLoop() {
 				err = errWriteTimeout
 				c.mu.Lock()
 				if c.cause == nil {
-					c.hub.kicked.Add(1)
+					c.hub.m.kicked.Add(1)
 				}
 				c.mu.Unlock()
 			}
@@ -234,7 +237,7 @@ func (c *Client) write(msgs [][]byte) (written int, err error) {
 			if err := c.conn.Write(context.Background(), typ, b); err != nil {
 				return 0, err
 			}
-			c.frameWritten(1)
+			c.frameWritten(1, len(b))
 		}
 		return 0, nil
 	}
@@ -246,7 +249,7 @@ func (c *Client) write(msgs [][]byte) (written int, err error) {
 		if err := c.conn.Write(context.Background(), typ, *bufp); err != nil {
 			return 0, err
 		}
-		c.frameWritten(n)
+		c.frameWritten(n, len(*bufp))
 		msgs = msgs[n:]
 	}
 	return 0, nil
@@ -259,9 +262,11 @@ type frameEnd struct {
 }
 
 // frameWritten records that the frame just handed to the connection holds
-// n messages.
-func (c *Client) frameWritten(n int) {
+// n messages, in size bytes.
+func (c *Client) frameWritten(n, size int) {
 	c.ends = append(c.ends, frameEnd{end: c.netConn.taken.Load(), msgs: n})
+	c.hub.m.framesOut.Add(1)
+	c.hub.m.bytesOut.Add(uint64(size))
 }
 
 // batchLen returns how many of msgs, at least one, go into the next batch

@@ -118,6 +118,9 @@ func (h *Hub) deliver(rm *room, en Entry) {
 	if own != nil {
 		own.err = enc.result()
 	}
+	if h.opts.RoomLabel != nil && enc.queued > 0 {
+		h.labelOf(rm, rm.name).delivered.Add(uint64(enc.queued))
+	}
 	if len(paced) > 0 {
 		h.pace(rm, paced)
 	}
@@ -175,6 +178,7 @@ type encoding struct {
 	err    error // first encoding error
 	queued int   // clients it was queued for
 	closed int   // clients that were closing
+	kind   int   // what it counts as in Stats.Queued: qMessage or qPresence
 }
 
 // encSlot is one codec's encoding of a message.
@@ -185,7 +189,11 @@ type encSlot struct {
 }
 
 func (h *Hub) newEncoding(m *Message) *encoding {
-	return &encoding{h: h, m: m, slots: make([]encSlot, len(h.opts.Codecs)+1)}
+	e := &encoding{h: h, m: m, slots: make([]encSlot, len(h.opts.Codecs)+1), kind: qMessage}
+	if m.Type == TypePresenceDiff {
+		e.kind = qPresence
+	}
+	return e
 }
 
 // setJSON supplies the message's JSON without seq, as stored.
@@ -269,7 +277,7 @@ func (e *encoding) queue(c *Client) (congested bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	congested, err = c.enqueue(b)
+	congested, err = c.enqueue(b, e.kind)
 	switch err {
 	case nil:
 		e.queued++

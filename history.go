@@ -55,6 +55,7 @@ func (h *Hub) read(ctx context.Context, name string, p HistoryPolicy, after uint
 		return err
 	})
 	if err != nil && err != ErrHubClosed {
+		h.m.engineErrs.Add(1)
 		err = fmt.Errorf("%w: %q: %w", errHistory, name, err)
 	}
 	return page, err

@@ -71,7 +71,7 @@ type Hub struct {
 	engineMu     sync.RWMutex // held for reading around engine calls
 	engineClosed bool
 
-	messagesIn, messagesOut, dropped, kicked, refused atomic.Uint64
+	m counters // behind Stats (metrics.go)
 
 	admission admission // of upgrades, while the process is overloaded
 
@@ -92,6 +92,7 @@ func New(handler Handler, opts *Options) *Hub {
 		id:      newID(),
 
 		admission: admission{floor: admitFloor},
+		m:         newCounters(),
 
 		follows: make(map[string]*follow),
 		pres:    make(map[string]*presRoom),
@@ -120,31 +121,6 @@ func New(handler Handler, opts *Options) *Hub {
 		}
 	}
 	return h
-}
-
-// Stats are counters of a hub since New. Once a hub's clients are gone,
-// every message ever queued for one is in MessagesOut or in Dropped.
-type Stats struct {
-	Clients     int    // connected clients
-	Rooms       int    // rooms with at least one member
-	MessagesIn  uint64 // messages read from clients
-	MessagesOut uint64 // queued messages written to a client's socket; a batch frame counts each
-	Dropped     uint64 // queued messages not written because their client was closed first
-	Kicked      uint64 // clients closed for holding others up: a full send queue or a write timeout
-	Refused     uint64 // upgrades answered 503: the hub closing, MaxClients, or overloaded
-}
-
-// Stats returns the hub's counters. It is cheap and safe to call any time.
-func (h *Hub) Stats() Stats {
-	h.mu.RLock()
-	s := Stats{Clients: len(h.clients), Rooms: len(h.rooms)}
-	h.mu.RUnlock()
-	s.MessagesIn = h.messagesIn.Load()
-	s.MessagesOut = h.messagesOut.Load()
-	s.Dropped = h.dropped.Load()
-	s.Kicked = h.kicked.Load()
-	s.Refused = h.refused.Load()
-	return s
 }
 
 // Room returns a handle to the room called name. It does not create the
@@ -197,7 +173,15 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil {
-		h.refused.Add(1)
+		h.m.refused.Add(1)
+		switch err {
+		case ErrHubClosed:
+			h.m.refusals[refClosing].Add(1)
+		case errTooManyClients:
+			h.m.refusals[refLimit].Add(1)
+		default:
+			h.m.refusals[refOverload].Add(1)
+		}
 		refuse(w, err)
 		return
 	}
@@ -245,11 +229,13 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 			if re, ok := errors.AsType[*rejectError](err); ok {
 				status = re.status
 			}
+			h.m.refusals[refAuth].Add(1)
 			http.Error(w, body, status)
 			return nil, err
 		}
 		if h.closing.Load() { // Shutdown began while Authenticate ran
-			h.refused.Add(1)
+			h.m.refused.Add(1)
+			h.m.refusals[refClosing].Add(1)
 			refuse(w, ErrHubClosed)
 			return nil, ErrHubClosed
 		}
@@ -257,6 +243,11 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 	hw := &hijackWriter{ResponseWriter: w, hub: h}
 	conn, err := websocket.Accept(hw, r, &h.accept)
 	if err != nil {
+		if hw.status == http.StatusForbidden {
+			h.m.refusals[refOrigin].Add(1)
+		} else {
+			h.m.refusals[refHandshake].Add(1)
+		}
 		return nil, err
 	}
 	c := newClient(h, conn, hw.cork, id)
@@ -283,6 +274,7 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 	h.clients[c] = struct{}{}
 	h.codecUsers[h.encKey[c.codecIndex]].Add(1)
 	h.mu.Unlock()
+	h.m.accepted.Add(1)
 	return c, nil
 }
 
@@ -297,8 +289,14 @@ const connBufSize = 1024
 // smaller buffers, and puts a corkConn under its writes.
 type hijackWriter struct {
 	http.ResponseWriter
-	hub  *Hub
-	cork *corkConn
+	hub    *Hub
+	cork   *corkConn
+	status int // of an answer that is not the upgrade
+}
+
+func (w *hijackWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
 }
 
 func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {

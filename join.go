@@ -64,6 +64,7 @@ func (h *Hub) join(c *Client, name string, req *Message) (*Message, error) {
 		h.leave(c, name)
 		return nil, err
 	}
+	h.m.joins.Add(1)
 	return ack, nil
 }
 
@@ -225,6 +226,7 @@ func (rm *room) commit(c *Client, j *joiner, plan *replayPlan, req *Message, sta
 				frames = append(frames, b)
 			}
 		}
+		c.hub.m.replayed.Add(uint64(len(frames)))
 		var since uint64
 		if req != nil && plan.recovered != nil && *plan.recovered {
 			since = req.Since

@@ -77,6 +77,13 @@ type Options struct {
 	// concurrent use. Default: no history, no presence.
 	Rooms func(room string) RoomOptions
 
+	// RoomLabel, if set, names the group a room belongs to ("chat" for
+	// "chat:42", say), once per room while it has members here, and
+	// Stats.Labels counts room messages by it. Room names themselves are
+	// never labels of the hub's figures: there may be millions. Keep the
+	// labels few. Default: nil, no counts by label.
+	RoomLabel func(room string) string
+
 	// OnPresence runs after changes of a presence room's members (on every
 	// hub, with a PresenceEngine, while this hub has members in it), at
 	// most once per 100 ms per room, outside every lock. Default: nil.

@@ -307,6 +307,7 @@ func (h *Hub) flushPresence(pr *presRoom) {
 			enc.prepare()
 			encs = append(encs, enc)
 		}
+		entries := len(sent.Joins) + len(sent.Leaves)
 		rm := h.lookup(pr.name)
 		if rm != nil {
 			rm.mu.Lock()
@@ -329,6 +330,8 @@ func (h *Hub) flushPresence(pr *presRoom) {
 		pr.mu.Unlock()
 		if rm != nil {
 			h.sendAll(rm, encs)
+			h.m.presDiffs.Add(uint64(len(encs)))
+			h.m.presEntries.Add(uint64(entries))
 		}
 		break
 	}
@@ -478,7 +481,7 @@ func (c *Client) presenceRequest(m *Message) error {
 		}
 		rm.mu.Lock()
 		if rm.pres.versionNow() == version {
-			_, err := c.enqueue(state)
+			_, err := c.enqueue(state, qPresence)
 			rm.mu.Unlock()
 			if err != nil && err != ErrClientClosed {
 				h.opts.Logger.Debug("wshub: presence not sent", "client", c.id, "err", err)

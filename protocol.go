@@ -45,8 +45,12 @@ func (c *Client) run() {
 	c.cancel()
 
 	c.mu.Lock()
-	cause := c.cause
+	cause, code := c.cause, c.closeCode
+	if c.cut {
+		code = 0
+	}
 	c.mu.Unlock()
+	h.m.closed(cause, code)
 	h.opts.Logger.Debug("wshub: client disconnected", "client", c.id, "reason", cause)
 	if h.opts.OnDisconnect != nil {
 		h.userCode(func() { h.opts.OnDisconnect(c, cause) })
@@ -61,7 +65,7 @@ func (c *Client) readLoop() error {
 		if err != nil {
 			return err
 		}
-		c.hub.messagesIn.Add(1)
+		c.hub.m.messagesIn.Add(1)
 		if c.ctx.Err() != nil {
 			continue
 		}
@@ -79,17 +83,25 @@ func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
 	}
 	var m Message
 	if err := c.decode(typ, data, &m); err != nil {
+		c.hub.m.in[inInvalid].Add(1)
 		c.refuse(&m, err, websocket.StatusInvalidFramePayloadData, "too many invalid messages")
 		return
 	}
 	if !c.rate.allow(&c.hub.opts) {
+		c.hub.m.in[inInvalid].Add(1)
 		c.refuse(&m, errRateLimited, websocket.StatusPolicyViolation, "rate limit exceeded")
 		return
 	}
+	c.hub.m.in[inSlot(m.Type)].Add(1)
 	c.invalidRun = 0
-	ack, err := c.handle(&m)
+	var read time.Time
+	if m.Type == TypePublish {
+		read = time.Now()
+	}
+	ack, err := c.handle(&m, read)
 	switch {
 	case err == errPipelined:
+		return
 	case err != nil:
 		c.reply(&Message{Type: TypeError, ID: m.ID, Room: m.Room, Error: err.Error()})
 	case m.ID != "":
@@ -98,6 +110,11 @@ func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
 		}
 		ack.ID = m.ID
 		c.reply(ack)
+	default:
+		return
+	}
+	if !read.IsZero() {
+		c.hub.m.publishAck.since(read)
 	}
 }
 
@@ -126,16 +143,18 @@ func (c *Client) decode(typ websocket.MessageType, data []byte, m *Message) erro
 }
 
 // handle handles a decoded message and returns its ack, if not the plain
-// one.
-func (c *Client) handle(m *Message) (*Message, error) {
+// one. read is when a publish was read.
+func (c *Client) handle(m *Message, read time.Time) (*Message, error) {
 	h := c.hub
 	switch m.Type {
 	case TypeJoin:
-		return c.join(m)
+		ack, err := c.join(m)
+		h.m.joined(m, ack, err)
+		return ack, err
 	case TypeLeave:
 		return nil, c.Leave(m.Room)
 	case TypePublish:
-		return nil, c.publish(m)
+		return nil, c.publish(m, read)
 	case TypePresence:
 		return nil, c.presenceRequest(m)
 	}
@@ -175,7 +194,7 @@ func (c *Client) join(m *Message) (*Message, error) {
 	return h.join(c, m.Room, m)
 }
 
-func (c *Client) publish(m *Message) error {
+func (c *Client) publish(m *Message, read time.Time) error {
 	rm, err := c.roomOf(m.Room)
 	if err != nil {
 		return err
@@ -201,7 +220,7 @@ func (c *Client) publish(m *Message) error {
 		c.waitFor = append(c.waitFor, congested...)
 		return err
 	}
-	c.pipeline(m.ID, m.Room, p)
+	c.pipeline(m.ID, m.Room, p, read)
 	return errPipelined
 }
 
@@ -210,7 +229,7 @@ func (c *Client) publish(m *Message) error {
 // (RawCodec) leave the client without one.
 func (c *Client) reply(m *Message) {
 	c.piped.Wait() // the acker answers earlier publishes first
-	congested, err := c.send(m)
+	congested, err := c.send(m, qReply)
 	if congested {
 		c.congested(c)
 	}
@@ -235,17 +254,18 @@ var errPipelined = errors.New("wshub: answered by the acker")
 type pipeItem struct {
 	id, room string
 	p        *pending
+	read     time.Time // when the publish was read
 }
 
 // pipeline passes p, a publish with id handed to the engine, to the
 // acker, waiting while the window is full.
-func (c *Client) pipeline(id, room string, p *pending) {
+func (c *Client) pipeline(id, room string, p *pending, read time.Time) {
 	if c.pipe == nil {
 		c.pipe = make(chan pipeItem, pipeWindow)
 		c.spawn(c.acker)
 	}
 	c.piped.Add(1)
-	c.pipe <- pipeItem{id, room, p}
+	c.pipe <- pipeItem{id, room, p, read}
 }
 
 // acker answers the client's pipelined publishes in order, once kept and
@@ -263,7 +283,9 @@ func (c *Client) acker() {
 			answer = &Message{Type: TypeAck, ID: it.id}
 		}
 		if answer != nil {
-			if congested, _ := c.send(answer); congested {
+			congested, _ := c.send(answer, qReply)
+			c.hub.m.publishAck.since(it.read)
+			if congested {
 				c.awaitClients([]*Client{c})
 			}
 		}

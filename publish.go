@@ -38,12 +38,13 @@ type ownPublish struct {
 
 // pending is a publish handed to the engine.
 type pending struct {
-	own  ownPublish // what its delivery here needs, found by id in rm.own
-	h    *Hub
-	rm   *room // nil when the room has no local members
-	id   string
-	wait func() error
-	ctx  context.Context
+	own     ownPublish // what its delivery here needs, found by id in rm.own
+	started time.Time  // when it was handed to the engine
+	h       *Hub
+	rm      *room // nil when the room has no local members
+	id      string
+	wait    func() error
+	ctx     context.Context
 }
 
 // start hands m, a message for room name (rm here, nil if it has no local
@@ -75,6 +76,10 @@ func (h *Hub) start(ctx context.Context, name string, rm *room, opts RoomOptions
 		rm.ownMu.Unlock()
 		p.rm = rm
 	}
+	if h.opts.RoomLabel != nil {
+		h.labelOf(rm, name).published.Add(1)
+	}
+	p.started = time.Now()
 	err = h.withEngine(func(e Engine) error {
 		p.wait = e.Publish(ctx, name, opts.History, p.id, msg)
 		return nil
@@ -104,7 +109,10 @@ func (p *pending) delivered() bool {
 // A publish whose delivery here is late stays registered, so that the
 // delivery still leaves out the clients it excepted.
 func (p *pending) finish() ([]*Client, error) {
-	if err := p.wait(); err != nil {
+	err := p.wait()
+	p.h.m.engineWait.since(p.started)
+	if err != nil {
+		p.h.m.engineErrs.Add(1)
 		p.forget()
 		return nil, fmt.Errorf("%w: publish to %q: %w", errBroker, p.own.m.Room, err)
 	}

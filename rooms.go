@@ -51,6 +51,8 @@ type room struct {
 	own   map[string]*ownPublish // this hub's publishes on their way through the engine
 
 	pres *presRoom // with presence (presence.go)
+
+	label atomic.Pointer[labelCounters] // of Options.RoomLabel, once asked
 }
 
 // skipMark is where a member's messages start: it has those of epoch up to
@@ -181,6 +183,7 @@ func (h *Hub) leave(c *Client, name string) error {
 	}
 	h.unlockRoom(rm)
 	h.syncFollow(name)
+	h.m.leaves.Add(1)
 	return nil
 }
 
@@ -243,6 +246,9 @@ func (h *Hub) syncFollow(name string) error {
 		return e.Follow(name, rm.opts.History, after, func(en Entry) { h.deliver(rm, en) })
 	})
 	if err != nil {
+		if err != ErrHubClosed {
+			h.m.engineErrs.Add(1)
+		}
 		return fmt.Errorf("%w: follow %q: %w", errBroker, name, err)
 	}
 	f.rm = rm
