@@ -118,8 +118,11 @@ func (h *Hub) deliver(rm *room, en Entry) {
 	if own != nil {
 		own.err = enc.result()
 	}
-	if h.opts.RoomLabel != nil && enc.queued > 0 {
-		h.labelOf(rm, rm.name).delivered.Add(uint64(enc.queued))
+	if enc.queued > 0 {
+		rm.delivered.Add(uint64(enc.queued))
+		if h.opts.RoomLabel != nil {
+			h.labelOf(rm, rm.name).delivered.Add(uint64(enc.queued))
+		}
 	}
 	if len(paced) > 0 {
 		h.pace(rm, paced)

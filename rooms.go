@@ -52,7 +52,8 @@ type room struct {
 
 	pres *presRoom // with presence (presence.go)
 
-	label atomic.Pointer[labelCounters] // of Options.RoomLabel, once asked
+	label     atomic.Pointer[labelCounters] // of Options.RoomLabel, once asked
+	delivered atomic.Uint64                 // room messages queued for its members here
 }
 
 // skipMark is where a member's messages start: it has those of epoch up to
