@@ -99,22 +99,21 @@ func (c *Client) dispatch(typ websocket.MessageType, data []byte) {
 		read = time.Now()
 	}
 	ack, err := c.handle(&m, read)
-	switch {
-	case err == errPipelined:
+	if err == errPipelined || err == nil && m.ID == "" {
 		return
+	}
+	if !read.IsZero() {
+		c.hub.m.publishAck.since(read)
+	}
+	switch {
 	case err != nil:
 		c.reply(&Message{Type: TypeError, ID: m.ID, Room: m.Room, Error: err.Error()})
-	case m.ID != "":
+	default:
 		if ack == nil {
 			ack = &Message{Type: TypeAck}
 		}
 		ack.ID = m.ID
 		c.reply(ack)
-	default:
-		return
-	}
-	if !read.IsZero() {
-		c.hub.m.publishAck.since(read)
 	}
 }
 
@@ -283,9 +282,8 @@ func (c *Client) acker() {
 			answer = &Message{Type: TypeAck, ID: it.id}
 		}
 		if answer != nil {
-			congested, _ := c.send(answer, qReply)
 			c.hub.m.publishAck.since(it.read)
-			if congested {
+			if congested, _ := c.send(answer, qReply); congested {
 				c.awaitClients([]*Client{c})
 			}
 		}
