@@ -67,13 +67,13 @@ type collector struct {
 	hub   *wshub.Hub
 	descs []*prometheus.Desc
 
-	clients, rooms, members                        *prometheus.Desc
-	accepted, refused, closed, codes, kicked       *prometheus.Desc
-	joins, leaves, joinRefused                     *prometheus.Desc
-	in, queued, out, dropped, bytes, frames        *prometheus.Desc
-	publishAck, engineWait, batch                  *prometheus.Desc
-	recoveries, replayed, diffs, entries           *prometheus.Desc
-	engineErrs, published, delivered               *prometheus.Desc
+	clients, rooms, members                  *prometheus.Desc
+	accepted, refused, closed, codes, kicked *prometheus.Desc
+	joins, leaves, joinRefused               *prometheus.Desc
+	in, queued, out, dropped, bytes, frames  *prometheus.Desc
+	publishAck, engineWait, batch            *prometheus.Desc
+	recoveries, replayed, diffs, entries     *prometheus.Desc
+	engineErrs, published, delivered         *prometheus.Desc
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
