@@ -14,7 +14,9 @@ import (
 // close. Everything here is the hub's own code: no lock of it is held
 // while user code runs.
 
-// enqueue queues an encoded message and starts the writer if it is idle.
+// enqueue queues an encoded message and starts the writer if it is idle,
+// counting it in Stats.Queued as of kind (qReply...), unless kind is
+// counted, the caller's to count.
 // It reports whether the queue is now congested (see flow.go). A message
 // that overflows the queue closes the client.
 func (c *Client) enqueue(b []byte, kind int) (congested bool, err error) {
@@ -32,7 +34,9 @@ func (c *Client) enqueue(b []byte, kind int) (congested bool, err error) {
 	}
 	c.queue = append(c.queue, b)
 	c.queueBytes += len(b)
-	c.hub.m.queued[kind].Add(1)
+	if kind >= 0 {
+		c.hub.m.queued[kind].Add(1)
+	}
 	c.startWriterLocked()
 	return c.congestedLocked(), nil
 }
@@ -221,11 +225,16 @@ func (c *Client) write(msgs [][]byte) (written int, err error) {
 			err = uerr
 		}
 		_, flushed := c.netConn.progress()
+		var frames, bytes int
 		for _, f := range c.ends {
 			if f.end <= flushed {
 				written += f.msgs
+				frames++
+				bytes += f.size
 			}
 		}
+		c.hub.m.framesOut.Add(uint64(frames))
+		c.hub.m.bytesOut.Add(uint64(bytes))
 	}()
 	typ := websocket.MessageText
 	if c.codec.Binary() {
@@ -259,14 +268,13 @@ func (c *Client) write(msgs [][]byte) (written int, err error) {
 type frameEnd struct {
 	end  int64
 	msgs int
+	size int // bytes of the frame's payload
 }
 
 // frameWritten records that the frame just handed to the connection holds
 // n messages, in size bytes.
 func (c *Client) frameWritten(n, size int) {
-	c.ends = append(c.ends, frameEnd{end: c.netConn.taken.Load(), msgs: n})
-	c.hub.m.framesOut.Add(1)
-	c.hub.m.bytesOut.Add(uint64(size))
+	c.ends = append(c.ends, frameEnd{end: c.netConn.taken.Load(), msgs: n, size: size})
 }
 
 // batchLen returns how many of msgs, at least one, go into the next batch

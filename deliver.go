@@ -118,6 +118,7 @@ func (h *Hub) deliver(rm *room, en Entry) {
 	if own != nil {
 		own.err = enc.result()
 	}
+	enc.count()
 	if enc.queued > 0 {
 		rm.delivered.Add(uint64(enc.queued))
 		if h.opts.RoomLabel != nil {
@@ -280,7 +281,7 @@ func (e *encoding) queue(c *Client) (congested bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	congested, err = c.enqueue(b, e.kind)
+	congested, err = c.enqueue(b, counted) // see e.count
 	switch err {
 	case nil:
 		e.queued++
@@ -289,6 +290,10 @@ func (e *encoding) queue(c *Client) (congested bool, err error) {
 	}
 	return congested, err
 }
+
+// count counts in Stats.Queued the clients e was queued for, once it was
+// queued for all.
+func (e *encoding) count() { e.h.m.queued[e.kind].Add(uint64(e.queued)) }
 
 // result is what a broadcast of e returns: a codec's error, or
 // ErrHubClosed when the hub began closing before e reached every member.

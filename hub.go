@@ -154,6 +154,7 @@ func (h *Hub) Broadcast(ctx context.Context, m *Message) error {
 	for _, c := range late {
 		enc.send(c, nil)
 	}
+	enc.count()
 	return enc.result()
 }
 

@@ -214,6 +214,8 @@ const (
 
 	qMessage, qReplay, qReply, qPresence, qApp = 0, 1, 2, 3, 4
 
+	counted = -1 // the caller of enqueue counts the message in Stats.Queued
+
 	recRecovered, recNotRecovered, recNoHistory = 0, 1, 2
 )
 

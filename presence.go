@@ -389,6 +389,9 @@ func (h *Hub) sendAll(rm *room, encs []*encoding) {
 			enc.send(c, nil)
 		}
 	}
+	for _, enc := range encs {
+		enc.count()
+	}
 }
 
 // dropPresRoom forgets pr once nothing is left of it.
