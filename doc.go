@@ -61,8 +61,18 @@
 // read once the queues its last one congested have drained, so a flooding
 // client is slowed down by TCP and the members who read stay; a member
 // holding it up past WriteTimeout is closed with ErrSlowClient. Messages
-// from other hubs are not paced. A closed client's unwritten messages
-// count in Stats.Dropped: nothing is dropped silently.
+// from other hubs are paced too: the engine passes a room's next message
+// once the queues the last one congested were taken. A closed client's
+// unwritten messages count in Stats.Dropped: nothing is dropped silently.
+//
+// # Figures
+//
+// Hub.Stats returns what the hub has done, always counted and cheap to
+// read: clients, rooms and members now; upgrades accepted and refused,
+// and closes, by reason; messages read and queued by kind; publish→ack and
+// engine latencies; recoveries; presence diffs; engine errors; and, with
+// Options.RoomLabel, messages by room label. The wshubprom module exports
+// them to Prometheus.
 //
 // # Shutdown
 //
