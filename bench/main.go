@@ -12,6 +12,8 @@
 //	go run ./bench -scenario fanout-1000 -contender coder,wshub-batch
 //	go run ./bench -scenario fanout-1000 -contender wshub,wshub-history
 //	go run ./bench -scenario fanout-1000 -contender wshub-batch -runs 1 -profile /tmp/prof
+//	go run ./bench -charts docs/bench   # also draw SVG charts of the tables into docs/bench
+//	go run ./bench -scenario latency -latency-rates 50,200   # latency at 50 and at 200 publishes/s
 //	go run ./bench -scenario cluster    # many hubs over NATS, each hub a child process
 //	go run ./bench -scenario cluster -cluster-broadcast   # its publishers call Room.Broadcast in the hubs, not clients
 //	go run ./bench -scenario presence   # a 10,000-member presence room under churn, presence on and off
@@ -33,6 +35,7 @@ import (
 	"os/signal"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -74,6 +77,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	stormN := fs.Int("storm-clients", 5000, "clients of the storm scenario on the restarted hub")
 	presenceRate := fs.Int("presence-rate", 1000, "joins per second, and as many leaves, of the presence scenario")
 	presenceFor := fs.Duration("presence-for", 10*time.Second, "measured time of each run of the presence scenario")
+	charts := fs.String("charts", "", "write SVG charts of the printed tables into this directory: fanout.svg, latency.svg, idle.svg, cluster.svg, those whose scenarios ran")
+	latencyRates := fs.String("latency-rates", "", "comma-separated publishes per second of the latency scenario, each to its 100 clients, one table each (latency-RATE); default one table at 500")
 	clusterSetups := fs.String("cluster-setups", "", "comma-separated rows of the cluster scenario: "+strings.Join(clusterSetupKeys(), ", ")+" (default all)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -92,6 +97,15 @@ func run(args []string, stdout, stderr io.Writer) error {
 	}
 	if cfg.clusterN < 1 || cfg.clusterHz < 1 {
 		return errors.New("-cluster-clients and -cluster-rate must be positive")
+	}
+	if *latencyRates != "" {
+		for r := range strings.SplitSeq(*latencyRates, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(r))
+			if err != nil || n < 1 {
+				return fmt.Errorf("-latency-rates: %q is not a positive number of publishes per second", r)
+			}
+			cfg.latencyRates = append(cfg.latencyRates, n)
+		}
 	}
 	if *quick {
 		cfg.runs, cfg.warmup, cfg.duration, cfg.idleN = 1, 200*time.Millisecond, 600*time.Millisecond, 1000
@@ -112,9 +126,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if *floodMsgs > 0 {
 		cfg.floodMessages = *floodMsgs
 	}
-	if cfg.profileDir != "" {
-		if err := os.MkdirAll(cfg.profileDir, 0o755); err != nil {
-			return err
+	for _, dir := range []string{cfg.profileDir, *charts} {
+		if dir != "" {
+			if err := os.MkdirAll(dir, 0o755); err != nil {
+				return err
+			}
 		}
 	}
 	list, err := selectContenders(*who)
@@ -149,6 +165,20 @@ func run(args []string, stdout, stderr io.Writer) error {
 		}
 		res := runScenario(ctx, cfg, sc, list, stderr)
 		printTable(stdout, cfg, sc, names, res, baseline)
+	}
+	if *charts != "" {
+		paths, err := writeCharts(*charts, cfg.tables, chartMeta{
+			command: strings.TrimSpace("go run ./bench " + strings.Join(args, " ")),
+			machine: fmt.Sprintf("%d cores (%s), %s/%s, %s", runtime.NumCPU(), cpuModel(), runtime.GOOS, runtime.GOARCH, runtime.Version()),
+			date:    time.Now().Format("2006-01-02"),
+			runs:    cfg.runs,
+		})
+		for _, p := range paths {
+			fmt.Fprintf(stderr, "bench: wrote %s\n", p)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	fmt.Fprintf(stderr, "bench: done in %v\n", time.Since(began).Round(time.Second))
 	return nil

@@ -9,8 +9,9 @@ import (
 )
 
 // printTable writes the Markdown table of one scenario: a row per name of
-// rows, ratios to row base.
+// rows, ratios to row base. It keeps the table in cfg.tables for -charts.
 func printTable(w io.Writer, cfg *config, sc scenario, rows []string, res map[string]*outcome, base string) {
+	cfg.tables = append(cfg.tables, table{sc: sc, rows: rows, res: res, base: base})
 	fmt.Fprintf(w, "### %s\n\n%s\n\n", sc.title, sc.about(cfg))
 	head := []string{sc.rowHeader()}
 	for _, m := range sc.metrics {

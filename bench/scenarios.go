@@ -31,6 +31,12 @@ type config struct {
 	churnConc  int
 	profileDir string
 
+	// latencyRates are the publishes per second of the latency scenarios
+	// (-latency-rates), each to latencyN clients; nil for one at latencyHz.
+	latencyRates []int
+	// tables are the tables printed so far, for -charts.
+	tables []table
+
 	floodN        []int         // readers of each flood scenario
 	floodMessages int           // messages of one flood
 	floodFor      time.Duration // bound of the publishing
@@ -81,6 +87,9 @@ type scenario struct {
 	// own, when set, runs the scenario instead of run: it has rows of its
 	// own instead of the contenders, and prints its table.
 	own func(ctx context.Context, cfg *config, sc scenario, stdout, log io.Writer) error
+	// short names the scenario among its like in a chart: "N = 100",
+	// "500 publishes/s".
+	short string
 }
 
 // rowHeader is the header of the table's first column.
@@ -104,23 +113,11 @@ func scenarios(cfg *config) []scenario {
 			run: func(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error) {
 				return runThroughput(ctx, cfg, c, rm, fmt.Sprintf("fanout-%d", n), n, 1)
 			},
+			short: fmt.Sprintf("N = %s", format(float64(n), 0)),
 		})
 	}
+	list = append(list, latencyScenarios(cfg)...)
 	list = append(list,
-		scenario{
-			id:    "latency",
-			title: "Latency at a paced rate",
-			about: func(cfg *config) string {
-				return fmt.Sprintf("%d clients in one room; server-side publishes paced at %d deliveries/s in total (%d messages/s), each payload stamped with the server's clock at publish; latency is receive time minus that stamp, in µs, over %v after a %v warm-up.", cfg.latencyN, cfg.latencyHz, cfg.latencyHz/cfg.latencyN, cfg.duration, cfg.warmup)
-			},
-			metrics: []metric{
-				{key: "p50", header: "p50 µs", ratio: true},
-				{key: "p99", header: "p99 µs", ratio: true},
-				{key: "rate", header: "deliveries/s"},
-				{key: "cpu", header: "server CPU µs/delivery", ratio: true, digits: 2},
-			},
-			run: runLatency,
-		},
 		scenario{
 			id:    "rooms",
 			title: fmt.Sprintf("Many rooms, %d clients in %d rooms of %d", cfg.roomsN, cfg.roomsN/cfg.roomSize, cfg.roomSize),
@@ -176,6 +173,41 @@ func scenarios(cfg *config) []scenario {
 		})
 	}
 	return append(list, clusterScenario(), presenceScenario(), stormScenario())
+}
+
+// latencyScenarios returns the latency scenario, paced at cfg.latencyHz
+// deliveries/s, or with -latency-rates one per rate, "latency-RATE".
+func latencyScenarios(cfg *config) []scenario {
+	rates := cfg.latencyRates
+	if len(rates) == 0 {
+		rates = []int{cfg.latencyHz / cfg.latencyN}
+	}
+	var list []scenario
+	for _, rate := range rates {
+		id, title := fmt.Sprintf("latency-%d", rate), fmt.Sprintf("Latency at %s publishes/s", format(float64(rate), 0))
+		if len(cfg.latencyRates) == 0 {
+			id, title = "latency", "Latency at a paced rate"
+		}
+		hz := rate * cfg.latencyN
+		list = append(list, scenario{
+			id:    id,
+			title: title,
+			about: func(cfg *config) string {
+				return fmt.Sprintf("%d clients in one room; server-side publishes paced at %d deliveries/s in total (%d messages/s), each payload stamped with the server's clock at publish; latency is receive time minus that stamp, in µs, over %v after a %v warm-up.", cfg.latencyN, hz, rate, cfg.duration, cfg.warmup)
+			},
+			metrics: []metric{
+				{key: "p50", header: "p50 µs", ratio: true},
+				{key: "p99", header: "p99 µs", ratio: true},
+				{key: "rate", header: "deliveries/s"},
+				{key: "cpu", header: "server CPU µs/delivery", ratio: true, digits: 2},
+			},
+			run: func(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error) {
+				return runLatency(ctx, cfg, c, rm, id, hz)
+			},
+			short: format(float64(rate), 0) + " publishes/s",
+		})
+	}
+	return list
 }
 
 var throughputMetrics = []metric{
@@ -425,7 +457,8 @@ func runThroughput(ctx context.Context, cfg *config, c contender, rm *remote, id
 	}, nil
 }
 
-func runLatency(ctx context.Context, cfg *config, c contender, rm *remote) (runResult, error) {
+// runLatency runs latency scenario id, paced at hz deliveries/s in all.
+func runLatency(ctx context.Context, cfg *config, c contender, rm *remote, id string, hz int) (runResult, error) {
 	n := cfg.latencyN
 	clients, err := connectAll(ctx, rm.addr, c.proto, n, func(int) int { return 0 })
 	if err != nil {
@@ -441,11 +474,11 @@ func runLatency(ctx context.Context, cfg *config, c contender, rm *remote) (runR
 	}
 	start(clients)
 	pub := newPublisher(rm, clients, 1, cfg.window)
-	msgRate := float64(cfg.latencyHz) / float64(n)
+	msgRate := float64(hz) / float64(n)
 	if _, err := pace(ctx, pub, msgRate, cfg.warmup); err != nil {
 		return runResult{}, err
 	}
-	prof, err := startProfile(cfg, rm, "latency", c.name)
+	prof, err := startProfile(cfg, rm, id, c.name)
 	if err != nil {
 		return runResult{}, err
 	}
