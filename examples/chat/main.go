@@ -18,6 +18,9 @@
 // exactly what it missed; when the server cannot replay that (it
 // restarted, or more than 200 messages went by), the page says that some
 // messages may be missing. The terminal client does the same.
+//
+// With -status, /debug/wshub serves the hub's status page (wshub's
+// Hub.StatusHandler): operational data, not for the public.
 package main
 
 import (
@@ -52,6 +55,7 @@ const shutdownTimeout = 5 * time.Second
 
 func main() {
 	addr := flag.String("addr", "localhost:8080", "address to listen on")
+	status := flag.Bool("status", false, "serve the hub's status page at /debug/wshub; it shows operational data (clients, room names, traffic): do not expose it publicly")
 	flag.Parse()
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -64,7 +68,7 @@ func main() {
 		os.Exit(1)
 	}
 	logger.Info("chat server listening", "url", "http://"+ln.Addr().String())
-	if err := serve(ctx, ln, newHub(logger), logger); err != nil {
+	if err := serveWith(ctx, ln, newHub(logger), logger, *status); err != nil {
 		logger.Error("serve", "err", err)
 		os.Exit(1)
 	}
@@ -75,6 +79,12 @@ func main() {
 // away), which tells the page to reconnect, and the HTTP server stops. It
 // returns nil after a clean shutdown, or the error that stopped the server.
 func serve(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slog.Logger) error {
+	return serveWith(ctx, ln, hub, logger, false)
+}
+
+// serveWith is serve, and with status it serves the hub's status page at
+// /debug/wshub too (the -status flag).
+func serveWith(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slog.Logger, status bool) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.ServeFileFS(w, r, page, "index.html")
@@ -89,6 +99,9 @@ func serve(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slog.Lo
 	mux.HandleFunc("GET /favicon.svg", icon) // the page links it
 	mux.HandleFunc("GET /favicon.ico", icon) // for what asks without reading the page
 	mux.Handle("/ws", hub)
+	if status {
+		mux.Handle("GET /debug/wshub", hub.StatusHandler())
+	}
 
 	// The timeouts are for plain HTTP: net/http clears a connection's
 	// deadlines when the hub takes it over for a WebSocket, and the hub's
