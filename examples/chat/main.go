@@ -20,7 +20,9 @@
 // messages may be missing. The terminal client does the same.
 //
 // With -status, /debug/wshub serves the hub's status page (wshub's
-// Hub.StatusHandler): operational data, not for the public.
+// Hub.StatusHandler); with -metrics, /metrics serves the hub's figures to
+// Prometheus (module wshubprom), with the Go runtime's and the process's.
+// Both are operational data, not for the public.
 package main
 
 import (
@@ -38,8 +40,12 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/wshub/wshub"
 	"github.com/wshub/wshub/wshubjs"
+	"github.com/wshub/wshub/wshubprom"
 )
 
 // page holds the chat page, plain HTML, CSS and JavaScript with no build
@@ -53,9 +59,17 @@ var page embed.FS
 // goodbye before connections are cut.
 const shutdownTimeout = 5 * time.Second
 
+// debugPages are the pages for operators that flags add.
+type debugPages struct {
+	status  bool // -status: the hub's status page at /debug/wshub
+	metrics bool // -metrics: Prometheus metrics at /metrics
+}
+
 func main() {
 	addr := flag.String("addr", "localhost:8080", "address to listen on")
-	status := flag.Bool("status", false, "serve the hub's status page at /debug/wshub; it shows operational data (clients, room names, traffic): do not expose it publicly")
+	var debug debugPages
+	flag.BoolVar(&debug.status, "status", false, "serve the hub's status page at /debug/wshub; it shows operational data (clients, room names, traffic): do not expose it publicly")
+	flag.BoolVar(&debug.metrics, "metrics", false, "serve Prometheus metrics at /metrics: operational data, do not expose it publicly")
 	flag.Parse()
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
@@ -68,7 +82,7 @@ func main() {
 		os.Exit(1)
 	}
 	logger.Info("chat server listening", "url", "http://"+ln.Addr().String())
-	if err := serveWith(ctx, ln, newHub(logger), logger, *status); err != nil {
+	if err := serve(ctx, ln, newHub(logger), logger, debug); err != nil {
 		logger.Error("serve", "err", err)
 		os.Exit(1)
 	}
@@ -78,13 +92,8 @@ func main() {
 // shuts it down gracefully: clients are closed with status 1001 (going
 // away), which tells the page to reconnect, and the HTTP server stops. It
 // returns nil after a clean shutdown, or the error that stopped the server.
-func serve(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slog.Logger) error {
-	return serveWith(ctx, ln, hub, logger, false)
-}
-
-// serveWith is serve, and with status it serves the hub's status page at
-// /debug/wshub too (the -status flag).
-func serveWith(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slog.Logger, status bool) error {
+// debug adds the operator's pages it asks for.
+func serve(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slog.Logger, debug debugPages) error {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		http.ServeFileFS(w, r, page, "index.html")
@@ -99,8 +108,14 @@ func serveWith(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slo
 	mux.HandleFunc("GET /favicon.svg", icon) // the page links it
 	mux.HandleFunc("GET /favicon.ico", icon) // for what asks without reading the page
 	mux.Handle("/ws", hub)
-	if status {
+	if debug.status {
 		mux.Handle("GET /debug/wshub", hub.StatusHandler())
+	}
+	if debug.metrics {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(wshubprom.NewCollector(hub, nil), collectors.NewGoCollector(),
+			collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 	}
 
 	// The timeouts are for plain HTTP: net/http clears a connection's

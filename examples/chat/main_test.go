@@ -77,6 +77,12 @@ func startServer(t *testing.T) *server {
 
 func startServerAt(t *testing.T, addr string) *server {
 	t.Helper()
+	return startServerWith(t, addr, debugPages{})
+}
+
+// startServerWith is startServerAt with the operator's pages of debug.
+func startServerWith(t *testing.T, addr string, debug debugPages) *server {
+	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("listen: %v", err)
@@ -86,7 +92,7 @@ func startServerAt(t *testing.T, addr string) *server {
 	t.Cleanup(out.stop) // after the shutdown, registered below
 	logger := slog.New(slog.NewTextHandler(out, nil))
 	s := &server{addr: ln.Addr().String(), log: out, hub: newHub(logger), stop: stop, served: make(chan error, 1)}
-	go func() { s.served <- serve(ctx, ln, s.hub, logger) }()
+	go func() { s.served <- serve(ctx, ln, s.hub, logger, debug) }()
 	t.Cleanup(func() { s.shutdown(t) })
 	return s
 }

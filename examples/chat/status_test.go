@@ -4,9 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"math"
-	"net"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -26,18 +24,7 @@ import (
 // page at /debug/wshub.
 func startStatusServer(t *testing.T) *server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	out := &testLog{w: t.Output()}
-	t.Cleanup(out.stop)
-	logger := slog.New(slog.NewTextHandler(out, nil))
-	s := &server{addr: ln.Addr().String(), log: out, hub: newHub(logger), stop: stop, served: make(chan error, 1)}
-	go func() { s.served <- serveWith(ctx, ln, s.hub, logger, true) }()
-	t.Cleanup(func() { s.shutdown(t) })
-	return s
+	return startServerWith(t, "127.0.0.1:0", debugPages{status: true})
 }
 
 // chatConn is a WebSocket client of the chat server speaking its protocol
@@ -175,6 +162,23 @@ func stall(t *testing.T, s *server, name, room string) {
 	}
 }
 
+// kickSlow connects a client that joins room and stops reading, then
+// floods the room from the server until the hub kicks it.
+func kickSlow(t *testing.T, s *server, name, room string) {
+	t.Helper()
+	stall(t, s, name, room)
+	flood := strings.Repeat("x", 16<<10)
+	deadline := time.Now().Add(timeout)
+	for kicked := s.hub.Stats().Kicked; s.hub.Stats().Kicked == kicked; {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s was not kicked: %+v", name, s.hub.Stats())
+		}
+		if err := s.hub.Room(room).Broadcast(context.Background(), &wshub.Message{Data: chatMessage{Name: "flood", Text: flood}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // waitStatus waits until the JavaScript expression js holds on the
 // status page.
 func (tb *tab) waitStatus(what, js string) {
@@ -242,17 +246,7 @@ func TestStatusPage(t *testing.T) {
 
 	// A client that stops reading while the server floods its room: its
 	// queue overflows, and the hub kicks it.
-	stall(t, s, "slowpoke", "slow")
-	flood := strings.Repeat("x", 16<<10)
-	deadline := time.Now().Add(timeout)
-	for s.hub.Stats().Kicked == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("slowpoke was not kicked: %+v", s.hub.Stats())
-		}
-		if err := s.hub.Room("slow").Broadcast(context.Background(), &wshub.Message{Data: chatMessage{Name: "flood", Text: flood}}); err != nil {
-			t.Fatal(err)
-		}
-	}
+	kickSlow(t, s, "slowpoke", "slow")
 	tb.waitStatus("a kick", figure("kicked")+` === 1 && document.getElementById("kicked-tile").classList.contains("warn")`)
 	equal(t, "kicked", s.hub.Stats().Kicked, 1)
 

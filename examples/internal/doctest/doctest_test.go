@@ -127,6 +127,10 @@ var packages = map[string]string{
 	"client":     "github.com/wshub/wshub/client",
 	"wshubjs":    "github.com/wshub/wshub/wshubjs",
 	"natsbroker": "github.com/wshub/wshub/natsbroker",
+	"wshubprom":  "github.com/wshub/wshub/wshubprom",
+	"prometheus": "github.com/prometheus/client_golang/prometheus",
+	"collectors": "github.com/prometheus/client_golang/prometheus/collectors",
+	"promhttp":   "github.com/prometheus/client_golang/prometheus/promhttp",
 }
 
 // prelude declares what the fragments of the documents take as given.
@@ -221,8 +225,8 @@ func run(t *testing.T, dir, name string, args ...string) string {
 }
 
 // TestGoBlocks: every Go block of the documents compiles and passes vet,
-// each as a program of its own in a module that requires wshub and
-// natsbroker as a user's would.
+// each as a program of its own in a module that requires wshub,
+// natsbroker and wshubprom as a user's would.
 func TestGoBlocks(t *testing.T) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
@@ -236,20 +240,27 @@ go 1.26.0
 require (
 	github.com/wshub/wshub v0.0.0-00010101000000-000000000000
 	github.com/wshub/wshub/natsbroker v0.0.0-00010101000000-000000000000
+	github.com/wshub/wshub/wshubprom v0.0.0-00010101000000-000000000000
 )
 
 replace github.com/wshub/wshub => %s
 
 replace github.com/wshub/wshub/natsbroker => %s
-`, abs, filepath.Join(abs, "natsbroker"))
+
+replace github.com/wshub/wshub/wshubprom => %s
+`, abs, filepath.Join(abs, "natsbroker"), filepath.Join(abs, "wshubprom"))
 	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(gomod), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// The checksums of natsbroker's dependencies, which examples/cluster
-	// requires too.
-	sums, err := os.ReadFile(filepath.Join(abs, "examples", "cluster", "go.sum"))
-	if err != nil {
-		t.Fatal(err)
+	// requires too, and of wshubprom's.
+	var sums []byte
+	for _, mod := range []string{filepath.Join("examples", "cluster"), "wshubprom"} {
+		b, err := os.ReadFile(filepath.Join(abs, mod, "go.sum"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sums = append(sums, b...)
 	}
 	if err := os.WriteFile(filepath.Join(dir, "go.sum"), sums, 0o644); err != nil {
 		t.Fatal(err)
@@ -439,6 +450,7 @@ func TestCopyExample(t *testing.T) {
 	clone := filepath.Join(top, "wshub")
 	copyCore(t, clone)
 	copyDir(t, filepath.Join(root, "examples", "chat"), filepath.Join(clone, "examples", "chat"))
+	copyDir(t, filepath.Join(root, "wshubprom"), filepath.Join(clone, "wshubprom"))
 	run(t, clone, "bash", "-euo", "pipefail", "-c", script+"go mod tidy && go vet . && go build -o app .\n")
 }
 
