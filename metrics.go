@@ -100,6 +100,11 @@ type Stats struct {
 
 	EngineErrors uint64 // engine calls that failed: publishes, history reads, follows
 
+	// EngineReconnects counts the engine's reconnections to its bus, for
+	// an engine that counts them with a method Reconnects() uint64, as
+	// natsbroker's do; 0 for the others.
+	EngineReconnects uint64
+
 	// Labels counts room messages by the label Options.RoomLabel gives
 	// their room (nil without it): published here, and queued for
 	// members here.
@@ -366,6 +371,9 @@ func (h *Hub) Stats() Stats {
 	s.Replayed = m.replayed.Load()
 	s.PresenceDiffs, s.PresenceEntries = m.presDiffs.Load(), m.presEntries.Load()
 	s.EngineErrors = m.engineErrs.Load()
+	if r, ok := h.opts.Engine.(interface{ Reconnects() uint64 }); ok {
+		s.EngineReconnects = r.Reconnects()
+	}
 	s.Refusals = keyed(refusalKeys, m.refusals[:])
 	s.Closes = keyed(closeKeys, m.closes[:])
 	s.JoinRefusals = keyed(joinKeys, m.joinRef[:])

@@ -602,6 +602,10 @@ func (b *Broker) Read(ctx context.Context, room string, p wshub.HistoryPolicy, a
 	return eng.Read(ctx, room, p, after, limit)
 }
 
+// Reconnects returns how many times the Broker's NATS connection
+// reconnected. Hub.Stats reports it as EngineReconnects.
+func (b *Broker) Reconnects() uint64 { return connID(b.nc) }
+
 // Close unfollows every room, fails the publishes still waiting for a
 // confirmation with ErrClosed and, for a broker made by Connect, closes
 // the connection. A connection given to New stays open, and a publish

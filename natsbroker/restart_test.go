@@ -111,9 +111,15 @@ func TestNATSRestart(t *testing.T) {
 	t.Logf("while NATS was down: %d server publishes succeeded, %d failed; %d of %d client publishes succeeded",
 		len(okServer), wantFailures, len(okClient), clientAttempts)
 
+	if n := nodes[0].hub.Stats().EngineErrors; n < wantFailures {
+		t.Errorf("hub 0's Stats.EngineErrors = %d after %d failed broadcasts", n, wantFailures)
+	}
 	s2 := startNATS(t, port)
 	for i, n := range nodes {
 		eventually(t, fmt.Sprintf("hub %d to reconnect", i), n.nc.IsConnected)
+		if r := n.hub.Stats().EngineReconnects; r < 1 {
+			t.Errorf("hub %d's Stats.EngineReconnects = %d after a reconnection", i, r)
+		}
 	}
 	// nats.go re-sends the subscriptions on reconnect; the new server has
 	// one per hub.

@@ -58,6 +58,7 @@ func NewCollector(hub *wshub.Hub, constLabels prometheus.Labels) prometheus.Coll
 	c.diffs = d("presence_diffs_total", "Presence diff frames queued for rooms' members.")
 	c.entries = d("presence_diff_entries_total", "Joins and leaves listed in presence diffs.")
 	c.engineErrs = d("engine_errors_total", "Engine calls that failed: publishes, history reads, follows.")
+	c.reconnects = d("engine_reconnects_total", "Reconnections of the engine to its bus (natsbroker's engines count them).")
 	c.published = d("label_messages_published_total", "Room messages handed to the engine by this hub, by the room's label (Options.RoomLabel).", "label")
 	c.delivered = d("label_messages_delivered_total", "Room messages queued for members of this hub, by the room's label (Options.RoomLabel).", "label")
 	return c
@@ -67,13 +68,13 @@ type collector struct {
 	hub   *wshub.Hub
 	descs []*prometheus.Desc
 
-	clients, rooms, members                  *prometheus.Desc
-	accepted, refused, closed, codes, kicked *prometheus.Desc
-	joins, leaves, joinRefused               *prometheus.Desc
-	in, queued, out, dropped, bytes, frames  *prometheus.Desc
-	publishAck, engineWait, batch            *prometheus.Desc
-	recoveries, replayed, diffs, entries     *prometheus.Desc
-	engineErrs, published, delivered         *prometheus.Desc
+	clients, rooms, members                      *prometheus.Desc
+	accepted, refused, closed, codes, kicked     *prometheus.Desc
+	joins, leaves, joinRefused                   *prometheus.Desc
+	in, queued, out, dropped, bytes, frames      *prometheus.Desc
+	publishAck, engineWait, batch                *prometheus.Desc
+	recoveries, replayed, diffs, entries         *prometheus.Desc
+	engineErrs, reconnects, published, delivered *prometheus.Desc
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
@@ -131,6 +132,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	counter(c.diffs, s.PresenceDiffs)
 	counter(c.entries, s.PresenceEntries)
 	counter(c.engineErrs, s.EngineErrors)
+	counter(c.reconnects, s.EngineReconnects)
 	for label, l := range s.Labels {
 		counter(c.published, l.Published, label)
 		counter(c.delivered, l.Delivered, label)
