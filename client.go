@@ -60,11 +60,12 @@ type Client struct {
 	pipe       chan pipeItem  // publishes in flight, to the acker; see protocol.go
 	piped      sync.WaitGroup // counts them
 
-	ends []frameEnd // the writer's frames of the batch it writes; writer only
+	ends   []frameEnd  // the writer's frames of the batch it writes; writer only
+	counts *writeShard // where its writer counts (metrics.go)
 }
 
 func newClient(h *Hub, conn *websocket.Conn, netConn *corkConn, id Identity) *Client {
-	c := &Client{hub: h, conn: conn, netConn: netConn, id: id.ID}
+	c := &Client{hub: h, conn: conn, netConn: netConn, id: id.ID, counts: h.m.shard()}
 	if c.id == "" {
 		c.id = newID()
 	}

@@ -3,6 +3,7 @@ package wshub
 import (
 	"context"
 	"errors"
+	"math/bits"
 	"os"
 	"strings"
 
@@ -28,7 +29,7 @@ func (c *Client) enqueue(b []byte, kind int) (congested bool, err error) {
 	o := &c.hub.opts
 	n, size := len(c.queue)-c.replayed, c.queueBytes-c.replayBytes
 	if n >= o.SendQueue || (n > 0 && size+len(b) > o.SendQueueBytes) {
-		c.hub.m.dropped.Add(1)
+		c.counts.dropped.Add(1)
 		c.kickLocked(errSendQueueFull)
 		return false, errSendQueueFull
 	}
@@ -156,7 +157,7 @@ func (c *Client) abort(cause error) {
 
 // dropQueueLocked discards the queued messages, counting them as Dropped.
 func (c *Client) dropQueueLocked() {
-	c.hub.m.dropped.Add(uint64(len(c.queue)))
+	c.counts.dropped.Add(uint64(len(c.queue)))
 	clear(c.queue)
 	c.queue = c.queue[:0]
 	c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
@@ -184,10 +185,11 @@ func (c *Client) writeLoop() {
 		c.wakeLocked()
 		c.mu.Unlock()
 
-		c.hub.m.queueDepth.observe(float64(len(batch)))
+		c.counts.depth[min(bits.Len(uint(len(batch)-1)), len(depthBounds))].Add(1) // the first bound ≥ len(batch)
+		c.counts.depthSum.Add(uint64(len(batch)))
 		written, err := c.write(batch)
-		c.hub.m.messagesOut.Add(uint64(written))
-		c.hub.m.dropped.Add(uint64(len(batch) - written))
+		c.counts.out.Add(uint64(written))
+		c.counts.dropped.Add(uint64(len(batch) - written))
 
 		clear(batch)
 		c.mu.Lock()
@@ -233,8 +235,8 @@ func (c *Client) write(msgs [][]byte) (written int, err error) {
 				bytes += f.size
 			}
 		}
-		c.hub.m.framesOut.Add(uint64(frames))
-		c.hub.m.bytesOut.Add(uint64(bytes))
+		c.counts.frames.Add(uint64(frames))
+		c.counts.bytes.Add(uint64(bytes))
 	}()
 	typ := websocket.MessageText
 	if c.codec.Binary() {

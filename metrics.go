@@ -226,9 +226,15 @@ const (
 
 // counters are the counters behind Stats.
 type counters struct {
-	messagesIn, messagesOut, dropped, kicked, refused atomic.Uint64
+	messagesIn, kicked, refused atomic.Uint64
 
-	accepted, joins, leaves, bytesOut, framesOut atomic.Uint64
+	// What clients' writers count, spread over shards: each client counts
+	// in one, so that writers on different cores do not contend for a
+	// cache line.
+	writes    [writeShards]writeShard
+	nextShard atomic.Uint32
+
+	accepted, joins, leaves                      atomic.Uint64
 	members                                      atomic.Int64
 	replayed, presDiffs, presEntries, engineErrs atomic.Uint64
 
@@ -240,18 +246,35 @@ type counters struct {
 	queued     [5]atomic.Uint64
 	recoveries [3]atomic.Uint64
 
-	publishAck, engineWait, queueDepth *histogram
+	publishAck, engineWait *histogram
 
 	labels sync.Map // label → *labelCounters, with Options.RoomLabel
 }
 
 type labelCounters struct{ published, delivered atomic.Uint64 }
 
+// writeShards is how many shards the writers' counts are spread over.
+const writeShards = 16
+
+// writeShard is what the writers of some clients count: messages written
+// and dropped, frames and bytes written, and the histogram of their
+// batches (depthBounds are the powers of two, so a batch's bucket is its
+// bit length). It fills whole cache lines of its own.
+type writeShard struct {
+	out, dropped, frames, bytes, depthSum atomic.Uint64
+	depth                                 [10]atomic.Uint64 // len(depthBounds)+1
+	_                                     [64 - (15*8)%64]byte
+}
+
+// shard returns the shard of a new client.
+func (m *counters) shard() *writeShard {
+	return &m.writes[m.nextShard.Add(1)%writeShards]
+}
+
 func newCounters() counters {
 	return counters{
 		publishAck: newHistogram(latencyBounds),
 		engineWait: newHistogram(latencyBounds),
-		queueDepth: newHistogram(depthBounds),
 	}
 }
 
@@ -361,13 +384,22 @@ func (h *Hub) Stats() Stats {
 	m := &h.m
 	s.Members = int(m.members.Load())
 	s.MessagesIn = m.messagesIn.Load()
-	s.MessagesOut = m.messagesOut.Load()
-	s.Dropped = m.dropped.Load()
+	s.QueueDepth = Histogram{Bounds: depthBounds, Counts: make([]uint64, len(depthBounds)+1)}
+	for i := range m.writes {
+		w := &m.writes[i]
+		s.MessagesOut += w.out.Load()
+		s.Dropped += w.dropped.Load()
+		s.FramesOut += w.frames.Load()
+		s.BytesOut += w.bytes.Load()
+		s.QueueDepth.Sum += float64(w.depthSum.Load())
+		for j := range w.depth {
+			s.QueueDepth.Counts[j] += w.depth[j].Load()
+		}
+	}
 	s.Kicked = m.kicked.Load()
 	s.Refused = m.refused.Load()
 	s.Accepted = m.accepted.Load()
 	s.Joins, s.Leaves = m.joins.Load(), m.leaves.Load()
-	s.BytesOut, s.FramesOut = m.bytesOut.Load(), m.framesOut.Load()
 	s.Replayed = m.replayed.Load()
 	s.PresenceDiffs, s.PresenceEntries = m.presDiffs.Load(), m.presEntries.Load()
 	s.EngineErrors = m.engineErrs.Load()
@@ -386,7 +418,6 @@ func (h *Hub) Stats() Stats {
 	}
 	s.PublishAck = m.publishAck.snapshot()
 	s.EngineWait = m.engineWait.snapshot()
-	s.QueueDepth = m.queueDepth.snapshot()
 	if h.opts.RoomLabel != nil {
 		s.Labels = make(map[string]LabelStats)
 		m.labels.Range(func(k, v any) bool {
