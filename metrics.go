@@ -224,6 +224,21 @@ const (
 	recRecovered, recNotRecovered, recNoHistory = 0, 1, 2
 )
 
+// Indexes of closeKeys.
+const (
+	closeNormal = iota
+	closePeerError
+	closeLost
+	closeQueueFull
+	closeWriteTimeout
+	closePongTimeout
+	closeRateLimit
+	closeInvalid
+	closeEngine
+	closeShutdown
+	closeServer
+)
+
 // counters are the counters behind Stats.
 type counters struct {
 	messagesIn, kicked, refused atomic.Uint64
@@ -305,35 +320,35 @@ func closeSlot(cause error, code *websocket.StatusCode) int {
 	if ce, ok := errors.AsType[websocket.CloseError](cause); ok {
 		*code = ce.Code
 		if ce.Code == websocket.StatusNormalClosure || ce.Code == websocket.StatusGoingAway {
-			return 0 // normal
+			return closeNormal
 		}
-		return 1 // peer error
+		return closePeerError
 	}
 	if *code == 0 {
 		*code = websocket.StatusAbnormalClosure
 	}
 	switch {
 	case errors.Is(cause, errSendQueueFull):
-		return 3
+		return closeQueueFull
 	case errors.Is(cause, errWriteTimeout):
 		*code = websocket.StatusAbnormalClosure // cut: its socket was full
-		return 4
+		return closeWriteTimeout
 	case errors.Is(cause, ErrPongTimeout):
 		*code = websocket.StatusAbnormalClosure
-		return 5
+		return closePongTimeout
 	case errors.Is(cause, errRateLimited):
-		return 6
+		return closeRateLimit
 	case errors.Is(cause, ErrInvalid):
-		return 7
+		return closeInvalid
 	case errors.Is(cause, ErrEngine):
-		return 8
+		return closeEngine
 	case errors.Is(cause, ErrHubClosed):
-		return 9
+		return closeShutdown
 	case errors.Is(cause, ErrClientClosed):
-		return 10
+		return closeServer
 	}
 	*code = websocket.StatusAbnormalClosure
-	return 2 // lost
+	return closeLost
 }
 
 // codeSlot is the index of code in closeCodes; codes not listed count in
