@@ -31,13 +31,7 @@ func TestMain(m *testing.M) {
 // ack out of order, child exiting badly (a data race in a child under
 // -race) or missing delivery.
 func TestCluster(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts child processes and NATS")
-	}
-	// A child built with -race sleeps a second before it exits, by default,
-	// for late reports; a tenth of it is enough here, and the cluster stops
-	// eleven children.
-	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=100"))
+	startsChildren(t, "starts child processes and NATS")
 	args := []string{"-scenario", "cluster", "-runs", "1", "-warmup", "50ms", "-duration", "150ms", "-cluster-clients", "20"}
 	t.Run("clients", func(t *testing.T) {
 		checkCluster(t, args, clusterSetups)
@@ -62,8 +56,22 @@ func TestCluster(t *testing.T) {
 	})
 }
 
-// checkCluster runs the bench with args and checks the rows of setups.
-func checkCluster(t *testing.T, args []string, setups []clusterSetup) {
+// startsChildren skips t, which runs the bench's children, under -short.
+// A child built with -race sleeps a second before it exits, by default, for
+// late reports; a tenth of it is enough here, and a scenario may stop a
+// dozen children.
+func startsChildren(t *testing.T, why string) {
+	t.Helper()
+	if testing.Short() {
+		t.Skip(why)
+	}
+	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=100"))
+}
+
+// benchRows runs the bench with args and returns the rows of the table it
+// prints, which must be one per label, in order.
+func benchRows(t *testing.T, args []string, labels ...string) []tableRow {
+	t.Helper()
 	var out, log bytes.Buffer
 	err := run(args, &out, &log)
 	t.Logf("progress:\n%s", log.String())
@@ -71,16 +79,27 @@ func checkCluster(t *testing.T, args []string, setups []clusterSetup) {
 		t.Fatal(err)
 	}
 	rows := tableRows(out.String())
-	if len(rows) != len(setups) {
-		t.Fatalf("%d rows, want %d:\n%s", len(rows), len(setups), out.String())
+	if len(rows) != len(labels) {
+		t.Fatalf("%d rows, want %d:\n%s", len(rows), len(labels), out.String())
 	}
+	for i, label := range labels {
+		if rows[i].cells[0] != label {
+			t.Fatalf("row %d is %q, want %q", i, rows[i].cells[0], label)
+		}
+	}
+	return rows
+}
+
+// checkCluster runs the bench with args and checks the rows of setups.
+func checkCluster(t *testing.T, args []string, setups []clusterSetup) {
+	var labels []string
+	for _, s := range setups {
+		labels = append(labels, s.label)
+	}
+	rows := benchRows(t, args, labels...)
 	head := rows[0].head
 	for i, s := range setups {
 		r := rows[i]
-		if r.cells[0] != s.label {
-			t.Errorf("row %d is %q, want %q", i, r.cells[0], s.label)
-			continue
-		}
 		for j, h := range head {
 			v := r.cells[j]
 			switch {

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"os"
-	"strings"
 	"testing"
 )
 
@@ -15,25 +12,14 @@ import (
 // Neither row may have notes: no lost client, error answer, event not
 // acked or child exiting badly.
 func TestPresence(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts child processes")
+	startsChildren(t, "starts child processes")
+	var labels []string
+	for _, s := range presenceSetups {
+		labels = append(labels, s.label)
 	}
-	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=100"))
-	var out, log bytes.Buffer
-	err := run([]string{"-scenario", "presence", "-runs", "1", "-warmup", "200ms", "-presence-members", "50", "-presence-rate", "20", "-presence-for", "1s"}, &out, &log)
-	t.Logf("progress:\n%s", log.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows := tableRows(out.String())
-	if len(rows) != len(presenceSetups) {
-		t.Fatalf("%d rows, want %d:\n%s", len(rows), len(presenceSetups), out.String())
-	}
+	rows := benchRows(t, []string{"-scenario", "presence", "-runs", "1", "-warmup", "200ms", "-presence-members", "50", "-presence-rate", "20", "-presence-for", "1s"}, labels...)
 	for i, s := range presenceSetups {
 		r := rows[i]
-		if r.cells[0] != s.label {
-			t.Fatalf("row %d is %q, want %q", i, r.cells[0], s.label)
-		}
 		cell := func(header string) float64 { return r.number(t, header) }
 		if notes := r.cells[len(r.cells)-1]; notes != "" {
 			t.Errorf("%s: notes %q", s.label, notes)

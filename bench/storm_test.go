@@ -1,9 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"os"
-	"strings"
 	"testing"
 )
 
@@ -14,25 +11,14 @@ import (
 // member of B closed, no row with notes (a lost client, an error frame, a
 // child exiting badly).
 func TestStorm(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts child processes")
+	startsChildren(t, "starts child processes")
+	var labels []string
+	for _, s := range stormSetups {
+		labels = append(labels, s.label)
 	}
-	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=100"))
-	var out, log bytes.Buffer
-	err := run([]string{"-scenario", "storm", "-runs", "1", "-storm-clients", "100"}, &out, &log)
-	t.Logf("progress:\n%s", log.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	rows := tableRows(out.String())
-	if len(rows) != len(stormSetups) {
-		t.Fatalf("%d rows, want %d:\n%s", len(rows), len(stormSetups), out.String())
-	}
+	rows := benchRows(t, []string{"-scenario", "storm", "-runs", "1", "-storm-clients", "100"}, labels...)
 	for i, s := range stormSetups {
 		r := rows[i]
-		if r.cells[0] != s.label {
-			t.Fatalf("row %d is %q, want %q", i, r.cells[0], s.label)
-		}
 		num := func(header string) float64 { return r.number(t, header) }
 		if notes := r.cells[len(r.cells)-1]; notes != "" {
 			t.Errorf("%s: notes %q", s.label, notes)
