@@ -169,8 +169,7 @@ type histogram struct {
 	sum    atomic.Uint64 // of observations × sumScale, rounded
 }
 
-// sumScale keeps the sum in integers: nanoseconds for seconds, and a
-// thousandth for counts.
+// sumScale keeps the sum of seconds in integers: nanoseconds.
 const sumScale = 1e9
 
 func newHistogram(bounds []float64) *histogram {
@@ -197,18 +196,18 @@ func (h *histogram) snapshot() Histogram {
 // in messages, up to the default SendQueue.
 var (
 	latencyBounds = []float64{0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
-	depthBounds   = []float64{1, 2, 4, 8, 16, 32, 64, 128, 256}
+	depthBounds   = [...]float64{1, 2, 4, 8, 16, 32, 64, 128, 256}
 )
 
 // The keys of Stats' maps: each counter's index is its key's.
 var (
-	refusalKeys  = []string{"auth", "origin", "handshake", "limit", "overload", "closing"}
-	closeKeys    = []string{"normal", "peer error", "lost", "queue full", "write timeout", "pong timeout", "rate limit", "invalid", "engine", "shutdown", "server"}
-	closeCodes   = []int{1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 4000}
-	joinKeys     = []string{"denied", "too many rooms", "invalid", "engine"}
-	inKeys       = []string{"publish", "join", "leave", "presence", "app", "invalid"}
-	queuedKeys   = []string{"message", "replay", "reply", "presence", "app"}
-	recoveryKeys = []string{"recovered", "not recovered", "no history"}
+	refusalKeys  = [...]string{"auth", "origin", "handshake", "limit", "overload", "closing"}
+	closeKeys    = [...]string{"normal", "peer error", "lost", "queue full", "write timeout", "pong timeout", "rate limit", "invalid", "engine", "shutdown", "server"}
+	closeCodes   = [...]int{1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 4000}
+	joinKeys     = [...]string{"denied", "too many rooms", "invalid", "engine"}
+	inKeys       = [...]string{"publish", "join", "leave", "presence", "app", "invalid"}
+	queuedKeys   = [...]string{"message", "replay", "reply", "presence", "app"}
+	recoveryKeys = [...]string{"recovered", "not recovered", "no history"}
 )
 
 // Indexes into the counters of those keys.
@@ -222,6 +221,8 @@ const (
 	counted = -1 // the caller of enqueue counts the message in Stats.Queued
 
 	recRecovered, recNotRecovered, recNoHistory = 0, 1, 2
+
+	joinDenied, joinTooMany, joinInvalid, joinEngine = 0, 1, 2, 3
 )
 
 // Indexes of closeKeys.
@@ -253,13 +254,13 @@ type counters struct {
 	members                                      atomic.Int64
 	replayed, presDiffs, presEntries, engineErrs atomic.Uint64
 
-	refusals   [6]atomic.Uint64
-	closes     [11]atomic.Uint64
-	codes      [13]atomic.Uint64 // by closeCodes; another code counts as 4000 and above, see codeSlot
-	joinRef    [4]atomic.Uint64
-	in         [6]atomic.Uint64
-	queued     [5]atomic.Uint64
-	recoveries [3]atomic.Uint64
+	refusals   [len(refusalKeys)]atomic.Uint64
+	closes     [len(closeKeys)]atomic.Uint64
+	codes      [len(closeCodes)]atomic.Uint64 // another code counts as 4000 and above, see codeSlot
+	joinRef    [len(joinKeys)]atomic.Uint64
+	in         [len(inKeys)]atomic.Uint64
+	queued     [len(queuedKeys)]atomic.Uint64
+	recoveries [len(recoveryKeys)]atomic.Uint64
 
 	publishAck, engineWait *histogram
 
@@ -277,7 +278,7 @@ const writeShards = 16
 // bit length). It fills whole cache lines of its own.
 type writeShard struct {
 	out, dropped, frames, bytes, depthSum atomic.Uint64
-	depth                                 [10]atomic.Uint64 // len(depthBounds)+1
+	depth                                 [len(depthBounds) + 1]atomic.Uint64
 	_                                     [64 - (15*8)%64]byte
 }
 
@@ -366,13 +367,13 @@ func codeSlot(code websocket.StatusCode) int {
 func (m *counters) joinRefused(err error) {
 	switch {
 	case errors.Is(err, errJoinDenied):
-		m.joinRef[0].Add(1)
+		m.joinRef[joinDenied].Add(1)
 	case errors.Is(err, errTooManyRooms):
-		m.joinRef[1].Add(1)
+		m.joinRef[joinTooMany].Add(1)
 	case errors.Is(err, ErrEngine):
-		m.joinRef[3].Add(1)
+		m.joinRef[joinEngine].Add(1)
 	default:
-		m.joinRef[2].Add(1)
+		m.joinRef[joinInvalid].Add(1)
 	}
 }
 
@@ -399,7 +400,7 @@ func (h *Hub) Stats() Stats {
 	m := &h.m
 	s.Members = int(m.members.Load())
 	s.MessagesIn = m.messagesIn.Load()
-	s.QueueDepth = Histogram{Bounds: depthBounds, Counts: make([]uint64, len(depthBounds)+1)}
+	s.QueueDepth = Histogram{Bounds: depthBounds[:], Counts: make([]uint64, len(depthBounds)+1)}
 	for i := range m.writes {
 		w := &m.writes[i]
 		s.MessagesOut += w.out.Load()
@@ -421,12 +422,12 @@ func (h *Hub) Stats() Stats {
 	if r, ok := h.opts.Engine.(interface{ Reconnects() uint64 }); ok {
 		s.EngineReconnects = r.Reconnects()
 	}
-	s.Refusals = keyed(refusalKeys, m.refusals[:])
-	s.Closes = keyed(closeKeys, m.closes[:])
-	s.JoinRefusals = keyed(joinKeys, m.joinRef[:])
-	s.In = keyed(inKeys, m.in[:])
-	s.Queued = keyed(queuedKeys, m.queued[:])
-	s.Recoveries = keyed(recoveryKeys, m.recoveries[:])
+	s.Refusals = keyed(refusalKeys[:], m.refusals[:])
+	s.Closes = keyed(closeKeys[:], m.closes[:])
+	s.JoinRefusals = keyed(joinKeys[:], m.joinRef[:])
+	s.In = keyed(inKeys[:], m.in[:])
+	s.Queued = keyed(queuedKeys[:], m.queued[:])
+	s.Recoveries = keyed(recoveryKeys[:], m.recoveries[:])
 	s.CloseCodes = make(map[int]uint64, len(closeCodes))
 	for i, c := range closeCodes {
 		s.CloseCodes[c] = m.codes[i].Load()
