@@ -126,8 +126,18 @@ func (a *admission) measure() bool {
 	return false
 }
 
-// refuse answers an upgrade 503 with a Retry-After of 1 or 2 seconds.
-func refuse(w http.ResponseWriter, err error) {
+// refuse answers an upgrade 503 with a Retry-After of 1 or 2 seconds,
+// and counts it by its reason: ErrHubClosed, errTooManyClients or
+// errOverloaded.
+func (h *Hub) refuse(w http.ResponseWriter, err error) {
+	switch err {
+	case ErrHubClosed:
+		h.m.refusals[refClosing].Add(1)
+	case errTooManyClients:
+		h.m.refusals[refLimit].Add(1)
+	default:
+		h.m.refusals[refOverload].Add(1)
+	}
 	w.Header().Set("Retry-After", strconv.Itoa(1+rand.IntN(2)))
 	http.Error(w, err.Error(), http.StatusServiceUnavailable)
 }

@@ -174,16 +174,7 @@ func (h *Hub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if err != nil {
-		h.m.refused.Add(1)
-		switch err {
-		case ErrHubClosed:
-			h.m.refusals[refClosing].Add(1)
-		case errTooManyClients:
-			h.m.refusals[refLimit].Add(1)
-		default:
-			h.m.refusals[refOverload].Add(1)
-		}
-		refuse(w, err)
+		h.refuse(w, err)
 		return
 	}
 	c, err := h.upgrade(w, r)
@@ -235,9 +226,7 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 			return nil, err
 		}
 		if h.closing.Load() { // Shutdown began while Authenticate ran
-			h.m.refused.Add(1)
-			h.m.refusals[refClosing].Add(1)
-			refuse(w, ErrHubClosed)
+			h.refuse(w, ErrHubClosed)
 			return nil, ErrHubClosed
 		}
 	}

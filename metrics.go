@@ -242,7 +242,7 @@ const (
 
 // counters are the counters behind Stats.
 type counters struct {
-	messagesIn, kicked, refused atomic.Uint64
+	messagesIn, kicked atomic.Uint64
 
 	// What clients' writers count, spread over shards: each client counts
 	// in one, so that writers on different cores do not contend for a
@@ -413,7 +413,6 @@ func (h *Hub) Stats() Stats {
 		}
 	}
 	s.Kicked = m.kicked.Load()
-	s.Refused = m.refused.Load()
 	s.Accepted = m.accepted.Load()
 	s.Joins, s.Leaves = m.joins.Load(), m.leaves.Load()
 	s.Replayed = m.replayed.Load()
@@ -423,6 +422,7 @@ func (h *Hub) Stats() Stats {
 		s.EngineReconnects = r.Reconnects()
 	}
 	s.Refusals = keyed(refusalKeys[:], m.refusals[:])
+	s.Refused = s.Refusals["limit"] + s.Refusals["overload"] + s.Refusals["closing"] // the 503s
 	s.Closes = keyed(closeKeys[:], m.closes[:])
 	s.JoinRefusals = keyed(joinKeys[:], m.joinRef[:])
 	s.In = keyed(inKeys[:], m.in[:])
