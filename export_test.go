@@ -9,6 +9,19 @@ func PingNow(c *Client) { c.ping() }
 // process is overloaded; call it before h serves.
 func SetAdmitFloor(h *Hub, n int) { h.admission.floor = n }
 
+// SetOverloaded makes h read whether its process is overloaded from f,
+// instead of from the scheduler's latencies; call it before h serves.
+func SetOverloaded(h *Hub, f func() bool) { h.admission.overloaded = f }
+
+// SchedulerOverloaded takes a reading of the scheduler's latencies as the
+// hub's admission does: whether their 99th percentile since the last
+// reading of a passes the overload bound.
+func SchedulerOverloaded(h *Hub) bool {
+	h.admission.mu.Lock()
+	defer h.admission.mu.Unlock()
+	return h.admission.measure()
+}
+
 // NewMemoryEngineWithClock is NewMemoryEngine with a clock of the test's.
 func NewMemoryEngineWithClock(maxBytes int64, now func() time.Time) Engine {
 	e := NewMemoryEngine(maxBytes).(*memEngine)
