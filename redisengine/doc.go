@@ -1,0 +1,2 @@
+// Package redisengine implements wshub.Engine on Redis.
+package redisengine

@@ -1,0 +1,312 @@
+package redisengine
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// presence is this hub's share of the rooms' presence: the entries it
+// wrote, kept alive, and the rooms it watches.
+type presence struct {
+	e    *Engine
+	ttl  time.Duration
+	wake chan struct{} // write every entry again: the connection came back
+
+	mu      sync.Mutex
+	own     map[string]string // room → this hub's members, as written
+	dirty   map[string]bool   // rooms whose entry was not written: retried
+	watches map[string]*watch
+	closed  bool
+}
+
+func newPresence(e *Engine, ttl time.Duration) *presence {
+	return &presence{
+		e:       e,
+		ttl:     ttl,
+		wake:    make(chan struct{}, 1),
+		own:     make(map[string]string),
+		dirty:   make(map[string]bool),
+		watches: make(map[string]*watch),
+	}
+}
+
+func (p *presence) kick() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// SetPresence publishes this hub's members of room, a JSON array of
+// wshub.Presence, replacing what it published before; nil withdraws
+// them. The other hubs that watch the room learn it at once. The entry
+// expires PresenceTTL after it was last written, and the engine writes
+// it again every PresenceTTL/3 (see the package documentation,
+// "Presence"); a write that failed is retried then.
+func (e *Engine) SetPresence(room string, members []byte) error {
+	p := e.pres
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return ErrClosed
+	}
+	v := string(members)
+	if members == nil {
+		delete(p.own, room)
+	} else {
+		p.own[room] = v
+	}
+	p.mu.Unlock()
+	err := p.write(e.ctx, room, v)
+	p.mu.Lock()
+	if err != nil {
+		p.dirty[room] = true
+	} else {
+		delete(p.dirty, room)
+	}
+	p.mu.Unlock()
+	return err
+}
+
+// write runs presenceScript for room: members "" withdraws this hub's
+// entry, "=" refreshes its expiry. It reports, for a refresh, whether
+// the entry was there.
+func (p *presence) write(ctx context.Context, room, members string) error {
+	_, err := p.writeOK(ctx, room, members)
+	return err
+}
+
+func (p *presence) writeOK(ctx context.Context, room, members string) (bool, error) {
+	e := p.e
+	c := e.conn()
+	if c == nil {
+		return false, fmt.Errorf("%w: presence of %q: no connection yet", ErrNotConnected, room)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	n, err := presenceScript.exec(ctx, c, []string{e.key(room, "pres"), e.key(room, "presx")}, []string{
+		e.hubID, members, strconv.FormatInt(p.ttl.Milliseconds(), 10), e.publishCmd(), e.key(room, "p"),
+	}).AsInt64()
+	if err != nil {
+		return false, classify("presence of "+strconv.Quote(room), err)
+	}
+	return n == 1, nil
+}
+
+// run keeps this hub's entries alive: every PresenceTTL/3 it refreshes
+// them and writes again those whose write failed or that Redis lost;
+// after a reconnection it writes them all again.
+func (p *presence) run() {
+	t := time.NewTicker(p.ttl / 3)
+	defer t.Stop()
+	for {
+		full := false
+		select {
+		case <-p.e.ctx.Done():
+			return
+		case <-t.C:
+		case <-p.wake:
+			full = true
+		}
+		p.mu.Lock()
+		own := maps.Clone(p.own)
+		dirty := maps.Clone(p.dirty)
+		p.mu.Unlock()
+		for room, v := range own {
+			var err error
+			if full || dirty[room] {
+				err = p.write(p.e.ctx, room, v)
+			} else {
+				var ok bool
+				if ok, err = p.writeOK(p.e.ctx, room, "="); err == nil && !ok {
+					err = p.write(p.e.ctx, room, v) // Redis lost it
+				}
+			}
+			p.mu.Lock()
+			if p.own[room] == v {
+				if err != nil {
+					p.dirty[room] = true
+				} else {
+					delete(p.dirty, room)
+				}
+			}
+			p.mu.Unlock()
+		}
+	}
+}
+
+// watch is a room whose presence this hub watches.
+type watch struct {
+	p      *presence
+	room   string
+	update func(hub string, members []byte)
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	wake   chan struct{}
+	seen   map[string]string // the other hubs' entries passed to update
+	lastOK time.Time         // of the last read that succeeded
+}
+
+// WatchPresence calls update with the members each other hub published
+// for room, and nil when they are withdrawn or expired, starting with the
+// current ones before it returns. It re-reads the room's entries when a
+// hub announces a change, every PresenceTTL/3 (to see expired ones go),
+// and after a reconnection. While Redis cannot be reached the watch goes
+// on, and when that lasts PresenceTTL, update withdraws the other hubs'
+// members, since this hub can no longer tell which are alive.
+func (e *Engine) WatchPresence(room string, update func(hub string, members []byte)) error {
+	p := e.pres
+	w := &watch{p: p, room: room, update: update, wake: make(chan struct{}, 1), seen: make(map[string]string), lastOK: time.Now()}
+	w.ctx, w.cancel = context.WithCancel(e.ctx)
+	p.mu.Lock()
+	switch {
+	case p.closed:
+		p.mu.Unlock()
+		w.cancel()
+		return ErrClosed
+	case p.watches[room] != nil:
+		p.mu.Unlock()
+		w.cancel()
+		return fmt.Errorf("redisengine: presence of %q already watched", room)
+	}
+	p.watches[room] = w
+	p.mu.Unlock()
+
+	tried := make(chan error, 1)
+	w.wg.Go(func() {
+		keepCtx(w.ctx, e, e.key(room, "p"), true, func(string) { w.kick() }, func(bool) { w.kick() }, func(err error) { tried <- err })
+	})
+	t := time.NewTimer(e.timeout)
+	select {
+	case <-tried:
+	case <-t.C:
+	}
+	t.Stop()
+	w.refresh()
+	w.wg.Go(w.run)
+	return nil
+}
+
+// UnwatchPresence stops the updates of room.
+func (e *Engine) UnwatchPresence(room string) error {
+	p := e.pres
+	p.mu.Lock()
+	w := p.watches[room]
+	delete(p.watches, room)
+	p.mu.Unlock()
+	if w != nil {
+		w.stop()
+	}
+	return nil
+}
+
+func (w *watch) stop() {
+	w.cancel()
+	w.wg.Wait()
+}
+
+func (w *watch) kick() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (w *watch) run() {
+	t := time.NewTicker(w.p.ttl / 3)
+	defer t.Stop()
+	for {
+		select {
+		case <-w.ctx.Done():
+			return
+		case <-t.C:
+		case <-w.wake:
+		}
+		w.refresh()
+	}
+}
+
+// refresh reads the room's live entries and passes what changed.
+func (w *watch) refresh() {
+	entries, err := w.p.read(w.ctx, w.room)
+	if w.ctx.Err() != nil {
+		return
+	}
+	if err != nil {
+		if time.Since(w.lastOK) < w.p.ttl {
+			return
+		}
+		entries = nil // out of touch for a TTL: withdraw them all
+	} else {
+		w.lastOK = time.Now()
+	}
+	delete(entries, w.p.e.hubID)
+	for hub, v := range entries {
+		if w.seen[hub] != v {
+			w.seen[hub] = v
+			w.update(hub, []byte(v))
+		}
+	}
+	for hub := range w.seen {
+		if _, ok := entries[hub]; !ok {
+			delete(w.seen, hub)
+			w.update(hub, nil)
+		}
+	}
+}
+
+// read returns the live entries of room's presence, by hub ID.
+func (p *presence) read(ctx context.Context, room string) (map[string]string, error) {
+	e := p.e
+	c := e.conn()
+	if c == nil {
+		return nil, fmt.Errorf("%w: presence of %q: no connection yet", ErrNotConnected, room)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	vals, err := presenceReadScript.exec(ctx, c, []string{e.key(room, "pres"), e.key(room, "presx")}, nil).ToArray()
+	if err != nil {
+		return nil, readErr("presence of "+strconv.Quote(room), err)
+	}
+	out := make(map[string]string, len(vals)/2)
+	for i := 0; i+1 < len(vals); i += 2 {
+		hub, _ := vals[i].ToString()
+		v, _ := vals[i+1].ToString()
+		out[hub] = v
+	}
+	return out, nil
+}
+
+// close stops the watches and withdraws this hub's entries, waiting at
+// most 2 seconds: the other hubs see its members leave at once. What it
+// could not withdraw expires.
+func (p *presence) close() {
+	p.mu.Lock()
+	p.closed = true
+	watches := p.watches
+	p.watches = nil
+	own := p.own
+	p.own = nil
+	p.mu.Unlock()
+	for _, w := range watches {
+		w.stop()
+	}
+	if len(own) == 0 || p.e.conn() == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for room := range own {
+		wg.Go(func() { p.write(ctx, room, "") })
+	}
+	wg.Wait()
+}
+
+// PresenceTTL returns the engine's PresenceTTL.
+func (e *Engine) PresenceTTL() time.Duration { return e.pres.ttl }
