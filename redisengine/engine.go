@@ -404,20 +404,36 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // definite failure (Redis could not be reached, or refused the command)
 // or one that may have taken effect (ErrUnconfirmed).
 func classify(what string, err error) error {
-	if err == nil {
+	switch {
+	case err == nil:
 		return nil
-	}
-	if _, ok := rueidis.IsRedisErr(err); ok {
+	case isRedisErr(err):
 		return fmt.Errorf("redisengine: %s: %w", what, err)
-	}
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
+	case dialFailed(err):
 		return fmt.Errorf("%w: %s: %w", ErrNotConnected, what, err)
-	}
-	if errors.Is(err, rueidis.ErrClosing) {
+	case errors.Is(err, rueidis.ErrClosing):
 		return fmt.Errorf("%w: %s", ErrClosed, what)
 	}
 	return fmt.Errorf("%w: %s: %w", ErrUnconfirmed, what, err)
+}
+
+func isRedisErr(err error) bool {
+	_, ok := rueidis.IsRedisErr(err)
+	return ok
+}
+
+// dialFailed reports whether err says that no connection could be made,
+// so that nothing was sent.
+func dialFailed(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
+// brokenConn reports whether err says that the connection broke (or
+// was found broken) around a command: it may or may not have been sent.
+func brokenConn(err error) bool {
+	return !isRedisErr(err) && !dialFailed(err) && !errors.Is(err, rueidis.ErrClosing) &&
+		!errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 
 // readErr wraps the error of a command that changes nothing.

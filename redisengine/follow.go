@@ -292,10 +292,9 @@ func (f *follow) readLog() bool {
 		f.mu.Unlock()
 		return false
 	}
-	if pg.epoch == "" {
-		return true // no history: the next append starts one and is announced
-	}
 	if f.epoch != "" && pg.epoch != f.epoch {
+		// The history is gone (Redis lost it, or it expired while idle),
+		// or started anew.
 		f.mu.Lock()
 		missed := resumed || f.noted[f.epoch] > f.last
 		delete(f.noted, f.epoch)
@@ -304,8 +303,13 @@ func (f *follow) readLog() bool {
 			f.loss()
 		}
 		f.epoch, f.last = pg.epoch, 0
-		f.kick()
+		if pg.epoch != "" {
+			f.kick()
+		}
 		return true
+	}
+	if pg.epoch == "" {
+		return true // no history: the next append starts one and announces it
 	}
 	f.epoch = pg.epoch
 	if first := pg.firstSeq(); first > f.last+1 || first == 0 && pg.latest > f.last {
@@ -367,10 +371,11 @@ func (e *Engine) read(ctx context.Context, room string, p wshub.HistoryPolicy, a
 	}
 	var pg page
 	pg.epoch, _ = vals[0].ToString()
-	latest, _ := vals[1].ToString()
-	if pg.latest, err = strconv.ParseUint(latest, 10, 64); err != nil {
-		return page{}, fmt.Errorf("redisengine: read %q: last seq %q", room, latest)
+	latest, err := vals[1].AsInt64() // a string, or 0 without history
+	if err != nil || latest < 0 {
+		return page{}, fmt.Errorf("redisengine: read %q: last seq: %v", room, err)
 	}
+	pg.latest = uint64(latest)
 	scanned, _ := vals[2].ToString()
 	pg.scanned = streamSeq(scanned)
 	for i := 3; i < len(vals); i += 3 {

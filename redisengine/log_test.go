@@ -295,4 +295,3 @@ func TestStreamGapClosesMembers(t *testing.T) {
 		t.Fatalf("history after the gap: %v, want %v", ps, want)
 	}
 }
-

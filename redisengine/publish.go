@@ -23,6 +23,8 @@ type publisher struct {
 	wake chan struct{} // has a token when q may be non-empty
 	done chan struct{} // closed when the goroutine ended
 	stop bool
+
+	suspect bool // the connection broke: probe before the next batch; the goroutine's
 }
 
 // pubOp is one publish: a PUBLISH, or the append script of a room with
@@ -167,12 +169,30 @@ func (p *publisher) run() {
 	}
 }
 
-// send writes batch as pipelines and hands each publish its answer:
-// the appends to rooms with history, which rueidis may send again after
-// a broken connection (the script stores each id once), then the
-// PUBLISHes, which it must not (a PUBLISH sent twice is delivered
-// twice). Each room is of one kind, so its publishes keep their order.
+// send writes batch as pipelines and hands each publish its answer: the
+// appends to rooms with history, then the PUBLISHes. Each room is of one
+// kind, so its publishes keep their order.
+//
+// rueidis reports a connection that broke while idle on the first
+// command sent after, as if that command might have been sent. So after
+// such an error the next batch is preceded by a probe (a PUBLISH on the
+// engine's control channel): when no connection can be made, the batch
+// fails definitely, sent nowhere. An append whose answer was lost is sent
+// again once the probe passed, with the same id, which the append script
+// stores once; a PUBLISH is not (sent twice, it would be delivered
+// twice), and its wait returns ErrUnconfirmed.
 func (p *publisher) send(batch []*pubOp) {
+	c := p.e.conn()
+	ctx, cancel := context.WithTimeout(p.e.ctx, p.e.timeout)
+	defer cancel()
+	if p.suspect {
+		if err := p.probe(ctx, c); err != nil {
+			for _, op := range batch {
+				op.res <- fmt.Errorf("%w: publish to %q: %w", ErrNotConnected, op.room, err)
+			}
+			return
+		}
+	}
 	var appends, pubs []*pubOp
 	for _, op := range batch {
 		if op.hist {
@@ -181,42 +201,93 @@ func (p *publisher) send(batch []*pubOp) {
 			pubs = append(pubs, op)
 		}
 	}
-	for _, ops := range [][]*pubOp{appends, pubs} {
-		if len(ops) > 0 {
-			p.sendKind(ops)
+	var again []*pubOp // appends whose answer was lost
+	for i, r := range p.do(ctx, c, appends) {
+		if err := r.Error(); err != nil && brokenConn(err) {
+			p.suspect = true
+			again = append(again, appends[i])
+			continue
 		}
+		appends[i].answer(r.Error(), false)
+	}
+	if len(again) > 0 {
+		if err := p.probe(ctx, c); err != nil {
+			for _, op := range again {
+				op.answer(err, true)
+			}
+		} else {
+			for i, r := range p.do(ctx, c, again) {
+				again[i].answer(r.Error(), true)
+			}
+		}
+	}
+	for i, r := range p.do(ctx, c, pubs) {
+		if err := r.Error(); err != nil && brokenConn(err) {
+			p.suspect = true
+		}
+		pubs[i].answer(r.Error(), false)
 	}
 }
 
-// sendKind writes ops, all of one kind, as one pipeline. An append that
-// Redis refused because its script was not loaded (after a restart) ran
-// nowhere: it is sent again with the script.
-func (p *publisher) sendKind(ops []*pubOp) {
-	c := p.e.conn()
-	ctx, cancel := context.WithTimeout(p.e.ctx, p.e.timeout)
-	defer cancel()
+// answer hands the publish its result: err classified, or, when an
+// earlier attempt may have been stored (maybe), ErrUnconfirmed for any
+// error.
+func (op *pubOp) answer(err error, maybe bool) {
+	what := "publish to " + strconv.Quote(op.room)
+	if maybe && err != nil {
+		op.res <- fmt.Errorf("%w: %s: %w", ErrUnconfirmed, what, err)
+		return
+	}
+	op.res <- classify(what, err)
+}
+
+// probe checks that Redis can be reached, making a new connection if the
+// last one broke.
+func (p *publisher) probe(ctx context.Context, c rueidis.Client) error {
+	var err error
+	for range 2 {
+		err = c.Do(ctx, c.B().Publish().Channel(p.e.key("", "ctl")).Message("").Build()).Error()
+		if err == nil || isRedisErr(err) {
+			p.suspect = false
+			return nil
+		}
+		if !brokenConn(err) {
+			break
+		}
+	}
+	return err
+}
+
+// do writes ops, all of one kind, as one pipeline, and returns their
+// answers. An append that Redis refused because its script was not
+// loaded (after a restart) ran nowhere: it is sent again with the
+// script.
+func (p *publisher) do(ctx context.Context, c rueidis.Client, ops []*pubOp) []rueidis.RedisResult {
+	if len(ops) == 0 {
+		return nil
+	}
 	cmds := make(rueidis.Commands, len(ops))
 	for i, op := range ops {
 		cmds[i] = p.command(c, op, false)
 	}
-	var again []*pubOp
-	for i, r := range c.DoMulti(ctx, cmds...) {
+	res := c.DoMulti(ctx, cmds...)
+	var again []int
+	for i, r := range res {
 		if err, ok := rueidis.IsRedisErr(r.Error()); ok && err.IsNoScript() {
-			again = append(again, ops[i])
-			continue
+			again = append(again, i)
 		}
-		ops[i].res <- classify("publish to "+strconv.Quote(ops[i].room), r.Error())
 	}
 	if len(again) == 0 {
-		return
+		return res
 	}
 	cmds = cmds[:0]
-	for _, op := range again {
-		cmds = append(cmds, p.command(c, op, true))
+	for _, i := range again {
+		cmds = append(cmds, p.command(c, ops[i], true))
 	}
-	for i, r := range c.DoMulti(ctx, cmds...) {
-		again[i].res <- classify("publish to "+strconv.Quote(again[i].room), r.Error())
+	for j, r := range c.DoMulti(ctx, cmds...) {
+		res[again[j]] = r
 	}
+	return res
 }
 
 // command builds op's command; full sends the script itself rather than

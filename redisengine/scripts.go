@@ -21,9 +21,19 @@ func newScript(src string) script {
 }
 
 // exec runs s by its hash, sending the script itself if Redis does not
-// have it (after a restart). s must be idempotent: rueidis sends it
-// again, within ctx, when the connection broke before the answer.
+// have it (after a restart). s must be idempotent: it is sent once more
+// when the connection turned out broken (an error other than a failed
+// dial), as rueidis reports a connection that broke while idle on the
+// first command sent after.
 func (s script) exec(ctx context.Context, c rueidis.Client, keys, args []string) rueidis.RedisResult {
+	r := s.run(ctx, c, keys, args)
+	if err := r.Error(); err != nil && brokenConn(err) && ctx.Err() == nil {
+		r = s.run(ctx, c, keys, args)
+	}
+	return r
+}
+
+func (s script) run(ctx context.Context, c rueidis.Client, keys, args []string) rueidis.RedisResult {
 	r := c.Do(ctx, s.command(c, keys, args, false))
 	if err, ok := rueidis.IsRedisErr(r.Error()); ok && err.IsNoScript() {
 		r = c.Do(ctx, s.command(c, keys, args, true))
@@ -32,13 +42,12 @@ func (s script) exec(ctx context.Context, c rueidis.Client, keys, args []string)
 }
 
 // command returns the command that runs s, by its hash or, with full,
-// the script itself; rueidis may send it again after a broken
-// connection.
+// the script itself.
 func (s script) command(c rueidis.Client, keys, args []string, full bool) rueidis.Completed {
 	if full {
-		return c.B().Eval().Script(s.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build().ToRetryable()
+		return c.B().Eval().Script(s.src).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
 	}
-	return c.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build().ToRetryable()
+	return c.B().Evalsha().Sha1(s.sha).Numkeys(int64(len(keys))).Key(keys...).Arg(args...).Build()
 }
 
 // The scripts share these lines: now is the server's time in
@@ -100,8 +109,9 @@ end
 local s = redis.call('HGET', KEYS[1], 's')
 local from = '(' .. ARGV[1] .. '-0'
 local limit = tonumber(ARGV[2])
-local r
-if ARGV[5] == 'f' then
+local r = {}
+if limit == 0 then
+elseif ARGV[5] == 'f' then
 	r = redis.call('XRANGE', KEYS[2], from, '+', 'COUNT', limit)
 elseif limit < 0 then
 	r = redis.call('XRANGE', KEYS[2], from, '+')
