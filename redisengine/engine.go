@@ -145,6 +145,7 @@ func Connect(url string, opts *Options) (*Engine, error) {
 		e.setClient(c)
 	case !o.RetryOnFailedConnect:
 		e.cancel()
+		e.pubs.close()
 		return nil, fmt.Errorf("%w: %s: %w", ErrNotConnected, redact(url), err)
 	default:
 		e.wg.Go(func() { e.dialLoop(copt) })

@@ -33,6 +33,9 @@ func keepCtx(ctx context.Context, e *Engine, ch string, room bool, onMsg func(st
 		}
 	}
 	defer report(ErrClosed)
+	if e.conn() == nil {
+		report(fmt.Errorf("%w: subscribe %s: no connection yet", ErrNotConnected, ch))
+	}
 	c := e.waitConn(ctx)
 	if c == nil {
 		return

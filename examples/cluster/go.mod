@@ -7,6 +7,7 @@ require (
 	github.com/nats-io/nats-server/v2 v2.15.2
 	github.com/wshub/wshub v0.0.0-00010101000000-000000000000
 	github.com/wshub/wshub/natsbroker v0.0.0-00010101000000-000000000000
+	github.com/wshub/wshub/redisengine v0.0.0-00010101000000-000000000000
 	go.uber.org/goleak v1.3.0
 )
 
@@ -19,12 +20,15 @@ require (
 	github.com/nats-io/nats.go v1.55.0 // indirect
 	github.com/nats-io/nkeys v0.4.16 // indirect
 	github.com/nats-io/nuid v1.0.1 // indirect
+	github.com/redis/rueidis v1.0.80 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/sync v0.25.0 // indirect
-	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 )
 
 replace github.com/wshub/wshub => ../..
 
 replace github.com/wshub/wshub/natsbroker => ../../natsbroker
+
+replace github.com/wshub/wshub/redisengine => ../../redisengine

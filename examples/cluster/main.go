@@ -33,6 +33,14 @@
 //
 //	go run ./examples/cluster -log
 //
+// With -redis, the nodes use Redis instead of NATS, through redisengine,
+// and no NATS server is started. As with -log, rooms keep history: each
+// room goes through one Redis Stream, so every node shows one conversation
+// in one order, with seqs. It needs a running Redis server (for instance
+// redis-server --port 6379):
+//
+//	go run ./examples/cluster -redis redis://127.0.0.1:6379
+//
 // Flags:
 //
 //	-a ADDR         listen address of node A (default localhost:8081; empty: no node A)
@@ -40,6 +48,8 @@
 //	-log            rooms go through a JetStream room log, with history: one order on every node
 //	-nats URL       NATS server to use; empty starts an embedded one
 //	-nats-port N    port of the embedded NATS server (default -1: any free port)
+//	-redis URL      Redis server to use instead of NATS (redis://host:port or host:port),
+//	                with history as with -log; -log, -nats and -nats-port are then unused
 package main
 
 import (
@@ -52,6 +62,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"sync"
@@ -61,6 +72,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/wshub/wshub"
 	"github.com/wshub/wshub/natsbroker"
+	"github.com/wshub/wshub/redisengine"
 )
 
 //go:embed page.html
@@ -75,10 +87,11 @@ type config struct {
 	Log      bool     // rooms go through a JetStream room log
 	NATSURL  string   // empty: start an embedded NATS server
 	NATSPort int      // the embedded server's port; server.RANDOM_PORT for any
+	RedisURL string   // when set, the nodes use Redis, with history, instead of NATS
 }
 
-// logHistory is what each room keeps in the room log, with -log: its last
-// 100 messages, for an hour (wshub's default age).
+// logHistory is what each room keeps in the room log, with -log or -redis:
+// its last 100 messages, for an hour (wshub's default age).
 var logHistory = wshub.HistoryPolicy{Messages: 100}
 
 func main() {
@@ -88,6 +101,7 @@ func main() {
 	flag.BoolVar(&cfg.Log, "log", false, "rooms go through a JetStream room log: one order on every node (NATS needs JetStream)")
 	flag.StringVar(&cfg.NATSURL, "nats", "", "NATS server URL; empty starts an embedded server on 127.0.0.1")
 	flag.IntVar(&cfg.NATSPort, "nats-port", server.RANDOM_PORT, "port of the embedded NATS server (-1: any free port)")
+	flag.StringVar(&cfg.RedisURL, "redis", "", "Redis server URL (redis://host:port or host:port): the nodes use Redis, with history, instead of NATS")
 	flag.Parse()
 	for i, addr := range []string{*a, *b} {
 		if addr != "" {
@@ -127,8 +141,10 @@ func run(ctx context.Context, cfg config, logger *slog.Logger, ready func(urls [
 	if len(cfg.Addrs) == 0 {
 		return errors.New("no node to run: -a and -b are both empty")
 	}
-	natsURL := cfg.NATSURL
-	if natsURL == "" {
+	ec := engineConfig{natsURL: cfg.NATSURL, log: cfg.Log, redisURL: cfg.RedisURL}
+	if ec.redisURL != "" {
+		logger.Info("engine: Redis", "url", redacted(ec.redisURL))
+	} else if ec.natsURL == "" {
 		var store string // JetStream's, for the room log
 		if cfg.Log {
 			dir, err := os.MkdirTemp("", "wshub-cluster-")
@@ -146,8 +162,8 @@ func run(ctx context.Context, cfg config, logger *slog.Logger, ready func(urls [
 			ns.Shutdown()
 			ns.WaitForShutdown()
 		}()
-		natsURL = ns.ClientURL()
-		logger.Info("embedded NATS server", "url", natsURL, "jetstream", cfg.Log)
+		ec.natsURL = ns.ClientURL()
+		logger.Info("embedded NATS server", "url", ec.natsURL, "jetstream", cfg.Log)
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -159,7 +175,7 @@ func run(ctx context.Context, cfg config, logger *slog.Logger, ready func(urls [
 		}
 	}()
 	for i, addr := range cfg.Addrs {
-		n, err := startNode(cfg.name(i), addr, natsURL, cfg.Log, logger)
+		n, err := startNode(cfg.name(i), addr, ec, logger)
 		if err != nil {
 			return err
 		}
@@ -188,6 +204,14 @@ func run(ctx context.Context, cfg config, logger *slog.Logger, ready func(urls [
 	wg.Wait()
 	close(errc)
 	return <-errc
+}
+
+// redacted returns a Redis URL without its password, if it has one.
+func redacted(redisURL string) string {
+	if u, err := url.Parse(redisURL); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	return redisURL
 }
 
 // pageURL is the URL of the page served on addr, with localhost for an
@@ -228,20 +252,47 @@ type node struct {
 	once sync.Once
 }
 
-// startNode starts a hub on a broker of its own: with useLog, a room log,
-// through which every room goes, with logHistory; else core NATS.
-func startNode(name, addr, natsURL string, useLog bool, logger *slog.Logger) (*node, error) {
+// engineConfig says which engine a node connects to.
+type engineConfig struct {
+	natsURL  string
+	log      bool   // NATS with a room log
+	redisURL string // when set, Redis instead of NATS
+}
+
+// name is what the page says messages cross through.
+func (ec engineConfig) name() string {
+	if ec.redisURL != "" {
+		return "Redis"
+	}
+	return "NATS"
+}
+
+// pageData is what the page shows: the node's name, and what its messages
+// cross through.
+type pageData struct{ Node, Via string }
+
+// startNode starts a hub on an engine of its own: with Redis, redisengine,
+// through which every room goes, with logHistory, as one Redis Stream;
+// with NATS and a log, a room log, through which every room goes, with
+// logHistory; else core NATS.
+func startNode(name, addr string, ec engineConfig, logger *slog.Logger) (*node, error) {
 	opts := &wshub.Options{
 		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
 		Logger:        logger.With("node", name),
 	}
+	withHistory := func(string) wshub.RoomOptions { return wshub.RoomOptions{History: logHistory} }
 	var err error
-	if useLog {
+	switch {
+	case ec.redisURL != "":
+		// The hub reads and writes the rooms' histories in their streams.
+		opts.Engine, err = redisengine.Connect(ec.redisURL, nil)
+		opts.Rooms = withHistory
+	case ec.log:
 		// The hub reads and writes the rooms' histories in the log.
-		opts.Engine, err = natsbroker.ConnectLog(natsURL, nil)
-		opts.Rooms = func(string) wshub.RoomOptions { return wshub.RoomOptions{History: logHistory} }
-	} else {
-		opts.Engine, err = natsbroker.Connect(natsURL, nil)
+		opts.Engine, err = natsbroker.ConnectLog(ec.natsURL, nil)
+		opts.Rooms = withHistory
+	default:
+		opts.Engine, err = natsbroker.Connect(ec.natsURL, nil)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
@@ -249,14 +300,14 @@ func startNode(name, addr, natsURL string, useLog bool, logger *slog.Logger) (*n
 	hub := wshub.New(nil, opts)
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		hub.Close() // closes the broker and its connection
+		hub.Close() // closes the engine and its connection
 		return nil, fmt.Errorf("node %s: %w", name, err)
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/ws", hub)
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/html; charset=utf-8")
-		if err := page.Execute(w, name); err != nil {
+		if err := page.Execute(w, pageData{Node: name, Via: ec.name()}); err != nil {
 			logger.Warn("page", "err", err)
 		}
 	})
@@ -267,7 +318,8 @@ func startNode(name, addr, natsURL string, useLog bool, logger *slog.Logger) (*n
 }
 
 // shutdown closes the node's WebSocket clients gracefully, then its HTTP
-// server; the hub closes its broker, which closes its NATS connection.
+// server; the hub closes its engine, which closes its NATS or Redis
+// connection.
 // Calling it again does nothing.
 func (n *node) shutdown(logger *slog.Logger) {
 	n.once.Do(func() {
