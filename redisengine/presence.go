@@ -89,13 +89,19 @@ func (p *presence) writeOK(ctx context.Context, room, members string) (bool, err
 	ctx, cancel := context.WithTimeout(ctx, e.timeout)
 	defer cancel()
 	n, err := presenceScript.exec(ctx, c, []string{e.key(room, "pres"), e.key(room, "presx")}, []string{
-		e.hubID, members, strconv.FormatInt(p.ttl.Milliseconds(), 10), e.publishCmd(), e.key(room, "p"),
+		e.hubID, members, strconv.FormatInt(p.life().Milliseconds(), 10), e.publishCmd(), e.key(room, "p"),
 	}).AsInt64()
 	if err != nil {
 		return false, classify("presence of "+strconv.Quote(room), err)
 	}
 	return n == 1, nil
 }
+
+// life is how long an entry lives after its last write: two thirds of
+// the TTL. The hub writes it again every third, so one late refresh does
+// not drop it, and the watchers, who read every third, see it go within
+// the TTL of the hub's last write.
+func (p *presence) life() time.Duration { return p.ttl * 2 / 3 }
 
 // run keeps this hub's entries alive: every PresenceTTL/3 it refreshes
 // them and writes again those whose write failed or that Redis lost;
