@@ -90,11 +90,11 @@
 //   - Epochs. The epoch is stored with the seq. When the meta is missing
 //     (a restart without persistence, FLUSHALL, an evicted key, or a room
 //     idle for MaxAge), the next read or append starts a new history
-//     under a new epoch. A hub that may have missed messages of the old
-//     one (it was disconnected, or saw an append announced that it did
-//     not read) closes the room's members with 1012, and their rejoins
-//     are told recovered:false; otherwise the members learn the new epoch
-//     from its first message.
+//     under a new epoch. Hubs close the room's members with 1012, and
+//     their rejoins are told recovered:false, unless the old history
+//     expired: the room was idle for MaxAge and the hub missed nothing
+//     of it (its subscription stayed up); then the members learn the new
+//     epoch from its first message.
 //
 // An append whose answer was lost (the connection broke) is sent again
 // once, with the same id, when Redis can be reached; the id key makes the

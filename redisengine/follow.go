@@ -112,6 +112,7 @@ type follow struct {
 	noted   map[string]uint64 // the highest seq announced, per epoch; guarded by mu
 	resumed bool              // subscribed again since the last read; guarded by mu
 	lostAt  bool              // a loss was passed and no message since
+	passed  time.Time         // when the last message was passed, or the follow began
 }
 
 // loss passes the hub a loss, an Entry without JSON, unless it passed
@@ -131,7 +132,7 @@ func (f *follow) loss() {
 // once a first attempt failed (Redis is down: the engine subscribes when
 // it is back), within Options.Timeout.
 func (e *Engine) Follow(room string, p wshub.HistoryPolicy, after uint64, deliver func(wshub.Entry)) error {
-	f := &follow{e: e, room: room, p: p, deliver: deliver, last: after, wake: make(chan struct{}, 1)}
+	f := &follow{e: e, room: room, p: p, deliver: deliver, last: after, wake: make(chan struct{}, 1), passed: time.Now()}
 	f.ctx, f.cancel = context.WithCancel(e.ctx)
 	e.mu.Lock()
 	switch {
@@ -277,10 +278,11 @@ const followBatch = 256
 
 // readLog passes the messages of a room with history after the last one
 // passed, in the order of the stream, a batch at a time, at the pace
-// deliver returns. When the history started anew under another epoch it
-// passes a loss first if messages of the old one may have been missed
-// (the subscription was down, or an append was announced that it did not
-// read); when the stream no longer has the messages after the last one
+// deliver returns. When the history is gone, or started anew under
+// another epoch, it passes a loss first unless the old one expired: the
+// room was idle for MaxAge since the last message passed, the
+// subscription stayed up and no append was announced that it did not
+// read; when the stream no longer has the messages after the last one
 // passed (cut to Messages, or expired), it passes a loss and goes on
 // from what it has. It reports false when Redis did not answer.
 func (f *follow) readLog() bool {
@@ -299,7 +301,7 @@ func (f *follow) readLog() bool {
 		// The history is gone (Redis lost it, or it expired while idle),
 		// or started anew.
 		f.mu.Lock()
-		missed := resumed || f.noted[f.epoch] > f.last
+		missed := resumed || f.noted[f.epoch] > f.last || time.Since(f.passed) < maxAge(f.p)
 		delete(f.noted, f.epoch)
 		f.mu.Unlock()
 		if missed {
@@ -330,7 +332,7 @@ func (f *follow) readLog() bool {
 		}
 		en.Epoch = pg.epoch
 		f.deliver(en)
-		f.last, f.lostAt = en.Seq, false
+		f.last, f.lostAt, f.passed = en.Seq, false, time.Now()
 	}
 	f.last = max(f.last, pg.scanned)
 	if pg.latest > f.last {

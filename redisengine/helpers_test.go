@@ -276,26 +276,6 @@ func data(t testing.TB, m wireMsg) payload {
 	return p
 }
 
-// readUntil reads room messages until one from publisher sentinel and
-// returns the ones before it; it fails on any other kind of frame.
-func (p *peer) readUntil(sentinel string) []payload {
-	p.t.Helper()
-	var got []payload
-	for range 10000 {
-		m := p.read()
-		if m.Type != "message" {
-			p.t.Fatalf("got %+v, want a room message", m)
-		}
-		d := data(p.t, m)
-		if d.Pub == sentinel {
-			return got
-		}
-		got = append(got, d)
-	}
-	p.t.Fatal("no sentinel after 10000 messages")
-	return nil
-}
-
 // eventually polls cond until it holds, failing after a generous deadline.
 func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()

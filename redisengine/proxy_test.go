@@ -7,10 +7,9 @@ import (
 	"testing"
 )
 
-// proxy forwards TCP connections from a loopback listener to a NATS
-// server. It can hold what clients send, so that confirmations stay
-// pending for as long as a test needs, and cut every connection, as a
-// broken network does.
+// proxy forwards TCP connections from a loopback listener to a Redis
+// server. It can cut every connection, as a broken network does, and
+// refuse new ones until opened again.
 type proxy struct {
 	t      testing.TB
 	ln     net.Listener
@@ -18,8 +17,6 @@ type proxy struct {
 	wg     sync.WaitGroup
 
 	mu     sync.Mutex
-	wake   *sync.Cond // held or the connections changed
-	held   bool
 	refuse bool
 	conns  map[net.Conn]bool
 }
@@ -31,7 +28,6 @@ func startProxy(t testing.TB, target string) *proxy {
 		t.Fatalf("proxy listen: %v", err)
 	}
 	p := &proxy{t: t, ln: ln, target: target, conns: make(map[net.Conn]bool)}
-	p.wake = sync.NewCond(&p.mu)
 	p.wg.Go(p.accept)
 	t.Cleanup(func() {
 		ln.Close()
@@ -64,14 +60,13 @@ func (p *proxy) accept() {
 		p.mu.Lock()
 		p.conns[c], p.conns[s] = true, true
 		p.mu.Unlock()
-		p.wg.Go(func() { p.forward(s, c, true) })
-		p.wg.Go(func() { p.forward(c, s, false) })
+		p.wg.Go(func() { p.forward(s, c) })
+		p.wg.Go(func() { p.forward(c, s) })
 	}
 }
 
-// forward copies from src to dst until either fails; what a client sends
-// waits while the proxy holds.
-func (p *proxy) forward(dst, src net.Conn, fromClient bool) {
+// forward copies from src to dst until either fails.
+func (p *proxy) forward(dst, src net.Conn) {
 	defer dst.Close()
 	defer src.Close()
 	buf := make([]byte, 32<<10)
@@ -80,40 +75,22 @@ func (p *proxy) forward(dst, src net.Conn, fromClient bool) {
 		if err != nil {
 			return
 		}
-		p.mu.Lock()
-		for fromClient && p.held && p.conns[src] {
-			p.wake.Wait()
-		}
-		p.mu.Unlock()
 		if _, err := dst.Write(buf[:n]); err != nil {
 			return
 		}
 	}
 }
 
-// hold stops forwarding what clients send; release resumes it.
-func (p *proxy) hold()    { p.setHeld(true) }
-func (p *proxy) release() { p.setHeld(false) }
-
-func (p *proxy) setHeld(v bool) {
-	p.mu.Lock()
-	p.held = v
-	p.wake.Broadcast()
-	p.mu.Unlock()
-}
-
-// cut closes every connection, dropping what the proxy holds, and refuses
-// new ones until open; it ends hold.
+// cut closes every connection and refuses new ones until open.
 func (p *proxy) cut() {
 	p.mu.Lock()
-	p.refuse, p.held = true, false
+	p.refuse = true
 	for c := range p.conns {
 		if err := c.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
 			p.t.Logf("proxy: close: %v", err)
 		}
 	}
 	clear(p.conns)
-	p.wake.Broadcast()
 	p.mu.Unlock()
 }
 

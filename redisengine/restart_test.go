@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/coder/websocket"
 	"github.com/wshub/wshub"
@@ -203,4 +204,55 @@ func TestRedisRestartNoPersistence(t *testing.T) {
 	}
 	eventually(t, "appends to work again", func() bool { return broadcast(ctx, nodes[0], "m", "after", 0) == nil })
 	equal(t, "message after the restart", data(t, q.read()).Pub, "after")
+}
+
+// A FLUSHALL loses the room's history while the hubs run: the members are
+// closed with 1012, and a rejoin is told that it could not recover. A
+// history that expired while idle (MaxAge) starts a new epoch that the
+// members learn from its first message, without a close.
+func TestHistoryLostOrExpired(t *testing.T) {
+	t.Parallel()
+	s := startRedis(t, false)
+	hist := policies(map[string]wshub.HistoryPolicy{"f": {Messages: 10}, "x": {Messages: 10, MaxAge: 300 * time.Millisecond}})
+	nodes := newNodes(t, s.url(), 2, nil, hist)
+	ctx := testCtx(t)
+
+	p := dial(t, nodes[1])
+	_, ack := p.joinAck("f", "")
+	if err := broadcast(ctx, nodes[0], "f", "before", 0); err != nil {
+		t.Fatal(err)
+	}
+	before := p.read()
+	equal(t, "message before the flush", data(t, before).Pub, "before")
+	equal(t, "FLUSHALL", s.do("FLUSHALL"), "+OK")
+	if err := broadcast(ctx, nodes[0], "f", "after", 0); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err := p.conn.Read(ctx)
+	if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
+		t.Fatalf("member after FLUSHALL: %v (status %d), want a close with 1012", err, got)
+	}
+	eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].hub.Room("f").Len() == 0 })
+	q := dial(t, nodes[1])
+	_, ack2 := q.joinAck("f", fmt.Sprintf(`"since":%d,"epoch":%q`, before.Seq, ack.Epoch))
+	if ack2.Recovered == nil || *ack2.Recovered || ack2.Epoch == ack.Epoch {
+		t.Fatalf("rejoin after FLUSHALL: %+v, want recovered false and a new epoch", ack2)
+	}
+
+	x := dial(t, nodes[1])
+	_, xack := x.joinAck("x", "")
+	if err := broadcast(ctx, nodes[0], "x", "first", 0); err != nil {
+		t.Fatal(err)
+	}
+	equal(t, "first message", data(t, x.read()).Pub, "first")
+	eventually(t, "the history to expire", func() bool { return s.do("EXISTS", nodes[0].eng.Key("x", "meta")) == ":0" })
+	time.Sleep(300 * time.Millisecond) // MaxAge since the last message passed, on the hub's clock too
+	if err := broadcast(ctx, nodes[0], "x", "anew", 0); err != nil {
+		t.Fatal(err)
+	}
+	m := x.read()
+	equal(t, "message of the new history", data(t, m).Pub, "anew")
+	if m.Epoch == "" || m.Epoch == xack.Epoch || m.Seq != 1 {
+		t.Fatalf("message of the new history: epoch %q seq %d, want a new epoch (not %q) and seq 1", m.Epoch, m.Seq, xack.Epoch)
+	}
 }
