@@ -111,26 +111,27 @@ func section(t *testing.T, file, head string) string {
 // packages are the imports a Go block may use without writing them: the
 // path of each package name.
 var packages = map[string]string{
-	"context":    "context",
-	"errors":     "errors",
-	"fmt":        "fmt",
-	"http":       "net/http",
-	"json":       "encoding/json",
-	"log":        "log",
-	"os":         "os",
-	"signal":     "os/signal",
-	"slog":       "log/slog",
-	"strings":    "strings",
-	"syscall":    "syscall",
-	"time":       "time",
-	"wshub":      "github.com/wshub/wshub",
-	"client":     "github.com/wshub/wshub/client",
-	"wshubjs":    "github.com/wshub/wshub/wshubjs",
-	"natsbroker": "github.com/wshub/wshub/natsbroker",
-	"wshubprom":  "github.com/wshub/wshub/wshubprom",
-	"prometheus": "github.com/prometheus/client_golang/prometheus",
-	"collectors": "github.com/prometheus/client_golang/prometheus/collectors",
-	"promhttp":   "github.com/prometheus/client_golang/prometheus/promhttp",
+	"context":     "context",
+	"errors":      "errors",
+	"fmt":         "fmt",
+	"http":        "net/http",
+	"json":        "encoding/json",
+	"log":         "log",
+	"os":          "os",
+	"signal":      "os/signal",
+	"slog":        "log/slog",
+	"strings":     "strings",
+	"syscall":     "syscall",
+	"time":        "time",
+	"wshub":       "github.com/wshub/wshub",
+	"client":      "github.com/wshub/wshub/client",
+	"wshubjs":     "github.com/wshub/wshub/wshubjs",
+	"natsbroker":  "github.com/wshub/wshub/natsbroker",
+	"redisengine": "github.com/wshub/wshub/redisengine",
+	"wshubprom":   "github.com/wshub/wshub/wshubprom",
+	"prometheus":  "github.com/prometheus/client_golang/prometheus",
+	"collectors":  "github.com/prometheus/client_golang/prometheus/collectors",
+	"promhttp":    "github.com/prometheus/client_golang/prometheus/promhttp",
 }
 
 // prelude declares what the fragments of the documents take as given.
@@ -226,7 +227,7 @@ func run(t *testing.T, dir, name string, args ...string) string {
 
 // TestGoBlocks: every Go block of the documents compiles and passes vet,
 // each as a program of its own in a module that requires wshub,
-// natsbroker and wshubprom as a user's would.
+// natsbroker, redisengine and wshubprom as a user's would.
 func TestGoBlocks(t *testing.T) {
 	abs, err := filepath.Abs(root)
 	if err != nil {
@@ -240,6 +241,7 @@ go 1.26.0
 require (
 	github.com/wshub/wshub v0.0.0-00010101000000-000000000000
 	github.com/wshub/wshub/natsbroker v0.0.0-00010101000000-000000000000
+	github.com/wshub/wshub/redisengine v0.0.0-00010101000000-000000000000
 	github.com/wshub/wshub/wshubprom v0.0.0-00010101000000-000000000000
 )
 
@@ -247,13 +249,15 @@ replace github.com/wshub/wshub => %s
 
 replace github.com/wshub/wshub/natsbroker => %s
 
+replace github.com/wshub/wshub/redisengine => %s
+
 replace github.com/wshub/wshub/wshubprom => %s
-`, abs, filepath.Join(abs, "natsbroker"), filepath.Join(abs, "wshubprom"))
+`, abs, filepath.Join(abs, "natsbroker"), filepath.Join(abs, "redisengine"), filepath.Join(abs, "wshubprom"))
 	if err := os.WriteFile(filepath.Join(dir, "go.mod"), []byte(gomod), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	// The checksums of natsbroker's dependencies, which examples/cluster
-	// requires too, and of wshubprom's.
+	// The checksums of natsbroker's and redisengine's dependencies, which
+	// examples/cluster requires too, and of wshubprom's.
 	var sums []byte
 	for _, mod := range []string{filepath.Join("examples", "cluster"), "wshubprom"} {
 		b, err := os.ReadFile(filepath.Join(abs, mod, "go.sum"))
