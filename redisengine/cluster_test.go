@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/wshub/wshub"
+	et "github.com/wshub/wshub/internal/enginetest"
 	"github.com/wshub/wshub/redisengine"
 )
 
@@ -39,7 +40,7 @@ func startRedisCluster(t *testing.T) string {
 		}
 		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 		s := &redisServer{t: t, port: port}
-		eventually(t, fmt.Sprintf("cluster node %d to answer", i), s.ping)
+		et.Eventually(t, fmt.Sprintf("cluster node %d to answer", i), s.ping)
 		addrs = append(addrs, s.addr())
 	}
 	if _, err := exec.LookPath("redis-cli"); err != nil {
@@ -52,7 +53,7 @@ func startRedisCluster(t *testing.T) string {
 	if err != nil {
 		t.Fatalf("redis-cli --cluster create: %v\n%s", err, out)
 	}
-	eventually(t, "the cluster to be ok", func() bool {
+	et.Eventually(t, "the cluster to be ok", func() bool {
 		for _, a := range addrs {
 			host, port, _ := strings.Cut(a, ":")
 			out, err := exec.Command("redis-cli", "-h", host, "-p", port, "cluster", "info").Output()
@@ -80,51 +81,51 @@ func TestRedisCluster(t *testing.T) {
 		return wshub.HistoryPolicy{}
 	}
 	nodes := newNodes(t, "redis://"+addr, 2, nil, hist)
-	if !redisengine.Sharded(nodes[0].eng) {
+	if !redisengine.Sharded(engine(nodes[0])) {
 		t.Fatal("the engine did not take the server for a cluster")
 	}
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	for _, room := range rooms {
-		a, b := dial(t, nodes[0]), dial(t, nodes[1])
-		a.join(room)
-		_, ack := b.joinAck(room, "")
+		a, b := et.Dial(t, nodes[0]), et.Dial(t, nodes[1])
+		a.Join(room)
+		_, ack := b.JoinAck(room, "")
 		for seq := range 3 {
-			if err := broadcast(ctx, nodes[seq%2], room, "p", seq); err != nil {
+			if err := et.Broadcast(ctx, nodes[seq%2], room, "p", seq); err != nil {
 				t.Fatalf("room %s: Room.Broadcast: %v", room, err)
 			}
 		}
-		var got [2][]logged
-		for i, p := range []*peer{a, b} {
+		var got [2][]et.Logged
+		for i, p := range []*et.Peer{a, b} {
 			for range 3 {
-				m := p.read()
-				got[i] = append(got[i], logged{data(t, m), m.Seq})
+				m := p.Read()
+				got[i] = append(got[i], et.Logged{Payload: et.Data(t, m), Seq: m.Seq})
 			}
 		}
 		if hist(room).Messages == 0 {
 			// Pub/sub: each publisher's order, not one order.
 			for i := range got {
-				var ps []payload
+				var ps []et.Payload
 				for _, l := range got[i] {
-					ps = append(ps, l.payload)
+					ps = append(ps, l.Payload)
 				}
-				slices.SortFunc(ps, func(x, y payload) int { return x.Seq - y.Seq })
-				checkSequences(t, fmt.Sprintf("room %s, member %d", room, i), ps, map[string]int{"p": 3})
+				slices.SortFunc(ps, func(x, y et.Payload) int { return x.Seq - y.Seq })
+				et.CheckSequences(t, fmt.Sprintf("room %s, member %d", room, i), ps, map[string]int{"p": 3})
 			}
 			continue
 		}
-		checkOneOrder(t, room, got[:])
+		et.CheckOneOrder(t, room, got[:])
 		// b leaves having seen the first, and recovers the rest on hub 0.
-		b.conn.CloseNow()
-		c := dial(t, nodes[0])
-		replay, ack2 := c.joinAck(room, fmt.Sprintf(`"since":%d,"epoch":%q`, got[1][0].seq, ack.Epoch))
+		b.Conn.CloseNow()
+		c := et.Dial(t, nodes[0])
+		replay, ack2 := c.JoinAck(room, fmt.Sprintf(`"since":%d,"epoch":%q`, got[1][0].Seq, ack.Epoch))
 		if ack2.Recovered == nil || !*ack2.Recovered || len(replay) != 2 {
 			t.Fatalf("room %s: recovery on the other hub: %+v, %d replayed", room, ack2, len(replay))
 		}
 	}
-	pn := []*presNode{presenceNode(t, "redis://"+addr, nil), presenceNode(t, "redis://"+addr, nil)}
-	alice, bob := dialMember(t, pn[0], "alice"), dialMember(t, pn[1], "bob")
-	alice.join("p")
-	bob.join("p")
-	alice.until("alice", "bob")
-	bob.until("alice", "bob")
+	pn := presenceNodes(t, nil, "redis://"+addr, "redis://"+addr)
+	alice, bob := et.DialMember(t, pn[0], "alice"), et.DialMember(t, pn[1], "bob")
+	alice.Join("p")
+	bob.Join("p")
+	alice.Until("alice", "bob")
+	bob.Until("alice", "bob")
 }

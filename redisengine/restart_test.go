@@ -9,6 +9,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/wshub/wshub"
+	et "github.com/wshub/wshub/internal/enginetest"
 	"github.com/wshub/wshub/redisengine"
 )
 
@@ -20,26 +21,26 @@ import (
 func TestRedisRestartAOF(t *testing.T) {
 	t.Parallel()
 	s := startRedis(t, true)
-	px := startProxy(t, s.addr())
-	hist := policies(map[string]wshub.HistoryPolicy{"r": {Messages: 10000}})
+	px := et.StartProxy(t, s.addr())
+	hist := et.Policies(map[string]wshub.HistoryPolicy{"r": {Messages: 10000}})
 	nodes := newNodes(t, s.url(), 2, nil, hist)
-	nodes = append(nodes, newNodes(t, px.url(), 1, nil, hist)...) // comes back later
-	ctx := testCtx(t)
+	nodes = append(nodes, newNodes(t, "redis://"+px.Addr(), 1, nil, hist)...) // comes back later
+	ctx := et.Ctx(t)
 
 	type member struct {
-		got []logged
+		got []et.Logged
 		err error
 	}
 	members := make([]*member, 2*len(nodes))
 	var readers sync.WaitGroup
 	for i := range members {
-		p := dial(t, nodes[i/2])
-		p.join("r")
+		p := et.Dial(t, nodes[i/2])
+		p.Join("r")
 		m := &member{}
 		members[i] = m
-		readers.Go(func() { m.got, m.err = p.collectLog("sentinel", nil) })
+		readers.Go(func() { m.got, m.err = p.CollectLog("sentinel", nil) })
 	}
-	epoch, _, err := nodes[0].hub.Room("r").Position(ctx)
+	epoch, _, err := nodes[0].Hub.Room("r").Position(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -63,7 +64,7 @@ func TestRedisRestartAOF(t *testing.T) {
 		pubs.Go(func() {
 			seq, failures := 0, 0
 			publish := func() {
-				err := broadcast(ctx, n, "r", pub, seq)
+				err := et.Broadcast(ctx, n, "r", pub, seq)
 				switch {
 				case err == nil:
 					o.ok[seq] = true
@@ -93,63 +94,63 @@ func TestRedisRestartAOF(t *testing.T) {
 	}
 	started.Wait()
 	s.kill() // SIGKILL: what Redis wrote to its append-only file survives
-	px.cut()
+	px.Cut()
 	down.Wait()
 
 	s.start()
 	close(restarted)
-	if err := broadcast(ctx, nodes[0], "r", "while-2-away", 0); err != nil {
+	if err := et.Broadcast(ctx, nodes[0], "r", "while-2-away", 0); err != nil {
 		t.Fatalf("publish while hub 2 is away: %v", err)
 	}
-	px.open()
+	px.Open()
 	pubs.Wait()
 	if t.Failed() {
 		return
 	}
-	epoch2, _, err := nodes[1].hub.Room("r").Position(ctx)
+	epoch2, _, err := nodes[1].Hub.Room("r").Position(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	equal(t, "epoch after the restart (append-only file)", epoch2, epoch)
-	if err := broadcast(ctx, nodes[0], "r", "sentinel", 0); err != nil {
+	et.Equal(t, "epoch after the restart (append-only file)", epoch2, epoch)
+	if err := et.Broadcast(ctx, nodes[0], "r", "sentinel", 0); err != nil {
 		t.Fatalf("sentinel: %v", err)
 	}
 	readers.Wait()
 
-	var lists [][]logged
+	var lists [][]et.Logged
 	for i, m := range members {
 		if m.err != nil {
 			t.Fatalf("member %d: %v", i, m.err)
 		}
 		lists = append(lists, m.got)
 	}
-	checkOneOrder(t, "r", lists)
+	et.CheckOneOrder(t, "r", lists)
 	got := lists[0]
-	count := map[payload]int{}
+	count := map[et.Payload]int{}
 	last := map[string]int{}
 	for _, l := range got {
-		count[l.payload]++
-		if prev, ok := last[l.Pub]; ok && l.Seq <= prev {
-			t.Fatalf("%s's %d after its %d", l.Pub, l.Seq, prev)
+		count[l.Payload]++
+		if prev, ok := last[l.Pub]; ok && l.Payload.Seq <= prev {
+			t.Fatalf("%s's %d after its %d", l.Pub, l.Payload.Seq, prev)
 		}
-		last[l.Pub] = l.Seq
+		last[l.Pub] = l.Payload.Seq
 	}
-	equal(t, "the message published while hub 2 was away", count[payload{"while-2-away", 0}], 1)
+	et.Equal(t, "the message published while hub 2 was away", count[et.Payload{Pub: "while-2-away", Seq: 0}], 1)
 	var nOK, nFailed, nUnconfirmed, nUnconfirmedDelivered int
 	for i, o := range outcomes {
 		pub := fmt.Sprintf("pub%d", i)
 		for seq := range o.ok {
-			if c := count[payload{pub, seq}]; c != 1 {
+			if c := count[et.Payload{Pub: pub, Seq: seq}]; c != 1 {
 				t.Fatalf("acknowledged %s %d delivered %d times", pub, seq, c)
 			}
 		}
 		for seq := range o.failed {
-			if c := count[payload{pub, seq}]; c != 0 {
+			if c := count[et.Payload{Pub: pub, Seq: seq}]; c != 0 {
 				t.Fatalf("failed %s %d delivered %d times", pub, seq, c)
 			}
 		}
 		for seq := range o.unconfirmed {
-			if c := count[payload{pub, seq}]; c > 1 {
+			if c := count[et.Payload{Pub: pub, Seq: seq}]; c > 1 {
 				t.Fatalf("unconfirmed %s %d delivered %d times", pub, seq, c)
 			} else if c == 1 {
 				nUnconfirmedDelivered++
@@ -169,26 +170,26 @@ func TestRedisRestartAOF(t *testing.T) {
 func TestRedisRestartNoPersistence(t *testing.T) {
 	t.Parallel()
 	s := startRedis(t, false)
-	hist := policies(map[string]wshub.HistoryPolicy{"m": {Messages: 50}})
+	hist := et.Policies(map[string]wshub.HistoryPolicy{"m": {Messages: 50}})
 	nodes := newNodes(t, s.url(), 2, nil, hist)
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 
-	p := dial(t, nodes[1])
-	_, ack := p.joinAck("m", "")
-	if err := broadcast(ctx, nodes[0], "m", "before", 0); err != nil {
+	p := et.Dial(t, nodes[1])
+	_, ack := p.JoinAck("m", "")
+	if err := et.Broadcast(ctx, nodes[0], "m", "before", 0); err != nil {
 		t.Fatal(err)
 	}
-	equal(t, "message before the restart", data(t, p.read()).Pub, "before")
+	et.Equal(t, "message before the restart", et.Data(t, p.Read()).Pub, "before")
 
 	s.kill()
 	s.start()
-	_, _, err := p.conn.Read(ctx)
+	_, _, err := p.Conn.Read(ctx)
 	if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
 		t.Fatalf("member: %v (status %d), want a close with 1012", err, got)
 	}
 	var epoch string
-	eventually(t, "the room's new epoch", func() bool {
-		epoch, _, err = nodes[0].hub.Room("m").Position(ctx)
+	et.Eventually(t, "the room's new epoch", func() bool {
+		epoch, _, err = nodes[0].Hub.Room("m").Position(ctx)
 		return err == nil && epoch != ack.Epoch
 	})
 
@@ -196,14 +197,14 @@ func TestRedisRestartNoPersistence(t *testing.T) {
 	// old room, whose cursor refers to the lost stream, and miss the new
 	// stream's messages up to that seq (the core keeps the cursor after
 	// a loss, an Entry without JSON): wait for the hub to drop the room.
-	eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].hub.Room("m").Len() == 0 })
-	q := dial(t, nodes[1])
-	_, ack2 := q.joinAck("m", fmt.Sprintf(`"since":%d,"epoch":%q`, ack.Seq, ack.Epoch))
+	et.Eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].Hub.Room("m").Len() == 0 })
+	q := et.Dial(t, nodes[1])
+	_, ack2 := q.JoinAck("m", fmt.Sprintf(`"since":%d,"epoch":%q`, ack.Seq, ack.Epoch))
 	if ack2.Recovered == nil || *ack2.Recovered || ack2.Epoch != epoch {
 		t.Fatalf("rejoin after the restart: %+v, want recovered false and epoch %q", ack2, epoch)
 	}
-	eventually(t, "appends to work again", func() bool { return broadcast(ctx, nodes[0], "m", "after", 0) == nil })
-	equal(t, "message after the restart", data(t, q.read()).Pub, "after")
+	et.Eventually(t, "appends to work again", func() bool { return et.Broadcast(ctx, nodes[0], "m", "after", 0) == nil })
+	et.Equal(t, "message after the restart", et.Data(t, q.Read()).Pub, "after")
 }
 
 // A FLUSHALL loses the room's history while the hubs run: the members are
@@ -213,45 +214,45 @@ func TestRedisRestartNoPersistence(t *testing.T) {
 func TestHistoryLostOrExpired(t *testing.T) {
 	t.Parallel()
 	s := startRedis(t, false)
-	hist := policies(map[string]wshub.HistoryPolicy{"f": {Messages: 10}, "x": {Messages: 10, MaxAge: 300 * time.Millisecond}})
+	hist := et.Policies(map[string]wshub.HistoryPolicy{"f": {Messages: 10}, "x": {Messages: 10, MaxAge: 300 * time.Millisecond}})
 	nodes := newNodes(t, s.url(), 2, nil, hist)
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 
-	p := dial(t, nodes[1])
-	_, ack := p.joinAck("f", "")
-	if err := broadcast(ctx, nodes[0], "f", "before", 0); err != nil {
+	p := et.Dial(t, nodes[1])
+	_, ack := p.JoinAck("f", "")
+	if err := et.Broadcast(ctx, nodes[0], "f", "before", 0); err != nil {
 		t.Fatal(err)
 	}
-	before := p.read()
-	equal(t, "message before the flush", data(t, before).Pub, "before")
-	equal(t, "FLUSHALL", s.do("FLUSHALL"), "+OK")
-	if err := broadcast(ctx, nodes[0], "f", "after", 0); err != nil {
+	before := p.Read()
+	et.Equal(t, "message before the flush", et.Data(t, before).Pub, "before")
+	et.Equal(t, "FLUSHALL", s.do("FLUSHALL"), "+OK")
+	if err := et.Broadcast(ctx, nodes[0], "f", "after", 0); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err := p.conn.Read(ctx)
+	_, _, err := p.Conn.Read(ctx)
 	if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
 		t.Fatalf("member after FLUSHALL: %v (status %d), want a close with 1012", err, got)
 	}
-	eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].hub.Room("f").Len() == 0 })
-	q := dial(t, nodes[1])
-	_, ack2 := q.joinAck("f", fmt.Sprintf(`"since":%d,"epoch":%q`, before.Seq, ack.Epoch))
+	et.Eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].Hub.Room("f").Len() == 0 })
+	q := et.Dial(t, nodes[1])
+	_, ack2 := q.JoinAck("f", fmt.Sprintf(`"since":%d,"epoch":%q`, before.Seq, ack.Epoch))
 	if ack2.Recovered == nil || *ack2.Recovered || ack2.Epoch == ack.Epoch {
 		t.Fatalf("rejoin after FLUSHALL: %+v, want recovered false and a new epoch", ack2)
 	}
 
-	x := dial(t, nodes[1])
-	_, xack := x.joinAck("x", "")
-	if err := broadcast(ctx, nodes[0], "x", "first", 0); err != nil {
+	x := et.Dial(t, nodes[1])
+	_, xack := x.JoinAck("x", "")
+	if err := et.Broadcast(ctx, nodes[0], "x", "first", 0); err != nil {
 		t.Fatal(err)
 	}
-	equal(t, "first message", data(t, x.read()).Pub, "first")
-	eventually(t, "the history to expire", func() bool { return s.do("EXISTS", nodes[0].eng.Key("x", "meta")) == ":0" })
+	et.Equal(t, "first message", et.Data(t, x.Read()).Pub, "first")
+	et.Eventually(t, "the history to expire", func() bool { return s.do("EXISTS", engine(nodes[0]).Key("x", "meta")) == ":0" })
 	time.Sleep(300 * time.Millisecond) // MaxAge since the last message passed, on the hub's clock too
-	if err := broadcast(ctx, nodes[0], "x", "anew", 0); err != nil {
+	if err := et.Broadcast(ctx, nodes[0], "x", "anew", 0); err != nil {
 		t.Fatal(err)
 	}
-	m := x.read()
-	equal(t, "message of the new history", data(t, m).Pub, "anew")
+	m := x.Read()
+	et.Equal(t, "message of the new history", et.Data(t, m).Pub, "anew")
 	if m.Epoch == "" || m.Epoch == xack.Epoch || m.Seq != 1 {
 		t.Fatalf("message of the new history: epoch %q seq %d, want a new epoch (not %q) and seq 1", m.Epoch, m.Seq, xack.Epoch)
 	}

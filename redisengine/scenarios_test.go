@@ -1,0 +1,62 @@
+package redisengine_test
+
+import (
+	"testing"
+	"time"
+
+	et "github.com/wshub/wshub/internal/enginetest"
+	"github.com/wshub/wshub/redisengine"
+)
+
+// The scenarios of every engine on a bus (internal/enginetest), on Redis.
+
+func TestStreamOneOrderAcrossHubs(t *testing.T) {
+	t.Parallel()
+	s := startRedis(t, false)
+	et.OneOrderAcrossHubs(t, newNodes(t, s.url(), 3, nil, et.OneOrderPolicies))
+}
+
+func TestStreamRecoveryOnAnotherHub(t *testing.T) {
+	t.Parallel()
+	s := startRedis(t, false)
+	et.RecoveryOnAnotherHub(t, newNodes(t, s.url(), 2, nil, et.RecoveryPolicies))
+}
+
+func TestStreamGapClosesMembers(t *testing.T) {
+	t.Parallel()
+	s := startRedis(t, false)
+	px := et.StartProxy(t, s.addr())
+	a := newNodes(t, s.url(), 1, nil, et.GapPolicies)[0]
+	b := newNodes(t, "redis://"+px.Addr(), 1, nil, et.GapPolicies)[0]
+	et.GapClosesMembers(t, a, b, px)
+}
+
+func TestPubSubRoomSpansHubs(t *testing.T) {
+	t.Parallel()
+	s := startRedis(t, false)
+	nodes := newNodes(t, s.url(), 4, nil, nil)
+	if redisengine.Sharded(engine(nodes[0])) {
+		t.Fatal("the engine took a single server for a cluster")
+	}
+	et.RoomSpansHubs(t, nodes[:3], nodes[3])
+}
+
+func TestPresenceAcrossHubs(t *testing.T) {
+	t.Parallel()
+	s := startRedis(t, false)
+	et.PresenceAcrossHubs(t, presenceNodes(t, nil, s.url(), s.url(), s.url()))
+}
+
+func TestPresenceHubCutOff(t *testing.T) {
+	t.Parallel()
+	s := startRedis(t, false)
+	px := et.StartProxy(t, s.addr())
+	opts := &redisengine.Options{PresenceTTL: 3 * time.Second}
+	et.PresenceCutOff(t, presenceNodes(t, opts, s.url(), s.url(), "redis://"+px.Addr()), px, opts.PresenceTTL)
+}
+
+func TestPresenceShutdownWithdraws(t *testing.T) {
+	t.Parallel()
+	s := startRedis(t, false)
+	et.PresenceShutdownWithdraws(t, presenceNodes(t, &redisengine.Options{PresenceTTL: time.Hour}, s.url(), s.url()))
+}
