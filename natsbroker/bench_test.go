@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/wshub/wshub"
+	et "github.com/wshub/wshub/internal/enginetest"
 	"github.com/wshub/wshub/natsbroker"
 )
 
@@ -53,7 +54,7 @@ func benchFanOut(b *testing.B, nodes, perNode, pubs int, broker bool, opts *nats
 	if broker {
 		s := startNATS(b, server.RANDOM_PORT)
 		for _, n := range newNodes(b, s.ClientURL(), nodes, opts) {
-			hubs, servers = append(hubs, n.hub), append(servers, n.ts)
+			hubs, servers = append(hubs, n.Hub), append(servers, n.TS)
 		}
 	} else {
 		h := wshub.New(nil, &wshub.Options{AuthorizeJoin: func(*wshub.Client, string) error { return nil }})
@@ -78,8 +79,8 @@ func benchFanOut(b *testing.B, nodes, perNode, pubs int, broker bool, opts *nats
 				b.Fatalf("dial: %v", err)
 			}
 			defer conn.CloseNow()
-			p := &peer{t: b, ctx: ctx, conn: conn}
-			p.join("bench")
+			p := &et.Peer{T: b, Ctx: ctx, Conn: conn}
+			p.Join("bench")
 			readers.Go(func() {
 				for {
 					if _, _, err := conn.Read(ctx); err != nil {

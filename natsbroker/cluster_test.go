@@ -14,91 +14,20 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/wshub/wshub"
+	et "github.com/wshub/wshub/internal/enginetest"
 	"github.com/wshub/wshub/natsbroker"
 )
 
-// Three hubs share a room; clients and the server side of each hub
-// publish at once. Every member on every hub gets every message once, in
-// the order of its publisher.
+// The room scenario of every engine on a bus (internal/enginetest), on
+// core NATS: three hubs share a room; clients and the server side of each
+// hub publish at once. Every member on every hub gets every message once,
+// in the order of its publisher.
 func TestRoomSpansHubs(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
-	nodes := newNodes(t, s.ClientURL(), 3, nil)
-	last := newNodes(t, s.ClientURL(), 1, nil)[0] // publishes the sentinel
-	ctx := testCtx(t)
-	const perPub = 25
-
-	var members []*peer
-	for _, n := range nodes {
-		for range 2 {
-			p := dial(t, n)
-			p.join("lobby")
-			members = append(members, p)
-		}
-	}
-	equal(t, "NATS subscriptions of the room", s.GlobalAccount().Interest(nodes[0].broker.Subject("lobby")), len(nodes))
-
-	// Every member reads until the sentinel; the first member of each hub
-	// also publishes, and reports its acks.
-	type result struct {
-		got []payload
-		err error
-	}
-	results := make([]result, len(members))
-	acks := make(chan string, len(members))
-	var readers sync.WaitGroup
-	for i, p := range members {
-		readers.Go(func() {
-			got, err := p.collect("sentinel", acks)
-			results[i] = result{got, err}
-		})
-	}
-
-	want := make(map[string]int)
-	var pubs sync.WaitGroup
-	errs := make(chan error, len(nodes))
-	for i, n := range nodes {
-		client, srv := fmt.Sprintf("client%d", i), fmt.Sprintf("server%d", i)
-		want[client], want[srv] = perPub, perPub
-		pub := members[2*i]
-		for seq := range perPub {
-			id := ""
-			if seq == perPub-1 {
-				id = client
-			}
-			pub.send(`{"type":"publish","room":"lobby","id":%q,"data":{"pub":%q,"seq":%d}}`, id, client, seq)
-		}
-		pubs.Go(func() {
-			if err := broadcastSeqs(ctx, n, "lobby", srv, perPub); err != nil {
-				errs <- err
-			}
-		})
-	}
-	pubs.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Room.Broadcast: %v", err)
-	}
-	// An ack means the hub's publish returned: NATS has the message, so the
-	// sentinel, published after, reaches every hub after it. It comes from
-	// a hub without members, whose connection published nothing else.
-	for range nodes {
-		select {
-		case <-acks:
-		case <-ctx.Done():
-			t.Fatal("publishers not acknowledged")
-		}
-	}
-	if err := broadcast(ctx, last, "lobby", "sentinel", 0); err != nil {
-		t.Fatalf("sentinel: %v", err)
-	}
-	readers.Wait()
-	for i, r := range results {
-		if r.err != nil {
-			t.Fatalf("member %d: %v", i, r.err)
-		}
-		checkSequences(t, fmt.Sprintf("member %d (hub %d)", i, i/2), r.got, want)
-	}
+	nodes := newNodes(t, s.ClientURL(), 4, nil)
+	et.RoomSpansHubs(t, hubs(nodes[:3]), nodes[3].Node)
+	et.Equal(t, "NATS subscriptions of the room", s.GlobalAccount().Interest(nodes[0].broker.Subject("lobby")), 3)
 }
 
 // When the last member of a room on a hub leaves, the hub unsubscribes:
@@ -107,35 +36,35 @@ func TestLeaveUnsubscribes(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
 	nodes := newNodes(t, s.ClientURL(), 2, nil)
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	subject := nodes[0].broker.Subject("r")
 	interest := func() int { return s.GlobalAccount().Interest(subject) }
 
 	a, b, c := dial(t, nodes[0]), dial(t, nodes[1]), dial(t, nodes[1])
-	a.join("r")
-	b.join("r")
-	c.join("other")
-	equal(t, "subscriptions while both hubs have members", interest(), 2)
+	a.Join("r")
+	b.Join("r")
+	c.Join("other")
+	et.Equal(t, "subscriptions while both hubs have members", interest(), 2)
 
-	b.send(`{"type":"leave","room":"r","id":"leave"}`)
-	equal(t, "leave answer", b.read().Type, "ack")
-	eventually(t, "hub B to unsubscribe", func() bool { return interest() == 1 })
+	b.Send(`{"type":"leave","room":"r","id":"leave"}`)
+	et.Equal(t, "leave answer", b.Read().Type, "ack")
+	et.Eventually(t, "hub B to unsubscribe", func() bool { return interest() == 1 })
 
 	for seq := range 5 {
-		a.send(`{"type":"publish","room":"r","data":{"pub":"a","seq":%d}}`, seq)
+		a.Send(`{"type":"publish","room":"r","data":{"pub":"a","seq":%d}}`, seq)
 		if err := broadcast(ctx, nodes[0], "r", "server", seq); err != nil {
 			t.Fatalf("broadcast: %v", err)
 		}
 	}
 	// a's publishes are handled in order: once the last is acknowledged,
 	// all went out, and none can reach hub B after it joins again below.
-	a.send(`{"type":"publish","room":"r","id":"last","data":{"pub":"a","seq":5}}`)
+	a.Send(`{"type":"publish","room":"r","id":"last","data":{"pub":"a","seq":5}}`)
 	for i := 0; ; i++ { // a's and the server's eleven messages, then the ack
-		m := a.read()
+		m := a.Read()
 		if m.Type == "ack" {
 			break
 		}
-		equal(t, "a's frame", m.Type, "message")
+		et.Equal(t, "a's frame", m.Type, "message")
 		if i == 11 {
 			t.Fatal("no ack after eleven messages")
 		}
@@ -143,24 +72,24 @@ func TestLeaveUnsubscribes(t *testing.T) {
 	if err := broadcast(ctx, nodes[0], "other", "sentinel", 0); err != nil {
 		t.Fatalf("sentinel: %v", err)
 	}
-	if got := c.readUntil("sentinel"); len(got) != 0 {
+	if got := c.ReadUntil("sentinel"); len(got) != 0 {
 		t.Fatalf("hub B delivered %+v after its last member left", got)
 	}
 	// b's next frame is the answer to its next request, not a room message.
-	b.send(`{"type":"publish","room":"r","id":"p","data":1}`)
-	m := b.read()
-	equal(t, "publish after leave", m.Type, "error")
-	if !strings.Contains(m.Error, errNotMemberText) {
-		t.Fatalf("publish after leave: error %q, want %q", m.Error, errNotMemberText)
+	b.Send(`{"type":"publish","room":"r","id":"p","data":1}`)
+	m := b.Read()
+	et.Equal(t, "publish after leave", m.Type, "error")
+	if !strings.Contains(m.Error, et.ErrNotMemberText) {
+		t.Fatalf("publish after leave: error %q, want %q", m.Error, et.ErrNotMemberText)
 	}
 
 	// Joining again subscribes again.
-	b.join("r")
-	equal(t, "subscriptions after rejoin", interest(), 2)
+	b.Join("r")
+	et.Equal(t, "subscriptions after rejoin", interest(), 2)
 	if err := broadcast(ctx, nodes[0], "r", "again", 0); err != nil {
 		t.Fatalf("broadcast: %v", err)
 	}
-	equal(t, "message after rejoin", data(t, b.read()).Pub, "again")
+	et.Equal(t, "message after rejoin", et.Data(t, b.Read()).Pub, "again")
 }
 
 // Room names with any characters map to distinct, working subjects.
@@ -188,14 +117,14 @@ func TestSpecialRoomNames(t *testing.T) {
 
 	a, b := dial(t, nodes[0]), dial(t, nodes[1])
 	for i, name := range names {
-		a.join(name)
-		b.join(name)
-		equal(t, "subscriptions of "+name, s.GlobalAccount().Interest(nodes[0].broker.Subject(name)), 2)
-		a.send(`{"type":"publish","room":%s,"data":{"pub":"a","seq":%d}}`, jsonString(name), i)
-		equal(t, "a's own message", a.read().Room, name)
-		m := b.read()
-		equal(t, "room on hub B", m.Room, name)
-		equal(t, "seq on hub B", data(t, m).Seq, i)
+		a.Join(name)
+		b.Join(name)
+		et.Equal(t, "subscriptions of "+name, s.GlobalAccount().Interest(nodes[0].broker.Subject(name)), 2)
+		a.Send(`{"type":"publish","room":%s,"data":{"pub":"a","seq":%d}}`, et.JSONString(name), i)
+		et.Equal(t, "a's own message", a.Read().Room, name)
+		m := b.Read()
+		et.Equal(t, "room on hub B", m.Room, name)
+		et.Equal(t, "seq on hub B", et.Data(t, m).Seq, i)
 	}
 }
 
@@ -203,7 +132,7 @@ func TestSpecialRoomNames(t *testing.T) {
 func TestBrokerLifecycle(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	plain := wshub.HistoryPolicy{}
 
 	if _, err := natsbroker.New(nil, nil); err == nil {
@@ -223,13 +152,13 @@ func TestBrokerLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Connect: %v", err)
 	}
-	equal(t, "default subject", b.Subject("lobby"), "wshub.room.bG9iYnk")
-	equal(t, "reconnect buffer", b.Conn().Opts.ReconnectBufSize, -1)
-	equal(t, "reconnect wait", b.Conn().Opts.ReconnectWait, 100*time.Millisecond)
-	equal(t, "reconnect jitter", b.Conn().Opts.ReconnectJitter, 150*time.Millisecond)
-	equal(t, "reconnect jitter with TLS", b.Conn().Opts.ReconnectJitterTLS, 150*time.Millisecond)
-	equal(t, "retry on failed connect", b.Conn().Opts.RetryOnFailedConnect, false)
-	equal(t, "no echo", b.Conn().Opts.NoEcho, false)
+	et.Equal(t, "default subject", b.Subject("lobby"), "wshub.room.bG9iYnk")
+	et.Equal(t, "reconnect buffer", b.Conn().Opts.ReconnectBufSize, -1)
+	et.Equal(t, "reconnect wait", b.Conn().Opts.ReconnectWait, 100*time.Millisecond)
+	et.Equal(t, "reconnect jitter", b.Conn().Opts.ReconnectJitter, 150*time.Millisecond)
+	et.Equal(t, "reconnect jitter with TLS", b.Conn().Opts.ReconnectJitterTLS, 150*time.Millisecond)
+	et.Equal(t, "retry on failed connect", b.Conn().Opts.RetryOnFailedConnect, false)
+	et.Equal(t, "no echo", b.Conn().Opts.NoEcho, false)
 	got := make(chan wshub.Entry, 1)
 	if err := b.Follow("r", plain, 0, func(e wshub.Entry) { got <- e }); err != nil {
 		t.Fatalf("Follow: %v", err)
@@ -246,15 +175,15 @@ func TestBrokerLifecycle(t *testing.T) {
 	// NATS hands the broker its own message back, with its id.
 	select {
 	case e := <-got:
-		equal(t, "delivered", string(e.JSON), "hi")
-		equal(t, "delivered id", e.ID, "id1")
-		equal(t, "delivered seq", e.Seq, 0)
+		et.Equal(t, "delivered", string(e.JSON), "hi")
+		et.Equal(t, "delivered id", e.ID, "id1")
+		et.Equal(t, "delivered seq", e.Seq, 0)
 	case <-ctx.Done():
 		t.Fatal("no delivery")
 	}
-	equal(t, "Unfollow of an unknown room", b.Unfollow("nope"), nil)
-	equal(t, "Close", b.Close(), nil)
-	equal(t, "second Close", b.Close(), nil)
+	et.Equal(t, "Unfollow of an unknown room", b.Unfollow("nope"), nil)
+	et.Equal(t, "Close", b.Close(), nil)
+	et.Equal(t, "second Close", b.Close(), nil)
 	if !b.Conn().IsClosed() {
 		t.Fatal("Close left Connect's connection open")
 	}
@@ -271,7 +200,7 @@ func TestBrokerLifecycle(t *testing.T) {
 	// A connection given to New stays the caller's.
 	nodes := newNodes(t, s.ClientURL(), 1, nil)
 	nb := nodes[0].broker
-	equal(t, "Close", nb.Close(), nil)
+	et.Equal(t, "Close", nb.Close(), nil)
 	if nodes[0].nc.IsClosed() {
 		t.Fatal("Close closed the caller's connection")
 	}
@@ -328,7 +257,7 @@ func (ch entries) next(t testing.TB, ctx context.Context) wshub.Entry {
 func TestBrokerHistoryRooms(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	p := wshub.HistoryPolicy{Messages: 3}
 	b1, b2 := connect(t, s.ClientURL(), nil), connect(t, s.ClientURL(), nil)
 
@@ -355,9 +284,9 @@ func TestBrokerHistoryRooms(t *testing.T) {
 	}
 	for i := range 4 {
 		e := got.next(t, ctx)
-		equal(t, "seq", e.Seq, uint64(i+1))
-		equal(t, "id", e.ID, fmt.Sprint("x", i+1))
-		equal(t, "message", string(e.JSON), fmt.Sprintf(`{"type":"message","data":%d}`, i+1))
+		et.Equal(t, "seq", e.Seq, uint64(i+1))
+		et.Equal(t, "id", e.ID, fmt.Sprint("x", i+1))
+		et.Equal(t, "message", string(e.JSON), fmt.Sprintf(`{"type":"message","data":%d}`, i+1))
 	}
 	page, err = b1.Read(ctx, "h", p, 0, -1)
 	if err != nil {
@@ -370,7 +299,7 @@ func TestBrokerHistoryRooms(t *testing.T) {
 	if !slices.Equal(seqs, []uint64{2, 3, 4}) || page.Latest != 4 || page.Epoch != before.Epoch {
 		t.Fatalf("Read: seqs %v, latest %d, epoch %q; want [2 3 4], 4, %q", seqs, page.Latest, page.Epoch, before.Epoch)
 	}
-	equal(t, "retained message", string(page.Messages[2].JSON), `{"type":"message","data":4}`)
+	et.Equal(t, "retained message", string(page.Messages[2].JSON), `{"type":"message","data":4}`)
 	// b2 does not follow the room: it has no history of it.
 	other, err := b2.Read(ctx, "h", p, 0, -1)
 	if err != nil || other.Latest != 0 || len(other.Messages) != 0 || other.Epoch == before.Epoch {
@@ -378,7 +307,7 @@ func TestBrokerHistoryRooms(t *testing.T) {
 	}
 
 	// Unfollowing ends the history: the next one has a new epoch.
-	equal(t, "Unfollow", b1.Unfollow("h"), nil)
+	et.Equal(t, "Unfollow", b1.Unfollow("h"), nil)
 	if err := b2.Publish(ctx, "h", p, "missed", []byte(`{"type":"message"}`))(); err != nil {
 		t.Fatal(err)
 	}
@@ -411,28 +340,28 @@ func TestBrokerHistoryPerHub(t *testing.T) {
 	s := startNATS(t, server.RANDOM_PORT)
 	hist := func(string) wshub.HistoryPolicy { return wshub.HistoryPolicy{Messages: 100} }
 	nodes := newHistoryNodes(t, s.ClientURL(), 2, nil, hist)
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 
 	a, stay := dial(t, nodes[0]), dial(t, nodes[0])
 	b := dial(t, nodes[1])
-	_, ackA := a.joinAck("h", "")
-	_, ackStay := stay.joinAck("h", "")
-	_, ackB := b.joinAck("h", "")
+	_, ackA := a.JoinAck("h", "")
+	_, ackStay := stay.JoinAck("h", "")
+	_, ackB := b.JoinAck("h", "")
 	if ackA.Epoch == "" || ackA.Epoch != ackStay.Epoch || ackB.Epoch == "" || ackB.Epoch == ackA.Epoch {
 		t.Fatalf("join epochs %q, %q on hub 0 and %q on hub 1: want one per hub", ackA.Epoch, ackStay.Epoch, ackB.Epoch)
 	}
 	const n = 3
 	type result struct {
-		got []logged
+		got []et.Logged
 		err error
 	}
-	members := []*peer{a, stay, b}
+	members := []*et.Peer{a, stay, b}
 	results := make([]result, len(members))
 	acks := make(chan string, 1)
 	var readers sync.WaitGroup
 	for i, p := range members {
 		readers.Go(func() {
-			got, err := p.collectLog("sentinel", acks)
+			got, err := p.CollectLog("sentinel", acks)
 			results[i] = result{got, err}
 		})
 	}
@@ -441,7 +370,7 @@ func TestBrokerHistoryPerHub(t *testing.T) {
 		if seq == n-1 {
 			id = "a"
 		}
-		a.send(`{"type":"publish","room":"h","id":%q,"data":{"pub":"a","seq":%d}}`, id, seq)
+		a.Send(`{"type":"publish","room":"h","id":%q,"data":{"pub":"a","seq":%d}}`, id, seq)
 		if err := broadcast(ctx, nodes[1], "h", "server", seq); err != nil {
 			t.Fatal(err)
 		}
@@ -459,57 +388,57 @@ func TestBrokerHistoryPerHub(t *testing.T) {
 		if r.err != nil {
 			t.Fatalf("member %d: %v", i, r.err)
 		}
-		var ps []payload
+		var ps []et.Payload
 		for j, l := range r.got {
-			equal(t, fmt.Sprintf("member %d: seq of message %d", i, j), l.seq, uint64(j+1))
-			ps = append(ps, l.payload)
+			et.Equal(t, fmt.Sprintf("member %d: seq of message %d", i, j), l.Seq, uint64(j+1))
+			ps = append(ps, l.Payload)
 		}
-		checkSequences(t, fmt.Sprintf("member %d", i), ps, map[string]int{"a": n, "server": n})
+		et.CheckSequences(t, fmt.Sprintf("member %d", i), ps, map[string]int{"a": n, "server": n})
 	}
-	epoch, seq, err := nodes[0].hub.Room("h").Position(ctx)
+	epoch, seq, err := nodes[0].Hub.Room("h").Position(ctx)
 	if err != nil || epoch != ackA.Epoch || seq != 2*n+1 {
 		t.Fatalf("hub 0's Position: %q, %d, %v; want %q, %d", epoch, seq, err, ackA.Epoch, 2*n+1)
 	}
 
 	// a leaves; two messages later it recovers them on hub 0, which kept
 	// the room, but not on hub 1.
-	a.conn.Close(websocket.StatusNormalClosure, "")
-	eventually(t, "hub 0 to drop a", func() bool { return nodes[0].hub.Room("h").Len() == 1 })
+	a.Conn.Close(websocket.StatusNormalClosure, "")
+	et.Eventually(t, "hub 0 to drop a", func() bool { return nodes[0].Hub.Room("h").Len() == 1 })
 	for seq := range 2 {
 		if err := broadcast(ctx, nodes[1], "h", "missed", seq); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for range 2 {
-		stay.read()
+		stay.Read()
 	}
 	since := fmt.Sprintf(`"since":%d,"epoch":%q`, 2*n+1, ackA.Epoch)
 	other := dial(t, nodes[1])
-	replay, ack := other.joinAck("h", since)
+	replay, ack := other.JoinAck("h", since)
 	if ack.Recovered == nil || *ack.Recovered || len(replay) != 0 {
 		t.Fatalf("recovery on hub 1: recovered %v, %d replayed; want false and none", ack.Recovered, len(replay))
 	}
 	again := dial(t, nodes[0])
-	replay, ack = again.joinAck("h", since)
+	replay, ack = again.JoinAck("h", since)
 	if ack.Recovered == nil || !*ack.Recovered {
 		t.Fatalf("recovery on hub 0: recovered %v, want true", ack.Recovered)
 	}
-	var ps []payload
+	var ps []et.Payload
 	for i, l := range replay {
-		equal(t, "replayed seq", l.seq, uint64(2*n+2+i))
-		ps = append(ps, l.payload)
+		et.Equal(t, "replayed seq", l.Seq, uint64(2*n+2+i))
+		ps = append(ps, l.Payload)
 	}
-	checkSequences(t, "replay on hub 0", ps, map[string]int{"missed": 2})
+	et.CheckSequences(t, "replay on hub 0", ps, map[string]int{"missed": 2})
 
 	// Once hub 0 has no member left in the room, its history ends.
-	stay.conn.Close(websocket.StatusNormalClosure, "")
-	again.conn.Close(websocket.StatusNormalClosure, "")
-	eventually(t, "hub 0's history of the room to end", func() bool {
-		epoch, _, err := nodes[0].hub.Room("h").Position(ctx)
+	stay.Conn.Close(websocket.StatusNormalClosure, "")
+	again.Conn.Close(websocket.StatusNormalClosure, "")
+	et.Eventually(t, "hub 0's history of the room to end", func() bool {
+		epoch, _, err := nodes[0].Hub.Room("h").Position(ctx)
 		return err == nil && epoch != ackA.Epoch
 	})
 	last := dial(t, nodes[0])
-	replay, ack = last.joinAck("h", fmt.Sprintf(`"since":%d,"epoch":%q`, 2*n+3, ackA.Epoch))
+	replay, ack = last.JoinAck("h", fmt.Sprintf(`"since":%d,"epoch":%q`, 2*n+3, ackA.Epoch))
 	if ack.Recovered == nil || *ack.Recovered || len(replay) != 0 || ack.Epoch == ackA.Epoch {
 		t.Fatalf("recovery after hub 0 had no member: %+v, %d replayed; want not recovered, in a new epoch", ack, len(replay))
 	}

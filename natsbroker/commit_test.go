@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +14,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/wshub/wshub"
+	et "github.com/wshub/wshub/internal/enginetest"
 	"github.com/wshub/wshub/natsbroker"
 )
 
@@ -61,7 +60,7 @@ func receive(t testing.TB, ctx context.Context, ch <-chan string) string {
 func TestGroupCommit(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	pub := connect(t, s.ClientURL(), nil)
 	got := inbox(t, connect(t, s.ClientURL(), nil), "r")
 
@@ -103,10 +102,10 @@ func TestGroupCommit(t *testing.T) {
 		next[p]++
 	}
 	for p, n := range next {
-		equal(t, fmt.Sprintf("messages of publisher %d", p), n, perPub)
+		et.Equal(t, fmt.Sprintf("messages of publisher %d", p), n, perPub)
 	}
 	flushes, waits := natsbroker.CommitStats(pub)
-	equal(t, "confirmed publishes", waits, uint64(pubs*perPub+1))
+	et.Equal(t, "confirmed publishes", waits, uint64(pubs*perPub+1))
 	t.Logf("%d publishes confirmed by %d flushes", waits, flushes)
 	if flushes >= waits {
 		t.Fatalf("%d flushes for %d publishes: none shared", flushes, waits)
@@ -120,12 +119,12 @@ func TestGroupCommit(t *testing.T) {
 func TestGroupCommitShares(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
-	ctx := testCtx(t)
-	px := startProxy(t, s.Addr().String())
-	pub := connect(t, px.url(), &natsbroker.Options{Timeout: time.Minute})
+	ctx := et.Ctx(t)
+	px := et.StartProxy(t, s.Addr().String())
+	pub := connect(t, "nats://"+px.Addr(), &natsbroker.Options{Timeout: time.Minute})
 	got := inbox(t, connect(t, s.ClientURL(), nil), "r")
 
-	px.hold()
+	px.Hold()
 	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
 	defer cancel()
 	if err := publish(short, pub, "r", []byte("short")); !errors.Is(err, context.DeadlineExceeded) {
@@ -138,7 +137,7 @@ func TestGroupCommitShares(t *testing.T) {
 	if held < 2 || held > 1+natsbroker.MaxFlushes {
 		t.Fatalf("%d flushes while held, want the short one's and 1 to %d", held, natsbroker.MaxFlushes)
 	}
-	px.release()
+	px.Release()
 	for _, err := range done() {
 		if err != nil {
 			t.Fatalf("Publish: %v", err)
@@ -169,11 +168,11 @@ func TestGroupCommitShares(t *testing.T) {
 func TestGroupCommitPipelines(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
-	ctx := testCtx(t)
-	px := startProxy(t, s.Addr().String())
-	pub := connect(t, px.url(), &natsbroker.Options{Timeout: time.Minute})
+	ctx := et.Ctx(t)
+	px := et.StartProxy(t, s.Addr().String())
+	pub := connect(t, "nats://"+px.Addr(), &natsbroker.Options{Timeout: time.Minute})
 
-	px.hold()
+	px.Hold()
 	const beyond = 3
 	errs := make(chan error, natsbroker.MaxFlushes+beyond)
 	var wg sync.WaitGroup
@@ -181,14 +180,14 @@ func TestGroupCommitPipelines(t *testing.T) {
 		wg.Go(func() { errs <- publish(ctx, pub, "r", fmt.Appendf(nil, "%d", p)) })
 		// Each publish waits before the next is written, so that no
 		// flush covers a later one.
-		eventually(t, "the publish to wait", func() bool {
+		et.Eventually(t, "the publish to wait", func() bool {
 			_, waits := natsbroker.CommitStats(pub)
 			return waits == uint64(p+1)
 		})
 		want := uint64(min(p+1, natsbroker.MaxFlushes))
-		equal(t, fmt.Sprintf("flushes in flight after publish %d", p), first(natsbroker.CommitStats(pub)), want)
+		et.Equal(t, fmt.Sprintf("flushes in flight after publish %d", p), first(natsbroker.CommitStats(pub)), want)
 	}
-	px.release()
+	px.Release()
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -196,7 +195,7 @@ func TestGroupCommitPipelines(t *testing.T) {
 			t.Fatalf("Publish: %v", err)
 		}
 	}
-	equal(t, "flushes in all", first(natsbroker.CommitStats(pub)), uint64(natsbroker.MaxFlushes+1))
+	et.Equal(t, "flushes in all", first(natsbroker.CommitStats(pub)), uint64(natsbroker.MaxFlushes+1))
 }
 
 // When many publishes wait, one whose message was written before a flush
@@ -206,9 +205,9 @@ func TestGroupCommitPipelines(t *testing.T) {
 func TestGroupCommitCovers(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
-	ctx := testCtx(t)
-	px := startProxy(t, s.Addr().String())
-	pub := connect(t, px.url(), &natsbroker.Options{Timeout: time.Minute})
+	ctx := et.Ctx(t)
+	px := et.StartProxy(t, s.Addr().String())
+	pub := connect(t, "nats://"+px.Addr(), &natsbroker.Options{Timeout: time.Minute})
 	got := inbox(t, connect(t, s.ClientURL(), nil), "r")
 
 	write := func(msg string) func(context.Context) error {
@@ -221,13 +220,13 @@ func TestGroupCommitCovers(t *testing.T) {
 	}
 	waits := func(n int) {
 		t.Helper()
-		eventually(t, fmt.Sprintf("%d waits", n), func() bool {
+		et.Eventually(t, fmt.Sprintf("%d waits", n), func() bool {
 			_, waits := natsbroker.CommitStats(pub)
 			return waits == uint64(n)
 		})
 	}
 
-	px.hold()
+	px.Hold()
 	waitA, waitB := write("a"), write("b")
 	ctxA, cancelA := context.WithCancel(ctx)
 	defer cancelA()
@@ -242,16 +241,16 @@ func TestGroupCommitCovers(t *testing.T) {
 		wg.Go(func() { errs <- publish(ctx, pub, "r", fmt.Appendf(nil, "%d", p)) })
 		waits(2 + p)
 	}
-	equal(t, "flushes before b waits", first(natsbroker.CommitStats(pub)), uint64(natsbroker.MaxFlushes))
+	et.Equal(t, "flushes before b waits", first(natsbroker.CommitStats(pub)), uint64(natsbroker.MaxFlushes))
 	go func() { errB <- waitB(ctx) }()
 	waits(2 + natsbroker.MaxFlushes)
-	equal(t, "flushes once b waits for a's", first(natsbroker.CommitStats(pub)), uint64(natsbroker.MaxFlushes))
+	et.Equal(t, "flushes once b waits for a's", first(natsbroker.CommitStats(pub)), uint64(natsbroker.MaxFlushes))
 	cancelA()
 	if err := <-errA; !errors.Is(err, context.Canceled) {
 		t.Fatalf("a's wait after its context ended: %v, want Canceled", err)
 	}
-	px.release()
-	equal(t, "b's wait", <-errB, nil)
+	px.Release()
+	et.Equal(t, "b's wait", <-errB, nil)
 	wg.Wait()
 	close(errs)
 	for err := range errs {
@@ -260,12 +259,12 @@ func TestGroupCommitCovers(t *testing.T) {
 		}
 	}
 	flushes := first(natsbroker.CommitStats(pub))
-	equal(t, "flushes, with the one for the last publish", flushes, uint64(natsbroker.MaxFlushes+1))
+	et.Equal(t, "flushes, with the one for the last publish", flushes, uint64(natsbroker.MaxFlushes+1))
 
 	waitC, waitD := write("c"), write("d")
-	equal(t, "c's wait", waitC(ctx), nil)
-	equal(t, "d's wait, after c's flush confirmed it", waitD(ctx), nil)
-	equal(t, "flushes in all", first(natsbroker.CommitStats(pub)), flushes+1)
+	et.Equal(t, "c's wait", waitC(ctx), nil)
+	et.Equal(t, "d's wait, after c's flush confirmed it", waitD(ctx), nil)
+	et.Equal(t, "flushes in all", first(natsbroker.CommitStats(pub)), flushes+1)
 
 	seen := make(map[string]bool)
 	for len(seen) < natsbroker.MaxFlushes+4 {
@@ -287,15 +286,15 @@ func first[T, U any](v T, _ U) T { return v }
 func TestOutageFailsEveryWaiter(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
-	ctx := testCtx(t)
-	px := startProxy(t, s.Addr().String())
-	pub := connect(t, px.url(), &natsbroker.Options{Timeout: time.Minute})
+	ctx := et.Ctx(t)
+	px := et.StartProxy(t, s.Addr().String())
+	pub := connect(t, "nats://"+px.Addr(), &natsbroker.Options{Timeout: time.Minute})
 	got := inbox(t, connect(t, s.ClientURL(), nil), "r")
 
-	px.hold()
+	px.Hold()
 	const pubs = 50
 	done := heldPublishes(t, ctx, pub, pubs, 0)
-	px.cut()
+	px.Cut()
 	for _, err := range done() {
 		if !errors.Is(err, natsbroker.ErrNotConnected) {
 			t.Fatalf("Publish when the connection broke: %v, want ErrNotConnected", err)
@@ -305,14 +304,14 @@ func TestOutageFailsEveryWaiter(t *testing.T) {
 		t.Fatalf("Publish while disconnected: %v, want ErrNotConnected", err)
 	}
 
-	px.open()
-	eventually(t, "the broker to reconnect", pub.Conn().IsConnected)
+	px.Open()
+	et.Eventually(t, "the broker to reconnect", pub.Conn().IsConnected)
 	if err := publish(ctx, pub, "r", []byte("after")); err != nil {
 		t.Fatalf("Publish after reconnecting: %v", err)
 	}
 	// The proxy dropped what it held: the first message through is the
 	// one published after the reconnect.
-	equal(t, "first message delivered", receive(t, ctx, got), "after")
+	et.Equal(t, "first message delivered", receive(t, ctx, got), "after")
 }
 
 // Close fails the publishes that wait for a confirmation with ErrClosed
@@ -320,14 +319,14 @@ func TestOutageFailsEveryWaiter(t *testing.T) {
 func TestCloseFailsWaiters(t *testing.T) {
 	t.Parallel()
 	s := startNATS(t, server.RANDOM_PORT)
-	ctx := testCtx(t)
-	px := startProxy(t, s.Addr().String())
-	pub := connect(t, px.url(), &natsbroker.Options{Timeout: time.Minute})
+	ctx := et.Ctx(t)
+	px := et.StartProxy(t, s.Addr().String())
+	pub := connect(t, "nats://"+px.Addr(), &natsbroker.Options{Timeout: time.Minute})
 
-	px.hold()
+	px.Hold()
 	const pubs = 20
 	done := heldPublishes(t, ctx, pub, pubs, 0)
-	equal(t, "Close", pub.Close(), nil)
+	et.Equal(t, "Close", pub.Close(), nil)
 	for _, err := range done() {
 		if !errors.Is(err, natsbroker.ErrClosed) {
 			t.Fatalf("Publish waiting when Close ran: %v, want ErrClosed", err)
@@ -344,7 +343,7 @@ func TestCloseFailsWaiters(t *testing.T) {
 // on the broker accepts joins but refuses publishes until then.
 func TestStartWhileUnreachable(t *testing.T) {
 	t.Parallel()
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	port := freePort(t)
 	url := fmt.Sprintf("nats://127.0.0.1:%d", port)
 
@@ -363,29 +362,29 @@ func TestStartWhileUnreachable(t *testing.T) {
 	h := wshub.New(nil, &wshub.Options{Engine: b, AuthorizeJoin: func(*wshub.Client, string) error { return nil }})
 	n := serve(t, h)
 	c := dial(t, n)
-	c.join("lobby")
-	c.send(`{"type":"publish","room":"lobby","id":"p","data":{"pub":"c","seq":0}}`)
-	m := c.read()
-	if m.Type != "error" || m.ID != "p" || !strings.Contains(m.Error, errBrokerText) {
-		t.Fatalf("publish before the server is up: got %+v, want a %q error", m, errBrokerText)
+	c.Join("lobby")
+	c.Send(`{"type":"publish","room":"lobby","id":"p","data":{"pub":"c","seq":0}}`)
+	m := c.Read()
+	if m.Type != "error" || m.ID != "p" || !strings.Contains(m.Error, et.ErrEngineText) {
+		t.Fatalf("publish before the server is up: got %+v, want a %q error", m, et.ErrEngineText)
 	}
 
 	s := startNATS(t, port)
-	eventually(t, "the broker to connect", b.Conn().IsConnected)
-	eventually(t, "the subscriptions made before connecting", func() bool {
+	et.Eventually(t, "the broker to connect", b.Conn().IsConnected)
+	et.Eventually(t, "the subscriptions made before connecting", func() bool {
 		return s.GlobalAccount().Interest(b.Subject("r")) == 1 && s.GlobalAccount().Interest(b.Subject("lobby")) == 1
 	})
 	other := connect(t, s.ClientURL(), nil)
 	if err := publish(ctx, other, "r", []byte("from another hub")); err != nil {
 		t.Fatalf("Publish from another broker: %v", err)
 	}
-	equal(t, "delivered", receive(t, ctx, got), "from another hub")
+	et.Equal(t, "delivered", receive(t, ctx, got), "from another hub")
 	if err := publish(ctx, b, "r", []byte("own")); err != nil {
 		t.Fatalf("Publish once connected: %v", err)
 	}
-	equal(t, "delivered", receive(t, ctx, got), "own")
-	c.send(`{"type":"publish","room":"lobby","data":{"pub":"c","seq":1}}`)
-	equal(t, "client's publish once connected", data(t, c.read()).Seq, 1)
+	et.Equal(t, "delivered", receive(t, ctx, got), "own")
+	c.Send(`{"type":"publish","room":"lobby","data":{"pub":"c","seq":1}}`)
+	et.Equal(t, "client's publish once connected", et.Data(t, c.Read()).Seq, 1)
 }
 
 // While NATS is down the hub refuses room publishes outright: the
@@ -398,37 +397,37 @@ func TestOutageRefusesLocalDelivery(t *testing.T) {
 	s := startNATS(t, server.RANDOM_PORT)
 	port := natsPort(s)
 	n := newNodes(t, s.ClientURL(), 1, nil)[0]
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	a, b := dial(t, n), dial(t, n)
-	a.join("r")
-	b.join("r")
+	a.Join("r")
+	b.Join("r")
 
 	s.Shutdown()
 	s.WaitForShutdown()
-	eventually(t, "the hub to see NATS go", func() bool { return !n.nc.IsConnected() })
+	et.Eventually(t, "the hub to see NATS go", func() bool { return !n.nc.IsConnected() })
 
-	a.send(`{"type":"publish","room":"r","id":"p","data":{"pub":"a","seq":0}}`)
-	m := a.read()
-	if m.Type != "error" || m.ID != "p" || !strings.Contains(m.Error, errBrokerText) {
-		t.Fatalf("client publish during the outage: got %+v, want a %q error", m, errBrokerText)
+	a.Send(`{"type":"publish","room":"r","id":"p","data":{"pub":"a","seq":0}}`)
+	m := a.Read()
+	if m.Type != "error" || m.ID != "p" || !strings.Contains(m.Error, et.ErrEngineText) {
+		t.Fatalf("client publish during the outage: got %+v, want a %q error", m, et.ErrEngineText)
 	}
 	if err := broadcast(ctx, n, "r", "server", 0); !errors.Is(err, wshub.ErrEngine) || !errors.Is(err, natsbroker.ErrNotConnected) {
 		t.Fatalf("Room.Broadcast during the outage: %v, want ErrEngine and ErrNotConnected", err)
 	}
-	if err := n.hub.Broadcast(ctx, &wshub.Message{Data: payload{Pub: "local"}}); err != nil {
+	if err := n.Hub.Broadcast(ctx, &wshub.Message{Data: et.Payload{Pub: "local"}}); err != nil {
 		t.Fatalf("Hub.Broadcast during the outage: %v", err)
 	}
 	// The local broadcast came after both refused publishes: it is the
 	// first message each member gets.
-	equal(t, "a's first message", data(t, a.read()).Pub, "local")
-	equal(t, "b's first message", data(t, b.read()).Pub, "local")
+	et.Equal(t, "a's first message", et.Data(t, a.Read()).Pub, "local")
+	et.Equal(t, "b's first message", et.Data(t, b.Read()).Pub, "local")
 
 	startNATS(t, port)
-	eventually(t, "the hub to reconnect", n.nc.IsConnected)
+	et.Eventually(t, "the hub to reconnect", n.nc.IsConnected)
 	if err := broadcast(ctx, n, "r", "after", 0); err != nil {
 		t.Fatalf("Room.Broadcast after the outage: %v", err)
 	}
-	equal(t, "b's message after the outage", data(t, b.read()).Pub, "after")
+	et.Equal(t, "b's message after the outage", et.Data(t, b.Read()).Pub, "after")
 }
 
 // freePort returns a loopback port that nothing listens on.
@@ -446,14 +445,7 @@ func freePort(t testing.TB) int {
 // serve runs h on a test server, closed at cleanup.
 func serve(t testing.TB, h *wshub.Hub) *node {
 	t.Helper()
-	mux := http.NewServeMux()
-	mux.Handle("/ws", h)
-	ts := httptest.NewServer(mux)
-	t.Cleanup(func() {
-		h.Close()
-		ts.Close()
-	})
-	return &node{hub: h, ts: ts}
+	return &node{Node: et.Serve(t, h)}
 }
 
 // heldPublishes starts n publishes of pub, each from its own goroutine,
@@ -467,7 +459,7 @@ func heldPublishes(t *testing.T, ctx context.Context, pub *natsbroker.Broker, n 
 	for p := range n {
 		wg.Go(func() { errs[p] = publish(ctx, pub, "r", fmt.Appendf(nil, "%d", p)) })
 	}
-	eventually(t, "every publish to wait", func() bool {
+	et.Eventually(t, "every publish to wait", func() bool {
 		_, waits := natsbroker.CommitStats(pub)
 		return waits == uint64(n)+waiting
 	})

@@ -8,255 +8,28 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/wshub/wshub"
+	et "github.com/wshub/wshub/internal/enginetest"
 	"github.com/wshub/wshub/natsbroker"
 )
 
-// policies gives the rooms named in it their policy, and no history to
-// the others.
-func policies(m map[string]wshub.HistoryPolicy) func(string) wshub.HistoryPolicy {
-	return func(room string) wshub.HistoryPolicy { return m[room] }
-}
-
-// logged is a room message as a member got it, with its seq.
-type logged struct {
-	payload
-	seq uint64
-}
-
-// collectLog reads room messages until one from publisher sentinel and
-// returns the ones before it, with their seqs; acks go to acks by ID.
-func (p *peer) collectLog(sentinel string, acks chan<- string) ([]logged, error) {
-	var got []logged
-	for range 100000 {
-		m, err := p.next()
-		if err != nil {
-			return got, err
-		}
-		switch m.Type {
-		case "ack":
-			if acks == nil {
-				return got, fmt.Errorf("unexpected %+v", m)
-			}
-			acks <- m.ID
-			continue
-		case "message":
-		default:
-			return got, fmt.Errorf("got %+v, want a room message", m)
-		}
-		var d payload
-		if err := json.Unmarshal(m.Data, &d); err != nil {
-			return got, fmt.Errorf("decode %s: %w", m.Data, err)
-		}
-		if d.Pub == sentinel {
-			return got, nil
-		}
-		got = append(got, logged{d, m.Seq})
-	}
-	return got, errors.New("no sentinel after 100000 messages")
-}
-
-// joinAck joins room with the extra join fields in extra (JSON members,
-// or ""), and returns the replayed messages and the ack.
-func (p *peer) joinAck(room, extra string) ([]logged, wireMsg) {
-	p.t.Helper()
-	if extra != "" {
-		extra = "," + extra
-	}
-	p.send(`{"type":"join","room":%s,"id":"join"%s}`, jsonString(room), extra)
-	var got []logged
-	for {
-		m := p.read()
-		switch {
-		case m.Type == "ack" && m.ID == "join":
-			return got, m
-		case m.Type == "message":
-			got = append(got, logged{data(p.t, m), m.Seq})
-		default:
-			p.t.Fatalf("join %q: got %+v", room, m)
-		}
-	}
-}
-
-// checkOneOrder fails unless every member's messages are the same, in the
-// same order, with increasing seqs.
-func checkOneOrder(t *testing.T, room string, lists [][]logged) {
-	t.Helper()
-	for i, l := range lists {
-		for j := 1; j < len(l); j++ {
-			if l[j].seq <= l[j-1].seq {
-				t.Fatalf("room %s, member %d: seq %d after %d", room, i, l[j].seq, l[j-1].seq)
-			}
-		}
-		if !slices.Equal(l, lists[0]) {
-			t.Fatalf("room %s: member %d got another order than member 0:\n%v\n%v", room, i, l, lists[0])
-		}
-	}
-}
-
-// Three hubs with a Log, two history rooms with members on every hub, and
-// publishers on every hub (clients and Room.Broadcast): every member of a
-// room gets the same messages in the same order, with increasing seqs, and
-// every acknowledged publish once.
+// The scenarios of every engine on a bus (internal/enginetest), on the
+// JetStream room log.
 func TestLogOneOrderAcrossHubs(t *testing.T) {
 	t.Parallel()
 	s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
-	rooms := []string{"a", "b"}
-	hist := policies(map[string]wshub.HistoryPolicy{"a": {Messages: 1000}, "b": {Messages: 500, MaxAge: time.Minute}})
-	nodes := newLogNodes(t, s.ClientURL(), 3, nil, hist)
-	ctx := testCtx(t)
-	const perPub = 20
-
-	type member struct {
-		p    *peer
-		room string
-		got  []logged
-		err  error
-	}
-	var members []*member
-	for _, n := range nodes {
-		for _, room := range rooms {
-			for range 2 {
-				p := dial(t, n)
-				p.join(room)
-				members = append(members, &member{p: p, room: room})
-			}
-		}
-	}
-	acks := make(chan string, len(members)*perPub)
-	var readers sync.WaitGroup
-	for _, m := range members {
-		readers.Go(func() { m.got, m.err = m.p.collectLog("sentinel", acks) })
-	}
-
-	want := map[string]map[string]int{"a": {}, "b": {}}
-	var pubs sync.WaitGroup
-	errs := make(chan error, len(nodes)*len(rooms))
-	clientPubs := 0
-	for i, n := range nodes {
-		for j, room := range rooms {
-			client, srv := fmt.Sprintf("client%d", i), fmt.Sprintf("server%d", i)
-			want[room][client], want[room][srv] = perPub, perPub
-			pub := members[i*2*len(rooms)+2*j].p
-			for seq := range perPub {
-				pub.send(`{"type":"publish","room":%q,"id":"%s-%d","data":{"pub":%q,"seq":%d}}`, room, client, seq, client, seq)
-			}
-			clientPubs += perPub
-			pubs.Go(func() {
-				if err := broadcastSeqs(ctx, n, room, srv, perPub); err != nil {
-					errs <- err
-				}
-			})
-		}
-	}
-	pubs.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatalf("Room.Broadcast: %v", err)
-	}
-	for range clientPubs {
-		select {
-		case <-acks:
-		case <-ctx.Done():
-			t.Fatal("client publishes not acknowledged")
-		}
-	}
-	// Everything acknowledged is in the logs, before the sentinels.
-	for _, room := range rooms {
-		if err := broadcast(ctx, nodes[0], room, "sentinel", 0); err != nil {
-			t.Fatalf("sentinel: %v", err)
-		}
-	}
-	readers.Wait()
-	byRoom := map[string][][]logged{}
-	for i, m := range members {
-		if m.err != nil {
-			t.Fatalf("member %d: %v", i, m.err)
-		}
-		var ps []payload
-		for _, l := range m.got {
-			ps = append(ps, l.payload)
-		}
-		checkSequences(t, fmt.Sprintf("member %d (room %s)", i, m.room), ps, want[m.room])
-		byRoom[m.room] = append(byRoom[m.room], m.got)
-	}
-	for room, lists := range byRoom {
-		checkOneOrder(t, room, lists)
-	}
+	et.OneOrderAcrossHubs(t, hubs(newLogNodes(t, s.ClientURL(), 3, nil, et.OneOrderPolicies)))
 }
 
-// A client that leaves one hub recovers on another what it missed, once
-// each, when the log still has it, and is told it could not otherwise.
 func TestLogRecoveryOnAnotherHub(t *testing.T) {
 	t.Parallel()
 	s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
-	hist := policies(map[string]wshub.HistoryPolicy{"big": {Messages: 100}, "small": {Messages: 5}})
-	nodes := newLogNodes(t, s.ClientURL(), 2, nil, hist)
-	ctx := testCtx(t)
-
-	for _, tc := range []struct {
-		room      string
-		missed    int
-		recovered bool
-	}{{"big", 20, true}, {"small", 8, false}} {
-		a := dial(t, nodes[0])
-		_, ack := a.joinAck(tc.room, "")
-		epoch := ack.Epoch
-		if epoch == "" {
-			t.Fatalf("%s: join ack without an epoch: %+v", tc.room, ack)
-		}
-		for seq := range 3 {
-			if err := broadcast(ctx, nodes[1], tc.room, "seen", seq); err != nil {
-				t.Fatal(err)
-			}
-		}
-		var since uint64
-		for range 3 {
-			m := a.read()
-			equal(t, tc.room+": seen message", data(t, m).Pub, "seen")
-			since = m.Seq
-		}
-		a.conn.Close(websocket.StatusNormalClosure, "")
-
-		for seq := range tc.missed {
-			if err := broadcast(ctx, nodes[0], tc.room, "missed", seq); err != nil {
-				t.Fatal(err)
-			}
-		}
-		b := dial(t, nodes[1])
-		replay, ack := b.joinAck(tc.room, fmt.Sprintf(`"since":%d,"epoch":%q`, since, epoch))
-		if ack.Recovered == nil || *ack.Recovered != tc.recovered {
-			t.Fatalf("%s: recovered %v, want %v (ack %+v)", tc.room, ack.Recovered, tc.recovered, ack)
-		}
-		equal(t, tc.room+": epoch after recovery", ack.Epoch, epoch)
-		if !tc.recovered {
-			equal(t, tc.room+": messages replayed without recovery", len(replay), 0)
-			continue
-		}
-		var ps []payload
-		for i, l := range replay {
-			ps = append(ps, l.payload)
-			if l.seq <= since || i > 0 && l.seq <= replay[i-1].seq {
-				t.Fatalf("%s: replayed seq %d after %d (since %d)", tc.room, l.seq, replay[max(i-1, 0)].seq, since)
-			}
-		}
-		checkSequences(t, tc.room+": replay", ps, map[string]int{"missed": tc.missed})
-		// Live messages follow, none twice.
-		if err := broadcast(ctx, nodes[0], tc.room, "live", 0); err != nil {
-			t.Fatal(err)
-		}
-		m := b.read()
-		equal(t, tc.room+": live message", data(t, m).Pub, "live")
-		if m.Seq <= replay[len(replay)-1].seq {
-			t.Fatalf("%s: live seq %d not after the replay's %d", tc.room, m.Seq, replay[len(replay)-1].seq)
-		}
-	}
+	et.RecoveryOnAnotherHub(t, hubs(newLogNodes(t, s.ClientURL(), 2, nil, et.RecoveryPolicies)))
 }
 
 // A hub that was cut off from NATS while the log dropped messages it had
@@ -265,44 +38,44 @@ func TestLogRecoveryOnAnotherHub(t *testing.T) {
 func TestLogGapClosesMembers(t *testing.T) {
 	t.Parallel()
 	s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
-	px := startProxy(t, s.Addr().String())
-	hist := policies(map[string]wshub.HistoryPolicy{"small": {Messages: 5}})
+	px := et.StartProxy(t, s.Addr().String())
+	hist := et.Policies(map[string]wshub.HistoryPolicy{"small": {Messages: 5}})
 	a := newLogNodes(t, s.ClientURL(), 1, nil, hist)[0]
-	b := newLogNodes(t, px.url(), 1, nil, hist)[0]
-	ctx := testCtx(t)
+	b := newLogNodes(t, "nats://"+px.Addr(), 1, nil, hist)[0]
+	ctx := et.Ctx(t)
 
 	m := dial(t, b)
-	_, ack := m.joinAck("small", "")
+	_, ack := m.JoinAck("small", "")
 	if err := broadcast(ctx, a, "small", "before", 0); err != nil {
 		t.Fatal(err)
 	}
-	first := m.read()
-	equal(t, "message before the outage", data(t, first).Pub, "before")
+	first := m.Read()
+	et.Equal(t, "message before the outage", et.Data(t, first).Pub, "before")
 
-	px.cut()
-	eventually(t, "hub B to lose NATS", func() bool { return !b.nc.IsConnected() })
+	px.Cut()
+	et.Eventually(t, "hub B to lose NATS", func() bool { return !b.nc.IsConnected() })
 	for seq := range 12 {
 		if err := broadcast(ctx, a, "small", "during", seq); err != nil {
 			t.Fatal(err)
 		}
 	}
-	px.open()
-	_, _, err := m.conn.Read(ctx)
+	px.Open()
+	_, _, err := m.Conn.Read(ctx)
 	if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
 		t.Fatalf("member of hub B: %v (status %d), want a close with 1012", err, got)
 	}
 
 	// It rejoins with what it had: the log lost messages after it.
 	again := dial(t, b)
-	replay, ack2 := again.joinAck("small", fmt.Sprintf(`"since":%d,"epoch":%q,"history":5`, first.Seq, ack.Epoch))
+	replay, ack2 := again.JoinAck("small", fmt.Sprintf(`"since":%d,"epoch":%q,"history":5`, first.Seq, ack.Epoch))
 	if ack2.Recovered == nil || *ack2.Recovered {
 		t.Fatalf("rejoin: recovered %v, want false", ack2.Recovered)
 	}
-	var ps []payload
+	var ps []et.Payload
 	for _, l := range replay {
-		ps = append(ps, l.payload)
+		ps = append(ps, l.Payload)
 	}
-	want := []payload{{"during", 7}, {"during", 8}, {"during", 9}, {"during", 10}, {"during", 11}}
+	want := []et.Payload{{Pub: "during", Seq: 7}, {Pub: "during", Seq: 8}, {Pub: "during", Seq: 9}, {Pub: "during", Seq: 10}, {Pub: "during", Seq: 11}}
 	if !slices.Equal(ps, want) {
 		t.Fatalf("history after the gap: %v, want %v", ps, want)
 	}
@@ -313,11 +86,11 @@ func TestLogGapClosesMembers(t *testing.T) {
 func TestLogHistoryAndPlainRooms(t *testing.T) {
 	t.Parallel()
 	s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
-	hist := policies(map[string]wshub.HistoryPolicy{"h": {Messages: 10}})
+	hist := et.Policies(map[string]wshub.HistoryPolicy{"h": {Messages: 10}})
 	nodes := newLogNodes(t, s.ClientURL(), 2, nil, hist)
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 
-	epoch, seq, err := nodes[1].hub.Room("h").Position(ctx)
+	epoch, seq, err := nodes[1].Hub.Room("h").Position(ctx)
 	if err != nil || epoch == "" {
 		t.Fatalf("Position of an empty room: %q, %d, %v", epoch, seq, err)
 	}
@@ -326,46 +99,46 @@ func TestLogHistoryAndPlainRooms(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	got, err := nodes[1].hub.Room("h").History(ctx, 5)
+	got, err := nodes[1].Hub.Room("h").History(ctx, 5)
 	if err != nil {
 		t.Fatalf("History: %v", err)
 	}
-	equal(t, "History length", len(got), 5)
+	et.Equal(t, "History length", len(got), 5)
 	for i, m := range got {
-		var d payload
+		var d et.Payload
 		if err := json.Unmarshal(m.Data.(json.RawMessage), &d); err != nil {
 			t.Fatalf("History data %v: %v", m.Data, err)
 		}
-		equal(t, "History message", d, payload{"h", 7 + i})
+		et.Equal(t, "History message", d, et.Payload{Pub: "h", Seq: 7 + i})
 		if i > 0 && m.Seq <= got[i-1].Seq {
 			t.Fatalf("History seqs %d after %d", m.Seq, got[i-1].Seq)
 		}
 	}
-	epoch2, seq2, err := nodes[1].hub.Room("h").Position(ctx)
+	epoch2, seq2, err := nodes[1].Hub.Room("h").Position(ctx)
 	if err != nil {
 		t.Fatalf("Position: %v", err)
 	}
-	equal(t, "epoch", epoch2, epoch)
-	equal(t, "Position's seq", seq2, got[4].Seq)
+	et.Equal(t, "epoch", epoch2, epoch)
+	et.Equal(t, "Position's seq", seq2, got[4].Seq)
 
 	p := dial(t, nodes[1])
-	replay, ack := p.joinAck("h", `"history":3`)
-	equal(t, "replayed", len(replay), 3)
-	equal(t, "last replayed", replay[2].payload, payload{"h", 11})
-	equal(t, "ack seq", ack.Seq, seq2)
+	replay, ack := p.JoinAck("h", `"history":3`)
+	et.Equal(t, "replayed", len(replay), 3)
+	et.Equal(t, "last replayed", replay[2].Payload, et.Payload{Pub: "h", Seq: 11})
+	et.Equal(t, "ack seq", ack.Seq, seq2)
 
 	// A room without history: core NATS, no seq.
 	x, y := dial(t, nodes[0]), dial(t, nodes[1])
-	x.join("plain")
-	y.join("plain")
-	equal(t, "core NATS subscriptions of the plain room", s.GlobalAccount().Interest(nodes[0].broker.Subject("plain")), 2)
+	x.Join("plain")
+	y.Join("plain")
+	et.Equal(t, "core NATS subscriptions of the plain room", s.GlobalAccount().Interest(nodes[0].broker.Subject("plain")), 2)
 	if err := broadcast(ctx, nodes[0], "plain", "plain", 0); err != nil {
 		t.Fatal(err)
 	}
-	for _, q := range []*peer{x, y} {
-		m := q.read()
-		equal(t, "plain message", data(t, m).Pub, "plain")
-		equal(t, "plain message's seq", m.Seq, 0)
+	for _, q := range []*et.Peer{x, y} {
+		m := q.Read()
+		et.Equal(t, "plain message", et.Data(t, m).Pub, "plain")
+		et.Equal(t, "plain message's seq", m.Seq, 0)
 	}
 }
 
@@ -373,7 +146,7 @@ func TestLogHistoryAndPlainRooms(t *testing.T) {
 func TestLogLifecycle(t *testing.T) {
 	t.Parallel()
 	s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	p := wshub.HistoryPolicy{Messages: 3}
 
 	if _, err := natsbroker.ConnectLog(s.ClientURL(), &natsbroker.Options{Replicas: 7}); err == nil {
@@ -383,8 +156,8 @@ func TestLogLifecycle(t *testing.T) {
 	if err != nil {
 		t.Fatalf("ConnectLog: %v", err)
 	}
-	equal(t, "reconnect buffer", l.Conn().Opts.ReconnectBufSize, -1)
-	equal(t, "log subject", l.LogSubject("lobby", p), "wshub.room.log.3_3600s.bG9iYnk")
+	et.Equal(t, "reconnect buffer", l.Conn().Opts.ReconnectBufSize, -1)
+	et.Equal(t, "log subject", l.LogSubject("lobby", p), "wshub.room.log.3_3600s.bG9iYnk")
 	if name := l.LogStream(p); !strings.HasPrefix(name, "wshub_room_") || !strings.HasSuffix(name, "_log_3_3600s") {
 		t.Fatalf("stream name %q", name)
 	}
@@ -499,13 +272,13 @@ func TestLogLifecycle(t *testing.T) {
 		}
 		return delivery{}
 	}
-	equal(t, "first delivery", next(), delivery{seqs[46], "id46"})
-	equal(t, "second delivery", next(), delivery{seqs[48], "id48"})
+	et.Equal(t, "first delivery", next(), delivery{seqs[46], "id46"})
+	et.Equal(t, "second delivery", next(), delivery{seqs[48], "id48"})
 	seq, err := natsbroker.Append(l, ctx, "r", p, "live", []byte(`{"type":"message"}`))()
 	if err != nil {
 		t.Fatal(err)
 	}
-	equal(t, "live delivery", next(), delivery{seq, "live"})
+	et.Equal(t, "live delivery", next(), delivery{seq, "live"})
 
 	stream, err := jetstream.New(l.Conn())
 	if err != nil {
@@ -522,12 +295,12 @@ func TestLogLifecycle(t *testing.T) {
 		}
 		return info.State.Consumers
 	}
-	equal(t, "consumers while following", consumers(), 1)
-	equal(t, "Unfollow", l.Unfollow("r"), nil)
+	et.Equal(t, "consumers while following", consumers(), 1)
+	et.Equal(t, "Unfollow", l.Unfollow("r"), nil)
 	stopped.Lock()
 	stoppedFlag = true
 	stopped.Unlock()
-	eventually(t, "the follow's consumer to go", func() bool { return consumers() == 0 })
+	et.Eventually(t, "the follow's consumer to go", func() bool { return consumers() == 0 })
 	if err := l.Publish(ctx, "r", p, "after", []byte(`{"type":"message"}`))(); err != nil {
 		t.Fatal(err)
 	}
@@ -537,9 +310,9 @@ func TestLogLifecycle(t *testing.T) {
 	if err := l.Follow("r", p, seq, deliver); err != nil {
 		t.Fatalf("Follow again: %v", err)
 	}
-	equal(t, "delivery after following again", next().id, "after")
+	et.Equal(t, "delivery after following again", next().id, "after")
 
-	equal(t, "Close", l.Close(), nil)
+	et.Equal(t, "Close", l.Close(), nil)
 	if !l.Conn().IsClosed() {
 		t.Fatal("Close left ConnectLog's connection open")
 	}
@@ -566,161 +339,28 @@ func TestLogLifecycle(t *testing.T) {
 	if err := l2.Publish(ctx, "r", p, "down", []byte(`{}`))(); !errors.Is(err, natsbroker.ErrNotConnected) {
 		t.Fatalf("Publish on a closed connection: %v, want ErrNotConnected", err)
 	}
-	equal(t, "Close of NewLog's", l2.Close(), nil)
+	et.Equal(t, "Close of NewLog's", l2.Close(), nil)
 }
 
-// NATS is killed in the middle of traffic and restarted on the same port
-// with the same store; one hub comes back later than the others. Every
-// acknowledged publish reaches every member once, in one order; one that
-// failed definitely reaches none; an unconfirmed one all or none.
+// RestartMidTraffic (internal/enginetest) on the room log: the NATS
+// server goes away and comes back on the same port with the same store.
 func TestLogNATSRestart(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := startJetStream(t, server.RANDOM_PORT, dir)
 	port := natsPort(s)
-	px := startProxy(t, s.Addr().String())
-	hist := policies(map[string]wshub.HistoryPolicy{"r": {Messages: 10000}})
-	nodes := newLogNodes(t, s.ClientURL(), 2, nil, hist)
-	nodes = append(nodes, newLogNodes(t, px.url(), 1, nil, hist)...) // comes back later
-	ctx := testCtx(t)
-
-	type member struct {
-		got []logged
-		err error
-	}
-	members := make([]*member, 2*len(nodes))
-	var readers sync.WaitGroup
-	for i := range members {
-		p := dial(t, nodes[i/2])
-		p.join("r")
-		m := &member{}
-		members[i] = m
-		readers.Go(func() { m.got, m.err = p.collectLog("sentinel", nil) })
-	}
-	epoch, _, err := nodes[0].hub.Room("r").Position(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	// Every hub publishes until it saw failures while NATS was down, then
-	// some more once it is back.
-	type outcome struct {
-		ok, failed, unconfirmed map[int]bool
-	}
-	outcomes := make([]outcome, len(nodes))
-	var down sync.WaitGroup
-	down.Add(len(nodes))
-	restarted := make(chan struct{})
-	var pubs sync.WaitGroup
-	var started sync.WaitGroup
-	started.Add(len(nodes))
-	for i, n := range nodes {
-		o := outcome{map[int]bool{}, map[int]bool{}, map[int]bool{}}
-		outcomes[i] = o
-		pub := fmt.Sprintf("pub%d", i)
-		pubs.Go(func() {
-			seq, failures := 0, 0
-			publish := func() {
-				err := broadcast(ctx, n, "r", pub, seq)
-				switch {
-				case err == nil:
-					o.ok[seq] = true
-				case errors.Is(err, natsbroker.ErrUnconfirmed):
-					o.unconfirmed[seq] = true
-				case errors.Is(err, wshub.ErrEngine):
-					o.failed[seq] = true
-					failures++
-				default:
-					t.Errorf("%s: Room.Broadcast %d: %v", pub, seq, err)
-				}
-				seq++
-			}
-			for seq < 5 {
-				publish()
-			}
-			started.Done()
-			for failures < 3 && seq < 100000 {
-				publish()
-			}
-			down.Done()
-			<-restarted
-			eventually(t, pub+"'s hub to reconnect", n.nc.IsConnected)
-			for range 10 {
-				publish()
-			}
-		})
-	}
-	started.Wait()
-	s.Shutdown()
-	s.WaitForShutdown()
-	px.cut()
-	down.Wait()
-
-	startJetStream(t, port, dir)
-	close(restarted)
-	eventually(t, "hubs 0 and 1 to reconnect", func() bool { return nodes[0].nc.IsConnected() && nodes[1].nc.IsConnected() })
-	if err := broadcast(ctx, nodes[0], "r", "while-2-away", 0); err != nil {
-		t.Fatalf("publish while hub 2 is away: %v", err)
-	}
-	px.open()
-	pubs.Wait()
-	if t.Failed() {
-		return
-	}
-	epoch2, _, err := nodes[1].hub.Room("r").Position(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	equal(t, "epoch after the restart (file storage)", epoch2, epoch)
-	if err := broadcast(ctx, nodes[0], "r", "sentinel", 0); err != nil {
-		t.Fatalf("sentinel: %v", err)
-	}
-	readers.Wait()
-
-	var lists [][]logged
-	for i, m := range members {
-		if m.err != nil {
-			t.Fatalf("member %d: %v", i, m.err)
-		}
-		lists = append(lists, m.got)
-	}
-	checkOneOrder(t, "r", lists)
-	got := lists[0]
-	count := map[payload]int{}
-	last := map[string]int{}
-	for _, l := range got {
-		count[l.payload]++
-		if prev, ok := last[l.Pub]; ok && l.Seq <= prev {
-			t.Fatalf("%s's %d after its %d", l.Pub, l.Seq, prev)
-		}
-		last[l.Pub] = l.Seq
-	}
-	equal(t, "the message published while hub 2 was away", count[payload{"while-2-away", 0}], 1)
-	var nOK, nFailed, nUnconfirmed, nUnconfirmedDelivered int
-	for i, o := range outcomes {
-		pub := fmt.Sprintf("pub%d", i)
-		for seq := range o.ok {
-			if c := count[payload{pub, seq}]; c != 1 {
-				t.Fatalf("acknowledged %s %d delivered %d times", pub, seq, c)
-			}
-		}
-		for seq := range o.failed {
-			if c := count[payload{pub, seq}]; c != 0 {
-				t.Fatalf("failed %s %d delivered %d times", pub, seq, c)
-			}
-		}
-		for seq := range o.unconfirmed {
-			if c := count[payload{pub, seq}]; c > 1 {
-				t.Fatalf("unconfirmed %s %d delivered %d times", pub, seq, c)
-			} else if c == 1 {
-				nUnconfirmedDelivered++
-			}
-		}
-		nOK += len(o.ok)
-		nFailed += len(o.failed)
-		nUnconfirmed += len(o.unconfirmed)
-	}
-	t.Logf("%d acknowledged, %d failed, %d unconfirmed (%d of them delivered)", nOK, nFailed, nUnconfirmed, nUnconfirmedDelivered)
+	px := et.StartProxy(t, s.Addr().String())
+	nodes := newLogNodes(t, s.ClientURL(), 2, nil, et.RestartPolicies)
+	nodes = append(nodes, newLogNodes(t, "nats://"+px.Addr(), 1, nil, et.RestartPolicies)...)
+	et.RestartMidTraffic(t, hubs(nodes), px, et.Restart{
+		Stop: func() {
+			s.Shutdown()
+			s.WaitForShutdown()
+		},
+		Start:       func() { startJetStream(t, port, dir) },
+		Connected:   func(i int) bool { return nodes[i].nc.IsConnected() },
+		Unconfirmed: natsbroker.ErrUnconfirmed,
+	})
 }
 
 // With memory storage a restart of NATS loses the streams: hubs close the
@@ -731,27 +371,27 @@ func TestLogMemoryStorageRestart(t *testing.T) {
 	dir := t.TempDir()
 	s := startJetStream(t, server.RANDOM_PORT, dir)
 	port := natsPort(s)
-	hist := policies(map[string]wshub.HistoryPolicy{"m": {Messages: 50}})
+	hist := et.Policies(map[string]wshub.HistoryPolicy{"m": {Messages: 50}})
 	nodes := newLogNodes(t, s.ClientURL(), 2, &natsbroker.Options{MemoryStorage: true}, hist)
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 
 	p := dial(t, nodes[1])
-	_, ack := p.joinAck("m", "")
+	_, ack := p.JoinAck("m", "")
 	if err := broadcast(ctx, nodes[0], "m", "before", 0); err != nil {
 		t.Fatal(err)
 	}
-	equal(t, "message before the restart", data(t, p.read()).Pub, "before")
+	et.Equal(t, "message before the restart", et.Data(t, p.Read()).Pub, "before")
 
 	s.Shutdown()
 	s.WaitForShutdown()
 	startJetStream(t, port, dir)
-	_, _, err := p.conn.Read(ctx)
+	_, _, err := p.Conn.Read(ctx)
 	if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
 		t.Fatalf("member: %v (status %d), want a close with 1012", err, got)
 	}
 	var epoch string
-	eventually(t, "the room's new epoch", func() bool {
-		epoch, _, err = nodes[0].hub.Room("m").Position(ctx)
+	et.Eventually(t, "the room's new epoch", func() bool {
+		epoch, _, err = nodes[0].Hub.Room("m").Position(ctx)
 		return err == nil && epoch != ack.Epoch
 	})
 
@@ -759,12 +399,12 @@ func TestLogMemoryStorageRestart(t *testing.T) {
 	// old room, whose cursor refers to the lost stream, and miss the new
 	// stream's messages up to that seq (the core keeps the cursor after
 	// a loss, an Entry without JSON): wait for the hub to drop the room.
-	eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].hub.Room("m").Len() == 0 })
+	et.Eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].Hub.Room("m").Len() == 0 })
 	q := dial(t, nodes[1])
-	_, ack2 := q.joinAck("m", fmt.Sprintf(`"since":%d,"epoch":%q`, ack.Seq, ack.Epoch))
+	_, ack2 := q.JoinAck("m", fmt.Sprintf(`"since":%d,"epoch":%q`, ack.Seq, ack.Epoch))
 	if ack2.Recovered == nil || *ack2.Recovered || ack2.Epoch != epoch {
 		t.Fatalf("rejoin after the restart: %+v, want recovered false and epoch %q", ack2, epoch)
 	}
-	eventually(t, "appends to work again", func() bool { return broadcast(ctx, nodes[0], "m", "after", 0) == nil })
-	equal(t, "message after the restart", data(t, q.read()).Pub, "after")
+	et.Eventually(t, "appends to work again", func() bool { return broadcast(ctx, nodes[0], "m", "after", 0) == nil })
+	et.Equal(t, "message after the restart", et.Data(t, q.Read()).Pub, "after")
 }

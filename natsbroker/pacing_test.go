@@ -14,6 +14,7 @@ import (
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/wshub/wshub"
+	et "github.com/wshub/wshub/internal/enginetest"
 	"github.com/wshub/wshub/natsbroker"
 )
 
@@ -34,8 +35,8 @@ func smallQueues(o *wshub.Options) { o.Limits.SendQueue = 64 }
 // reader is a client in room r that reads everything until the sentinel
 // publisher's message: room messages, and the answers to its publishes.
 type reader struct {
-	p     *peer
-	got   []payload
+	p     *et.Peer
+	got   []et.Payload
 	acked map[string]bool // publish id → acknowledged (false: an error frame)
 	err   error
 	done  chan struct{}
@@ -49,12 +50,13 @@ type reader struct {
 func startReader(t *testing.T, n *node) *reader {
 	m := &reader{p: dial(t, n), acked: make(map[string]bool), done: make(chan struct{})}
 	m.answer = sync.NewCond(&m.mu)
-	m.p.join("r")
-	go m.read()
+	m.p.Join("r")
+	go m.Read()
 	return m
 }
 
-func (m *reader) read() {
+// Read reads until the connection ends, noting what comes.
+func (m *reader) Read() {
 	var err error
 	defer func() {
 		m.mu.Lock()
@@ -64,8 +66,8 @@ func (m *reader) read() {
 		close(m.done)
 	}()
 	for {
-		var w wireMsg
-		if w, err = m.p.next(); err != nil {
+		var w et.Msg
+		if w, err = m.p.Next(); err != nil {
 			return
 		}
 		switch w.Type {
@@ -76,7 +78,7 @@ func (m *reader) read() {
 			m.answer.Broadcast()
 			m.mu.Unlock()
 		case "message":
-			var d payload
+			var d et.Payload
 			if err = json.Unmarshal(w.Data, &d); err != nil {
 				return
 			}
@@ -101,7 +103,7 @@ func (m *reader) awaitAnswers(n int) {
 	}
 }
 
-// publishEvery publishes payload{pub, seq} to r from m every interval
+// publishEvery publishes et.Payload{Pub: pub, Seq: seq} to r from m every interval
 // until stop closes, and returns how many it sent.
 func (m *reader) publishEvery(pub string, interval time.Duration, stop <-chan struct{}) int {
 	tick := time.NewTicker(interval)
@@ -113,7 +115,7 @@ func (m *reader) publishEvery(pub string, interval time.Duration, stop <-chan st
 		case <-tick.C:
 		}
 		frame := fmt.Sprintf(`{"type":"publish","room":"r","id":"%d","data":{"pub":%q,"seq":%d}}`, seq, pub, seq)
-		if err := m.p.conn.Write(m.p.ctx, websocket.MessageText, []byte(frame)); err != nil {
+		if err := m.p.Conn.Write(m.p.Ctx, websocket.MessageText, []byte(frame)); err != nil {
 			return seq // the reader reports why
 		}
 	}
@@ -123,7 +125,7 @@ func (m *reader) publishEvery(pub string, interval time.Duration, stop <-chan st
 // it.
 func endReaders(t *testing.T, n *node, readers []*reader) {
 	t.Helper()
-	if err := broadcast(testCtx(t), n, "r", "sentinel", 0); err != nil {
+	if err := broadcast(et.Ctx(t), n, "r", "sentinel", 0); err != nil {
 		t.Fatalf("sentinel: %v", err)
 	}
 	for i, m := range readers {
@@ -143,7 +145,7 @@ func endReaders(t *testing.T, n *node, readers []*reader) {
 func checkAcked(t *testing.T, members []*reader, pubs map[string]*reader) {
 	t.Helper()
 	want := members[0].got
-	seen := make(map[payload]bool)
+	seen := make(map[et.Payload]bool)
 	for _, d := range want {
 		if seen[d] {
 			t.Fatalf("reader 0 got %+v twice", d)
@@ -153,7 +155,7 @@ func checkAcked(t *testing.T, members []*reader, pubs map[string]*reader) {
 	for pub, m := range pubs {
 		for id, ok := range m.acked {
 			seq, _ := strconv.Atoi(id)
-			if ok && !seen[payload{Pub: pub, Seq: seq}] {
+			if ok && !seen[et.Payload{Pub: pub, Seq: seq}] {
 				t.Fatalf("acknowledged publish %s %d reached nobody", pub, seq)
 			}
 		}
@@ -179,9 +181,9 @@ func TestLogPacedAfterBusHang(t *testing.T) {
 
 func logBusHang(t *testing.T, hang time.Duration) {
 	s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
-	px := startProxy(t, s.Addr().String())
-	hist := policies(map[string]wshub.HistoryPolicy{"r": {Messages: 100000}})
-	nodes := startNodes(t, px.url(), 2, nil, hist, true, smallQueues)
+	px := et.StartProxy(t, s.Addr().String())
+	hist := et.Policies(map[string]wshub.HistoryPolicy{"r": {Messages: 100000}})
+	nodes := startNodes(t, "nats://"+px.Addr(), 2, nil, hist, true, smallQueues)
 
 	var members []*reader
 	for i := range 100 {
@@ -201,9 +203,9 @@ func logBusHang(t *testing.T, hang time.Duration) {
 		})
 	}
 	time.Sleep(time.Second) // traffic before the hang
-	px.hold()
+	px.Hold()
 	time.Sleep(hang)
-	px.release()
+	px.Release()
 	time.Sleep(time.Second) // and after
 	close(stop)
 	wg.Wait()
@@ -212,7 +214,7 @@ func logBusHang(t *testing.T, hang time.Duration) {
 	}
 	endReaders(t, nodes[0], members)
 	for i, n := range nodes {
-		equal(t, fmt.Sprintf("hub %d's kicked members", i), n.hub.Stats().Kicked, 0)
+		et.Equal(t, fmt.Sprintf("hub %d's kicked members", i), n.Hub.Stats().Kicked, 0)
 	}
 	checkAcked(t, members, pubs)
 	t.Logf("%d messages, %d/%d published", len(members[0].got), sent["a"], sent["b"])
@@ -227,7 +229,7 @@ func TestFloodPacedOnOtherHub(t *testing.T) {
 			s := startJetStream(t, server.RANDOM_PORT, t.TempDir())
 			var hist func(string) wshub.HistoryPolicy
 			if useLog {
-				hist = policies(map[string]wshub.HistoryPolicy{"r": {Messages: 100000}})
+				hist = et.Policies(map[string]wshub.HistoryPolicy{"r": {Messages: 100000}})
 			}
 			nodes := startNodes(t, s.ClientURL(), 2, nil, hist, useLog, smallQueues)
 			var members []*reader
@@ -237,7 +239,7 @@ func TestFloodPacedOnOtherHub(t *testing.T) {
 			flooder := members[0] // on hub A
 			n := soak(2000, 10000)
 			for seq := range n {
-				flooder.p.send(`{"type":"publish","room":"r","id":"%d","data":{"pub":"a","seq":%d}}`, seq, seq)
+				flooder.p.Send(`{"type":"publish","room":"r","id":"%d","data":{"pub":"a","seq":%d}}`, seq, seq)
 			}
 			flooder.awaitAnswers(n)
 			endReaders(t, nodes[0], members)
@@ -246,9 +248,9 @@ func TestFloodPacedOnOtherHub(t *testing.T) {
 					t.Fatalf("publish %s refused", id)
 				}
 			}
-			equal(t, "hub B's kicked members", nodes[1].hub.Stats().Kicked, 0)
+			et.Equal(t, "hub B's kicked members", nodes[1].Hub.Stats().Kicked, 0)
 			for i, m := range members {
-				checkSequences(t, fmt.Sprintf("reader %d", i), m.got, map[string]int{"a": n})
+				et.CheckSequences(t, fmt.Sprintf("reader %d", i), m.got, map[string]int{"a": n})
 			}
 		})
 	}
@@ -265,18 +267,18 @@ func TestCoreBurstPastBound(t *testing.T) {
 			s := startNATS(t, server.RANDOM_PORT)
 			var hist func(string) wshub.HistoryPolicy
 			if history {
-				hist = policies(map[string]wshub.HistoryPolicy{"r": {Messages: 10}})
+				hist = et.Policies(map[string]wshub.HistoryPolicy{"r": {Messages: 10}})
 			}
 			nodes := startNodes(t, s.ClientURL(), 2, &natsbroker.Options{BurstBytes: 64 << 10}, hist, false,
 				func(o *wshub.Options) { o.Limits.WriteTimeout = 2 * time.Second })
 			stalled := dial(t, nodes[1])
-			stalled.join("r") // and never reads again
+			stalled.Join("r") // and never reads again
 			reader := dial(t, nodes[1])
-			_, ack := reader.joinAck("r", "")
+			_, ack := reader.JoinAck("r", "")
 			closed := make(chan error, 1)
 			go func() {
 				for {
-					if _, err := reader.next(); err != nil {
+					if _, err := reader.Next(); err != nil {
 						closed <- err
 						return
 					}
@@ -285,15 +287,15 @@ func TestCoreBurstPastBound(t *testing.T) {
 			// 32 MiB from hub A, more than the stalled member's socket and
 			// queue take, and far more than BurstBytes.
 			big := strings.Repeat("x", 8<<10)
-			ctx := testCtx(t)
+			ctx := et.Ctx(t)
 			for i := range 4096 {
-				if err := nodes[0].hub.Room("r").Broadcast(ctx, &wshub.Message{Data: payload{Pub: big, Seq: i}}); err != nil {
+				if err := nodes[0].Hub.Room("r").Broadcast(ctx, &wshub.Message{Data: et.Payload{Pub: big, Seq: i}}); err != nil {
 					t.Fatalf("broadcast %d: %v", i, err)
 				}
 			}
-			nodes[0].hub.Room("r").Broadcast(ctx, &wshub.Message{Data: payload{Pub: "after"}}) // the burst's end shows it
+			nodes[0].Hub.Room("r").Broadcast(ctx, &wshub.Message{Data: et.Payload{Pub: "after"}}) // the burst's end shows it
 			err := <-closed
-			equal(t, "reader's close code", websocket.CloseStatus(err), websocket.StatusServiceRestart)
+			et.Equal(t, "reader's close code", websocket.CloseStatus(err), websocket.StatusServiceRestart)
 			if !history {
 				return
 			}
@@ -301,10 +303,10 @@ func TestCoreBurstPastBound(t *testing.T) {
 			// closed with 1012 again, and rejoins again, as a client does.
 			for attempt := 0; ; attempt++ {
 				again := dial(t, nodes[1])
-				again.send(`{"type":"join","room":"r","id":"join","epoch":%q,"since":%d}`, ack.Epoch, ack.Seq)
-				m, err := again.next()
+				again.Send(`{"type":"join","room":"r","id":"join","epoch":%q,"since":%d}`, ack.Epoch, ack.Seq)
+				m, err := again.Next()
 				for err == nil && m.Type == "message" {
-					m, err = again.next()
+					m, err = again.Next()
 				}
 				if code := websocket.CloseStatus(err); code == websocket.StatusServiceRestart && attempt < 10 {
 					continue
@@ -327,19 +329,19 @@ func TestStalledMemberDoesNotHoldRoom(t *testing.T) {
 	nodes := startNodes(t, s.ClientURL(), 2, &natsbroker.Options{BurstBytes: 256 << 20}, nil, false,
 		func(o *wshub.Options) { o.Limits.WriteTimeout = time.Hour })
 	stalled := dial(t, nodes[1])
-	stalled.join("r") // and never reads again
+	stalled.Join("r") // and never reads again
 	r := startReader(t, nodes[1])
 	// 16 MiB from hub A: more than the stalled member's socket and queue
 	// take.
 	big := strings.Repeat("x", 8<<10)
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	const n = 2048
 	for i := range n {
-		if err := nodes[0].hub.Room("r").Broadcast(ctx, &wshub.Message{Data: payload{Pub: big, Seq: i}}); err != nil {
+		if err := nodes[0].Hub.Room("r").Broadcast(ctx, &wshub.Message{Data: et.Payload{Pub: big, Seq: i}}); err != nil {
 			t.Fatalf("broadcast %d: %v", i, err)
 		}
 	}
 	endReaders(t, nodes[0], []*reader{r})
-	equal(t, "messages the reader got", len(r.got), n)
-	equal(t, "hub B's kicked members", nodes[1].hub.Stats().Kicked, 1)
+	et.Equal(t, "messages the reader got", len(r.got), n)
+	et.Equal(t, "hub B's kicked members", nodes[1].Hub.Stats().Kicked, 1)
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/wshub/wshub"
+	et "github.com/wshub/wshub/internal/enginetest"
 	"github.com/wshub/wshub/natsbroker"
 )
 
@@ -23,29 +24,29 @@ func TestNATSRestart(t *testing.T) {
 	port := natsPort(s)
 	nodes := newNodes(t, s.ClientURL(), 3, nil)
 	last := newNodes(t, s.ClientURL(), 1, nil)[0] // publishes the sentinel, see TestRoomSpansHubs
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	subject, subject2 := nodes[0].broker.Subject("r"), nodes[0].broker.Subject("late")
 
-	readers := make([]*peer, len(nodes))
+	readers := make([]*et.Peer, len(nodes))
 	for i, n := range nodes {
 		readers[i] = dial(t, n)
-		readers[i].join("r")
+		readers[i].Join("r")
 	}
 	pub := dial(t, nodes[1]) // a client publisher, also a member
-	pub.join("r")
+	pub.Join("r")
 
 	if err := broadcast(ctx, nodes[0], "r", "before", 0); err != nil {
 		t.Fatalf("broadcast before the outage: %v", err)
 	}
 	type result struct {
-		got []payload
+		got []et.Payload
 		err error
 	}
 	results := make([]result, len(readers))
 	var reading sync.WaitGroup
 	for i, r := range readers {
 		reading.Go(func() {
-			got, err := r.collect("sentinel", nil)
+			got, err := r.Collect("sentinel", nil)
 			results[i] = result{got, err}
 		})
 	}
@@ -106,32 +107,32 @@ func TestNATSRestart(t *testing.T) {
 	// A client joins a new room while NATS is down: the join succeeds at
 	// once, and the room works once NATS is back.
 	late := dial(t, nodes[2])
-	late.join("late")
+	late.Join("late")
 
 	t.Logf("while NATS was down: %d server publishes succeeded, %d failed; %d of %d client publishes succeeded",
 		len(okServer), wantFailures, len(okClient), clientAttempts)
 
-	if n := nodes[0].hub.Stats().EngineErrors; n < wantFailures {
+	if n := nodes[0].Hub.Stats().EngineErrors; n < wantFailures {
 		t.Errorf("hub 0's Stats.EngineErrors = %d after %d failed broadcasts", n, wantFailures)
 	}
 	s2 := startNATS(t, port)
 	for i, n := range nodes {
-		eventually(t, fmt.Sprintf("hub %d to reconnect", i), n.nc.IsConnected)
-		if r := n.hub.Stats().EngineReconnects; r < 1 {
+		et.Eventually(t, fmt.Sprintf("hub %d to reconnect", i), n.nc.IsConnected)
+		if r := n.Hub.Stats().EngineReconnects; r < 1 {
 			t.Errorf("hub %d's Stats.EngineReconnects = %d after a reconnection", i, r)
 		}
 	}
 	// nats.go re-sends the subscriptions on reconnect; the new server has
 	// one per hub.
-	eventually(t, "subscriptions on the new server", func() bool {
+	et.Eventually(t, "subscriptions on the new server", func() bool {
 		return s2.GlobalAccount().Interest(subject) == len(nodes) && s2.GlobalAccount().Interest(subject2) == 1
 	})
 
-	equal(t, "subscriptions of the room joined during the outage", s2.GlobalAccount().Interest(subject2), 1)
+	et.Equal(t, "subscriptions of the room joined during the outage", s2.GlobalAccount().Interest(subject2), 1)
 	if err := broadcast(ctx, nodes[0], "late", "late", 0); err != nil {
 		t.Fatalf("broadcast to the room joined during the outage: %v", err)
 	}
-	equal(t, "message in the room joined during the outage", data(t, late.read()).Pub, "late")
+	et.Equal(t, "message in the room joined during the outage", et.Data(t, late.Read()).Pub, "late")
 
 	want := map[string]int{"before": 1, "after": 3}
 	for seq := range want["after"] {
@@ -139,7 +140,7 @@ func TestNATSRestart(t *testing.T) {
 			t.Fatalf("broadcast after the restart: %v", err)
 		}
 	}
-	eventually(t, "the sentinel's hub to reconnect", last.nc.IsConnected)
+	et.Eventually(t, "the sentinel's hub to reconnect", last.nc.IsConnected)
 	if err := broadcast(ctx, last, "r", "sentinel", 0); err != nil {
 		t.Fatalf("sentinel: %v", err)
 	}
@@ -152,7 +153,7 @@ func TestNATSRestart(t *testing.T) {
 		// A publish that returned nil during the outage was delivered:
 		// keep those, and check them and the rest as sequences.
 		delivered := map[string]map[int]bool{"down-server": {}, "down-client": {}}
-		var rest []payload
+		var rest []et.Payload
 		for _, d := range got {
 			if m, ok := delivered[d.Pub]; ok {
 				m[d.Seq] = true
@@ -170,24 +171,24 @@ func TestNATSRestart(t *testing.T) {
 				t.Fatalf("reader %d: client publish %d was acknowledged during the outage but not delivered", i, seq)
 			}
 		}
-		checkSequences(t, fmt.Sprintf("reader %d", i), rest, want)
+		et.CheckSequences(t, fmt.Sprintf("reader %d", i), rest, want)
 	}
 }
 
 // pubDuringOutage publishes seq from p and reports whether the hub
 // acknowledged it; an error frame must be an engine error.
-func pubDuringOutage(t *testing.T, p *peer, seq int) bool {
+func pubDuringOutage(t *testing.T, p *et.Peer, seq int) bool {
 	t.Helper()
 	id := fmt.Sprint(seq)
-	p.send(`{"type":"publish","room":"r","id":%q,"data":{"pub":"down-client","seq":%d}}`, id, seq)
+	p.Send(`{"type":"publish","room":"r","id":%q,"data":{"pub":"down-client","seq":%d}}`, id, seq)
 	for range 100 {
-		m := p.read()
+		m := p.Read()
 		switch {
 		case m.Type == "ack" && m.ID == id:
 			return true
 		case m.Type == "error" && m.ID == id:
-			if !strings.Contains(m.Error, errBrokerText) {
-				t.Fatalf("publish %d: error %q, want %q", seq, m.Error, errBrokerText)
+			if !strings.Contains(m.Error, et.ErrEngineText) {
+				t.Fatalf("publish %d: error %q, want %q", seq, m.Error, et.ErrEngineText)
 			}
 			return false
 		case m.Type == "message":

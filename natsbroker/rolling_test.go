@@ -17,6 +17,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/wshub/wshub"
 	"github.com/wshub/wshub/client"
+	et "github.com/wshub/wshub/internal/enginetest"
 	"github.com/wshub/wshub/natsbroker"
 )
 
@@ -39,7 +40,7 @@ func newLogHub(t *testing.T, url string) *wshub.Hub {
 	}
 	h := wshub.New(nil, &wshub.Options{
 		Engine:        lg,
-		Rooms:         roomsOf(policies(map[string]wshub.HistoryPolicy{"r": {Messages: 100000}})),
+		Rooms:         et.RoomsOf(et.Policies(map[string]wshub.HistoryPolicy{"r": {Messages: 100000}})),
 		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
 	})
 	t.Cleanup(func() {
@@ -62,7 +63,7 @@ func newRollingHub(t *testing.T, url string) *rollingHub {
 // reconnections, and may publish.
 type roller struct {
 	c          *client.Conn
-	got        []payload
+	got        []et.Payload
 	reconnects atomic.Int64
 	lost       atomic.Int64 // rejoins that could not recover
 	err        error
@@ -71,7 +72,7 @@ type roller struct {
 
 func startRoller(t *testing.T, url string) *roller {
 	t.Helper()
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	r := &roller{done: make(chan struct{})}
 	var err error
 	r.c, err = client.Dial(ctx, url, &client.Options{
@@ -98,7 +99,7 @@ func startRoller(t *testing.T, url string) *roller {
 			if m.Type != wshub.TypeMessage {
 				continue
 			}
-			var d payload
+			var d et.Payload
 			b, _ := m.Data.(json.RawMessage)
 			if err := json.Unmarshal(b, &d); err != nil {
 				r.err = err
@@ -114,7 +115,7 @@ func startRoller(t *testing.T, url string) *roller {
 	return r
 }
 
-// publishFor publishes payload{pub, seq} every interval until stop
+// publishFor publishes et.Payload{Pub: pub, Seq: seq} every interval until stop
 // closes, and returns the seqs acknowledged.
 func (r *roller) publishFor(ctx context.Context, pub string, interval time.Duration, stop <-chan struct{}) map[int]bool {
 	acked := make(map[int]bool)
@@ -132,7 +133,7 @@ func (r *roller) publishFor(ctx context.Context, pub string, interval time.Durat
 		wg.Go(func() {
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			if r.c.Publish(pctx, "r", payload{Pub: pub, Seq: seq}) == nil {
+			if r.c.Publish(pctx, "r", et.Payload{Pub: pub, Seq: seq}) == nil {
 				mu.Lock()
 				acked[seq] = true
 				mu.Unlock()
@@ -159,7 +160,7 @@ func TestLogRollingRestart(t *testing.T) {
 		}
 		rollers = append(rollers, startRoller(t, url))
 	}
-	ctx := testCtx(t)
+	ctx := et.Ctx(t)
 	stop := make(chan struct{})
 	acked := make(map[string]map[int]bool)
 	var mu sync.Mutex
@@ -185,7 +186,7 @@ func TestLogRollingRestart(t *testing.T) {
 	close(stop)
 	pubs.Wait()
 
-	if err := b.hub.Load().Room("r").Broadcast(ctx, &wshub.Message{Data: payload{Pub: "sentinel"}}); err != nil {
+	if err := b.hub.Load().Room("r").Broadcast(ctx, &wshub.Message{Data: et.Payload{Pub: "sentinel"}}); err != nil {
 		t.Fatalf("sentinel: %v", err)
 	}
 	for i, r := range rollers {
@@ -201,10 +202,10 @@ func TestLogRollingRestart(t *testing.T) {
 		if i%2 == 0 {
 			want = 1 // on the hub replaced
 		}
-		equal(t, fmt.Sprintf("client %d's reconnections", i), r.reconnects.Load(), want)
-		equal(t, fmt.Sprintf("client %d's rejoins not recovered", i), r.lost.Load(), 0)
+		et.Equal(t, fmt.Sprintf("client %d's reconnections", i), r.reconnects.Load(), want)
+		et.Equal(t, fmt.Sprintf("client %d's rejoins not recovered", i), r.lost.Load(), 0)
 	}
-	seen := make(map[payload]bool)
+	seen := make(map[et.Payload]bool)
 	for _, d := range rollers[0].got {
 		if seen[d] {
 			t.Fatalf("%+v delivered twice", d)
@@ -213,7 +214,7 @@ func TestLogRollingRestart(t *testing.T) {
 	}
 	for pub, seqs := range acked {
 		for seq := range seqs {
-			if !seen[payload{Pub: pub, Seq: seq}] {
+			if !seen[et.Payload{Pub: pub, Seq: seq}] {
 				t.Fatalf("acknowledged publish %s %d lost", pub, seq)
 			}
 		}

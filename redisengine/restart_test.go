@@ -1,9 +1,7 @@
 package redisengine_test
 
 import (
-	"errors"
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
@@ -13,154 +11,15 @@ import (
 	"github.com/wshub/wshub/redisengine"
 )
 
-// Redis, with its append-only file on, is killed (SIGKILL) in the middle
-// of traffic and restarted on the same port with the same files; one hub
-// comes back later than the others, through a proxy. Every
-// acknowledged publish reaches every member once, in one order; one that
-// failed definitely reaches none; an unconfirmed one all or none.
+// RestartMidTraffic (internal/enginetest) on Redis with its append-only
+// file on: killed with SIGKILL, what Redis wrote to the file survives.
 func TestRedisRestartAOF(t *testing.T) {
 	t.Parallel()
 	s := startRedis(t, true)
 	px := et.StartProxy(t, s.addr())
-	hist := et.Policies(map[string]wshub.HistoryPolicy{"r": {Messages: 10000}})
-	nodes := newNodes(t, s.url(), 2, nil, hist)
-	nodes = append(nodes, newNodes(t, "redis://"+px.Addr(), 1, nil, hist)...) // comes back later
-	ctx := et.Ctx(t)
-
-	type member struct {
-		got []et.Logged
-		err error
-	}
-	members := make([]*member, 2*len(nodes))
-	var readers sync.WaitGroup
-	for i := range members {
-		p := et.Dial(t, nodes[i/2])
-		p.Join("r")
-		m := &member{}
-		members[i] = m
-		readers.Go(func() { m.got, m.err = p.CollectLog("sentinel", nil) })
-	}
-	epoch, _, err := nodes[0].Hub.Room("r").Position(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	// Every hub publishes until it saw failures while Redis was down, then
-	// some more once it is back.
-	type outcome struct {
-		ok, failed, unconfirmed map[int]bool
-	}
-	outcomes := make([]outcome, len(nodes))
-	var down sync.WaitGroup
-	down.Add(len(nodes))
-	restarted := make(chan struct{})
-	var pubs sync.WaitGroup
-	var started sync.WaitGroup
-	started.Add(len(nodes))
-	for i, n := range nodes {
-		o := outcome{map[int]bool{}, map[int]bool{}, map[int]bool{}}
-		outcomes[i] = o
-		pub := fmt.Sprintf("pub%d", i)
-		pubs.Go(func() {
-			seq, failures := 0, 0
-			publish := func() {
-				err := et.Broadcast(ctx, n, "r", pub, seq)
-				switch {
-				case err == nil:
-					o.ok[seq] = true
-				case errors.Is(err, redisengine.ErrUnconfirmed):
-					o.unconfirmed[seq] = true
-				case errors.Is(err, wshub.ErrEngine):
-					o.failed[seq] = true
-					failures++
-				default:
-					t.Errorf("%s: Room.Broadcast %d: %v", pub, seq, err)
-				}
-				seq++
-			}
-			for seq < 5 {
-				publish()
-			}
-			started.Done()
-			for failures < 3 && seq < 100000 {
-				publish()
-			}
-			down.Done()
-			<-restarted
-			for range 10 {
-				publish()
-			}
-		})
-	}
-	started.Wait()
-	s.kill() // SIGKILL: what Redis wrote to its append-only file survives
-	px.Cut()
-	down.Wait()
-
-	s.start()
-	close(restarted)
-	if err := et.Broadcast(ctx, nodes[0], "r", "while-2-away", 0); err != nil {
-		t.Fatalf("publish while hub 2 is away: %v", err)
-	}
-	px.Open()
-	pubs.Wait()
-	if t.Failed() {
-		return
-	}
-	epoch2, _, err := nodes[1].Hub.Room("r").Position(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	et.Equal(t, "epoch after the restart (append-only file)", epoch2, epoch)
-	if err := et.Broadcast(ctx, nodes[0], "r", "sentinel", 0); err != nil {
-		t.Fatalf("sentinel: %v", err)
-	}
-	readers.Wait()
-
-	var lists [][]et.Logged
-	for i, m := range members {
-		if m.err != nil {
-			t.Fatalf("member %d: %v", i, m.err)
-		}
-		lists = append(lists, m.got)
-	}
-	et.CheckOneOrder(t, "r", lists)
-	got := lists[0]
-	count := map[et.Payload]int{}
-	last := map[string]int{}
-	for _, l := range got {
-		count[l.Payload]++
-		if prev, ok := last[l.Pub]; ok && l.Payload.Seq <= prev {
-			t.Fatalf("%s's %d after its %d", l.Pub, l.Payload.Seq, prev)
-		}
-		last[l.Pub] = l.Payload.Seq
-	}
-	et.Equal(t, "the message published while hub 2 was away", count[et.Payload{Pub: "while-2-away", Seq: 0}], 1)
-	var nOK, nFailed, nUnconfirmed, nUnconfirmedDelivered int
-	for i, o := range outcomes {
-		pub := fmt.Sprintf("pub%d", i)
-		for seq := range o.ok {
-			if c := count[et.Payload{Pub: pub, Seq: seq}]; c != 1 {
-				t.Fatalf("acknowledged %s %d delivered %d times", pub, seq, c)
-			}
-		}
-		for seq := range o.failed {
-			if c := count[et.Payload{Pub: pub, Seq: seq}]; c != 0 {
-				t.Fatalf("failed %s %d delivered %d times", pub, seq, c)
-			}
-		}
-		for seq := range o.unconfirmed {
-			if c := count[et.Payload{Pub: pub, Seq: seq}]; c > 1 {
-				t.Fatalf("unconfirmed %s %d delivered %d times", pub, seq, c)
-			} else if c == 1 {
-				nUnconfirmedDelivered++
-			}
-		}
-		nOK += len(o.ok)
-		nFailed += len(o.failed)
-		nUnconfirmed += len(o.unconfirmed)
-	}
-	t.Logf("%d acknowledged, %d failed, %d unconfirmed (%d of them delivered)", nOK, nFailed, nUnconfirmed, nUnconfirmedDelivered)
+	nodes := newNodes(t, s.url(), 2, nil, et.RestartPolicies)
+	nodes = append(nodes, newNodes(t, "redis://"+px.Addr(), 1, nil, et.RestartPolicies)...)
+	et.RestartMidTraffic(t, nodes, px, et.Restart{Stop: s.kill, Start: s.start, Unconfirmed: redisengine.ErrUnconfirmed})
 }
 
 // Without persistence a restart of Redis loses the rooms' streams: hubs

@@ -4,6 +4,7 @@ package enginetest
 // the engine's own test makes (Serve) with the options each names.
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -388,4 +389,174 @@ func PresenceShutdownWithdraws(t *testing.T, nodes []*Node) {
 	<-read
 	alice.Until("alice")
 	Equal(t, "hub 0's Room.Presence", PresenceOf(nodes[0], "p"), "alice:1")
+}
+
+// A Restart is what RestartMidTraffic needs of the bus.
+type Restart struct {
+	Stop  func() // stops the bus abruptly, keeping its store
+	Start func() // starts it again, on the same address with the same store
+
+	// Connected, if not nil, reports whether hub i is connected to the bus
+	// again; the scenario waits for it before publishing after the restart.
+	Connected func(i int) bool
+
+	// Unconfirmed is the engine's error for a publish that may or may not
+	// have been stored.
+	Unconfirmed error
+}
+
+// RestartPolicies are the rooms' history policies that RestartMidTraffic
+// needs.
+var RestartPolicies = Policies(map[string]wshub.HistoryPolicy{"r": {Messages: 10000}})
+
+// RestartMidTraffic: three hubs made with RestartPolicies, the third
+// reaching the bus through px, publish to a history room with members
+// on every hub while the bus is stopped abruptly and started again with
+// its store; the third comes back later than the others. Every
+// acknowledged publish reaches every member once, in one order, the
+// room keeps its epoch; a publish that failed definitely reaches none;
+// an unconfirmed one all or none.
+func RestartMidTraffic(t *testing.T, nodes []*Node, px *Proxy, r Restart) {
+	ctx := Ctx(t)
+
+	type member struct {
+		got []Logged
+		err error
+	}
+	members := make([]*member, 2*len(nodes))
+	var readers sync.WaitGroup
+	for i := range members {
+		p := Dial(t, nodes[i/2])
+		p.Join("r")
+		m := &member{}
+		members[i] = m
+		readers.Go(func() { m.got, m.err = p.CollectLog("sentinel", nil) })
+	}
+	epoch, _, err := nodes[0].Hub.Room("r").Position(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Every hub publishes until it saw failures while the bus was down, then
+	// some more once it is back.
+	type outcome struct {
+		ok, failed, unconfirmed map[int]bool
+	}
+	outcomes := make([]outcome, len(nodes))
+	var down sync.WaitGroup
+	down.Add(len(nodes))
+	restarted := make(chan struct{})
+	var pubs sync.WaitGroup
+	var started sync.WaitGroup
+	started.Add(len(nodes))
+	for i, n := range nodes {
+		o := outcome{map[int]bool{}, map[int]bool{}, map[int]bool{}}
+		outcomes[i] = o
+		pub := fmt.Sprintf("pub%d", i)
+		pubs.Go(func() {
+			seq, failures := 0, 0
+			publish := func() {
+				err := Broadcast(ctx, n, "r", pub, seq)
+				switch {
+				case err == nil:
+					o.ok[seq] = true
+				case errors.Is(err, r.Unconfirmed):
+					o.unconfirmed[seq] = true
+				case errors.Is(err, wshub.ErrEngine):
+					o.failed[seq] = true
+					failures++
+				default:
+					t.Errorf("%s: Room.Broadcast %d: %v", pub, seq, err)
+				}
+				seq++
+			}
+			for seq < 5 {
+				publish()
+			}
+			started.Done()
+			for failures < 3 && seq < 100000 {
+				publish()
+			}
+			down.Done()
+			<-restarted
+			if r.Connected != nil {
+				Eventually(t, pub+"'s hub to reconnect", func() bool { return r.Connected(i) })
+			}
+			for range 10 {
+				publish()
+			}
+		})
+	}
+	started.Wait()
+	r.Stop()
+	px.Cut()
+	down.Wait()
+
+	r.Start()
+	close(restarted)
+	if r.Connected != nil {
+		Eventually(t, "hubs 0 and 1 to reconnect", func() bool { return r.Connected(0) && r.Connected(1) })
+	}
+	if err := Broadcast(ctx, nodes[0], "r", "while-2-away", 0); err != nil {
+		t.Fatalf("publish while hub 2 is away: %v", err)
+	}
+	px.Open()
+	pubs.Wait()
+	if t.Failed() {
+		return
+	}
+	epoch2, _, err := nodes[1].Hub.Room("r").Position(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	Equal(t, "epoch after the restart", epoch2, epoch)
+	if err := Broadcast(ctx, nodes[0], "r", "sentinel", 0); err != nil {
+		t.Fatalf("sentinel: %v", err)
+	}
+	readers.Wait()
+
+	var lists [][]Logged
+	for i, m := range members {
+		if m.err != nil {
+			t.Fatalf("member %d: %v", i, m.err)
+		}
+		lists = append(lists, m.got)
+	}
+	CheckOneOrder(t, "r", lists)
+	got := lists[0]
+	count := map[Payload]int{}
+	last := map[string]int{}
+	for _, l := range got {
+		count[l.Payload]++
+		if prev, ok := last[l.Pub]; ok && l.Payload.Seq <= prev {
+			t.Fatalf("%s's %d after its %d", l.Pub, l.Payload.Seq, prev)
+		}
+		last[l.Pub] = l.Payload.Seq
+	}
+	Equal(t, "the message published while hub 2 was away", count[Payload{Pub: "while-2-away", Seq: 0}], 1)
+	var nOK, nFailed, nUnconfirmed, nUnconfirmedDelivered int
+	for i, o := range outcomes {
+		pub := fmt.Sprintf("pub%d", i)
+		for seq := range o.ok {
+			if c := count[Payload{Pub: pub, Seq: seq}]; c != 1 {
+				t.Fatalf("acknowledged %s %d delivered %d times", pub, seq, c)
+			}
+		}
+		for seq := range o.failed {
+			if c := count[Payload{Pub: pub, Seq: seq}]; c != 0 {
+				t.Fatalf("failed %s %d delivered %d times", pub, seq, c)
+			}
+		}
+		for seq := range o.unconfirmed {
+			if c := count[Payload{Pub: pub, Seq: seq}]; c > 1 {
+				t.Fatalf("unconfirmed %s %d delivered %d times", pub, seq, c)
+			} else if c == 1 {
+				nUnconfirmedDelivered++
+			}
+		}
+		nOK += len(o.ok)
+		nFailed += len(o.failed)
+		nUnconfirmed += len(o.unconfirmed)
+	}
+	t.Logf("%d acknowledged, %d failed, %d unconfirmed (%d of them delivered)", nOK, nFailed, nUnconfirmed, nUnconfirmedDelivered)
 }
