@@ -363,48 +363,17 @@ func TestLogNATSRestart(t *testing.T) {
 	})
 }
 
-// With memory storage a restart of NATS loses the streams: hubs close the
-// members of history rooms with 1012, the room gets a new epoch, and
-// works again.
+// HistoryLostOnRestart (internal/enginetest) on the room log with memory
+// storage: a restart of NATS loses the streams.
 func TestLogMemoryStorageRestart(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	s := startJetStream(t, server.RANDOM_PORT, dir)
 	port := natsPort(s)
-	hist := et.Policies(map[string]wshub.HistoryPolicy{"m": {Messages: 50}})
-	nodes := newLogNodes(t, s.ClientURL(), 2, &natsbroker.Options{MemoryStorage: true}, hist)
-	ctx := et.Ctx(t)
-
-	p := dial(t, nodes[1])
-	_, ack := p.JoinAck("m", "")
-	if err := broadcast(ctx, nodes[0], "m", "before", 0); err != nil {
-		t.Fatal(err)
-	}
-	et.Equal(t, "message before the restart", et.Data(t, p.Read()).Pub, "before")
-
-	s.Shutdown()
-	s.WaitForShutdown()
-	startJetStream(t, port, dir)
-	_, _, err := p.Conn.Read(ctx)
-	if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
-		t.Fatalf("member: %v (status %d), want a close with 1012", err, got)
-	}
-	var epoch string
-	et.Eventually(t, "the room's new epoch", func() bool {
-		epoch, _, err = nodes[0].Hub.Room("m").Position(ctx)
-		return err == nil && epoch != ack.Epoch
+	nodes := newLogNodes(t, s.ClientURL(), 2, &natsbroker.Options{MemoryStorage: true}, et.LostPolicies)
+	et.HistoryLostOnRestart(t, hubs(nodes), func() {
+		s.Shutdown()
+		s.WaitForShutdown()
+		startJetStream(t, port, dir)
 	})
-
-	// A join while the closed member is still in the room would join the
-	// old room, whose cursor refers to the lost stream, and miss the new
-	// stream's messages up to that seq (the core keeps the cursor after
-	// a loss, an Entry without JSON): wait for the hub to drop the room.
-	et.Eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].Hub.Room("m").Len() == 0 })
-	q := dial(t, nodes[1])
-	_, ack2 := q.JoinAck("m", fmt.Sprintf(`"since":%d,"epoch":%q`, ack.Seq, ack.Epoch))
-	if ack2.Recovered == nil || *ack2.Recovered || ack2.Epoch != epoch {
-		t.Fatalf("rejoin after the restart: %+v, want recovered false and epoch %q", ack2, epoch)
-	}
-	et.Eventually(t, "appends to work again", func() bool { return broadcast(ctx, nodes[0], "m", "after", 0) == nil })
-	et.Equal(t, "message after the restart", et.Data(t, q.Read()).Pub, "after")
 }

@@ -22,48 +22,15 @@ func TestRedisRestartAOF(t *testing.T) {
 	et.RestartMidTraffic(t, nodes, px, et.Restart{Stop: s.kill, Start: s.start, Unconfirmed: redisengine.ErrUnconfirmed})
 }
 
-// Without persistence a restart of Redis loses the rooms' streams: hubs
-// close the members of history rooms with 1012, the room gets a new
-// epoch, a rejoin is told it could not recover, and the room works
-// again.
+// HistoryLostOnRestart (internal/enginetest) on Redis without
+// persistence: a restart loses the rooms' streams.
 func TestRedisRestartNoPersistence(t *testing.T) {
 	t.Parallel()
 	s := startRedis(t, false)
-	hist := et.Policies(map[string]wshub.HistoryPolicy{"m": {Messages: 50}})
-	nodes := newNodes(t, s.url(), 2, nil, hist)
-	ctx := et.Ctx(t)
-
-	p := et.Dial(t, nodes[1])
-	_, ack := p.JoinAck("m", "")
-	if err := et.Broadcast(ctx, nodes[0], "m", "before", 0); err != nil {
-		t.Fatal(err)
-	}
-	et.Equal(t, "message before the restart", et.Data(t, p.Read()).Pub, "before")
-
-	s.kill()
-	s.start()
-	_, _, err := p.Conn.Read(ctx)
-	if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
-		t.Fatalf("member: %v (status %d), want a close with 1012", err, got)
-	}
-	var epoch string
-	et.Eventually(t, "the room's new epoch", func() bool {
-		epoch, _, err = nodes[0].Hub.Room("m").Position(ctx)
-		return err == nil && epoch != ack.Epoch
+	et.HistoryLostOnRestart(t, newNodes(t, s.url(), 2, nil, et.LostPolicies), func() {
+		s.kill()
+		s.start()
 	})
-
-	// A join while the closed member is still in the room would join the
-	// old room, whose cursor refers to the lost stream, and miss the new
-	// stream's messages up to that seq (the core keeps the cursor after
-	// a loss, an Entry without JSON): wait for the hub to drop the room.
-	et.Eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].Hub.Room("m").Len() == 0 })
-	q := et.Dial(t, nodes[1])
-	_, ack2 := q.JoinAck("m", fmt.Sprintf(`"since":%d,"epoch":%q`, ack.Seq, ack.Epoch))
-	if ack2.Recovered == nil || *ack2.Recovered || ack2.Epoch != epoch {
-		t.Fatalf("rejoin after the restart: %+v, want recovered false and epoch %q", ack2, epoch)
-	}
-	et.Eventually(t, "appends to work again", func() bool { return et.Broadcast(ctx, nodes[0], "m", "after", 0) == nil })
-	et.Equal(t, "message after the restart", et.Data(t, q.Read()).Pub, "after")
 }
 
 // A FLUSHALL loses the room's history while the hubs run: the members are
