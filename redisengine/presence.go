@@ -43,10 +43,11 @@ func (p *presence) kick() {
 
 // SetPresence publishes this hub's members of room, a JSON array of
 // wshub.Presence, replacing what it published before; nil withdraws
-// them. The other hubs that watch the room learn it at once. The entry
-// expires PresenceTTL after it was last written, and the engine writes
-// it again every PresenceTTL/3 (see the package documentation,
-// "Presence"); a write that failed is retried then.
+// them. The other hubs that watch the room learn it at once. The engine
+// writes the entry again every PresenceTTL/3, and it expires two thirds
+// of PresenceTTL after its last write (see the package documentation,
+// "Presence"). It waits for Redis, at most Options.Timeout; a write that
+// failed is retried with the next refresh.
 func (e *Engine) SetPresence(room string, members []byte) error {
 	p := e.pres
 	p.mu.Lock()
@@ -313,6 +314,3 @@ func (p *presence) close() {
 	}
 	wg.Wait()
 }
-
-// PresenceTTL returns the engine's PresenceTTL.
-func (e *Engine) PresenceTTL() time.Duration { return e.pres.ttl }
