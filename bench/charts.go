@@ -149,7 +149,7 @@ func idleChart(tables []table) chart {
 func clusterChart(tables []table) chart {
 	c := chart{
 		file:  "cluster.svg",
-		title: "Many hubs over NATS, one room: ratio to one hub",
+		title: "Many hubs over a broker, one room: ratio to one hub",
 		units: []unit{{1, 2, "×"}},
 		ref:   1,
 	}

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -15,12 +17,14 @@ import (
 	natsserver "github.com/nats-io/nats-server/v2/server"
 	"github.com/wshub/wshub"
 	"github.com/wshub/wshub/natsbroker"
+	"github.com/wshub/wshub/redisengine"
 )
 
 // The cluster scenario measures rooms that span hubs: every hub in a child
-// process of its own, NATS in another (the bench binary re-executed as an
-// embedded nats-server with JetStream), all on 127.0.0.1, the clients in
-// the parent, spread evenly over the hubs, all in one room. Each setup
+// process of its own, the broker in another (NATS: the bench binary
+// re-executed as an embedded nats-server with JetStream; Redis: a
+// redis-server, cluster_redis.go), all on 127.0.0.1, the clients in the
+// parent, spread evenly over the hubs, all in one room. Each setup
 // (clusterSetups) is measured against one hub without a broker in the
 // same run: throughput with 1 and with 10 publishers spread over the hubs,
 // in the closed loop of the fan-out scenarios (the room never more than
@@ -44,12 +48,14 @@ const (
 	brokerConfirm   = "confirm"   // natsbroker.Connect, default options
 	brokerNoConfirm = "noconfirm" // natsbroker.Options{NoConfirm: true}
 	brokerLog       = "log"       // natsbroker.ConnectLog: history rooms through the JetStream room log
+	brokerRedis     = "redis"     // redisengine.Connect: pub/sub, or a Stream per room with history
 )
 
 // hubSpec is what a hub child of the cluster scenario serves with.
 type hubSpec struct {
 	Broker  string `json:"broker,omitempty"`
-	NATS    string `json:"nats,omitempty"`    // the NATS URL, for a broker
+	NATS    string `json:"nats,omitempty"`    // the NATS URL, for a NATS broker
+	Redis   string `json:"redis,omitempty"`   // the Redis URL, for brokerRedis
 	History bool   `json:"history,omitempty"` // rooms keep historyMessages
 	// Window is how many Room.Broadcast calls each publisher goroutine keeps
 	// in flight; at most 1, it calls Room.Broadcast one at a time.
@@ -85,6 +91,12 @@ func newClusterHub(spec string) (server, error) {
 			return nil, err
 		}
 		engine = lg
+	case brokerRedis:
+		e, err := redisengine.Connect(sp.Redis, nil)
+		if err != nil {
+			return nil, err
+		}
+		engine = e
 	default:
 		return nil, fmt.Errorf("unknown broker %q", sp.Broker)
 	}
@@ -139,7 +151,14 @@ var clusterSetups = []clusterSetup{
 	{key: "noconfirm", label: "(c) 2 hubs, core NATS, NoConfirm", hubs: 2, broker: brokerNoConfirm},
 	{key: "log", label: "(d) 2 hubs, JetStream log, history", hubs: 2, broker: brokerLog, history: true},
 	{key: "one-history", label: "(e) 1 hub, history, no broker", hubs: 1, history: true},
+	{key: "redis-pubsub", label: "(f) 2 hubs, Redis pub/sub", hubs: 2, broker: brokerRedis},
+	{key: "redis-streams", label: "(g) 2 hubs, Redis Streams, history", hubs: 2, broker: brokerRedis, history: true},
 }
+
+// clusterLikeForLike pairs the keys of the setups with history on a
+// broker with their like-for-like baseline, one hub with history; the
+// scenario prints their ratios to it under the table.
+var clusterLikeForLike = [][2]string{{"log", "one-history"}, {"redis-streams", "one-history"}}
 
 // clusterBaseline is the key of the setup every ratio is taken against.
 const clusterBaseline = "one"
@@ -197,7 +216,7 @@ var clusterMetrics = []metric{
 	{key: "p99", header: "p99 µs", ratio: true},
 	{key: "cpu1", header: "server CPU µs/delivery, 1 pub.", digits: 2},
 	{key: "cpu10", header: "10 pub.", digits: 2},
-	{key: "nats10", header: "NATS % of it, 10 pub."},
+	{key: "broker10", header: "broker % of it, 10 pub."},
 	{key: "writes1", header: "deliveries/write(2), 1 pub.", digits: 1},
 	{key: "writes10", header: "10 pub.", digits: 1},
 	{key: "clients10", header: "clients CPU µs/delivery, 10 pub.", digits: 2},
@@ -222,14 +241,14 @@ func clusterScenario() scenario {
 		title: "Many hubs: one room over several hub processes",
 		optIn: true,
 		about: func(cfg *config) string {
-			return fmt.Sprintf("%s clients in one room, spread evenly over the hubs; every hub is a child process, NATS (nats-server %s embedded, JetStream on, store in a temporary directory) another, all on 127.0.0.1; the clients are in the bench process. "+
+			return fmt.Sprintf("%s clients in one room, spread evenly over the hubs; every hub is a child process, the broker another: NATS (nats-server %s embedded, JetStream on, store in a temporary directory) or %s, all on 127.0.0.1; the clients are in the bench process. "+
 				"Publishers: %s. "+
 				"Throughput: publishes of ~100-byte payloads by 1, then 10 publishers, the room at most %d messages ahead of its slowest client whichever publisher sent; measured for %v after a %v warm-up each. "+
 				"Latency: the 10 publishers in turn, paced at %d publishes/s in all, receive time minus the publisher's stamp (taken as it writes the frame, or before Room.Broadcast), over %v after a %v warm-up. "+
-				"Server CPU is the getrusage of every hub and NATS process over the measured window, per delivery; NATS %% is NATS's part of it; deliveries/write(2) divides the deliveries by the hubs' write system calls (syscw of /proc/PID/io), so it shows how many messages a socket write carries; clients CPU is the bench process's. "+
+				"Server CPU is the CPU time of every hub and broker process over the measured window, per delivery; broker %% is the NATS or Redis process's part of it; deliveries/write(2) divides the deliveries by the hubs' write system calls (syscw of /proc/PID/io), so it shows how many messages a socket write carries; clients CPU is the bench process's. "+
 				"deliveries missing is the total, over all runs and phases, of messages a client had not received 5 s after its phase (each client must get every message once; one more than sent is a note); acks missing, of client publishes not acked by the end of the run (an error frame or an ack out of order is a note). "+
 				"× is the ratio of medians to %s.",
-				format(float64(cfg.clusterN), 0), natsserver.VERSION, publisherKind(cfg), cfg.window, cfg.duration, cfg.warmup, cfg.clusterHz, cfg.duration, cfg.warmup, clusterSetups[0].label)
+				format(float64(cfg.clusterN), 0), natsserver.VERSION, redisAbout(cfg), publisherKind(cfg), cfg.window, cfg.duration, cfg.warmup, cfg.clusterHz, cfg.duration, cfg.warmup, clusterSetups[0].label)
 		},
 		metrics: clusterMetrics,
 		own:     runCluster,
@@ -250,14 +269,32 @@ func runCluster(ctx context.Context, cfg *config, sc scenario, stdout, log io.Wr
 		res[s.label] = &outcome{values: make(map[string][]float64)}
 		rows = append(rows, s.label)
 	}
+	// Without redis-server the Redis rows say so and the others run.
+	var redisPath string
+	var redisErr error
+	if slices.ContainsFunc(setups, func(s clusterSetup) bool { return s.broker == brokerRedis }) {
+		if redisPath, redisErr = lookRedis(cfg.redisBin); redisErr != nil {
+			fmt.Fprintf(log, "bench: cluster: the Redis rows are %v\n", redisErr)
+		} else {
+			cfg.redisVersion = redisVersion(redisPath)
+		}
+	}
+	for _, s := range setups {
+		if s.broker == brokerRedis && redisErr != nil {
+			res[s.label].errs = append(res[s.label].errs, redisErr.Error())
+		}
+	}
 	for run := range cfg.runs {
 		for _, s := range setups {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
+			if s.broker == brokerRedis && redisErr != nil {
+				continue
+			}
 			o := res[s.label]
 			began := time.Now()
-			r, err := runClusterOnce(ctx, cfg, s, run == 0)
+			r, err := runClusterOnce(ctx, cfg, s, redisPath, run == 0)
 			if err != nil {
 				fmt.Fprintf(log, "bench: cluster %s run %d: %v\n", s.key, run+1, err)
 				o.errs = append(o.errs, fmt.Sprintf("run %d: %v", run+1, err))
@@ -274,14 +311,18 @@ func runCluster(ctx context.Context, cfg *config, sc scenario, stdout, log io.Wr
 		}
 	}
 	printTable(stdout, cfg, sc, rows, res, base)
-	if lg, hist := res[labelOf("log")], res[labelOf("one-history")]; lg != nil && hist != nil {
+	for _, pair := range clusterLikeForLike {
+		setup, like := res[labelOf(pair[0])], res[labelOf(pair[1])]
+		if setup == nil || like == nil || len(setup.values) == 0 {
+			continue
+		}
 		var parts []string
 		for _, m := range sc.metrics {
 			if m.ratio {
-				parts = append(parts, m.header+" "+ratio(summarize(lg.values[m.key]), hist, m.key)+"×")
+				parts = append(parts, m.header+" "+ratio(summarize(setup.values[m.key]), like, m.key)+"×")
 			}
 		}
-		fmt.Fprintf(stdout, "%s against its like-for-like baseline %s: %s.\n\n", labelOf("log"), labelOf("one-history"), strings.Join(parts, ", "))
+		fmt.Fprintf(stdout, "%s against its like-for-like baseline %s: %s.\n\n", labelOf(pair[0]), labelOf(pair[1]), strings.Join(parts, ", "))
 	}
 	fmt.Fprintf(stdout, "Load average (1, 5, 15 min) before: %s; after: %s.\n\n", load0, loadAverage())
 	return nil
@@ -298,18 +339,28 @@ func loadAverage() string {
 
 // cluster is the child processes of one run of one setup.
 type cluster struct {
-	nats  *remote // nil without a broker
-	store string  // NATS's store directory
+	nats  *remote      // nil without a NATS broker
+	store string       // NATS's store directory
+	redis *redisServer // nil without Redis
 	hubs  []*remote
 }
 
-// startCluster starts NATS, if s has a broker, and s's hubs, whose
-// publisher goroutines keep window publishes in flight. On an error it
-// stops what it started.
-func startCluster(s clusterSetup, window int) (*cluster, error) {
+// startCluster starts the broker, if s has one (Redis from redisPath),
+// and s's hubs, whose publisher goroutines keep window publishes in
+// flight. On an error it stops what it started.
+func startCluster(s clusterSetup, window int, redisPath string) (*cluster, error) {
 	cl := &cluster{}
 	spec := hubSpec{Broker: s.broker, History: s.history, Window: window}
-	if s.broker != brokerNone {
+	switch s.broker {
+	case brokerNone:
+	case brokerRedis:
+		rs, err := startRedis(redisPath)
+		if err != nil {
+			return nil, err
+		}
+		cl.redis = rs
+		spec.Redis = rs.url()
+	default:
 		dir, err := os.MkdirTemp("", "wshub-bench-nats-")
 		if err != nil {
 			return nil, err
@@ -337,9 +388,9 @@ func startCluster(s clusterSetup, window int) (*cluster, error) {
 	return cl, nil
 }
 
-// stop ends every child, the hubs first, and removes NATS's store. It
-// returns how the children that did not exit cleanly ended (a child built
-// with -race exits with status 66 after a data race).
+// stop ends every child, the hubs first, and removes the broker's files.
+// It returns how the children that did not exit cleanly ended (a child
+// built with -race exits with status 66 after a data race).
 func (cl *cluster) stop() error {
 	var errs []error
 	rms, names := cl.children()
@@ -351,10 +402,16 @@ func (cl *cluster) stop() error {
 	if cl.store != "" {
 		errs = append(errs, os.RemoveAll(cl.store))
 	}
+	if cl.redis != nil {
+		if err := cl.redis.stop(); err != nil {
+			errs = append(errs, fmt.Errorf("redis-server: %w", err))
+		}
+	}
 	return errors.Join(errs...)
 }
 
-// children lists the hubs, then NATS if there is one, with their names.
+// children lists the hubs, then NATS if there is one, with their names:
+// the children that are the bench binary (not redis-server).
 func (cl *cluster) children() ([]*remote, []string) {
 	var rms []*remote
 	var names []string
@@ -371,9 +428,9 @@ func (cl *cluster) children() ([]*remote, []string) {
 
 // cpuSample is the CPU time of the children and of this process.
 type cpuSample struct {
-	hubs, nats, self int64 // ns
-	writes           int64 // write system calls of the hubs
-	errors, kicked   uint64
+	hubs, broker, self int64 // ns
+	writes             int64 // write system calls of the hubs
+	errors, kicked     uint64
 }
 
 func (cl *cluster) sample() (cpuSample, error) {
@@ -393,7 +450,10 @@ func (cl *cluster) sample() (cpuSample, error) {
 		if err != nil {
 			return s, err
 		}
-		s.nats = st.CPUNanos
+		s.broker = st.CPUNanos
+	}
+	if cl.redis != nil {
+		s.broker = cl.redis.cpu()
 	}
 	return s, nil
 }
@@ -411,12 +471,12 @@ type trial struct {
 	notes   []string
 }
 
-func runClusterOnce(ctx context.Context, cfg *config, s clusterSetup, profile bool) (runResult, error) {
+func runClusterOnce(ctx context.Context, cfg *config, s clusterSetup, redisPath string, profile bool) (runResult, error) {
 	window := cfg.window
 	if cfg.clusterSync {
 		window = 1
 	}
-	cl, err := startCluster(s, window)
+	cl, err := startCluster(s, window, redisPath)
 	if err != nil {
 		return runResult{}, err
 	}
@@ -434,9 +494,9 @@ func runClusterOnce(ctx context.Context, cfg *config, s clusterSetup, profile bo
 		}
 		d := max(float64(delivered), 1)
 		values[fmt.Sprintf("rate%d", n)] = float64(delivered) / used.seconds
-		values[fmt.Sprintf("cpu%d", n)] = float64(used.hubs+used.nats) / 1e3 / d
-		if cl.nats != nil {
-			values[fmt.Sprintf("nats%d", n)] = 100 * float64(used.nats) / max(float64(used.hubs+used.nats), 1)
+		values[fmt.Sprintf("cpu%d", n)] = float64(used.hubs+used.broker) / 1e3 / d
+		if cl.nats != nil || cl.redis != nil {
+			values[fmt.Sprintf("broker%d", n)] = 100 * float64(used.broker) / max(float64(used.hubs+used.broker), 1)
 		}
 		values[fmt.Sprintf("writes%d", n)] = d / max(float64(used.writes), 1)
 		values[fmt.Sprintf("clients%d", n)] = float64(used.self) / 1e3 / d
@@ -553,10 +613,16 @@ func (t *trial) connect(ctx context.Context) error {
 }
 
 // profiles starts a CPU profile, and with cfg.trace an execution trace,
-// of every child when the trial takes them; stop them with stopProfiles.
+// of every child when the trial takes them, and resets Redis's command
+// statistics; stop them with stopProfiles, then call redisStats.
 func (t *trial) profiles(phase string) ([]*profiler, error) {
 	if !t.profile {
 		return nil, nil
+	}
+	if t.cl.redis != nil {
+		if _, err := redisDo(t.cl.redis.addr, "CONFIG RESETSTAT", 10*time.Second); err != nil {
+			return nil, fmt.Errorf("redis-server: %w", err)
+		}
 	}
 	rms, names := t.cl.children()
 	var ps []*profiler
@@ -575,6 +641,21 @@ func (t *trial) profiles(phase string) ([]*profiler, error) {
 	return ps, nil
 }
 
+// redisStats writes Redis's command statistics since profiles (INFO
+// commandstats: calls and µs per command and script) into the profile
+// directory, when the trial takes profiles and has Redis, whose CPU no
+// Go profile shows.
+func (t *trial) redisStats(phase string) error {
+	if !t.profile || t.cl.redis == nil {
+		return nil
+	}
+	info, err := redisDo(t.cl.redis.addr, "INFO commandstats", 10*time.Second)
+	if err != nil {
+		return fmt.Errorf("redis-server: %w", err)
+	}
+	return os.WriteFile(filepath.Join(t.cfg.profileDir, "cluster-"+t.setup.key+"-"+phase+"-redis.commandstats.txt"), []byte(info), 0o644)
+}
+
 func stopProfiles(ps []*profiler) error {
 	var errs []error
 	for _, p := range ps {
@@ -589,9 +670,9 @@ func stopProfiles(ps []*profiler) error {
 
 // usage is what a measured window used.
 type usage struct {
-	seconds          float64
-	hubs, nats, self int64 // CPU ns
-	writes           int64
+	seconds            float64
+	hubs, broker, self int64 // CPU ns
+	writes             int64
 }
 
 // throughput publishes through outlets in the closed loop, and returns
@@ -618,14 +699,14 @@ func (t *trial) throughput(ctx context.Context, phase string, outlets []outlet) 
 	if err != nil {
 		return 0, usage{}, err
 	}
-	if err := stopProfiles(ps); err != nil {
+	if err := errors.Join(stopProfiles(ps), t.redisStats(phase)); err != nil {
 		return 0, usage{}, err
 	}
 	t.drain(phase)
 	return d1 - d0, usage{
 		seconds: t1.Sub(t0).Seconds(),
 		hubs:    s1.hubs - s0.hubs,
-		nats:    s1.nats - s0.nats,
+		broker:  s1.broker - s0.broker,
 		self:    s1.self - s0.self,
 		writes:  s1.writes - s0.writes,
 	}, nil
@@ -663,7 +744,7 @@ func (t *trial) latency(ctx context.Context, outlets []outlet) (int64, int64, er
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := stopProfiles(ps); err != nil {
+	if err := errors.Join(stopProfiles(ps), t.redisStats("latency")); err != nil {
 		return 0, 0, err
 	}
 	t.drain("latency")

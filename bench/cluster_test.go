@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"fmt"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,9 +24,16 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// TestCluster runs the cluster scenario end to end at a tiny size: every
-// setup's hubs and NATS in child processes (this test binary), 2 hubs of
-// 10 clients, 10 of them publishing; then the server-side publishers of
+// clusterArgs returns the arguments that run the cluster scenario at a
+// tiny size (2 hubs of 10 clients, 10 of them publishing, one short run),
+// then extra.
+func clusterArgs(extra ...string) []string {
+	return append([]string{"-scenario", "cluster", "-runs", "1", "-warmup", "50ms", "-duration", "150ms", "-cluster-clients", "20"}, extra...)
+}
+
+// TestCluster runs the cluster scenario end to end at a tiny size: the
+// hubs and NATS of every setup but the Redis ones (TestClusterRedis) in
+// child processes (this test binary); then the server-side publishers of
 // -cluster-broadcast on three setups, and with -cluster-broadcast-sync on
 // two. Every row must have its figures, every client every message, every
 // client publish its ack, and no notes: no lost client, publish error,
@@ -32,28 +41,76 @@ func TestMain(m *testing.M) {
 // -race) or missing delivery.
 func TestCluster(t *testing.T) {
 	startsChildren(t, "starts child processes and NATS")
-	args := []string{"-scenario", "cluster", "-runs", "1", "-warmup", "50ms", "-duration", "150ms", "-cluster-clients", "20"}
+	var keys []string
+	for _, s := range clusterSetups {
+		if s.broker != brokerRedis {
+			keys = append(keys, s.key)
+		}
+	}
 	t.Run("clients", func(t *testing.T) {
-		checkCluster(t, args, clusterSetups)
+		checkClusterSetups(t, clusterArgs(), strings.Join(keys, ","))
 	})
 	t.Run("broadcast", func(t *testing.T) {
-		var setups []clusterSetup
-		for _, s := range clusterSetups {
-			if s.key == "one" || s.key == "confirm" || s.key == "log" {
-				setups = append(setups, s)
-			}
-		}
-		checkCluster(t, append(args, "-cluster-broadcast", "-cluster-setups", "one,confirm,log"), setups)
+		checkClusterSetups(t, clusterArgs("-cluster-broadcast"), "one,confirm,log")
 	})
 	t.Run("broadcast-sync", func(t *testing.T) {
-		var setups []clusterSetup
-		for _, s := range clusterSetups {
-			if s.key == "one" || s.key == "confirm" {
-				setups = append(setups, s)
-			}
-		}
-		checkCluster(t, append(args, "-cluster-broadcast", "-cluster-broadcast-sync", "-cluster-setups", "one,confirm"), setups)
+		checkClusterSetups(t, clusterArgs("-cluster-broadcast", "-cluster-broadcast-sync"), "one,confirm")
 	})
+}
+
+// TestClusterRedis runs the Redis rows of the cluster scenario as
+// TestCluster runs the NATS ones, the hubs in child processes on a
+// redis-server child of the bench: pub/sub and Streams with client
+// publishers beside the two baselines; with -cluster-broadcast; and
+// pub/sub with -cluster-broadcast-sync. The same checks hold. Without
+// redis-server it skips, unless WSHUB_REQUIRE_REDIS=1, when it fails.
+func TestClusterRedis(t *testing.T) {
+	startsChildren(t, "starts child processes and redis-server")
+	needRedis(t)
+	t.Run("clients", func(t *testing.T) {
+		checkClusterSetups(t, clusterArgs(), "one,redis-pubsub,redis-streams,one-history")
+	})
+	t.Run("broadcast", func(t *testing.T) {
+		checkClusterSetups(t, clusterArgs("-cluster-broadcast"), "one,redis-pubsub,redis-streams")
+	})
+	t.Run("broadcast-sync", func(t *testing.T) {
+		checkClusterSetups(t, clusterArgs("-cluster-broadcast", "-cluster-broadcast-sync"), "one,redis-pubsub")
+	})
+}
+
+// TestClusterNoRedis checks that without redis-server the Redis rows say
+// that they were not run, and why, and the other rows run as usual.
+func TestClusterNoRedis(t *testing.T) {
+	startsChildren(t, "starts child processes")
+	missing := filepath.Join(t.TempDir(), "redis-server")
+	args := clusterArgs("-cluster-setups", "one,redis-pubsub,redis-streams", "-redis-server", missing)
+	rows := benchRows(t, args, labelOf("one"), labelOf("redis-pubsub"), labelOf("redis-streams"))
+	if v := rows[0].cell(t, "deliveries/s, 1 publisher"); v == "–" || v == "0" {
+		t.Errorf("%s: deliveries/s, 1 publisher is %q", rows[0].cells[0], v)
+	}
+	if v := rows[0].cell(t, "notes"); v != "" {
+		t.Errorf("%s: notes %q", rows[0].cells[0], v)
+	}
+	for _, r := range rows[1:] {
+		if v := r.cell(t, "deliveries/s, 1 publisher"); v != "–" {
+			t.Errorf("%s: deliveries/s, 1 publisher is %q, want –", r.cells[0], v)
+		}
+		if v := r.cell(t, "notes"); !strings.HasPrefix(v, "not run: "+missing+" not found") {
+			t.Errorf("%s: notes %q, want not run: %s not found …", r.cells[0], v, missing)
+		}
+	}
+}
+
+// needRedis skips t without redis-server in PATH, or fails it if
+// WSHUB_REQUIRE_REDIS=1.
+func needRedis(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath(redisBin); err != nil {
+		if os.Getenv("WSHUB_REQUIRE_REDIS") == "1" {
+			t.Fatal("redis-server not found, and WSHUB_REQUIRE_REDIS=1")
+		}
+		t.Skip("redis-server not found: install Debian's redis-server package to run the cluster scenario's Redis rows")
+	}
 }
 
 // startsChildren skips t, which runs the bench's children, under -short.
@@ -90,8 +147,20 @@ func benchRows(t *testing.T, args []string, labels ...string) []tableRow {
 	return rows
 }
 
+// checkClusterSetups runs the bench with args and -cluster-setups keys,
+// and checks their rows.
+func checkClusterSetups(t *testing.T, args []string, keys string) {
+	t.Helper()
+	setups, err := selectClusterSetups(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkCluster(t, append(args, "-cluster-setups", keys), setups)
+}
+
 // checkCluster runs the bench with args and checks the rows of setups.
 func checkCluster(t *testing.T, args []string, setups []clusterSetup) {
+	t.Helper()
 	var labels []string
 	for _, s := range setups {
 		labels = append(labels, s.label)

@@ -10,6 +10,7 @@ require (
 	github.com/olahol/melody v1.1.4
 	github.com/wshub/wshub v0.0.0-00010101000000-000000000000
 	github.com/wshub/wshub/natsbroker v0.0.0-00010101000000-000000000000
+	github.com/wshub/wshub/redisengine v0.0.0-00010101000000-000000000000
 )
 
 require (
@@ -33,10 +34,10 @@ require (
 	github.com/prometheus/common v0.72.1 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/quagmt/udecimal v1.10.1 // indirect
-	github.com/redis/rueidis v1.0.79 // indirect
+	github.com/redis/rueidis v1.0.80 // indirect
 	golang.org/x/crypto v0.58.0 // indirect
 	golang.org/x/sync v0.25.0 // indirect
-	golang.org/x/sys v0.49.0 // indirect
+	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/time v0.16.0 // indirect
 	google.golang.org/protobuf v1.36.12 // indirect
 )
@@ -44,3 +45,5 @@ require (
 replace github.com/wshub/wshub => ../
 
 replace github.com/wshub/wshub/natsbroker => ../natsbroker
+
+replace github.com/wshub/wshub/redisengine => ../redisengine

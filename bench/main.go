@@ -14,7 +14,7 @@
 //	go run ./bench -scenario fanout-1000 -contender wshub-batch -runs 1 -profile /tmp/prof
 //	go run ./bench -charts docs/bench   # also draw SVG charts of the tables into docs/bench
 //	go run ./bench -scenario latency -latency-rates 50,200   # latency at 50 and at 200 publishes/s
-//	go run ./bench -scenario cluster    # many hubs over NATS, each hub a child process
+//	go run ./bench -scenario cluster    # many hubs over NATS and Redis, each hub a child process
 //	go run ./bench -scenario cluster -cluster-broadcast   # its publishers call Room.Broadcast in the hubs, not clients
 //	go run ./bench -scenario presence   # a 10,000-member presence room under churn, presence on and off
 //	go run ./bench -scenario storm      # 5,000 clients rejoin a restarted hub, on the room log and in memory
@@ -80,6 +80,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	charts := fs.String("charts", "", "write SVG charts of the printed tables into this directory: fanout.svg, latency.svg, idle.svg, cluster.svg, those whose scenarios ran")
 	latencyRates := fs.String("latency-rates", "", "comma-separated publishes per second of the latency scenario, each to its 100 clients, one table each (latency-RATE); default one table at 500")
 	clusterSetups := fs.String("cluster-setups", "", "comma-separated rows of the cluster scenario: "+strings.Join(clusterSetupKeys(), ", ")+" (default all)")
+	redisServer := fs.String("redis-server", redisBin, "the redis-server binary of the cluster scenario's Redis rows, a path or a name looked up in PATH (without it those rows are not run)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -91,8 +92,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 		floodN: []int{4, 100}, floodMessages: 20000, floodFor: 10 * time.Second,
 		floodDrain: 10 * time.Second, floodQuiet: time.Second,
 		trace: *trace, clusterN: *clusterN, clusterHz: *clusterHz, clusterSetups: *clusterSetups, clusterServer: *clusterServer,
-		clusterSync: *clusterSync,
-		presenceN:   *presenceN, presenceRate: *presenceRate, presenceFor: *presenceFor,
+		clusterSync: *clusterSync, redisBin: *redisServer,
+		presenceN: *presenceN, presenceRate: *presenceRate, presenceFor: *presenceFor,
 		stormN: *stormN,
 	}
 	if cfg.clusterN < 1 || cfg.clusterHz < 1 {

@@ -50,6 +50,8 @@ type config struct {
 	clusterSetups string // comma-separated keys of its rows; "" for all
 	clusterServer bool   // its publishers call Room.Broadcast in the hubs instead of being clients
 	clusterSync   bool   // with clusterServer, they call Room.Broadcast, one message at a time
+	redisBin      string // the redis-server of its Redis rows, looked up in PATH
+	redisVersion  string // of redisBin, once the scenario found it
 
 	stormN int // clients of the storm scenario on the restarted hub
 
