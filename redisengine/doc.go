@@ -104,7 +104,11 @@
 //
 // Cost. An append is one script run (a few hundred bytes, pipelined with
 // the others in flight) and leaves an id key for 2×Timeout+1s; a join's
-// read is one script run. Each room with history and members on a hub
+// read is one script run. Scripts cost Redis more than a PUBLISH: in the
+// benchmarks (BENCHMARKS.md, "Many hubs") a PUBLISH took 1.3–2 µs of
+// Redis's time and a script run 84 µs on a busy machine, most of it in
+// the Lua interpreter, which bounds what one Redis carries for rooms
+// with history. Each room with history and members on a hub
 // costs that hub one subscription on its connection and one goroutine,
 // and Redis the stream of up to Messages entries.
 //

@@ -366,12 +366,11 @@ func (e *Engine) publishCmd() string {
 func (e *Engine) dedupWindow() time.Duration { return 2*e.timeout + time.Second }
 
 // newEpoch returns a new epoch name: random, with the time, so that two
-// hubs that start a room's history at once do not pick the same one (one
-// of them wins in Redis anyway).
+// histories of a room never share one (when two hubs start one at once,
+// the first script wins in Redis). Every append carries one, in case it
+// starts the history, so it is cheap: math/rand, not crypto/rand.
 func newEpoch() string {
-	var b [6]byte
-	rand.Read(b[:])
-	return hex.EncodeToString(b[:]) + strconv.FormatInt(time.Now().UnixMilli(), 36)
+	return strconv.FormatUint(mrand.Uint64()>>16, 36) + strconv.FormatInt(time.Now().UnixMilli(), 36)
 }
 
 // Waits between the attempts to reach Redis again.
