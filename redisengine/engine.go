@@ -244,7 +244,7 @@ func (e *Engine) setClient(c rueidis.Client) {
 	close(e.ready)
 	// The control channel's subscription notices reconnections.
 	e.wg.Go(func() {
-		keep(e, e.key("", "ctl"), false, func(string) {}, func(first bool) {
+		keep(e.ctx, e, e.key("", "ctl"), false, func(string) {}, func(first bool) {
 			if !first {
 				e.reconns.Add(1)
 				e.pres.kick()

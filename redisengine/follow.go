@@ -21,11 +21,7 @@ import (
 // attempt: with nil once the subscription is confirmed, or with why it
 // failed. A room's channel is sharded on a cluster (SSUBSCRIBE); the
 // engine's control channel is not.
-func keep(e *Engine, ch string, room bool, onMsg func(string), onUp func(first bool), tried func(error)) {
-	keepCtx(e.ctx, e, ch, room, onMsg, onUp, tried)
-}
-
-func keepCtx(ctx context.Context, e *Engine, ch string, room bool, onMsg func(string), onUp func(first bool), tried func(error)) {
+func keep(ctx context.Context, e *Engine, ch string, room bool, onMsg func(string), onUp func(first bool), tried func(error)) {
 	var once sync.Once
 	report := func(err error) {
 		if tried != nil {
@@ -154,7 +150,7 @@ func (e *Engine) Follow(room string, p wshub.HistoryPolicy, after uint64, delive
 		ch, onMsg = e.key(room, "n"), f.announced
 		f.noted = make(map[string]uint64)
 	}
-	f.wg.Go(func() { keepCtx(f.ctx, e, ch, true, onMsg, f.subscribed, func(err error) { tried <- err }) })
+	f.wg.Go(func() { keep(f.ctx, e, ch, true, onMsg, f.subscribed, func(err error) { tried <- err }) })
 	f.wg.Go(f.run)
 	t := time.NewTimer(e.timeout)
 	defer t.Stop()

@@ -186,7 +186,7 @@ func (e *Engine) WatchPresence(room string, update func(hub string, members []by
 
 	tried := make(chan error, 1)
 	w.wg.Go(func() {
-		keepCtx(w.ctx, e, e.key(room, "p"), true, func(string) { w.kick() }, func(bool) { w.kick() }, func(err error) { tried <- err })
+		keep(w.ctx, e, e.key(room, "p"), true, func(string) { w.kick() }, func(bool) { w.kick() }, func(err error) { tried <- err })
 	})
 	t := time.NewTimer(e.timeout)
 	select {
