@@ -2,7 +2,6 @@ package redisengine_test
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,22 +24,30 @@ func startRedisCluster(t *testing.T) string {
 	first.kill()
 	var addrs []string
 	for i := range 3 {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := ln.Addr().(*net.TCPAddr).Port
-		ln.Close()
+		// Redis Cluster's bus listens on the port plus 10000 unless told
+		// otherwise: give it a free port of its own.
+		port, busPort := freePort(t), freePort(t)
 		dir := t.TempDir()
 		cmd := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", dir,
 			"--save", "", "--appendonly", "no", "--protected-mode", "no", "--cluster-enabled", "yes",
+			"--cluster-port", strconv.Itoa(busPort),
 			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--logfile", filepath.Join(dir, "redis.log"))
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+		exited := make(chan struct{})
+		go func() { cmd.Wait(); close(exited) }()
+		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
 		s := &redisServer{t: t, port: port}
-		et.Eventually(t, fmt.Sprintf("cluster node %d to answer", i), s.ping)
+		et.Eventually(t, fmt.Sprintf("cluster node %d to answer", i), func() bool {
+			select {
+			case <-exited:
+				log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
+				t.Fatalf("cluster node %d exited:\n%s", i, log)
+			default:
+			}
+			return s.ping()
+		})
 		addrs = append(addrs, s.addr())
 	}
 	if _, err := exec.LookPath("redis-cli"); err != nil {

@@ -46,16 +46,21 @@ func startRedis(t testing.TB, aof bool) *redisServer {
 		}
 		t.Skip("redis-server not found: install Debian's redis-server package to run the Redis tests")
 	}
+	s := &redisServer{t: t, port: freePort(t), dir: t.TempDir(), aof: aof}
+	s.start()
+	t.Cleanup(s.kill)
+	return s
+}
+
+// freePort returns a loopback port that nothing listened on a moment ago.
+func freePort(t testing.TB) int {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	port := ln.Addr().(*net.TCPAddr).Port
-	ln.Close()
-	s := &redisServer{t: t, port: port, dir: t.TempDir(), aof: aof}
-	s.start()
-	t.Cleanup(s.kill)
-	return s
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
 }
 
 func (s *redisServer) addr() string { return "127.0.0.1:" + strconv.Itoa(s.port) }
