@@ -312,6 +312,18 @@ func (f *follow) readLog() bool {
 	if pg.epoch == "" {
 		return true // no history: the next append starts one and announces it
 	}
+	if pg.latest < f.last {
+		// The history went back: Redis lost messages that this hub
+		// passed, and would number new ones with their seqs. End that
+		// epoch for every hub, and start over in the next.
+		if err := f.e.restart(f.ctx, f.room, f.p, pg.epoch, f.last); err != nil {
+			return false
+		}
+		f.loss()
+		f.epoch, f.last = "", 0
+		f.kick()
+		return true
+	}
 	f.epoch = pg.epoch
 	if first := pg.firstSeq(); first > f.last+1 || first == 0 && pg.latest > f.last {
 		// The stream no longer has messages after the last one passed
@@ -335,6 +347,16 @@ func (f *follow) readLog() bool {
 		f.kick() // more to read
 	}
 	return true
+}
+
+// restart runs restartScript for room.
+func (e *Engine) restart(ctx context.Context, room string, p wshub.HistoryPolicy, epoch string, seen uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	err := restartScript.exec(ctx, e.conn(), []string{e.key(room, "meta"), e.key(room, "log")}, []string{
+		epoch, strconv.FormatUint(seen, 10), newEpoch(), strconv.FormatInt(maxAge(p).Milliseconds(), 10),
+	}).Error()
+	return readErr("restart the history of "+strconv.Quote(room), err)
 }
 
 // page is what readScript returns.

@@ -9,9 +9,7 @@ require (
 	github.com/redis/rueidis v1.0.80
 	github.com/wshub/wshub v0.0.0-00010101000000-000000000000
 	go.uber.org/goleak v1.3.0
+	golang.org/x/sync v0.25.0
 )
 
-require (
-	golang.org/x/sync v0.25.0 // indirect
-	golang.org/x/sys v0.50.0 // indirect
-)
+require golang.org/x/sys v0.50.0 // indirect

@@ -9,6 +9,7 @@ import (
 
 	"github.com/redis/rueidis"
 	"github.com/wshub/wshub"
+	"golang.org/x/sync/semaphore"
 )
 
 // publisher sends publishes to Redis in the order of the Publish calls:
@@ -17,12 +18,13 @@ import (
 // Alone, a publish costs one round trip; under load, the publishes that
 // arrive during a round trip share the next one, as a group commit.
 type publisher struct {
-	e    *Engine
-	mu   sync.Mutex
-	q    []*pubOp
-	wake chan struct{} // has a token when q may be non-empty
-	done chan struct{} // closed when the goroutine ended
-	stop bool
+	e     *Engine
+	space *semaphore.Weighted // bytes of the publishes not yet answered: maxQueued
+	mu    sync.Mutex
+	q     []*pubOp
+	wake  chan struct{} // has a token when q may be non-empty
+	done  chan struct{} // closed when the goroutine ended
+	stop  bool
 
 	suspect bool // the connection broke: probe before the next batch; the goroutine's
 }
@@ -31,6 +33,7 @@ type publisher struct {
 // history.
 type pubOp struct {
 	room string
+	size int64 // of space held
 	hist bool
 	keys []string // of the script
 	args []string // of the script; the channel and payload of a PUBLISH
@@ -38,8 +41,13 @@ type pubOp struct {
 	sent bool // taken by the goroutine: guarded by publisher.mu
 }
 
+// maxQueued bounds the bytes of the publishes of an engine that wait for
+// Redis: past it, Publish waits, within its context, for answers.
+const maxQueued = 8 << 20
+
 func (p *publisher) init(e *Engine) {
 	p.e = e
+	p.space = semaphore.NewWeighted(maxQueued)
 	p.wake = make(chan struct{}, 1)
 	p.done = make(chan struct{})
 	go p.run()
@@ -52,11 +60,14 @@ func (p *publisher) init(e *Engine) {
 // moment (see the package documentation, "What acknowledged means"). A
 // room with history gets the append script: wait returns nil once Redis
 // stored the message in the room's stream, numbered it and announced it.
-// Publishes are written in the order of the Publish calls. If Redis
-// cannot be reached, wait returns an error wrapping ErrNotConnected and
-// the message went nowhere; if no answer came, one wrapping
-// ErrUnconfirmed. When ctx has no deadline, Options.Timeout bounds the
-// wait. wait must be called once.
+// Publishes are written in the order of the Publish calls. Publish
+// returns at once unless more than 8 MiB of this engine's publishes wait
+// for Redis: then it waits for answers, within ctx (if ctx ends, wait
+// returns its error and the message went nowhere). If Redis cannot be
+// reached, wait returns an error wrapping ErrNotConnected and the message
+// went nowhere; if no answer came, one wrapping ErrUnconfirmed. When ctx
+// has no deadline, Options.Timeout bounds the wait. wait must be called
+// once.
 func (e *Engine) Publish(ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) (wait func() error) {
 	if e.isClosed() {
 		return failed(ErrClosed)
@@ -64,7 +75,10 @@ func (e *Engine) Publish(ctx context.Context, room string, p wshub.HistoryPolicy
 	if e.conn() == nil {
 		return failed(fmt.Errorf("%w: publish to %q: no connection yet", ErrNotConnected, room))
 	}
-	op := &pubOp{room: room, res: make(chan error, 1)}
+	op := &pubOp{room: room, res: make(chan error, 1), size: min(int64(len(msg)+len(id)+64), maxQueued)}
+	if err := e.pubs.space.Acquire(ctx, op.size); err != nil {
+		return failed(fmt.Errorf("redisengine: publish to %q: %w", room, err))
+	}
 	if p.Messages > 0 {
 		op.hist = true
 		op.keys = []string{e.key(room, "meta"), e.key(room, "log"), e.key(room, "id:"+id)}
@@ -76,6 +90,7 @@ func (e *Engine) Publish(ctx context.Context, room string, p wshub.HistoryPolicy
 	e.pubs.mu.Lock()
 	if e.pubs.stop {
 		e.pubs.mu.Unlock()
+		e.pubs.space.Release(op.size)
 		return failed(ErrClosed)
 	}
 	e.pubs.q = append(e.pubs.q, op)
@@ -149,17 +164,19 @@ func (p *publisher) run() {
 		stop := p.stop
 		n := 0
 		for _, op := range batch {
-			if !op.sent {
-				op.sent = true
-				batch[n] = op
-				n++
+			if op.sent { // its waiter gave up before it was sent
+				p.space.Release(op.size)
+				continue
 			}
+			op.sent = true
+			batch[n] = op
+			n++
 		}
 		batch = batch[:n]
 		p.mu.Unlock()
 		if stop {
 			for _, op := range batch {
-				op.res <- ErrClosed
+				p.answer(op, ErrClosed)
 			}
 			return
 		}
@@ -171,7 +188,8 @@ func (p *publisher) run() {
 
 // send writes batch as pipelines and hands each publish its answer: the
 // appends to rooms with history, then the PUBLISHes. Each room is of one
-// kind, so its publishes keep their order.
+// kind, so its publishes keep their order. Each pipeline has its own
+// deadline, Options.Timeout.
 //
 // rueidis reports a connection that broke while idle on the first
 // command sent after, as if that command might have been sent. So after
@@ -183,12 +201,10 @@ func (p *publisher) run() {
 // twice), and its wait returns ErrUnconfirmed.
 func (p *publisher) send(batch []*pubOp) {
 	c := p.e.conn()
-	ctx, cancel := context.WithTimeout(p.e.ctx, p.e.timeout)
-	defer cancel()
 	if p.suspect {
-		if err := p.probe(ctx, c); err != nil {
+		if err := p.probe(c); err != nil {
 			for _, op := range batch {
-				op.res <- fmt.Errorf("%w: publish to %q: %w", ErrNotConnected, op.room, err)
+				p.answer(op, fmt.Errorf("%w: publish to %q: %w", ErrNotConnected, op.room, err))
 			}
 			return
 		}
@@ -202,48 +218,56 @@ func (p *publisher) send(batch []*pubOp) {
 		}
 	}
 	var again []*pubOp // appends whose answer was lost
-	for i, r := range p.do(ctx, c, appends) {
+	for i, r := range p.do(c, appends) {
 		if err := r.Error(); err != nil && brokenConn(err) {
 			p.suspect = true
 			again = append(again, appends[i])
 			continue
 		}
-		appends[i].answer(r.Error(), false)
+		p.answer(appends[i], classify(appends[i].what(), r.Error()))
 	}
 	if len(again) > 0 {
-		if err := p.probe(ctx, c); err != nil {
+		if err := p.probe(c); err != nil {
 			for _, op := range again {
-				op.answer(err, true)
+				p.answer(op, unconfirmed(op, err))
 			}
 		} else {
-			for i, r := range p.do(ctx, c, again) {
-				again[i].answer(r.Error(), true)
+			for i, r := range p.do(c, again) {
+				p.answer(again[i], unconfirmed(again[i], r.Error()))
 			}
 		}
 	}
-	for i, r := range p.do(ctx, c, pubs) {
+	for i, r := range p.do(c, pubs) {
 		if err := r.Error(); err != nil && brokenConn(err) {
 			p.suspect = true
 		}
-		pubs[i].answer(r.Error(), false)
+		p.answer(pubs[i], classify(pubs[i].what(), r.Error()))
 	}
 }
 
-// answer hands the publish its result: err classified, or, when an
-// earlier attempt may have been stored (maybe), ErrUnconfirmed for any
-// error.
-func (op *pubOp) answer(err error, maybe bool) {
-	what := "publish to " + strconv.Quote(op.room)
-	if maybe && err != nil {
-		op.res <- fmt.Errorf("%w: %s: %w", ErrUnconfirmed, what, err)
-		return
+func (op *pubOp) what() string { return "publish to " + strconv.Quote(op.room) }
+
+// unconfirmed is the result of a publish sent again after a lost answer:
+// any error leaves it unconfirmed, as the first attempt may have been
+// stored.
+func unconfirmed(op *pubOp, err error) error {
+	if err == nil {
+		return nil
 	}
-	op.res <- classify(what, err)
+	return fmt.Errorf("%w: %s: %w", ErrUnconfirmed, op.what(), err)
+}
+
+// answer hands op its result and frees its room in the queue.
+func (p *publisher) answer(op *pubOp, err error) {
+	op.res <- err
+	p.space.Release(op.size)
 }
 
 // probe checks that Redis can be reached, making a new connection if the
 // last one broke.
-func (p *publisher) probe(ctx context.Context, c rueidis.Client) error {
+func (p *publisher) probe(c rueidis.Client) error {
+	ctx, cancel := context.WithTimeout(p.e.ctx, p.e.timeout)
+	defer cancel()
 	var err error
 	for range 2 {
 		err = c.Do(ctx, c.B().Publish().Channel(p.e.key("", "ctl")).Message("").Build()).Error()
@@ -258,48 +282,41 @@ func (p *publisher) probe(ctx context.Context, c rueidis.Client) error {
 	return err
 }
 
-// do writes ops, all of one kind, as one pipeline, and returns their
-// answers. An append that Redis refused because its script was not
-// loaded (after a restart) ran nowhere: it is sent again with the
-// script.
-func (p *publisher) do(ctx context.Context, c rueidis.Client, ops []*pubOp) []rueidis.RedisResult {
+// do writes ops, all of one kind, as one pipeline within Options.Timeout,
+// and returns their answers; after Close, ErrClosed without writing.
+func (p *publisher) do(c rueidis.Client, ops []*pubOp) []rueidis.RedisResult {
 	if len(ops) == 0 {
 		return nil
 	}
-	cmds := make(rueidis.Commands, len(ops))
-	for i, op := range ops {
-		cmds[i] = p.command(c, op, false)
-	}
-	res := c.DoMulti(ctx, cmds...)
-	var again []int
-	for i, r := range res {
-		if err, ok := rueidis.IsRedisErr(r.Error()); ok && err.IsNoScript() {
-			again = append(again, i)
+	if p.e.ctx.Err() != nil {
+		res := make([]rueidis.RedisResult, len(ops))
+		for i := range res {
+			res[i] = rueidis.NewErrorResult(rueidis.ErrClosing)
 		}
-	}
-	if len(again) == 0 {
 		return res
 	}
-	cmds = cmds[:0]
-	for _, i := range again {
-		cmds = append(cmds, p.command(c, ops[i], true))
+	ctx, cancel := context.WithTimeout(p.e.ctx, p.e.timeout)
+	defer cancel()
+	cmds := make(rueidis.Commands, len(ops))
+	for i, op := range ops {
+		cmds[i] = p.command(c, op)
 	}
-	for j, r := range c.DoMulti(ctx, cmds...) {
-		res[again[j]] = r
-	}
-	return res
+	return c.DoMulti(ctx, cmds...)
 }
 
-// command builds op's command; full sends the script itself rather than
-// its hash.
-func (p *publisher) command(c rueidis.Client, op *pubOp, full bool) rueidis.Completed {
+// command builds op's command. An append sends the script itself, not
+// its hash: a script missing from Redis (after a restart) must not fail
+// one append of a pipeline while the next one, after another hub loaded
+// it, is stored, out of order. Redis caches the compiled script by its
+// hash, so this costs the bytes of the script.
+func (p *publisher) command(c rueidis.Client, op *pubOp) rueidis.Completed {
 	switch {
 	case !op.hist && p.e.sharded.Load():
 		return c.B().Spublish().Channel(op.args[0]).Message(op.args[1]).Build()
 	case !op.hist:
 		return c.B().Publish().Channel(op.args[0]).Message(op.args[1]).Build()
 	}
-	return appendScript.command(c, op.keys, op.args, full)
+	return appendScript.command(c, op.keys, op.args, true)
 }
 
 // close fails the publishes that wait and ends the goroutine.

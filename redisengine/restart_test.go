@@ -83,3 +83,47 @@ func TestHistoryLostOrExpired(t *testing.T) {
 		t.Fatalf("message of the new history: epoch %q seq %d, want a new epoch (not %q) and seq 1", m.Epoch, m.Seq, xack.Epoch)
 	}
 }
+
+// Redis comes back with older data (here a snapshot taken before the last
+// appends; likewise an append-only file fsynced a second ago, or a replica
+// that lagged): the hubs see the history go back, end its epoch, and close
+// the members with 1012; a rejoin is told it could not recover, and the
+// room goes on under a new epoch, its old seqs never given to new
+// messages.
+func TestHistoryWentBack(t *testing.T) {
+	t.Parallel()
+	s := startRedis(t, false)
+	nodes := newNodes(t, s.url(), 2, nil, et.LostPolicies)
+	ctx := et.Ctx(t)
+	p := et.Dial(t, nodes[1])
+	_, ack := p.JoinAck("m", "")
+	var last et.Msg
+	for i := range 5 {
+		if i == 3 {
+			et.Equal(t, "SAVE", s.do("SAVE"), "+OK") // the snapshot keeps 3 messages
+		}
+		if err := et.Broadcast(ctx, nodes[0], "m", "before", i); err != nil {
+			t.Fatal(err)
+		}
+		last = p.Read()
+	}
+	s.kill()
+	s.start()
+	_, _, err := p.Conn.Read(ctx)
+	if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
+		t.Fatalf("member: %v (status %d), want a close with 1012", err, got)
+	}
+	et.Eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].Hub.Room("m").Len() == 0 })
+	q := et.Dial(t, nodes[1])
+	_, ack2 := q.JoinAck("m", fmt.Sprintf(`"since":%d,"epoch":%q`, last.Seq, ack.Epoch))
+	if ack2.Recovered == nil || *ack2.Recovered || ack2.Epoch == ack.Epoch {
+		t.Fatalf("rejoin: %+v, want recovered false and a new epoch", ack2)
+	}
+	if err := et.Broadcast(ctx, nodes[0], "m", "after", 0); err != nil {
+		t.Fatal(err)
+	}
+	m := q.Read()
+	if et.Data(t, m).Pub != "after" || m.Epoch != "" && m.Epoch != ack2.Epoch {
+		t.Fatalf("message after: %+v, want it in epoch %q", m, ack2.Epoch)
+	}
+}

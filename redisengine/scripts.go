@@ -132,6 +132,20 @@ end
 return out
 `)
 
+// restartScript starts a room's history anew, under a new epoch, if it
+// went back: KEYS meta and log; ARGV the epoch and the seq a hub had
+// passed, the new epoch, MaxAge in ms. Redis came back with older data
+// (a snapshot, an append-only file fsynced a second ago, a replica that
+// lagged): its seqs after the one it kept would be given again to other
+// messages, so the history must not go on under that epoch.
+var restartScript = newScript(startLua + `
+if redis.call('HGET', KEYS[1], 'e') == ARGV[1] and tonumber(redis.call('HGET', KEYS[1], 's')) < tonumber(ARGV[2]) then
+	start(ARGV[3])
+	redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+`)
+
 // presenceScript writes or withdraws this hub's entry of a room's
 // presence: KEYS pres (a hash: hub ID to its members) and presx (a
 // sorted set: hub ID scored by when its entry expires); ARGV hub ID,
