@@ -79,6 +79,12 @@
 //     message, also after an outage of its own, as long as the stream
 //     still holds it. With persistence (appendonly yes) that survives a
 //     restart of Redis; with appendfsync always, a crash of its machine.
+//     Redis may come back with older data (a snapshot, an append-only file
+//     fsynced a second before a crash, a replica that lagged when it took
+//     over): the messages after it are lost. A hub that passed one of
+//     them sees the history go back, ends its epoch for every hub (the
+//     seqs would otherwise be given again), and closes the room's members
+//     with 1012; their rejoins are told recovered:false.
 //   - Resume. A hub follows a room by its announcements, reading the
 //     stream after the last seq it delivered, a batch at a time and at the
 //     pace its members take them. After a reconnection it reads on from

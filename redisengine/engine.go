@@ -50,7 +50,8 @@ var (
 	ErrClosed = errors.New("redisengine: engine closed")
 
 	// ErrFollowed is returned by Follow for a room that is already
-	// followed.
+	// followed, and by WatchPresence for a room whose presence is already
+	// watched.
 	ErrFollowed = errors.New("redisengine: room already followed")
 )
 
@@ -155,7 +156,9 @@ func Connect(url string, opts *Options) (*Engine, error) {
 
 // New returns an engine on c, which stays the caller's: Close does not
 // close it. opts may be nil for the defaults; New ignores
-// Options.RetryOnFailedConnect. c should not use client-side caching.
+// Options.RetryOnFailedConnect. c should not use client-side caching,
+// and must not serve another Engine: the subscriptions of both would
+// share its connections, and one's Unfollow would end the other's.
 func New(c rueidis.Client, opts *Options) (*Engine, error) {
 	if c == nil {
 		return nil, errors.New("redisengine: nil client")
@@ -251,7 +254,7 @@ func (e *Engine) setClient(c rueidis.Client) {
 			}
 		}, nil)
 	})
-	e.wg.Go(e.pres.run)
+	e.pres.start()
 }
 
 // dialLoop makes the client once Redis answers, for a Connect with
@@ -306,8 +309,9 @@ func (e *Engine) HubID() string { return e.hubID }
 
 // Close stops the engine's follows and presence, deleting this hub's
 // presence entries (waiting at most 2 seconds), fails the publishes that
-// wait with ErrClosed, and closes the connection if Connect made it. The
-// hub calls it when it shuts down.
+// wait with ErrClosed, and closes the connection if Connect made it. It
+// waits for Redis at most about Options.Timeout plus 2 seconds. The hub
+// calls it when it shuts down; later calls do nothing and return nil.
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
 		e.mu.Lock()
@@ -316,7 +320,10 @@ func (e *Engine) Close() error {
 		e.follows = map[string]*follow{}
 		e.mu.Unlock()
 		for _, f := range follows {
-			f.stop()
+			f.cancel() // all at once: each may wait for Redis to unsubscribe
+		}
+		for _, f := range follows {
+			f.wg.Wait()
 		}
 		e.pres.close()
 		e.cancel()

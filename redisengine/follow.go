@@ -126,7 +126,8 @@ func (f *follow) loss() {
 // after on, going on across reconnections (see the package
 // documentation). It returns once Redis confirmed the subscription, or
 // once a first attempt failed (Redis is down: the engine subscribes when
-// it is back), within Options.Timeout.
+// it is back), within Options.Timeout. It returns ErrFollowed for a room
+// already followed and ErrClosed after Close.
 func (e *Engine) Follow(room string, p wshub.HistoryPolicy, after uint64, deliver func(wshub.Entry)) error {
 	f := &follow{e: e, room: room, p: p, deliver: deliver, last: after, wake: make(chan struct{}, 1), passed: time.Now()}
 	f.ctx, f.cancel = context.WithCancel(e.ctx)
@@ -161,7 +162,8 @@ func (e *Engine) Follow(room string, p wshub.HistoryPolicy, after uint64, delive
 	return nil
 }
 
-// Unfollow stops the deliveries of room, waiting for one under way.
+// Unfollow stops the deliveries of room, waiting for one under way and
+// for Redis to drop the subscription, at most Options.Timeout.
 func (e *Engine) Unfollow(room string) error {
 	e.mu.Lock()
 	f := e.follows[room]
@@ -420,7 +422,10 @@ func streamSeq(id string) uint64 {
 // Read returns the room's retained messages with a seq above after,
 // oldest first, at most limit (the newest; all if negative), and where
 // its history stands; a room without history gets one, with a new
-// epoch, so that the hubs agree on it from the first join.
+// epoch, so that the hubs agree on it from the first join. It waits for
+// Redis, within ctx and at most Options.Timeout, and returns an error
+// wrapping ErrNotConnected when Redis cannot be reached, ErrClosed after
+// Close.
 func (e *Engine) Read(ctx context.Context, room string, p wshub.HistoryPolicy, after uint64, limit int) (wshub.LogPage, error) {
 	if e.isClosed() {
 		return wshub.LogPage{}, ErrClosed

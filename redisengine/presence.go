@@ -3,7 +3,9 @@ package redisengine
 import (
 	"context"
 	"fmt"
+	"hash/fnv"
 	"maps"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -11,10 +13,20 @@ import (
 
 // presence is this hub's share of the rooms' presence: the entries it
 // wrote, kept alive, and the rooms it watches.
+//
+// The writes of one room's entry, by SetPresence and by the refresh, run
+// one at a time under that room's write lock, each writing what own holds
+// then: a refresh that read an older value cannot land after a newer
+// one. The lock is the room's alone (a stripe of it), so a slow write
+// delays no other room's.
 type presence struct {
-	e    *Engine
-	ttl  time.Duration
-	wake chan struct{} // write every entry again: the connection came back
+	e      *Engine
+	ttl    time.Duration
+	wake   chan struct{} // write every entry again: the connection came back
+	ctx    context.Context
+	cancel context.CancelFunc // ends run
+	wg     sync.WaitGroup     // run
+	writes [64]sync.Mutex     // the write locks, by a hash of the room
 
 	mu      sync.Mutex
 	own     map[string]string // room → this hub's members, as written
@@ -24,7 +36,7 @@ type presence struct {
 }
 
 func newPresence(e *Engine, ttl time.Duration) *presence {
-	return &presence{
+	p := &presence{
 		e:       e,
 		ttl:     ttl,
 		wake:    make(chan struct{}, 1),
@@ -32,6 +44,54 @@ func newPresence(e *Engine, ttl time.Duration) *presence {
 		dirty:   make(map[string]bool),
 		watches: make(map[string]*watch),
 	}
+	p.ctx, p.cancel = context.WithCancel(e.ctx)
+	return p
+}
+
+// start starts keeping the entries alive, once there is a client.
+func (p *presence) start() { p.wg.Go(p.run) }
+
+// writeLock returns room's write lock.
+func (p *presence) writeLock(room string) *sync.Mutex {
+	h := fnv.New32a()
+	h.Write([]byte(room))
+	return &p.writes[h.Sum32()%uint32(len(p.writes))]
+}
+
+// sync writes room's entry as own holds it now, under the room's write
+// lock; refresh only renews its expiry, unless Redis lost it. It notes
+// a failure, for the next refresh to retry.
+func (p *presence) sync(room string, refresh bool) error {
+	l := p.writeLock(room)
+	l.Lock()
+	defer l.Unlock()
+	p.mu.Lock()
+	v, ok := p.own[room]
+	closed := p.closed
+	p.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	var err error
+	switch {
+	case !ok:
+		err = p.write(p.ctx, room, "")
+	case refresh:
+		var there bool
+		if there, err = p.writeOK(p.ctx, room, "="); err == nil && !there {
+			err = p.write(p.ctx, room, v) // Redis lost it
+		}
+	default:
+		err = p.write(p.ctx, room, v)
+	}
+	p.mu.Lock()
+	if err != nil {
+		p.dirty[room] = true
+	} else {
+		delete(p.dirty, room)
+	}
+	p.mu.Unlock()
+	return err
 }
 
 func (p *presence) kick() {
@@ -55,22 +115,13 @@ func (e *Engine) SetPresence(room string, members []byte) error {
 		p.mu.Unlock()
 		return ErrClosed
 	}
-	v := string(members)
 	if members == nil {
 		delete(p.own, room)
 	} else {
-		p.own[room] = v
+		p.own[room] = string(members)
 	}
 	p.mu.Unlock()
-	err := p.write(e.ctx, room, v)
-	p.mu.Lock()
-	if err != nil {
-		p.dirty[room] = true
-	} else {
-		delete(p.dirty, room)
-	}
-	p.mu.Unlock()
-	return err
+	return p.sync(room, false)
 }
 
 // write runs presenceScript for room: members "" withdraws this hub's
@@ -113,35 +164,26 @@ func (p *presence) run() {
 	for {
 		full := false
 		select {
-		case <-p.e.ctx.Done():
+		case <-p.ctx.Done():
 			return
 		case <-t.C:
 		case <-p.wake:
 			full = true
 		}
 		p.mu.Lock()
-		own := maps.Clone(p.own)
+		rooms := slices.Collect(maps.Keys(p.own))
 		dirty := maps.Clone(p.dirty)
 		p.mu.Unlock()
-		for room, v := range own {
-			var err error
-			if full || dirty[room] {
-				err = p.write(p.e.ctx, room, v)
-			} else {
-				var ok bool
-				if ok, err = p.writeOK(p.e.ctx, room, "="); err == nil && !ok {
-					err = p.write(p.e.ctx, room, v) // Redis lost it
-				}
+		for room := range dirty {
+			if !slices.Contains(rooms, room) {
+				rooms = append(rooms, room) // a withdrawal that failed
 			}
-			p.mu.Lock()
-			if p.own[room] == v {
-				if err != nil {
-					p.dirty[room] = true
-				} else {
-					delete(p.dirty, room)
-				}
+		}
+		for _, room := range rooms {
+			if p.ctx.Err() != nil {
+				return
 			}
-			p.mu.Unlock()
+			p.sync(room, !full && !dirty[room])
 		}
 	}
 }
@@ -165,7 +207,11 @@ type watch struct {
 // hub announces a change, every PresenceTTL/3 (to see expired ones go),
 // and after a reconnection. While Redis cannot be reached the watch goes
 // on, and when that lasts PresenceTTL, update withdraws the other hubs'
-// members, since this hub can no longer tell which are alive.
+// members, since this hub can no longer tell which are alive. It waits
+// for the subscription and the first read at most about twice
+// Options.Timeout; when Redis is down it returns nil without the current
+// entries, which come once Redis is back. It returns ErrFollowed for a
+// room already watched and ErrClosed after Close.
 func (e *Engine) WatchPresence(room string, update func(hub string, members []byte)) error {
 	p := e.pres
 	w := &watch{p: p, room: room, update: update, wake: make(chan struct{}, 1), seen: make(map[string]string), lastOK: time.Now()}
@@ -179,14 +225,19 @@ func (e *Engine) WatchPresence(room string, update func(hub string, members []by
 	case p.watches[room] != nil:
 		p.mu.Unlock()
 		w.cancel()
-		return fmt.Errorf("redisengine: presence of %q already watched", room)
+		return fmt.Errorf("%w: presence of %q", ErrFollowed, room)
 	}
 	p.watches[room] = w
 	p.mu.Unlock()
 
 	tried := make(chan error, 1)
 	w.wg.Go(func() {
-		keep(w.ctx, e, e.key(room, "p"), true, func(string) { w.kick() }, func(bool) { w.kick() }, func(err error) { tried <- err })
+		keep(w.ctx, e, e.key(room, "p"), true, func(string) { w.kick() }, func(first bool) {
+			w.kick()
+			if !first {
+				p.kick() // the connection came back: on a cluster, maybe another node's
+			}
+		}, func(err error) { tried <- err })
 	})
 	t := time.NewTimer(e.timeout)
 	select {
@@ -199,7 +250,8 @@ func (e *Engine) WatchPresence(room string, update func(hub string, members []by
 	return nil
 }
 
-// UnwatchPresence stops the updates of room.
+// UnwatchPresence stops the updates of room, waiting for one under way
+// and for Redis to drop the subscription, at most Options.Timeout.
 func (e *Engine) UnwatchPresence(room string) error {
 	p := e.pres
 	p.mu.Lock()
@@ -289,9 +341,9 @@ func (p *presence) read(ctx context.Context, room string) (map[string]string, er
 	return out, nil
 }
 
-// close stops the watches and withdraws this hub's entries, waiting at
-// most 2 seconds: the other hubs see its members leave at once. What it
-// could not withdraw expires.
+// close stops the watches and the refresh, then withdraws this hub's
+// entries, waiting at most 2 seconds: the other hubs see its members
+// leave at once. What it could not withdraw expires.
 func (p *presence) close() {
 	p.mu.Lock()
 	p.closed = true
@@ -301,8 +353,13 @@ func (p *presence) close() {
 	p.own = nil
 	p.mu.Unlock()
 	for _, w := range watches {
-		w.stop()
+		w.cancel()
 	}
+	for _, w := range watches {
+		w.wg.Wait()
+	}
+	p.cancel()
+	p.wg.Wait()
 	if len(own) == 0 || p.e.conn() == nil {
 		return
 	}
@@ -310,7 +367,12 @@ func (p *presence) close() {
 	defer cancel()
 	var wg sync.WaitGroup
 	for room := range own {
-		wg.Go(func() { p.write(ctx, room, "") })
+		wg.Go(func() {
+			l := p.writeLock(room) // after a SetPresence under way
+			l.Lock()
+			defer l.Unlock()
+			p.write(ctx, room, "")
+		})
 	}
 	wg.Wait()
 }
