@@ -64,6 +64,12 @@ func (p *Proxy) accept() {
 			continue
 		}
 		p.mu.Lock()
+		if p.refuse { // cut while dialing
+			p.mu.Unlock()
+			c.Close()
+			s.Close()
+			continue
+		}
 		p.conns[c], p.conns[s] = true, true
 		p.mu.Unlock()
 		p.wg.Go(func() { p.forward(s, c, true) })

@@ -591,10 +591,8 @@ func HistoryLostOnRestart(t *testing.T, nodes []*Node, restart func()) {
 		return err == nil && epoch != ack.Epoch
 	})
 
-	// A join while the closed member is still in the room would join the
-	// old room, whose cursor refers to the lost stream, and miss the new
-	// stream's messages up to that seq (the core keeps the cursor after
-	// a loss, an Entry without JSON): wait for the hub to drop the room.
+	// Wait for the hub to drop the closed member, so that the rejoin below
+	// finds the room as a client reconnecting later would.
 	Eventually(t, "hub 1 to drop the closed member", func() bool { return nodes[1].Hub.Room("m").Len() == 0 })
 	q := Dial(t, nodes[1])
 	_, ack2 := q.JoinAck("m", fmt.Sprintf(`"since":%d,"epoch":%q`, ack.Seq, ack.Epoch))
