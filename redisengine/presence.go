@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"sync"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // presence is this hub's share of the rooms' presence: the entries it
@@ -155,6 +157,9 @@ func (p *presence) writeOK(ctx context.Context, room, members string) (bool, err
 // the TTL of the hub's last write.
 func (p *presence) life() time.Duration { return p.ttl * 2 / 3 }
 
+// refreshes is how many entries a refresh writes at once.
+const refreshes = 32
+
 // run keeps this hub's entries alive: every PresenceTTL/3 it refreshes
 // them and writes again those whose write failed or that Redis lost;
 // after a reconnection it writes them all again.
@@ -179,12 +184,17 @@ func (p *presence) run() {
 				rooms = append(rooms, room) // a withdrawal that failed
 			}
 		}
+		// Many at once, which rueidis pipelines: a pass over many rooms
+		// takes a few round trips, not one per room.
+		var g errgroup.Group
+		g.SetLimit(refreshes)
 		for _, room := range rooms {
-			if p.ctx.Err() != nil {
-				return
-			}
-			p.sync(room, !full && !dirty[room])
+			g.Go(func() error {
+				p.sync(room, !full && !dirty[room])
+				return nil
+			})
 		}
+		g.Wait()
 	}
 }
 
