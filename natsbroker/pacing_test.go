@@ -74,31 +74,7 @@ func TestCoreBurstPastBound(t *testing.T) {
 			}
 			nodes := startNodes(t, s.ClientURL(), 2, &natsbroker.Options{BurstBytes: 64 << 10}, hist, false,
 				func(o *wshub.Options) { o.Limits.WriteTimeout = 2 * time.Second })
-			stalled := dial(t, nodes[1])
-			stalled.Join("r") // and never reads again
-			reader := dial(t, nodes[1])
-			_, ack := reader.JoinAck("r", "")
-			closed := make(chan error, 1)
-			go func() {
-				for {
-					if _, err := reader.Next(); err != nil {
-						closed <- err
-						return
-					}
-				}
-			}()
-			// 32 MiB from hub A, more than the stalled member's socket and
-			// queue take, and far more than BurstBytes.
-			big := strings.Repeat("x", 8<<10)
-			ctx := et.Ctx(t)
-			for i := range 4096 {
-				if err := nodes[0].Hub.Room("r").Broadcast(ctx, &wshub.Message{Data: et.Payload{Pub: big, Seq: i}}); err != nil {
-					t.Fatalf("broadcast %d: %v", i, err)
-				}
-			}
-			nodes[0].Hub.Room("r").Broadcast(ctx, &wshub.Message{Data: et.Payload{Pub: "after"}}) // the burst's end shows it
-			err := <-closed
-			et.Equal(t, "reader's close code", websocket.CloseStatus(err), websocket.StatusServiceRestart)
+			ack := et.BurstPastBound(t, hubs(nodes))
 			if !history {
 				return
 			}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -228,4 +229,36 @@ func FloodPacedOnOtherHub(t *testing.T, nodes []*Node, count int) {
 	for i, m := range members {
 		CheckSequences(t, fmt.Sprintf("reader %d", i), m.Got, map[string]int{"a": n})
 	}
+}
+
+// BurstPastBound: of two hubs whose engine holds at most 64 KiB of a
+// room's burst (BurstBytes) and whose WriteTimeout is 2 s, a member of
+// the second stops reading and holds up the room until WriteTimeout
+// closes it, while the first broadcasts 32 MiB: the burst past the bound
+// is not lost silently, the second hub's other member is closed with
+// 1012. It returns that member's join ack.
+func BurstPastBound(t *testing.T, nodes []*Node) Msg {
+	stalled := Dial(t, nodes[1])
+	stalled.Join("r") // and never reads again
+	reader := Dial(t, nodes[1])
+	_, ack := reader.JoinAck("r", "")
+	closed := make(chan error, 1)
+	go func() {
+		for {
+			if _, err := reader.Next(); err != nil {
+				closed <- err
+				return
+			}
+		}
+	}()
+	big := strings.Repeat("x", 8<<10)
+	ctx := Ctx(t)
+	for i := range 4096 {
+		if err := nodes[0].Hub.Room("r").Broadcast(ctx, &wshub.Message{Data: Payload{Pub: big, Seq: i}}); err != nil {
+			t.Fatalf("broadcast %d: %v", i, err)
+		}
+	}
+	nodes[0].Hub.Room("r").Broadcast(ctx, &wshub.Message{Data: Payload{Pub: "after"}}) // the burst's end shows it
+	Equal(t, "reader's close code", websocket.CloseStatus(<-closed), websocket.StatusServiceRestart)
+	return ack
 }
