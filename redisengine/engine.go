@@ -264,10 +264,11 @@ func (e *Engine) dialLoop(copt rueidis.ClientOption) {
 	for {
 		c, err := rueidis.NewClient(copt)
 		if err == nil {
+			// Under e.mu, so that Close either comes first, and the
+			// client is closed here, or finds what setClient starts.
 			e.mu.Lock()
-			closed := e.closed
-			e.mu.Unlock()
-			if closed {
+			defer e.mu.Unlock()
+			if e.closed {
 				c.Close()
 				return
 			}
