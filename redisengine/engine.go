@@ -417,7 +417,7 @@ func classify(what string, err error) error {
 		return nil
 	case isRedisErr(err):
 		return fmt.Errorf("redisengine: %s: %w", what, err)
-	case dialFailed(err):
+	case dialFailed(err) || errors.Is(err, errNoConn):
 		return fmt.Errorf("%w: %s: %w", ErrNotConnected, what, err)
 	case errors.Is(err, rueidis.ErrClosing):
 		return fmt.Errorf("%w: %s", ErrClosed, what)
@@ -440,7 +440,7 @@ func dialFailed(err error) bool {
 // brokenConn reports whether err says that the connection broke (or
 // was found broken) around a command: it may or may not have been sent.
 func brokenConn(err error) bool {
-	return !isRedisErr(err) && !dialFailed(err) && !errors.Is(err, rueidis.ErrClosing) &&
+	return !isRedisErr(err) && !dialFailed(err) && !errors.Is(err, errNoConn) && !errors.Is(err, rueidis.ErrClosing) &&
 		!errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded)
 }
 

@@ -30,7 +30,7 @@ func keep(ctx context.Context, e *Engine, ch string, room bool, onMsg func(strin
 	}
 	defer report(ErrClosed)
 	if e.conn() == nil {
-		report(fmt.Errorf("%w: subscribe %s: no connection yet", ErrNotConnected, ch))
+		report(readErr("subscribe "+ch, errNoConn))
 	}
 	c := e.waitConn(ctx)
 	if c == nil {
@@ -85,16 +85,57 @@ func keep(ctx context.Context, e *Engine, ch string, room bool, onMsg func(strin
 	}
 }
 
+// task is the background work of a room, a follow or a presence watch:
+// its goroutines, the context that ends them, and a wake-up.
+type task struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	wake   chan struct{} // a token when there is something to do
+}
+
+func (t *task) init(parent context.Context) {
+	t.ctx, t.cancel = context.WithCancel(parent)
+	t.wake = make(chan struct{}, 1)
+}
+
+// stop ends the task and waits for its goroutines.
+func (t *task) stop() {
+	t.cancel()
+	t.wg.Wait()
+}
+
+func (t *task) kick() { signal(t.wake) }
+
+// subscribe keeps a subscription to room channel ch on one of t's
+// goroutines (see keep), and returns once Redis confirmed it or a first
+// attempt failed, within Options.Timeout.
+func (t *task) subscribe(e *Engine, ch string, onMsg func(string), onUp func(first bool)) {
+	tried := make(chan error, 1)
+	t.wg.Go(func() { keep(t.ctx, e, ch, true, onMsg, onUp, func(err error) { tried <- err }) })
+	timer := time.NewTimer(e.timeout)
+	defer timer.Stop()
+	select {
+	case <-tried:
+	case <-timer.C:
+	}
+}
+
+// signal puts a token in ch unless it has one.
+func signal(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
 // follow is a room that the hub follows.
 type follow struct {
+	task
 	e       *Engine
 	room    string
 	p       wshub.HistoryPolicy
 	deliver func(wshub.Entry)
-	ctx     context.Context
-	cancel  context.CancelFunc
-	wg      sync.WaitGroup
-	wake    chan struct{} // a token when there is something to do
 
 	// A room without history: the messages received and not yet passed.
 	mu     sync.Mutex
@@ -129,8 +170,8 @@ func (f *follow) loss() {
 // it is back), within Options.Timeout. It returns ErrFollowed for a room
 // already followed and ErrClosed after Close.
 func (e *Engine) Follow(room string, p wshub.HistoryPolicy, after uint64, deliver func(wshub.Entry)) error {
-	f := &follow{e: e, room: room, p: p, deliver: deliver, last: after, wake: make(chan struct{}, 1), passed: time.Now()}
-	f.ctx, f.cancel = context.WithCancel(e.ctx)
+	f := &follow{e: e, room: room, p: p, deliver: deliver, last: after, passed: time.Now()}
+	f.init(e.ctx)
 	e.mu.Lock()
 	switch {
 	case e.closed:
@@ -145,20 +186,13 @@ func (e *Engine) Follow(room string, p wshub.HistoryPolicy, after uint64, delive
 	e.follows[room] = f
 	e.mu.Unlock()
 
-	tried := make(chan error, 1)
 	ch, onMsg := e.key(room, "m"), f.received
 	if p.Messages > 0 {
 		ch, onMsg = e.key(room, "n"), f.announced
 		f.noted = make(map[string]uint64)
 	}
-	f.wg.Go(func() { keep(f.ctx, e, ch, true, onMsg, f.subscribed, func(err error) { tried <- err }) })
 	f.wg.Go(f.run)
-	t := time.NewTimer(e.timeout)
-	defer t.Stop()
-	select {
-	case <-tried:
-	case <-t.C:
-	}
+	f.subscribe(e, ch, onMsg, f.subscribed)
 	return nil
 }
 
@@ -173,18 +207,6 @@ func (e *Engine) Unfollow(room string) error {
 		f.stop()
 	}
 	return nil
-}
-
-func (f *follow) stop() {
-	f.cancel()
-	f.wg.Wait()
-}
-
-func (f *follow) kick() {
-	select {
-	case f.wake <- struct{}{}:
-	default:
-	}
 }
 
 // subscribed runs on each confirmation of the subscription: a room with
@@ -353,9 +375,7 @@ func (f *follow) readLog() bool {
 
 // restart runs restartScript for room.
 func (e *Engine) restart(ctx context.Context, room string, p wshub.HistoryPolicy, epoch string, seen uint64) error {
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	err := restartScript.exec(ctx, e.conn(), []string{e.key(room, "meta"), e.key(room, "log")}, []string{
+	err := e.runScript(ctx, restartScript, []string{e.key(room, "meta"), e.key(room, "log")}, []string{
 		epoch, strconv.FormatUint(seen, 10), newEpoch(), strconv.FormatInt(maxAge(p).Milliseconds(), 10),
 	}).Error()
 	return readErr("restart the history of "+strconv.Quote(room), err)
@@ -379,13 +399,7 @@ func (p page) firstSeq() uint64 {
 // read runs readScript for room; start is the epoch to start a history
 // with if it has none ("" to start none).
 func (e *Engine) read(ctx context.Context, room string, p wshub.HistoryPolicy, after uint64, limit int, start, mode string) (page, error) {
-	c := e.conn()
-	if c == nil {
-		return page{}, fmt.Errorf("%w: read %q: no connection yet", ErrNotConnected, room)
-	}
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	vals, err := readScript.exec(ctx, c, []string{e.key(room, "meta"), e.key(room, "log")}, []string{
+	vals, err := e.runScript(ctx, readScript, []string{e.key(room, "meta"), e.key(room, "log")}, []string{
 		strconv.FormatUint(after, 10), strconv.Itoa(limit), strconv.FormatInt(maxAge(p).Milliseconds(), 10), start, mode,
 	}).ToArray()
 	if err != nil {

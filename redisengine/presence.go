@@ -96,12 +96,7 @@ func (p *presence) sync(room string, refresh bool) error {
 	return err
 }
 
-func (p *presence) kick() {
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
-}
+func (p *presence) kick() { signal(p.wake) }
 
 // SetPresence publishes this hub's members of room, a JSON array of
 // wshub.Presence, replacing what it published before; nil withdraws
@@ -136,13 +131,7 @@ func (p *presence) write(ctx context.Context, room, members string) error {
 
 func (p *presence) writeOK(ctx context.Context, room, members string) (bool, error) {
 	e := p.e
-	c := e.conn()
-	if c == nil {
-		return false, fmt.Errorf("%w: presence of %q: no connection yet", ErrNotConnected, room)
-	}
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	n, err := presenceScript.exec(ctx, c, []string{e.key(room, "pres"), e.key(room, "presx")}, []string{
+	n, err := e.runScript(ctx, presenceScript, []string{e.key(room, "pres"), e.key(room, "presx")}, []string{
 		e.hubID, members, strconv.FormatInt(p.life().Milliseconds(), 10), e.publishCmd(), e.key(room, "p"),
 	}).AsInt64()
 	if err != nil {
@@ -200,13 +189,10 @@ func (p *presence) run() {
 
 // watch is a room whose presence this hub watches.
 type watch struct {
+	task
 	p      *presence
 	room   string
 	update func(hub string, members []byte)
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-	wake   chan struct{}
 	seen   map[string]string // the other hubs' entries passed to update
 	lastOK time.Time         // of the last read that succeeded
 }
@@ -224,8 +210,8 @@ type watch struct {
 // room already watched and ErrClosed after Close.
 func (e *Engine) WatchPresence(room string, update func(hub string, members []byte)) error {
 	p := e.pres
-	w := &watch{p: p, room: room, update: update, wake: make(chan struct{}, 1), seen: make(map[string]string), lastOK: time.Now()}
-	w.ctx, w.cancel = context.WithCancel(e.ctx)
+	w := &watch{p: p, room: room, update: update, seen: make(map[string]string), lastOK: time.Now()}
+	w.init(e.ctx)
 	p.mu.Lock()
 	switch {
 	case p.closed:
@@ -240,21 +226,12 @@ func (e *Engine) WatchPresence(room string, update func(hub string, members []by
 	p.watches[room] = w
 	p.mu.Unlock()
 
-	tried := make(chan error, 1)
-	w.wg.Go(func() {
-		keep(w.ctx, e, e.key(room, "p"), true, func(string) { w.kick() }, func(first bool) {
-			w.kick()
-			if !first {
-				p.kick() // the connection came back: on a cluster, maybe another node's
-			}
-		}, func(err error) { tried <- err })
+	w.subscribe(e, e.key(room, "p"), func(string) { w.kick() }, func(first bool) {
+		w.kick()
+		if !first {
+			p.kick() // the connection came back: on a cluster, maybe another node's
+		}
 	})
-	t := time.NewTimer(e.timeout)
-	select {
-	case <-tried:
-	case <-t.C:
-	}
-	t.Stop()
 	w.refresh()
 	w.wg.Go(w.run)
 	return nil
@@ -272,18 +249,6 @@ func (e *Engine) UnwatchPresence(room string) error {
 		w.stop()
 	}
 	return nil
-}
-
-func (w *watch) stop() {
-	w.cancel()
-	w.wg.Wait()
-}
-
-func (w *watch) kick() {
-	select {
-	case w.wake <- struct{}{}:
-	default:
-	}
 }
 
 func (w *watch) run() {
@@ -332,13 +297,7 @@ func (w *watch) refresh() {
 // read returns the live entries of room's presence, by hub ID.
 func (p *presence) read(ctx context.Context, room string) (map[string]string, error) {
 	e := p.e
-	c := e.conn()
-	if c == nil {
-		return nil, fmt.Errorf("%w: presence of %q: no connection yet", ErrNotConnected, room)
-	}
-	ctx, cancel := context.WithTimeout(ctx, e.timeout)
-	defer cancel()
-	vals, err := presenceReadScript.exec(ctx, c, []string{e.key(room, "pres"), e.key(room, "presx")}, nil).ToArray()
+	vals, err := e.runScript(ctx, presenceReadScript, []string{e.key(room, "pres"), e.key(room, "presx")}, nil).ToArray()
 	if err != nil {
 		return nil, readErr("presence of "+strconv.Quote(room), err)
 	}

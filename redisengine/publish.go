@@ -73,7 +73,7 @@ func (e *Engine) Publish(ctx context.Context, room string, p wshub.HistoryPolicy
 		return failed(ErrClosed)
 	}
 	if e.conn() == nil {
-		return failed(fmt.Errorf("%w: publish to %q: no connection yet", ErrNotConnected, room))
+		return failed(classify("publish to "+strconv.Quote(room), errNoConn))
 	}
 	op := &pubOp{room: room, res: make(chan error, 1), size: min(int64(len(msg)+len(id)+64), maxQueued)}
 	if err := e.pubs.space.Acquire(ctx, op.size); err != nil {
@@ -95,10 +95,7 @@ func (e *Engine) Publish(ctx context.Context, room string, p wshub.HistoryPolicy
 	}
 	e.pubs.q = append(e.pubs.q, op)
 	e.pubs.mu.Unlock()
-	select {
-	case e.pubs.wake <- struct{}{}:
-	default:
-	}
+	signal(e.pubs.wake)
 	return func() error {
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc
@@ -324,9 +321,6 @@ func (p *publisher) close() {
 	p.mu.Lock()
 	p.stop = true
 	p.mu.Unlock()
-	select {
-	case p.wake <- struct{}{}:
-	default:
-	}
+	signal(p.wake)
 	<-p.done
 }

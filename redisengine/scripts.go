@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"errors"
 
 	"github.com/redis/rueidis"
 )
@@ -18,6 +19,22 @@ type script struct {
 func newScript(src string) script {
 	sum := sha1.Sum([]byte(src))
 	return script{src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+// errNoConn is why a command fails before the engine's first connection
+// (Connect with RetryOnFailedConnect): nothing was sent.
+var errNoConn = errors.New("no connection yet")
+
+// runScript runs s with the engine's client, within ctx and at most
+// Options.Timeout; before the first connection it fails with errNoConn.
+func (e *Engine) runScript(ctx context.Context, s script, keys, args []string) rueidis.RedisResult {
+	c := e.conn()
+	if c == nil {
+		return rueidis.NewErrorResult(errNoConn)
+	}
+	ctx, cancel := context.WithTimeout(ctx, e.timeout)
+	defer cancel()
+	return s.exec(ctx, c, keys, args)
 }
 
 // exec runs s by its hash, sending the script itself if Redis does not
