@@ -2,9 +2,7 @@ package redisengine_test
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -20,41 +18,14 @@ import (
 // returns the address of its first node.
 func startRedisCluster(t *testing.T) string {
 	t.Helper()
-	first := startRedis(t, false) // skips or fails as startRedis does
-	first.kill()
+	et.NeedRedis(t, "redis-server", "redis-cli")
 	var addrs []string
-	for i := range 3 {
+	for range 3 {
 		// Redis Cluster's bus listens on the port plus 10000 unless told
-		// otherwise: give it a free port of its own.
-		port, busPort := freePort(t), freePort(t)
-		dir := t.TempDir()
-		cmd := exec.Command("redis-server", "--bind", "127.0.0.1", "--port", strconv.Itoa(port), "--dir", dir,
-			"--save", "", "--appendonly", "no", "--protected-mode", "no", "--cluster-enabled", "yes",
-			"--cluster-port", strconv.Itoa(busPort),
-			"--cluster-config-file", filepath.Join(dir, "nodes.conf"), "--logfile", filepath.Join(dir, "redis.log"))
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		exited := make(chan struct{})
-		go func() { cmd.Wait(); close(exited) }()
-		t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-		s := &redisServer{t: t, port: port}
-		et.Eventually(t, fmt.Sprintf("cluster node %d to answer", i), func() bool {
-			select {
-			case <-exited:
-				log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-				t.Fatalf("cluster node %d exited:\n%s", i, log)
-			default:
-			}
-			return s.ping()
-		})
-		addrs = append(addrs, s.addr())
-	}
-	if _, err := exec.LookPath("redis-cli"); err != nil {
-		if os.Getenv("WSHUB_REQUIRE_REDIS") == "1" {
-			t.Fatal("redis-cli not found, and WSHUB_REQUIRE_REDIS=1")
-		}
-		t.Skip("redis-cli not found: it comes with Debian's redis-server (redis-tools)")
+		// otherwise, which fails above 55535: give it a free port too.
+		n := et.StartRedis(t, "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(et.FreePort(t)),
+			"--cluster-config-file", "nodes.conf")
+		addrs = append(addrs, n.Addr())
 	}
 	out, err := exec.Command("redis-cli", append(append([]string{"--cluster", "create"}, addrs...), "--cluster-yes")...).CombinedOutput()
 	if err != nil {

@@ -14,8 +14,8 @@ import (
 // their members' pace.
 func TestStreamPacedAfterBusHang(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	px := et.StartProxy(t, s.addr())
+	s := et.StartRedis(t)
+	px := et.StartProxy(t, s.Addr())
 	nodes := newNodes(t, "redis://"+px.Addr(), 2, nil, et.PacedPolicies, et.SmallQueues)
 	et.PacedAfterBusHang(t, nodes, px, 2*time.Second)
 }
@@ -26,12 +26,12 @@ func TestFloodPacedOnOtherHub(t *testing.T) {
 	for _, history := range []bool{false, true} {
 		t.Run(map[bool]string{false: "pub/sub", true: "streams"}[history], func(t *testing.T) {
 			t.Parallel()
-			s := startRedis(t, false)
+			s := et.StartRedis(t)
 			var hist func(string) wshub.HistoryPolicy
 			if history {
 				hist = et.PacedPolicies
 			}
-			et.FloodPacedOnOtherHub(t, newNodes(t, s.url(), 2, nil, hist, et.SmallQueues), 2000)
+			et.FloodPacedOnOtherHub(t, newNodes(t, s.URL(), 2, nil, hist, et.SmallQueues), 2000)
 		})
 	}
 }
@@ -40,7 +40,7 @@ func TestFloodPacedOnOtherHub(t *testing.T) {
 // messages past BurstBytes and passes the hub a loss.
 func TestPubSubBurstPastBound(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	et.BurstPastBound(t, newNodes(t, s.url(), 2, &redisengine.Options{BurstBytes: 64 << 10}, nil,
+	s := et.StartRedis(t)
+	et.BurstPastBound(t, newNodes(t, s.URL(), 2, &redisengine.Options{BurstBytes: 64 << 10}, nil,
 		func(o *wshub.Options) { o.Limits.WriteTimeout = 2 * time.Second }))
 }

@@ -32,18 +32,18 @@ func presenceNodes(t testing.TB, opts *redisengine.Options, urls ...string) []*e
 // view comes back to every member.
 func TestPresenceServerRestart(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	nodes := presenceNodes(t, nil, s.url(), s.url())
+	s := et.StartRedis(t)
+	nodes := presenceNodes(t, nil, s.URL(), s.URL())
 	alice := et.DialMember(t, nodes[0], "alice")
 	bob := et.DialMember(t, nodes[1], "bob")
 	alice.Join("p")
 	bob.Join("p")
 	alice.Until("alice", "bob")
 	bob.Until("alice", "bob")
-	s.kill()
-	s.start()
+	s.Kill()
+	s.Start()
 	et.Eventually(t, "the entries written again", func() bool {
-		return s.do("HLEN", engine(nodes[0]).Key("p", "pres")) == ":2"
+		return s.Do("HLEN", engine(nodes[0]).Key("p", "pres")) == ":2"
 	})
 	// A new member on hub 0 sees bob, whose entry came back.
 	carol := et.DialMember(t, nodes[0], "carol")
@@ -58,10 +58,10 @@ func TestPresenceServerRestart(t *testing.T) {
 // updates, and Close deletes the hub's entry.
 func TestPresenceEngineAPI(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
+	s := et.StartRedis(t)
 	ctx := et.Ctx(t)
 	connect := func() *redisengine.Engine {
-		e, err := redisengine.Connect(s.url(), nil)
+		e, err := redisengine.Connect(s.URL(), nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -107,7 +107,7 @@ func TestPresenceEngineAPI(t *testing.T) {
 	if err := c.SetPresence("r", []byte(`[{"id":"late"}]`)); err != nil {
 		t.Fatal(err)
 	}
-	et.Equal(t, "entries left", s.do("HLEN", b.Key("r", "pres")), ":2") // b's own and c's
+	et.Equal(t, "entries left", s.Do("HLEN", b.Key("r", "pres")), ":2") // b's own and c's
 	select {
 	case u := <-rec.C:
 		t.Fatalf("update after UnwatchPresence: %+v", u)

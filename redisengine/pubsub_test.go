@@ -18,8 +18,8 @@ import (
 // room's history survives and its members stay.)
 func TestOutageRefusesPublishes(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, true)
-	n := newNodes(t, s.url(), 1, nil, et.Policies(map[string]wshub.HistoryPolicy{"h": {Messages: 10}}))[0]
+	s := et.StartRedis(t, "--appendonly", "yes")
+	n := newNodes(t, s.URL(), 1, nil, et.Policies(map[string]wshub.HistoryPolicy{"h": {Messages: 10}}))[0]
 	ctx := et.Ctx(t)
 	a, b := et.Dial(t, n), et.Dial(t, n)
 	for _, room := range []string{"r", "h"} {
@@ -27,7 +27,7 @@ func TestOutageRefusesPublishes(t *testing.T) {
 		b.Join(room)
 	}
 
-	s.kill()
+	s.Kill()
 	for _, room := range []string{"r", "h"} {
 		// The first publish after the kill may find the connection
 		// broken, not yet refused: it may fail as unconfirmed.
@@ -55,12 +55,12 @@ func TestOutageRefusesPublishes(t *testing.T) {
 	et.Equal(t, "a's first message", et.Data(t, a.Read()).Pub, "local")
 	et.Equal(t, "b's first message", et.Data(t, b.Read()).Pub, "local")
 
-	s.start()
+	s.Start()
 	et.Eventually(t, "the hub to count its reconnection", func() bool { return n.Hub.Stats().EngineReconnects > 0 })
 	// A room without history misses what is published before its
 	// subscription is back: wait for it (and the history room's).
 	for ch := range map[string]bool{engine(n).Key("r", "m"): true, engine(n).Key("h", "n"): true} {
-		et.Eventually(t, "the hub to subscribe again to "+ch, func() bool { return s.subscribers(ch) == 1 })
+		et.Eventually(t, "the hub to subscribe again to "+ch, func() bool { return s.Subscribers(ch) == 1 })
 	}
 	for _, room := range []string{"r", "h"} {
 		if err := et.Broadcast(ctx, n, room, "after", 0); err != nil {
@@ -74,13 +74,13 @@ func TestOutageRefusesPublishes(t *testing.T) {
 // publishes are refused, and the rooms work once Redis is up.
 func TestStartWhileUnreachable(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	s.kill()
-	if _, err := redisengine.Connect(s.url(), nil); !errors.Is(err, redisengine.ErrNotConnected) {
+	s := et.StartRedis(t)
+	s.Kill()
+	if _, err := redisengine.Connect(s.URL(), nil); !errors.Is(err, redisengine.ErrNotConnected) {
 		t.Fatalf("Connect without RetryOnFailedConnect and no server: %v, want ErrNotConnected", err)
 	}
 	hist := et.Policies(map[string]wshub.HistoryPolicy{"h": {Messages: 10}})
-	n := newNodes(t, s.url(), 1, &redisengine.Options{RetryOnFailedConnect: true}, hist)[0]
+	n := newNodes(t, s.URL(), 1, &redisengine.Options{RetryOnFailedConnect: true}, hist)[0]
 	ctx := et.Ctx(t)
 	c := et.Dial(t, n)
 	c.Join("lobby")
@@ -92,11 +92,11 @@ func TestStartWhileUnreachable(t *testing.T) {
 		t.Fatalf("Room.Broadcast before Redis is up: %v, want ErrNotConnected", err)
 	}
 
-	s.start()
+	s.Start()
 	// Once connected, the hub subscribes to the room joined meanwhile (a
 	// room without history misses what is published before that).
-	et.Eventually(t, "the hub to subscribe", func() bool { return s.subscribers(engine(n).Key("lobby", "m")) == 1 })
-	other := newNodes(t, s.url(), 1, nil, hist)[0]
+	et.Eventually(t, "the hub to subscribe", func() bool { return s.Subscribers(engine(n).Key("lobby", "m")) == 1 })
+	other := newNodes(t, s.URL(), 1, nil, hist)[0]
 	if err := et.Broadcast(ctx, other, "lobby", "other", 0); err != nil {
 		t.Fatalf("Room.Broadcast from another hub: %v", err)
 	}

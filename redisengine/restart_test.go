@@ -15,21 +15,21 @@ import (
 // file on: killed with SIGKILL, what Redis wrote to the file survives.
 func TestRedisRestartAOF(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, true)
-	px := et.StartProxy(t, s.addr())
-	nodes := newNodes(t, s.url(), 2, nil, et.RestartPolicies)
+	s := et.StartRedis(t, "--appendonly", "yes")
+	px := et.StartProxy(t, s.Addr())
+	nodes := newNodes(t, s.URL(), 2, nil, et.RestartPolicies)
 	nodes = append(nodes, newNodes(t, "redis://"+px.Addr(), 1, nil, et.RestartPolicies)...)
-	et.RestartMidTraffic(t, nodes, px, et.Restart{Stop: s.kill, Start: s.start, Unconfirmed: redisengine.ErrUnconfirmed})
+	et.RestartMidTraffic(t, nodes, px, et.Restart{Stop: s.Kill, Start: s.Start, Unconfirmed: redisengine.ErrUnconfirmed})
 }
 
 // HistoryLostOnRestart (internal/enginetest) on Redis without
 // persistence: a restart loses the rooms' streams.
 func TestRedisRestartNoPersistence(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	et.HistoryLostOnRestart(t, newNodes(t, s.url(), 2, nil, et.LostPolicies), func() {
-		s.kill()
-		s.start()
+	s := et.StartRedis(t)
+	et.HistoryLostOnRestart(t, newNodes(t, s.URL(), 2, nil, et.LostPolicies), func() {
+		s.Kill()
+		s.Start()
 	})
 }
 
@@ -39,9 +39,9 @@ func TestRedisRestartNoPersistence(t *testing.T) {
 // members learn from its first message, without a close.
 func TestHistoryLostOrExpired(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
+	s := et.StartRedis(t)
 	hist := et.Policies(map[string]wshub.HistoryPolicy{"f": {Messages: 10}, "x": {Messages: 10, MaxAge: 300 * time.Millisecond}})
-	nodes := newNodes(t, s.url(), 2, nil, hist)
+	nodes := newNodes(t, s.URL(), 2, nil, hist)
 	ctx := et.Ctx(t)
 
 	p := et.Dial(t, nodes[1])
@@ -51,7 +51,7 @@ func TestHistoryLostOrExpired(t *testing.T) {
 	}
 	before := p.Read()
 	et.Equal(t, "message before the flush", et.Data(t, before).Pub, "before")
-	et.Equal(t, "FLUSHALL", s.do("FLUSHALL"), "+OK")
+	et.Equal(t, "FLUSHALL", s.Do("FLUSHALL"), "+OK")
 	if err := et.Broadcast(ctx, nodes[0], "f", "after", 0); err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestHistoryLostOrExpired(t *testing.T) {
 		t.Fatal(err)
 	}
 	et.Equal(t, "first message", et.Data(t, x.Read()).Pub, "first")
-	et.Eventually(t, "the history to expire", func() bool { return s.do("EXISTS", engine(nodes[0]).Key("x", "meta")) == ":0" })
+	et.Eventually(t, "the history to expire", func() bool { return s.Do("EXISTS", engine(nodes[0]).Key("x", "meta")) == ":0" })
 	time.Sleep(300 * time.Millisecond) // MaxAge since the last message passed, on the hub's clock too
 	if err := et.Broadcast(ctx, nodes[0], "x", "anew", 0); err != nil {
 		t.Fatal(err)
@@ -92,23 +92,23 @@ func TestHistoryLostOrExpired(t *testing.T) {
 // messages.
 func TestHistoryWentBack(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	nodes := newNodes(t, s.url(), 2, nil, et.LostPolicies)
+	s := et.StartRedis(t)
+	nodes := newNodes(t, s.URL(), 2, nil, et.LostPolicies)
 	ctx := et.Ctx(t)
 	p := et.Dial(t, nodes[1])
 	_, ack := p.JoinAck("m", "")
 	var last et.Msg
 	for i := range 5 {
 		if i == 3 {
-			et.Equal(t, "SAVE", s.do("SAVE"), "+OK") // the snapshot keeps 3 messages
+			et.Equal(t, "SAVE", s.Do("SAVE"), "+OK") // the snapshot keeps 3 messages
 		}
 		if err := et.Broadcast(ctx, nodes[0], "m", "before", i); err != nil {
 			t.Fatal(err)
 		}
 		last = p.Read()
 	}
-	s.kill()
-	s.start()
+	s.Kill()
+	s.Start()
 	_, _, err := p.Conn.Read(ctx)
 	if got := websocket.CloseStatus(err); got != websocket.StatusServiceRestart {
 		t.Fatalf("member: %v (status %d), want a close with 1012", err, got)

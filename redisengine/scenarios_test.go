@@ -12,29 +12,29 @@ import (
 
 func TestStreamOneOrderAcrossHubs(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	et.OneOrderAcrossHubs(t, newNodes(t, s.url(), 3, nil, et.OneOrderPolicies))
+	s := et.StartRedis(t)
+	et.OneOrderAcrossHubs(t, newNodes(t, s.URL(), 3, nil, et.OneOrderPolicies))
 }
 
 func TestStreamRecoveryOnAnotherHub(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	et.RecoveryOnAnotherHub(t, newNodes(t, s.url(), 2, nil, et.RecoveryPolicies))
+	s := et.StartRedis(t)
+	et.RecoveryOnAnotherHub(t, newNodes(t, s.URL(), 2, nil, et.RecoveryPolicies))
 }
 
 func TestStreamGapClosesMembers(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	px := et.StartProxy(t, s.addr())
-	a := newNodes(t, s.url(), 1, nil, et.GapPolicies)[0]
+	s := et.StartRedis(t)
+	px := et.StartProxy(t, s.Addr())
+	a := newNodes(t, s.URL(), 1, nil, et.GapPolicies)[0]
 	b := newNodes(t, "redis://"+px.Addr(), 1, nil, et.GapPolicies)[0]
 	et.GapClosesMembers(t, a, b, px)
 }
 
 func TestPubSubRoomSpansHubs(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	nodes := newNodes(t, s.url(), 4, nil, nil)
+	s := et.StartRedis(t)
+	nodes := newNodes(t, s.URL(), 4, nil, nil)
 	if redisengine.Sharded(engine(nodes[0])) {
 		t.Fatal("the engine took a single server for a cluster")
 	}
@@ -43,20 +43,20 @@ func TestPubSubRoomSpansHubs(t *testing.T) {
 
 func TestPresenceAcrossHubs(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	et.PresenceAcrossHubs(t, presenceNodes(t, nil, s.url(), s.url(), s.url()))
+	s := et.StartRedis(t)
+	et.PresenceAcrossHubs(t, presenceNodes(t, nil, s.URL(), s.URL(), s.URL()))
 }
 
 func TestPresenceHubCutOff(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	px := et.StartProxy(t, s.addr())
+	s := et.StartRedis(t)
+	px := et.StartProxy(t, s.Addr())
 	opts := &redisengine.Options{PresenceTTL: 3 * time.Second}
-	et.PresenceCutOff(t, presenceNodes(t, opts, s.url(), s.url(), "redis://"+px.Addr()), px, opts.PresenceTTL)
+	et.PresenceCutOff(t, presenceNodes(t, opts, s.URL(), s.URL(), "redis://"+px.Addr()), px, opts.PresenceTTL)
 }
 
 func TestPresenceShutdownWithdraws(t *testing.T) {
 	t.Parallel()
-	s := startRedis(t, false)
-	et.PresenceShutdownWithdraws(t, presenceNodes(t, &redisengine.Options{PresenceTTL: time.Hour}, s.url(), s.url()))
+	s := et.StartRedis(t)
+	et.PresenceShutdownWithdraws(t, presenceNodes(t, &redisengine.Options{PresenceTTL: time.Hour}, s.URL(), s.URL()))
 }

@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -24,6 +22,7 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/nats-io/nats-server/v2/server"
+	et "github.com/wshub/wshub/internal/enginetest"
 	"go.uber.org/goleak"
 )
 
@@ -158,7 +157,7 @@ func TestLogOneOrder(t *testing.T) {
 // either node, joins the room, which has messages by then, and gets the
 // next one.
 func TestRedisOneOrder(t *testing.T) {
-	redisURL := startRedis(t)
+	redisURL := et.StartRedis(t).URL()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	c := startCluster(ctx, t, config{RedisURL: redisURL})
@@ -341,109 +340,6 @@ func checkPage(t *testing.T, url string, want ...string) {
 	}
 }
 
-// startRedis starts redis-server on a free loopback port, with its files
-// in a temporary directory and no persistence, waits until it answers
-// PING, and returns its URL; the test's cleanup kills it. Without
-// redis-server on PATH the test skips, unless WSHUB_REQUIRE_REDIS=1, when
-// it fails.
-func startRedis(t *testing.T) string {
-	t.Helper()
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		if os.Getenv("WSHUB_REQUIRE_REDIS") == "1" {
-			t.Fatalf("redis-server is not on PATH, and WSHUB_REQUIRE_REDIS=1 requires the Redis tests: %v", err)
-		}
-		t.Skip("redis-server is not on PATH: install Redis (Debian: apt-get install redis-server) to run the Redis tests; WSHUB_REQUIRE_REDIS=1 makes this a failure")
-	}
-	dir := t.TempDir()
-	// Another process may take the free port before redis-server does:
-	// then it exits, and a new port is tried.
-	for attempt := 1; ; attempt++ {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := ln.Addr().String()
-		ln.Close()
-		_, port, _ := net.SplitHostPort(addr)
-		logPath := filepath.Join(dir, fmt.Sprintf("redis-%d.log", attempt))
-		logFile, err := os.Create(logPath)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cmd := exec.Command(bin, "--bind", "127.0.0.1", "--port", port, "--dir", dir,
-			"--save", "", "--appendonly", "no", "--protected-mode", "no")
-		cmd.Stdout, cmd.Stderr = logFile, logFile
-		if err := cmd.Start(); err != nil {
-			logFile.Close()
-			t.Fatalf("redis-server: %v", err)
-		}
-		exited := make(chan error, 1)
-		go func() { exited <- cmd.Wait() }()
-		err = waitRedis(addr, exited)
-		if err == nil {
-			t.Cleanup(func() {
-				cmd.Process.Kill()
-				<-exited
-				logFile.Close()
-			})
-			return "redis://" + addr
-		}
-		cmd.Process.Kill()
-		<-exited
-		logFile.Close()
-		log, _ := os.ReadFile(logPath)
-		if !errors.Is(err, errRedisExited) || attempt == 3 {
-			t.Fatalf("redis-server on %s: %v; its output:\n%s", addr, err, log)
-		}
-		t.Logf("redis-server on %s: %v; trying another port. Its output:\n%s", addr, err, log)
-	}
-}
-
-var errRedisExited = errors.New("redis-server exited")
-
-// waitRedis waits until the Redis server at addr answers PING, for at
-// most 20 seconds, or until it exits.
-func waitRedis(addr string, exited <-chan error) error {
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		select {
-		case err := <-exited:
-			return fmt.Errorf("%w: %v", errRedisExited, err)
-		default:
-		}
-		err := ping(addr)
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("no answer to PING after 20s: %w", err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
-
-// ping sends PING to the Redis server at addr and reads its answer.
-func ping(addr string) error {
-	conn, err := net.DialTimeout("tcp", addr, time.Second)
-	if err != nil {
-		return err
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(time.Second))
-	if _, err := io.WriteString(conn, "PING\r\n"); err != nil {
-		return err
-	}
-	line, err := bufio.NewReader(conn).ReadString('\n')
-	if err != nil {
-		return err
-	}
-	if line != "+PONG\r\n" {
-		return fmt.Errorf("PING answered %q", line)
-	}
-	return nil
-}
-
 // bins are the binaries of the cluster and of the conformance suite, built
 // once for the tests that run them as processes; TestMain removes them.
 var bins binaries
@@ -510,7 +406,7 @@ func raceEnabled() bool {
 // node A of the cluster on Redis, run as its own process, as with go run
 // ./examples/cluster -redis URL.
 func TestConformanceRedis(t *testing.T) {
-	redisURL := startRedis(t)
+	redisURL := et.StartRedis(t).URL()
 	runConformance(t, nil, "-redis", redisURL)
 }
 
