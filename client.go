@@ -32,7 +32,7 @@ type Client struct {
 	closeOnce sync.Once
 	pinger    *time.Timer
 
-	info json.RawMessage // Identity.Info, encoded
+	info json.RawMessage // Identity.Info, encoded; guarded by mu
 
 	valuesMu sync.RWMutex
 	values   map[string]any
@@ -51,9 +51,16 @@ type Client struct {
 	cause       error // disconnect reason, set once
 	cut         bool  // closed without a close handshake
 	flush       bool  // write the queue before closing
-	rooms       map[string]struct{}
+	rooms       map[string]bool // the client's rooms: true for those it joined by asking (AuthorizeJoin)
+
+	// Tokens (auth.go), guarded by mu.
+	expires  time.Time            // the sign-in's end; zero: none
+	grants   map[string]time.Time // rooms joined with a grant, to its end (zero: none)
+	authStop func() bool          // stops the expiry timer
+	grantMu  sync.Mutex           // orders a grant's renewal and its expiry
 
 	// Read goroutine only.
+	signed     bool      // signed in: OnConnect ran
 	invalidRun int       // consecutive invalid or rate-limited messages
 	waitFor    []*Client // clients its last message left congested; see flow.go
 	rate       rateLimit
@@ -65,8 +72,8 @@ type Client struct {
 }
 
 func newClient(h *Hub, conn *websocket.Conn, netConn *corkConn, id Identity) *Client {
-	c := &Client{hub: h, conn: conn, netConn: netConn, id: id.ID, counts: h.m.shard()}
-	if c.id == "" {
+	c := &Client{hub: h, conn: conn, netConn: netConn, id: id.ID, expires: id.Expires, counts: h.m.shard()}
+	if c.id == "" && !h.tokenFirst() {
 		c.id = newID()
 	}
 	if len(id.Values) > 0 {
@@ -79,13 +86,18 @@ func newClient(h *Hub, conn *websocket.Conn, netConn *corkConn, id Identity) *Cl
 	return c
 }
 
-// ID returns the client's ID: the one given by Options.Authenticate, or a
-// generated one.
+// ID returns the client's ID: the one given by Options.Authenticate (or
+// AuthenticateToken), or a generated one; "" before a client that signs
+// in with its first frame did.
 func (c *Client) ID() string { return c.id }
 
 // Info returns the JSON encoding of the client's Identity.Info, nil if it
 // has none.
-func (c *Client) Info() json.RawMessage { return c.info }
+func (c *Client) Info() json.RawMessage {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.info
+}
 
 // Codec returns the codec negotiated with the client.
 func (c *Client) Codec() Codec { return c.codec }
@@ -184,9 +196,9 @@ func (c *Client) addRoom(name string) error {
 		return fmt.Errorf("%w: %d", errTooManyRooms, max)
 	}
 	if c.rooms == nil {
-		c.rooms = make(map[string]struct{})
+		c.rooms = make(map[string]bool)
 	}
-	c.rooms[name] = struct{}{}
+	c.rooms[name] = false
 	c.hub.m.members.Add(1)
 	return nil
 }
@@ -198,8 +210,19 @@ func (c *Client) removeRoom(name string) bool {
 		return false
 	}
 	delete(c.rooms, name)
+	delete(c.grants, name)
 	c.hub.m.members.Add(-1)
 	return true
+}
+
+// asked marks room as one the client joined at its own request, which a
+// refresh authorizes again.
+func (c *Client) asked(room string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if _, ok := c.rooms[room]; ok {
+		c.rooms[room] = true
+	}
 }
 
 func (c *Client) inRoom(name string) bool {

@@ -74,6 +74,21 @@ type PresenceEngine interface {
 	UnwatchPresence(room string) error
 }
 
+// A CommandEngine is an Engine that carries commands between hubs, such
+// as Hub.DisconnectUser's. Delivery is at most once: a hub cut off from
+// the bus when a command passes misses it.
+type CommandEngine interface {
+	Engine
+
+	// Command hands cmd, a JSON object, to the bus for every hub, this
+	// one included, and returns once the bus took it, or why not.
+	Command(ctx context.Context, cmd []byte) error
+
+	// HandleCommands makes handle get the commands of every hub, one at a
+	// time, until the engine closes; New calls it once.
+	HandleCommands(handle func(cmd []byte)) error
+}
+
 // An Entry is a room message as an Engine carries it.
 type Entry struct {
 	Seq uint64 // its place in the room's history; 0 without history

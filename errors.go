@@ -34,7 +34,9 @@ var (
 	// AuthorizeJoin, or its error, wrapped), "publish denied", "not a
 	// member of the room", "too many rooms", "room has no presence",
 	// "rate limit exceeded", "connection rejected" (Reject), "too many
-	// clients".
+	// clients"; of tokens (Options.AuthenticateToken): "token expired",
+	// "auth timeout", "auth required", "unauthorized", "refresh refused",
+	// "grant expired".
 	ErrDenied = errors.New("wshub: denied")
 
 	// ErrEngine wraps an error of the Engine: "broker" for a message it
@@ -71,4 +73,10 @@ var (
 	errOverloaded      = &reason{ErrDenied, "wshub: overloaded, try again later"}
 	errBroker          = &reason{ErrEngine, "wshub: broker"}
 	errHistory         = &reason{ErrEngine, "wshub: history"}
+	errTokenExpired    = &reason{ErrDenied, "wshub: token expired"}
+	errAuthTimeout     = &reason{ErrDenied, "wshub: auth timeout"}
+	errAuthRequired    = &reason{ErrDenied, "wshub: auth required"}
+	errUnauthorized    = &reason{ErrDenied, "wshub: unauthorized"}
+	errRefreshRefused  = &reason{ErrDenied, "wshub: refresh refused"}
+	errGrantExpired    = &reason{ErrDenied, "wshub: grant expired"}
 )

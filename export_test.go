@@ -62,3 +62,24 @@ const (
 	MaxRoomNameLen     = maxRoomNameLen
 	PresenceInterval   = presenceInterval
 )
+
+// SetClock makes h read the time from now and set its token timers with
+// afterFunc, which returns the timer's Stop; call it before h serves.
+func SetClock(h *Hub, now func() time.Time, afterFunc func(time.Duration, func()) func() bool) {
+	h.clock = clock{now: now, afterFunc: afterFunc}
+}
+
+// Tokens' limits and reasons.
+const (
+	AuthTimeout = authTimeout
+	ExpiryGrace = expiryGrace
+)
+
+var (
+	ErrTokenExpired   = errTokenExpired
+	ErrAuthTimeout    = errAuthTimeout
+	ErrAuthRequired   = errAuthRequired
+	ErrUnauthorized   = errUnauthorized
+	ErrRefreshRefused = errRefreshRefused
+	ErrGrantExpired   = errGrantExpired
+)

@@ -5,9 +5,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"net"
 	"net/http"
 	"sync"
@@ -48,11 +46,14 @@ type Hub struct {
 	presMu sync.Mutex // guards pres
 	pres   map[string]*presRoom
 
+	clock clock // time, for tokens' expiries
+
 	followMu sync.Mutex // guards follows
 	follows  map[string]*follow
 
 	mu      sync.RWMutex
 	clients map[*Client]struct{}
+	waiting map[*Client]struct{} // clients yet to sign in with their first frame
 	rooms   map[string]*room
 	pending int // upgrades in progress, counted against MaxClients
 
@@ -87,7 +88,9 @@ func New(handler Handler, opts *Options) *Hub {
 		handler: handler,
 		opts:    opts.withDefaults(),
 		clients: make(map[*Client]struct{}),
+		waiting: make(map[*Client]struct{}),
 		rooms:   make(map[string]*room),
+		clock:   realClock,
 		drained: make(chan struct{}),
 		id:      newID(),
 
@@ -104,6 +107,11 @@ func New(handler Handler, opts *Options) *Hub {
 		return &b
 	}
 	h.presence, _ = h.opts.Engine.(PresenceEngine)
+	if ce, ok := h.opts.Engine.(CommandEngine); ok {
+		if err := ce.HandleCommands(h.onCommand); err != nil {
+			h.opts.Logger.Warn("wshub: the engine carries no commands from other hubs", "err", err)
+		}
+	}
 	_, h.memory = h.opts.Engine.(*memEngine)
 	h.accept = websocket.AcceptOptions{
 		Subprotocols:   h.opts.codecNames,
@@ -194,7 +202,7 @@ func (h *Hub) reserve() error {
 	if h.closing.Load() {
 		return ErrHubClosed
 	}
-	if h.opts.MaxClients > 0 && len(h.clients)+h.pending >= h.opts.MaxClients {
+	if h.opts.MaxClients > 0 && len(h.clients)+len(h.waiting)+h.pending >= h.opts.MaxClients {
 		return errTooManyClients
 	}
 	h.pending++
@@ -241,16 +249,10 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 		return nil, err
 	}
 	c := newClient(h, conn, hw.cork, id)
-	if id.Info != nil {
-		if c.info, err = json.Marshal(id.Info); err != nil || len(c.info) > maxInfoBytes {
-			if err == nil {
-				err = fmt.Errorf("%d bytes, more than %d", len(c.info), maxInfoBytes)
-			}
-			err = fmt.Errorf("wshub: Identity.Info of client %q: %w", c.id, err)
-			h.opts.Logger.Error(err.Error())
-			conn.Close(websocket.StatusInternalError, "server error")
-			return nil, err
-		}
+	if c.info, err = encodeInfo(c.id, id.Info); err != nil {
+		h.opts.Logger.Error(err.Error())
+		conn.Close(websocket.StatusInternalError, "server error")
+		return nil, err
 	}
 	h.mu.Lock()
 	if h.closing.Load() {
@@ -261,7 +263,11 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 		return nil, ErrHubClosed
 	}
 	h.pending--
-	h.clients[c] = struct{}{}
+	if h.tokenFirst() {
+		h.waiting[c] = struct{}{}
+	} else {
+		h.clients[c] = struct{}{}
+	}
 	h.codecUsers[h.encKey[c.codecIndex]].Add(1)
 	h.mu.Unlock()
 	h.m.accepted.Add(1)
@@ -388,8 +394,11 @@ func (h *Hub) beginClose() []*Client {
 	h.mu.Lock()
 	h.closing.Store(true)
 	h.stopPresence()
-	clients := make([]*Client, 0, len(h.clients))
+	clients := make([]*Client, 0, len(h.clients)+len(h.waiting))
 	for c := range h.clients {
+		clients = append(clients, c)
+	}
+	for c := range h.waiting {
 		clients = append(clients, c)
 	}
 	h.mu.Unlock()

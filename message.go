@@ -10,7 +10,7 @@ import (
 // message and goes to the Handler.
 const (
 	TypeJoin    = "join"    // client → server: join Room
-	TypeLeave   = "leave"   // client → server: leave Room
+	TypeLeave   = "leave"   // client → server: leave Room; server → client: no longer in Room, see Error
 	TypePublish = "publish" // client → server: broadcast Data to Room
 	TypeMessage = "message" // server → client: Data, from a room or the server
 	TypeAck     = "ack"     // server → client: request ID succeeded
@@ -18,6 +18,11 @@ const (
 
 	TypePresence     = "presence"      // client → server: ask for a room's state; server → client: the state
 	TypePresenceDiff = "presence_diff" // server → client: who joined and left a room
+
+	// With Options.AuthenticateToken (docs/PROTOCOL.md §11); without, they
+	// are application messages.
+	TypeAuth    = "auth"    // client → server: sign in with Token; server → client: the sign-in expires in TTL
+	TypeRefresh = "refresh" // client → server: a new Token for the sign-in
 )
 
 // Message is one protocol message, in either direction. With JSONCodec it
@@ -43,6 +48,9 @@ type Message struct {
 	Since     uint64 `json:"since,omitempty"`     // in a join with Epoch: the last seq the client saw
 	History   int    `json:"history,omitempty"`   // in a join: how many last messages to replay (at most 100)
 	Recovered *bool  `json:"recovered,omitempty"` // in the ack of a join with Epoch: was all after Since replayed?
+
+	Token string `json:"token,omitempty"` // in an auth, refresh or join: a token for the server to check
+	TTL   int64  `json:"ttl,omitempty"`   // in an auth from the server or a join's ack: milliseconds until it expires
 }
 
 // orMessage returns a copy of m, of type "message" when m has no type: what
@@ -86,6 +94,8 @@ type jsonMessage struct {
 	Since     uint64          `json:"since"`
 	History   int             `json:"history"`
 	Recovered *bool           `json:"recovered"`
+	Token     string          `json:"token"`
+	TTL       int64           `json:"ttl"`
 }
 
 func unmarshalJSONMessage(data []byte, m *Message) error {
@@ -103,6 +113,7 @@ func unmarshalJSONMessage(data []byte, m *Message) error {
 	*m = Message{
 		Type: jm.Type, ID: jm.ID, Room: jm.Room, From: jm.From, Error: jm.Error,
 		Seq: jm.Seq, Epoch: jm.Epoch, Since: jm.Since, History: jm.History, Recovered: jm.Recovered,
+		Token: jm.Token, TTL: jm.TTL,
 	}
 	if jm.Data != nil {
 		m.Data = jm.Data

@@ -395,7 +395,7 @@ func inSlot(typ string) int {
 // Stats returns the hub's figures. It is cheap and safe to call any time.
 func (h *Hub) Stats() Stats {
 	h.mu.RLock()
-	s := Stats{Clients: len(h.clients), Rooms: len(h.rooms)}
+	s := Stats{Clients: len(h.clients) + len(h.waiting), Rooms: len(h.rooms)}
 	h.mu.RUnlock()
 	m := &h.m
 	s.Members = int(m.members.Load())

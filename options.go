@@ -5,6 +5,8 @@ import (
 	"math"
 	"net/http"
 	"time"
+
+	"github.com/coder/websocket"
 )
 
 // Defaults of Options, and limits of the protocol that are not options;
@@ -46,8 +48,28 @@ type Options struct {
 	// random ID (a "?name=" in the URL means nothing unless it reads it).
 	Authenticate func(r *http.Request) (Identity, error)
 
+	// AuthenticateToken checks a token a client sends over its
+	// connection (docs/PROTOCOL.md §11), on the client's read goroutine.
+	// With Authenticate nil, every client must sign in with its first
+	// frame, an "auth" with a token (browsers cannot set headers, and a
+	// token in a URL ends up in logs): the hub waits 10 s for it and
+	// accepts nothing else before it; a missing or refused token closes
+	// the connection with StatusSignedOut, none in time with
+	// StatusTokenExpired. Until then the client is in no room, gets no
+	// Hub.Broadcast and ID returns "". Every later "auth" or "refresh"
+	// frame is a refresh: the identity returned replaces the client's
+	// Expires and Info and sets its Values; its ID must be empty or the
+	// client's. A refused refresh gets an error frame ("refresh refused",
+	// ErrDenied) and the client still expires when it would have. After a
+	// refresh, the rooms the client joined at its own request are
+	// authorized again (AuthorizeJoin): it leaves those refused, and is
+	// told why. Default: nil, and "auth" and "refresh" are application
+	// messages.
+	AuthenticateToken func(c *Client, token string) (Identity, error)
+
 	// OnConnect runs on the client's read goroutine before its first
-	// message is read; it may call any method, c.Join for instance.
+	// message is read (after it signed in, with AuthenticateToken); it may
+	// call any method, c.Join for instance.
 	OnConnect func(c *Client)
 
 	// AuthorizeJoin decides a join the client asks for: a nil error allows
@@ -59,15 +81,26 @@ type Options struct {
 	//	AuthorizeJoin: func(*wshub.Client, string) error { return nil },
 	AuthorizeJoin func(c *Client, room string) error
 
+	// AuthorizeGrant decides, instead of AuthorizeJoin, a join that
+	// carries a token: a grant of the room (a private room, a paid
+	// channel). A nil error allows the join until expires (zero: for
+	// good); the ack tells the client when it expires, and a join of the
+	// room with a new token before then renews it. When a grant expires,
+	// the client leaves the room and gets a "leave" frame saying "grant
+	// expired". A refused renewal is an error and leaves the grant as it
+	// was. Default: nil, and joins go to AuthorizeJoin with their token
+	// unread.
+	AuthorizeGrant func(c *Client, room, token string) (expires time.Time, err error)
+
 	// AuthorizePublish runs for every publish from a member before it goes
 	// out; it may rewrite m.Data. An error refuses it with "publish
 	// denied" (ErrDenied). Default: members may publish.
 	AuthorizePublish func(c *Client, m *Message) error
 
-	// OnDisconnect runs once per client, after it left its rooms and its
-	// connection closed, with the reason: an error of this package, the
-	// peer's websocket.CloseError, or the connection's error. It may run
-	// after Shutdown or Close returned.
+	// OnDisconnect runs once per client that OnConnect saw, after it left
+	// its rooms and its connection closed, with the reason: an error of
+	// this package, the peer's websocket.CloseError, or the connection's
+	// error. It may run after Shutdown or Close returned.
 	OnDisconnect func(c *Client, reason error)
 
 	// Rooms gives a room's options, when the room is created on this hub
@@ -158,7 +191,25 @@ type Identity struct {
 	// Info is what the client shows of itself in presence rooms (a name,
 	// an avatar URL), as JSON of at most 1 KiB. Only the server sets it.
 	Info any
+
+	// Expires, if not zero, is when the sign-in ends, usually its token's
+	// expiry. The hub tells the client how long it has left ("auth" frame
+	// with a ttl) so that it refreshes before then (AuthenticateToken);
+	// without a refresh, the hub closes it with StatusTokenExpired 5 s
+	// after Expires, an allowance for a refresh in flight and for the
+	// clocks of the hub and of the token's issuer.
+	Expires time.Time
 }
+
+// Close codes of the protocol's tokens (docs/PROTOCOL.md §11). A client
+// closed with StatusTokenExpired gets a new token and reconnects; one
+// closed with StatusSignedOut stops, as a new token of the same sign-in
+// would not help (a refused token, a ban, a sign-out: see
+// Hub.DisconnectUser).
+const (
+	StatusTokenExpired websocket.StatusCode = 4001
+	StatusSignedOut    websocket.StatusCode = 4003
+)
 
 // Reject returns an error that, returned from Options.Authenticate, refuses
 // the upgrade with the given HTTP status and reason as the response body.

@@ -1,6 +1,7 @@
 package wshub
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -91,6 +92,7 @@ type presRoom struct {
 // presChange is what became of an ID since the last diff.
 type presChange struct {
 	was, is bool     // a member at the last diff, and now
+	renamed bool     // its Info changed (a refresh): shown as a join
 	p       Presence // its entry now, or its last one if it left
 }
 
@@ -140,13 +142,15 @@ func (h *Hub) changedLocked(pr *presRoom, id string, before int, old Presence) {
 	case now == 0 && found:
 		pr.ids = slices.Delete(pr.ids, i, i+1)
 	}
-	if (before == 0) != (now == 0) {
+	renamed := before > 0 && now > 0 && !bytes.Equal(old.Info, p.Info)
+	if (before == 0) != (now == 0) || renamed {
 		pr.changes++
 		ch, ok := pr.changed[id]
 		if !ok {
 			ch.was = before > 0
 		}
 		ch.is, ch.p = now > 0, p
+		ch.renamed = ch.renamed || renamed
 		if now == 0 {
 			ch.p = old
 		}
@@ -168,7 +172,7 @@ func (h *Hub) presenceJoin(c *Client, pr *presRoom) {
 	before, old := pr.totalLocked(c.id)
 	l := pr.local[c.id]
 	if l == nil {
-		l = &Presence{ID: c.id, Info: c.info}
+		l = &Presence{ID: c.id, Info: c.Info()}
 		pr.local[c.id] = l
 	}
 	l.Conns++
@@ -214,6 +218,31 @@ func (h *Hub) presenceLeave(c *Client, pr *presRoom) {
 	h.changedLocked(pr, c.id, before, old)
 }
 
+// presenceInfo shows c's new Info in room, if it is one of its presence
+// rooms here.
+func (h *Hub) presenceInfo(c *Client, room string) {
+	rm := h.lookup(room)
+	if rm == nil {
+		return
+	}
+	rm.mu.Lock()
+	defer rm.mu.Unlock()
+	if rm.pres == nil {
+		return
+	}
+	pr := rm.pres
+	pr.mu.Lock()
+	defer pr.mu.Unlock()
+	l := pr.local[c.id]
+	if l == nil {
+		return
+	}
+	before, old := pr.totalLocked(c.id)
+	l.Info = c.Info()
+	pr.dirty = true
+	h.changedLocked(pr, c.id, before, old)
+}
+
 // presenceUpdate takes another hub's members of the room.
 func (h *Hub) presenceUpdate(pr *presRoom, hub string, members []byte) {
 	var list []Presence
@@ -241,8 +270,8 @@ func (h *Hub) presenceUpdate(pr *presRoom, hub string, members []byte) {
 			ids[id], _ = pr.totalLocked(id)
 		}
 	}
-	olds := make(map[string]Presence, len(prev))
-	for id := range prev {
+	olds := make(map[string]Presence, len(ids))
+	for id := range ids {
 		_, olds[id] = pr.totalLocked(id)
 	}
 	if len(next) == 0 {
@@ -414,7 +443,7 @@ func (pr *presRoom) diffLocked() (changes, sent presenceDiff) {
 	sent = presenceDiff{Joins: []Presence{}, Leaves: []Presence{}}
 	for _, id := range slices.Sorted(maps.Keys(pr.changed)) {
 		ch := pr.changed[id]
-		if ch.was == ch.is && !pr.shown {
+		if ch.was == ch.is && !pr.shown && !ch.renamed {
 			continue
 		}
 		p := ch.p
@@ -427,7 +456,7 @@ func (pr *presRoom) diffLocked() (changes, sent presenceDiff) {
 			sent.Leaves = append(sent.Leaves, p)
 		}
 		switch {
-		case ch.is && !ch.was:
+		case ch.is && (!ch.was || ch.renamed):
 			changes.Joins = append(changes.Joins, p)
 		case !ch.is && ch.was:
 			changes.Leaves = append(changes.Leaves, p)

@@ -24,10 +24,7 @@ func (c *Client) run() {
 		c.pinger = time.AfterFunc(h.opts.PingInterval, c.ping)
 		c.mu.Unlock()
 	}
-	h.opts.Logger.Debug("wshub: client connected", "client", c.id, "codec", c.codec.Name())
-	if h.opts.OnConnect != nil {
-		h.userCode(func() { h.opts.OnConnect(c) })
-	}
+	c.started()
 	err := c.readLoop()
 	if c.pipe != nil {
 		close(c.pipe) // the acker answers what is in flight, then ends
@@ -39,6 +36,11 @@ func (c *Client) run() {
 	if c.pinger != nil {
 		c.pinger.Stop()
 	}
+	c.mu.Lock()
+	if c.authStop != nil {
+		c.authStop()
+	}
+	c.mu.Unlock()
 	c.conn.CloseNow()
 	c.group.Wait()
 	h.forget(c)
@@ -52,7 +54,7 @@ func (c *Client) run() {
 	c.mu.Unlock()
 	h.m.closed(cause, code)
 	h.opts.Logger.Debug("wshub: client disconnected", "client", c.id, "reason", cause)
-	if h.opts.OnDisconnect != nil {
+	if h.opts.OnDisconnect != nil && c.signed {
 		h.userCode(func() { h.opts.OnDisconnect(c, cause) })
 	}
 }
@@ -67,6 +69,10 @@ func (c *Client) readLoop() error {
 		}
 		c.hub.m.messagesIn.Add(1)
 		if c.ctx.Err() != nil {
+			continue
+		}
+		if !c.signed {
+			c.signIn(typ, data)
 			continue
 		}
 		c.dispatch(typ, data)
@@ -156,6 +162,10 @@ func (c *Client) handle(m *Message, read time.Time) (*Message, error) {
 		return nil, c.publish(m, read)
 	case TypePresence:
 		return nil, c.presenceRequest(m)
+	case TypeAuth, TypeRefresh:
+		if h.opts.AuthenticateToken != nil {
+			return nil, c.refresh(m)
+		}
 	}
 	if h.handler == nil {
 		return nil, fmt.Errorf("%w: %q", errUnknownType, m.Type)
@@ -179,6 +189,9 @@ func (c *Client) join(m *Message) (*Message, error) {
 	case len(m.Epoch) > maxEpochLen:
 		return nil, fmt.Errorf("%w: epoch longer than %d bytes", errInvalidMessage, maxEpochLen)
 	}
+	if m.Token != "" && h.opts.AuthorizeGrant != nil {
+		return c.joinGranted(m)
+	}
 	if h.opts.AuthorizeJoin == nil {
 		h.denyHint.Do(func() {
 			h.opts.Logger.Warn("wshub: join denied: Options.AuthorizeJoin is nil, which denies every join a client asks for", "room", m.Room)
@@ -190,7 +203,11 @@ func (c *Client) join(m *Message) (*Message, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", errJoinDenied, err)
 	}
-	return h.join(c, m.Room, m)
+	ack, err := h.join(c, m.Room, m)
+	if err == nil {
+		c.asked(m.Room)
+	}
+	return ack, err
 }
 
 func (c *Client) publish(m *Message, read time.Time) error {

@@ -195,6 +195,7 @@ func (h *Hub) forget(c *Client) {
 	}
 	h.mu.Lock()
 	delete(h.clients, c)
+	delete(h.waiting, c)
 	h.mu.Unlock()
 	h.codecUsers[h.encKey[c.codecIndex]].Add(-1)
 }
