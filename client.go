@@ -48,9 +48,9 @@ type Client struct {
 	writing     bool          // a writer goroutine is running
 	closeCode   websocket.StatusCode
 	closeReason string
-	cause       error // disconnect reason, set once
-	cut         bool  // closed without a close handshake
-	flush       bool  // write the queue before closing
+	cause       error           // disconnect reason, set once
+	cut         bool            // closed without a close handshake
+	flush       bool            // write the queue before closing
 	rooms       map[string]bool // the client's rooms: true for those it joined by asking (AuthorizeJoin)
 
 	// Tokens (auth.go), guarded by mu.
