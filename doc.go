@@ -42,11 +42,24 @@
 // them when they join and recover what they missed after a reconnect; and
 // presence, under which members learn who is in the room.
 //
+// # Sign-in
+//
+// Options.Authenticate names a client from its upgrade request (a cookie,
+// a header, a one-time ticket in the URL). Options.AuthenticateToken
+// checks tokens sent over the connection instead: with its first frame,
+// where browsers put a token that must not travel in a URL, and in
+// refreshes, so that a sign-in that expires (Identity.Expires) is renewed
+// without a reconnect; one that expires is closed with
+// StatusTokenExpired. Options.AuthorizeGrant checks joins that carry a
+// room's own token, which may expire too. Hub.DisconnectUser closes a
+// user's connections on every hub. docs/PROTOCOL.md §11 has the frames.
+//
 // # Goroutines and locks
 //
 // Every method of Hub, Room and Client is safe for concurrent use. No lock
-// of the hub is held while a hook (Options.Authenticate, OnConnect,
-// AuthorizeJoin, AuthorizePublish, OnDisconnect, OnPresence, Rooms), the
+// of the hub is held while a hook (Options.Authenticate,
+// AuthenticateToken, OnConnect, AuthorizeJoin, AuthorizeGrant,
+// AuthorizePublish, OnDisconnect, OnPresence, Rooms), the
 // Handler, a Codec or the Engine runs, so they may call back into the hub,
 // Shutdown and Close included. A client's messages are handled one at a
 // time, in order, on its read goroutine; a writer goroutine runs only

@@ -101,6 +101,7 @@ type wireMsg struct {
 	Data  json.RawMessage `json:"data"`
 	Error string          `json:"error"`
 	Seq   uint64          `json:"seq"`
+	TTL   int64           `json:"ttl"`
 }
 
 func (p *peer) read() wireMsg {
