@@ -103,7 +103,6 @@ func (c *Client) signIn(typ websocket.MessageType, data []byte) {
 	h := c.hub
 	var m Message
 	if err := c.decode(typ, data, &m); err != nil || m.Type != TypeAuth {
-		h.m.refusals[refAuth].Add(1)
 		c.closeWith(StatusSignedOut, "auth required", errAuthRequired, true)
 		return
 	}
@@ -111,7 +110,6 @@ func (c *Client) signIn(typ websocket.MessageType, data []byte) {
 	var err error
 	h.userCode(func() { id, err = h.opts.AuthenticateToken(c, m.Token) })
 	if err != nil {
-		h.m.refusals[refAuth].Add(1)
 		c.closeWith(StatusSignedOut, "unauthorized", fmt.Errorf("%w: %w", errUnauthorized, err), true)
 		return
 	}

@@ -478,6 +478,11 @@ func TestFirstFrameRefusals(t *testing.T) {
 		equal(t, tc.name+": close reason", reason, tc.reason)
 	}
 	eventually(t, "every client gone", func() bool { return th.hub.Stats().Clients == 0 })
+	s := th.hub.Stats()
+	equal(t, "closes signed out", s.Closes["signed out"], 3)
+	equal(t, "closes token expired", s.Closes["token expired"], 1)
+	equal(t, "closes with 4003", s.CloseCodes[4003], 3)
+	equal(t, "closes with 4001", s.CloseCodes[4001], 1)
 	th.mu.Lock()
 	defer th.mu.Unlock()
 	equal(t, "OnConnect calls", len(th.connected), 0)

@@ -44,7 +44,9 @@ type Stats struct {
 	// "queue full" and "write timeout" (kicked, as Kicked), "pong
 	// timeout", "rate limit", "invalid" (invalid messages), "engine"
 	// (1012: its room's history lost messages), "shutdown", "server"
-	// (Client.Close).
+	// (Client.Close, Hub.DisconnectUser), "token expired" (4001: no
+	// refresh in time, or no sign-in within 10 s), "signed out" (4003: a
+	// first frame without a token the hub accepts).
 	Closes map[string]uint64
 
 	// CloseCodes counts the same closes by the status code of the close
@@ -202,8 +204,8 @@ var (
 // The keys of Stats' maps: each counter's index is its key's.
 var (
 	refusalKeys  = [...]string{"auth", "origin", "handshake", "limit", "overload", "closing"}
-	closeKeys    = [...]string{"normal", "peer error", "lost", "queue full", "write timeout", "pong timeout", "rate limit", "invalid", "engine", "shutdown", "server"}
-	closeCodes   = [...]int{1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 4000}
+	closeKeys    = [...]string{"normal", "peer error", "lost", "queue full", "write timeout", "pong timeout", "rate limit", "invalid", "engine", "shutdown", "server", "token expired", "signed out"}
+	closeCodes   = [...]int{1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 4001, 4003, 4000}
 	joinKeys     = [...]string{"denied", "too many rooms", "invalid", "engine"}
 	inKeys       = [...]string{"publish", "join", "leave", "presence", "app", "invalid"}
 	queuedKeys   = [...]string{"message", "replay", "reply", "presence", "app"}
@@ -238,6 +240,8 @@ const (
 	closeEngine
 	closeShutdown
 	closeServer
+	closeTokenExpired
+	closeSignedOut
 )
 
 // counters are the counters behind Stats.
@@ -347,13 +351,18 @@ func closeSlot(cause error, code *websocket.StatusCode) int {
 		return closeShutdown
 	case errors.Is(cause, ErrClientClosed):
 		return closeServer
+	case errors.Is(cause, errTokenExpired), errors.Is(cause, errAuthTimeout):
+		return closeTokenExpired
+	case errors.Is(cause, errUnauthorized), errors.Is(cause, errAuthRequired):
+		return closeSignedOut
 	}
 	*code = websocket.StatusAbnormalClosure
 	return closeLost
 }
 
 // codeSlot is the index of code in closeCodes; codes not listed count in
-// the last slot, 4000 (the application's range, and any other).
+// the last slot, 4000 (the application's range but 4001 and 4003, and any
+// other).
 func codeSlot(code websocket.StatusCode) int {
 	for i, c := range closeCodes {
 		if int(code) == c {

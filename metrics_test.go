@@ -190,8 +190,8 @@ func TestStatsCloses(t *testing.T) {
 	gone()
 
 	b := dial(t, ts)
-	(<-connected).Close(4001, "bye")
-	equal(t, "b's close", b.readClose(), 4001)
+	(<-connected).Close(4002, "bye") // an application's code: counted as 4000
+	equal(t, "b's close", b.readClose(), 4002)
 	gone()
 
 	c := dial(t, ts)
