@@ -29,7 +29,8 @@ import (
 // bcastMu, Hub.mu (clients and rooms), room.mu (a room's members; every
 // delivery, join and presence diff of the room queues under it),
 // Hub.presMu, room.ownMu, presRoom.mu, Client.mu. These last are held
-// only to change memory, never while user code runs. The memory engine
+// only to change memory, never while user code runs. Client.grantMu,
+// around a grant's join and its expiry, comes before them all. The memory engine
 // delivers inside Publish and Follow: there a Codec runs under the first two.
 type Hub struct {
 	handler  Handler
