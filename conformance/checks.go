@@ -61,6 +61,12 @@ func checks() []check {
 		{"presence-request", checkPresenceRequest},
 		{"presence-not-member-error", checkPresenceNotMember},
 		{"presence-from-is-id", checkPresenceFrom},
+		// §11: tokens.
+		{"auth-required-4003", checkAuthRequired},
+		{"auth-refused-4003", checkAuthRefused},
+		{"auth-first-frame", checkAuthFirstFrame},
+		{"auth-refresh", checkAuthRefresh},
+		{"auth-frame-not-fatal", checkAuthNotFatal},
 		// §7: shutdown, last.
 		{"shutdown-1001", checkShutdown},
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"net/url"
 	"strconv"
 	"strings"
@@ -26,7 +27,9 @@ type msg struct {
 	Seq       uint64          `json:"seq"`
 	Epoch     string          `json:"epoch"`
 	Recovered *bool           `json:"recovered"`
+	TTLRaw    json.RawMessage `json:"ttl"`
 
+	ttl int64 // TTLRaw of an auth or ack, checked: 0 when absent
 	raw []byte
 }
 
@@ -88,6 +91,10 @@ type conn struct {
 	done   chan struct{}
 
 	nextID int
+
+	// expires says whether the last auth frame the check read gave the
+	// sign-in a ttl. Only the check's goroutine uses it.
+	expires bool
 }
 
 // dialURL returns the URL of connection n: the configured one, with {n}
@@ -132,8 +139,20 @@ func (t *T) dialErr(protocols ...string) (*conn, error) {
 	return c, nil
 }
 
-// dial opens a connection offering protocols, or fails the check.
+// dial opens a connection offering protocols, or fails the check. Given
+// -token, on a server that requires sign-in with the first frame, it
+// signs in first, so that every check runs there as anywhere else.
 func (t *T) dial(protocols ...string) *conn {
+	c := t.dialRaw(protocols...)
+	if t.s.cfg.Token != "" && t.firstFrame() {
+		c.signIn(t.s.cfg.Token)
+	}
+	return c
+}
+
+// dialRaw opens a connection offering protocols and sends nothing on it,
+// or fails the check.
+func (t *T) dialRaw(protocols ...string) *conn {
 	c, err := t.dialErr(protocols...)
 	if err != nil {
 		t.Fatalf("%v", err)
@@ -238,6 +257,13 @@ func decode(b []byte) (*msg, error) {
 	if json.Unmarshal(t, &typ) != nil || typ.Type == nil || *typ.Type == "" {
 		return nil, errors.New(`no string "type"`)
 	}
+	if m.TTLRaw != nil && (m.Type == "auth" || m.Type == "ack") {
+		ttl, err := strconv.ParseInt(string(m.TTLRaw), 10, 64)
+		if err != nil || ttl < 1 {
+			return nil, fmt.Errorf("ttl %s: want an integer of milliseconds ≥ 1, or no ttl", m.TTLRaw)
+		}
+		m.ttl = ttl
+	}
 	m.raw = append([]byte(nil), t...)
 	return &m, nil
 }
@@ -260,6 +286,9 @@ func (c *conn) next(what string) event {
 				c.q = c.q[1:]
 			}
 			c.mu.Unlock()
+			if ev.m != nil && ev.m.Type == "auth" {
+				c.expires = ev.m.ttl > 0
+			}
 			return ev
 		}
 		c.mu.Unlock()
@@ -279,7 +308,11 @@ func (c *conn) read(what string) *msg {
 	case ev.bad != nil:
 		c.t.Fatalf("%v (waiting for %s)", ev.bad, what)
 	case ev.closed:
-		c.t.Fatalf("%s: connection closed (%s) while waiting for %s", c.name, closeText(ev.closeErr), what)
+		hint := ""
+		if websocket.CloseStatus(ev.closeErr) == statusSignedOut && c.t.s.cfg.Token == "" {
+			hint = " (a server that requires sign-in with the first frame needs -token)"
+		}
+		c.t.Fatalf("%s: connection closed (%s) while waiting for %s%s", c.name, closeText(ev.closeErr), what, hint)
 	}
 	return ev.m
 }
@@ -315,9 +348,18 @@ func (c *conn) send(v any) {
 }
 
 func (c *conn) sendRaw(b []byte) {
-	if err := c.ws.Write(c.t.ctx, websocket.MessageText, b); err != nil {
-		c.t.Fatalf("%s: write %s: %v", c.name, short(b), err)
+	if err := c.write(b); err != nil {
+		c.t.Fatalf("%v", err)
 	}
+}
+
+// write writes b as one text frame, for a check that expects the server
+// may have closed the connection already.
+func (c *conn) write(b []byte) error {
+	if err := c.ws.Write(c.t.ctx, websocket.MessageText, b); err != nil {
+		return fmt.Errorf("%s: write %s: %w", c.name, short(b), err)
+	}
+	return nil
 }
 
 // id returns a request ID new on this connection.
@@ -370,7 +412,13 @@ func (c *conn) refused(r req) *msg {
 	return m
 }
 
+// describeReq shows r for messages, without its token: the suite's
+// output may end up in logs.
 func describeReq(r req) string {
+	if _, ok := r["token"]; ok {
+		r = maps.Clone(r)
+		r["token"] = "…"
+	}
 	b, _ := json.Marshal(r)
 	return short(b)
 }

@@ -24,14 +24,28 @@
 // down gracefully; without it the check SKIPs. The read-limit check
 // expects the default limit, 32 KiB, unless -read-limit says otherwise.
 //
+// The token checks (PROTOCOL.md §11) need a token the server accepts,
+// -token (any number of times during the run), and one it refuses,
+// -bad-token (default "wshub-conformance-invalid-token"); without -token
+// those that need it SKIP. The suite learns once, from a probe connection
+// whose first frame is a join, whether the server requires sign-in with
+// the first frame (it closes that connection with 4003). If it does,
+// every connection of every check signs in with -token first, and the
+// sign-in checks apply; if not, they SKIP, and auth-frame-not-fatal
+// checks that an "auth" frame, even sent first, is answered with an ack
+// or an error, never with a close. In every check, the ttl of an auth
+// frame or of an ack must be an integer ≥ 1, and frames of types the
+// suite does not know are ignored.
+//
 // -run and -skip select checks by name (regular expressions), -timeout
 // bounds each check (10 s). Every check uses connections of its own and
 // closes them when it ends.
 //
 // The suite is tested against the reference server (wshub.Hub with
-// history and presence), which passes every check, and against a small
-// deliberately broken server, whose faults fail the checks of the rules
-// they break.
+// history and presence, signing clients in from the upgrade request, with
+// tokens over the connection or with the first frame), which passes every
+// check that applies, and against a small deliberately broken server,
+// whose faults fail the checks of the rules they break.
 package main
 
 import (
@@ -52,6 +66,8 @@ func main() {
 	flag.StringVar(&cfg.Prefix, "prefix", "conformance-", "start of every room name the suite uses")
 	flag.DurationVar(&cfg.Timeout, "timeout", 10*time.Second, "bound of each check")
 	flag.IntVar(&cfg.ReadLimit, "read-limit", 32<<10, "the server's read limit, in bytes, for the read-limit check")
+	flag.StringVar(&cfg.Token, "token", "", "a token the server accepts (first-frame sign-in, refresh), for the token checks")
+	flag.StringVar(&cfg.BadToken, "bad-token", defaultBadToken, "a token the server refuses, for the token checks")
 	run := flag.String("run", "", "run only the checks whose names match this regular expression")
 	skip := flag.String("skip", "", "leave out the checks whose names match this regular expression (reported as SKIP)")
 	shutdownCmd := flag.String("shutdown-cmd", "", "shell command that shuts the server down gracefully, for the shutdown check (last)")

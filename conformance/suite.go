@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"regexp"
@@ -37,6 +38,17 @@ type Config struct {
 	// Run, when set, selects the checks to run by name; Skip, when set,
 	// leaves out those it matches (they are reported as skipped).
 	Run, Skip *regexp.Regexp
+
+	// Token is a token the server accepts, for the checks of tokens
+	// (PROTOCOL.md §11): as the first frame's sign-in, on a server that
+	// requires one (then every connection signs in with it), and in a
+	// refresh, as many times as the suite sends it. Empty skips the
+	// checks that need it.
+	Token string
+
+	// BadToken is a token the server refuses; empty means
+	// defaultBadToken.
+	BadToken string
 
 	// Shutdown stops the server gracefully, for the shutdown check, which
 	// runs last; nil skips that check.
@@ -74,6 +86,10 @@ type check struct {
 	run  func(t *T)
 }
 
+// defaultBadToken is the token the suite expects a server to refuse when
+// Config.BadToken is empty.
+const defaultBadToken = "wshub-conformance-invalid-token"
+
 // suite is the state of one run.
 type suite struct {
 	cfg   *Config
@@ -81,6 +97,10 @@ type suite struct {
 
 	mu    sync.Mutex
 	conns int
+	// authKnown says whether authFirst, learned once per run by a probe
+	// (T.firstFrame), says if the server requires sign-in with the first
+	// frame.
+	authKnown, authFirst bool
 }
 
 func (s *suite) nextConn() int {
@@ -104,6 +124,12 @@ func Run(ctx context.Context, cfg Config) (Summary, error) {
 	}
 	if cfg.Out == nil {
 		cfg.Out = io.Discard
+	}
+	if cfg.BadToken == "" {
+		cfg.BadToken = defaultBadToken
+	}
+	if cfg.Token != "" && cfg.Token == cfg.BadToken {
+		return Summary{}, errors.New("the bad token is the token the server accepts")
 	}
 	if len(cfg.Prefix) > maxPrefix {
 		return Summary{}, fmt.Errorf("room prefix longer than %d bytes", maxPrefix)
