@@ -1,6 +1,7 @@
 package wshubjs_test
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -17,13 +19,17 @@ import (
 
 	"github.com/coder/websocket"
 	"github.com/wshub/wshub"
+	"go.uber.org/goleak"
 )
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // nodeTimeout bounds one run of node's test runner, on a busy machine.
 const nodeTimeout = 5 * time.Minute
 
 // TestNode runs the JavaScript tests, test/*.test.mjs, with node's test
-// runner against a real hub; WSHUB_URL tells them where it is. Without
+// runner against two real hubs: WSHUB_URL is the one of startHub,
+// WSHUB_TOKEN_URL the one of startTokenHub. Without
 // node, or with a node that has no WebSocket, the test skips, unless
 // WSHUB_REQUIRE_NODE=1 (set by CI), where it fails.
 func TestNode(t *testing.T) {
@@ -34,11 +40,12 @@ func TestNode(t *testing.T) {
 		t.Fatalf("no tests in test/: %v", err)
 	}
 	url := startHub(t)
+	tokenURL := startTokenHub(t)
 
 	ctx, cancel := context.WithTimeout(context.Background(), nodeTimeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, node, append(append(flags, "--test"), tests...)...)
-	cmd.Env = append(os.Environ(), "WSHUB_URL="+url)
+	cmd.Env = append(os.Environ(), "WSHUB_URL="+url, "WSHUB_TOKEN_URL="+tokenURL)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("node --test: %v\n%s", err, out)
@@ -188,4 +195,155 @@ func startHub(t *testing.T) string {
 		srv.Close()
 	})
 	return "ws" + strings.TrimPrefix(srv.URL, "http") + "/ws"
+}
+
+// startTokenHub serves a hub whose clients sign in with their first frame
+// (Options.AuthenticateToken, no Authenticate), for the JavaScript tests
+// of tokens, and returns its base URL: the hub is at /ws. Its tokens are
+// "ok:<user>:<ttl-ms>[:<anything>]", the sign-in of user expiring in ttl
+// (0: never); any other is refused. Grants are "grant:<ttl-ms>[:…]",
+// likewise. Every room keeps history; rooms named denied-… cannot be
+// joined. The tests drive it over HTTP:
+//
+//	GET  /token?user=U&ttl=N        a new token of U: "ok:U:N:<n>" (by default
+//	                                U is guest and N 0, for docs/CLIENTS.md's page)
+//	GET  /grant?room=R              a grant for good: "grant:0:<n>"
+//	GET  /tokens?user=U             the tokens of U the hub accepted, in order,
+//	                                as [{"token":…,"refresh":bool}]
+//	GET  /grants?user=U             the grants of U the hub accepted, in order
+//	POST /refuse?user=U&on=1        refuse (on=0: accept again) U's refreshes
+//	POST /deny?user=U&room=R        refuse U the room R from now on: its next
+//	                                refresh takes it out
+//	POST /disconnect?user=U&code=C&reason=S
+//	                                Hub.DisconnectUser(U, C, S)
+func startTokenHub(t *testing.T) string {
+	t.Helper()
+	type accepted struct {
+		Token   string `json:"token"`
+		Refresh bool   `json:"refresh"`
+	}
+	var (
+		mu      sync.Mutex
+		n       int
+		tokens  = map[string][]accepted{}
+		grants  = map[string][]string{}
+		refused = map[string]bool{}
+		denied  = map[[2]string]bool{}
+	)
+	// parse reads "<kind>:…:<ttl-ms>[:…]", the ttl at index i.
+	parse := func(token, kind string, i int) ([]string, time.Time, error) {
+		f := strings.Split(token, ":")
+		if len(f) <= i || f[0] != kind {
+			return nil, time.Time{}, fmt.Errorf("not a %s token: %q", kind, token)
+		}
+		ms, err := strconv.Atoi(f[i])
+		if err != nil || ms < 0 {
+			return nil, time.Time{}, fmt.Errorf("bad ttl in %q", token)
+		}
+		var expires time.Time
+		if ms > 0 {
+			expires = time.Now().Add(time.Duration(ms) * time.Millisecond)
+		}
+		return f, expires, nil
+	}
+	hub := wshub.New(nil, &wshub.Options{
+		AuthenticateToken: func(c *wshub.Client, token string) (wshub.Identity, error) {
+			f, expires, err := parse(token, "ok", 2)
+			if err != nil {
+				return wshub.Identity{}, err
+			}
+			user, refresh := f[1], c.ID() != ""
+			mu.Lock()
+			defer mu.Unlock()
+			if refresh && refused[user] {
+				return wshub.Identity{}, errors.New("refused by the test")
+			}
+			tokens[user] = append(tokens[user], accepted{token, refresh})
+			return wshub.Identity{ID: user, Info: map[string]string{"name": user}, Expires: expires}, nil
+		},
+		AuthorizeJoin: func(c *wshub.Client, room string) error {
+			mu.Lock()
+			defer mu.Unlock()
+			if strings.HasPrefix(room, "denied-") || denied[[2]string{c.ID(), room}] {
+				return errors.New("this room is closed")
+			}
+			return nil
+		},
+		AuthorizeGrant: func(c *wshub.Client, room, token string) (time.Time, error) {
+			_, expires, err := parse(token, "grant", 1)
+			if err != nil {
+				return time.Time{}, err
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			grants[c.ID()] = append(grants[c.ID()], token)
+			return expires, nil
+		},
+		Rooms: func(string) wshub.RoomOptions {
+			return wshub.RoomOptions{History: wshub.HistoryPolicy{Messages: 100}}
+		},
+	})
+	reply := func(w http.ResponseWriter, v any) {
+		w.Header().Set("Content-Type", "application/json")
+		if err := json.NewEncoder(w).Encode(v); err != nil {
+			t.Errorf("control: %v", err)
+		}
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/ws", hub)
+	mux.HandleFunc("GET /token", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n++
+		user, ttl := cmp.Or(r.FormValue("user"), "guest"), cmp.Or(r.FormValue("ttl"), "0")
+		token := fmt.Sprintf("ok:%s:%s:%d", user, ttl, n)
+		mu.Unlock()
+		fmt.Fprint(w, token)
+	})
+	mux.HandleFunc("GET /grant", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		n++
+		token := fmt.Sprintf("grant:0:%d", n)
+		mu.Unlock()
+		fmt.Fprint(w, token)
+	})
+	mux.HandleFunc("GET /tokens", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		reply(w, append([]accepted{}, tokens[r.FormValue("user")]...))
+	})
+	mux.HandleFunc("GET /grants", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		reply(w, append([]string{}, grants[r.FormValue("user")]...))
+	})
+	mux.HandleFunc("POST /refuse", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		refused[r.FormValue("user")] = r.FormValue("on") == "1"
+	})
+	mux.HandleFunc("POST /deny", func(w http.ResponseWriter, r *http.Request) {
+		mu.Lock()
+		defer mu.Unlock()
+		denied[[2]string{r.FormValue("user"), r.FormValue("room")}] = true
+	})
+	mux.HandleFunc("POST /disconnect", func(w http.ResponseWriter, r *http.Request) {
+		code, err := strconv.Atoi(r.FormValue("code"))
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if err := hub.DisconnectUser(r.Context(), r.FormValue("user"), websocket.StatusCode(code), r.FormValue("reason")); err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+		}
+	})
+	srv := httptest.NewServer(mux)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := hub.Shutdown(ctx); err != nil {
+			t.Errorf("token hub shutdown: %v", err)
+		}
+		srv.Close()
+	})
+	return srv.URL
 }

@@ -1,5 +1,5 @@
 // Types of wshub.js, a client of the wshub protocol v1 (see wshub.js for
-// the behaviour: reconnecting, rejoining, errors).
+// the behaviour: signing in, reconnecting, rejoining, errors).
 
 /** A member of a presence room: a client ID, what the server shows of it, its connections in the room. */
 export interface Member {
@@ -39,17 +39,65 @@ export interface JoinAck {
   /** The room's latest seq when joined, in a room with history. */
   seq?: number;
   recovered?: boolean;
+  /** Milliseconds until the join's grant expires (renewed before then); absent: it does not. */
+  ttl?: number;
 }
 
-export type ConnectionState = "connecting" | "online" | "offline" | "closed";
+export interface JoinOptions {
+  /** How many of the room's last messages to replay; also the fallback of every recovery. */
+  history?: number;
+  /**
+   * Returns a token that grants the room, sent with the join: called for
+   * this join, for each rejoin after a reconnection and for each renewal
+   * (at 50–90 % of the ack's ttl). If it throws, this join rejects with
+   * what it threw, a rejoin drops the room ("rejoin" event with error), a
+   * renewal is an "autherror" event.
+   */
+  grant?: () => Promise<string> | string;
+}
+
+/** "signedout": stopped by a 4003 close or a token that threw a signedOut error, until reconnect(). */
+export type ConnectionState = "connecting" | "online" | "offline" | "closed" | "signedout";
 
 export type StateEvent =
   | {state: "connecting"; attempt: number}
   | {state: "online"; protocol: string}
-  /** Waiting delay ms before connecting again, after a close with code. */
+  /** Waiting delay ms before connecting again, after a close with code (0: the token function failed). */
   | {state: "offline"; code: number; reason: string; delay: number; attempt: number}
   /** Stopped: code is the close code (0: the URL was invalid). */
-  | {state: "closed"; code: number; reason: string};
+  | {state: "closed"; code: number; reason: string}
+  /** Signed out: code is 4003, or 0 when the token function threw a signedOut error. */
+  | {state: "signedout"; code: number; reason: string};
+
+/** The client stopped, signed out: a new token of the same sign-in would not help. */
+export interface SignedOutEvent {
+  /** 4003, the server's close code (reason: "unauthorized", "auth required", a ban…), or 0: the token function threw error. */
+  code: number;
+  reason: string;
+  error?: unknown;
+}
+
+/** The server took the client out of a room: it is not joined again. */
+export interface LeftEvent {
+  room: string;
+  /** Why, as the server said it (e.g. "wshub: grant expired"). */
+  error?: string;
+  frame: Record<string, unknown>;
+}
+
+/**
+ * A token or grant that could not be renewed: a refresh or renewal the
+ * server refused or did not answer, or a token or grant function that
+ * threw. The connection stays: the server closes it (4001) when the
+ * sign-in ends, or takes the client out of the room ("left") when the
+ * grant ends.
+ */
+export interface AuthErrorEvent {
+  /** Set for a room's grant; absent for the sign-in. */
+  room?: string;
+  /** A WshubError (refused, timeout), or what the function threw. */
+  error: unknown;
+}
 
 /** The outcome of joining a room again on a new connection. */
 export interface RejoinEvent {
@@ -90,6 +138,9 @@ export interface Events {
   reset: {room: string; epoch: string};
   /** An error frame that answers no request of this client. */
   error: WshubError;
+  signedout: SignedOutEvent;
+  left: LeftEvent;
+  autherror: AuthErrorEvent;
 }
 
 export interface Options {
@@ -104,13 +155,30 @@ export interface Options {
   maxDelay?: number;
   /** The least wait after an attempt that failed before the connection opened, in ms (1000), drawn up to twice that: a hub's 503, whose Retry-After browsers hide. */
   refusedDelay?: number;
+  /**
+   * Returns a token for the server (PROTOCOL.md §11), called before every
+   * attempt to connect and for every refresh (at 50–90 % of the ttl the
+   * server gives): the client signs in with it as its first frame, and
+   * refreshes with it before the sign-in expires. If it throws an error
+   * whose signedOut property is true, the client signs out ("signedout");
+   * any other error is a failed attempt (tried again with backoff) or a
+   * failed refresh ("autherror").
+   */
+  token?: () => Promise<string> | string;
   /** The WebSocket constructor; default globalThis.WebSocket. */
   WebSocket?: new (url: string, protocols?: string | string[]) => WebSocket;
 }
 
+/**
+ * The wait before renewing what expires in ttl ms: uniformly random in
+ * [0.5, 0.9]·ttl, so that clients that connected together spread their
+ * refreshes over 40 % of the ttl.
+ */
+export function refreshDelay(ttl: number): number;
+
 export class WshubError extends Error {
   name: "WshubError";
-  code: "refused" | "timeout" | "disconnected" | "offline" | "closed" | "canceled";
+  code: "refused" | "timeout" | "disconnected" | "offline" | "closed" | "signedout" | "canceled";
   /** The error frame, for code "refused". */
   frame?: {type: "error"; id?: string; room?: string; error: string};
 }
@@ -123,7 +191,7 @@ export class Client {
   members(room: string): Map<string, Member> | undefined;
   on<K extends keyof Events>(type: K, fn: (event: Events[K]) => void): () => void;
   off<K extends keyof Events>(type: K, fn: (event: Events[K]) => void): void;
-  join(room: string, options?: {history?: number}): Promise<JoinAck>;
+  join(room: string, options?: JoinOptions): Promise<JoinAck>;
   leave(room: string): Promise<void>;
   publish(room: string, data?: unknown): Promise<void>;
   presence(room: string): Promise<Map<string, Member> | undefined>;

@@ -12,25 +12,49 @@
 // Connecting: the client offers the subprotocol wshub.json-batch (option
 // protocol: "wshub.json" for one message per frame) and reads either.
 //
+// Signing in (PROTOCOL.md §11): with option token, an async function
+// returning a token, the client calls it before every attempt to connect
+// and sends the token as the connection's first frame ("auth"); it rejoins
+// its rooms and sends what waits only after the server's answer. An error
+// answer is not fatal (a server that takes no tokens answers so). When the
+// server says the sign-in expires (an "auth" frame with a ttl), the client
+// calls token again at a random point in 50–90 % of the ttl, so that
+// clients that connected together do not refresh together, and sends it
+// in a "refresh"; a refused refresh, or a token that throws, is an
+// "autherror" event and nothing more: the server closes the connection
+// with 4001 when the sign-in ends, and the client comes back with a new
+// token. A token that throws an error whose signedOut property is true
+// signs the client out (below); any other error is a failed attempt, tried
+// again with backoff.
+//
 // Reconnecting: after a close with 1001 (server going away), 1006 (the
 // connection was lost, or an attempt to connect failed or took longer
-// than the timeout, an HTTP 503 included) or 1012 (service restart), the
-// client waits and connects again: about minDelay (500 ms) at first,
-// doubling after each failed
-// attempt up to maxDelay (15 s), each wait varied by ±25 %, starting over
-// after a success. An attempt that failed before the connection opened
+// than the timeout, an HTTP 503 included), 1012 (service restart) or an
+// application's code 4000–4999 other than 4003, the client waits and
+// connects again: about minDelay (500 ms) at first, doubling after each
+// failed attempt up to maxDelay (15 s), each wait varied by ±25 %, starting
+// over after a success. 4001 (the sign-in expired) is tried again at once
+// the first time. An attempt that failed before the connection opened
 // waits at least refusedDelay (1 s) to twice that: it may have been a hub's
 // 503 (shutting down, full, or overloaded by a reconnect storm), whose
 // Retry-After (1 or 2 s) a browser does not show to scripts. Any other
 // close code (1000, 1007, 1008, 1009, 1011, …) is about this client: it
-// stops ("closed" state), and reconnect() starts again. In a browser,
-// going back online retries at once.
+// stops ("closed" state), and reconnect() starts again. 4003 (refused
+// token, ban, sign-out) signs it out: it stops in the "signedout" state
+// with a "signedout" event, as a new token of the same sign-in would not
+// help; reconnect() starts again, after a new sign-in. In a browser, going
+// back online retries at once.
 //
 // Rooms survive reconnects: every room joined is joined again on each new
 // connection, with a recovery (the epoch and last seq seen, with the first
 // join's history as a fallback). A room's messages are held from its join
 // until the join's ack, messages whose seq was delivered already are
 // dropped, and a "rejoin" event says whether the recovery was complete.
+// A room the server takes the client out of (a "leave" frame: a grant
+// ended, a refresh that no longer allows it) is a "left" event, and is not
+// joined again. A join with a grant, an async function returning a token
+// of the room, sends the token, calls grant again for each rejoin, and,
+// when the ack says the grant expires, renews it at 50–90 % of its ttl.
 //
 // Requests (join, leave, publish, presence) return promises, resolved by
 // the server's ack and rejected with a WshubError: code "refused" (an
@@ -38,17 +62,34 @@
 // timeout option, 30 s; the request may still take effect), "disconnected"
 // (the connection was lost before the answer: the request may or may not
 // have taken effect), "offline" (with offline: "fail", sent while not
-// online), "closed" (the client is closed) or "canceled" (a join left
-// before it was sent).
+// online), "closed" (the client is closed), "signedout" (the client is
+// signed out) or "canceled" (a join left before it was sent). A join whose
+// grant throws rejects with what it threw.
 //
 // Sending while not online: by default (offline: "wait") requests and
 // send() wait for the next connection, and are written after the rooms are
 // joined again; the timeout counts from the moment they are written. With
 // offline: "fail" they are rejected at once with code "offline". Either
-// way they are rejected with "closed" once the client stops.
+// way they are rejected with "closed" or "signedout" once the client stops.
 
-const retryCodes = new Set([1001, 1006, 1012]);
 const requestTypes = new Set(["join", "leave", "publish", "presence"]);
+
+// retries reports whether a close with code is tried again: the codes of a
+// lost connection or a server going away, and the application's 4000–4999
+// (PROTOCOL.md §11: an unknown one counts as 1006), but for 4003.
+function retries(code) {
+  return code === 1001 || code === 1006 || code === 1012 || (code >= 4000 && code <= 4999 && code !== 4003);
+}
+
+/**
+ * refreshDelay returns how long to wait before renewing something that
+ * expires in ttl ms: a uniformly random point in [0.5, 0.9]·ttl, so that
+ * 1,000 clients that connected together refresh over 40 % of the ttl
+ * instead of in one burst, each with at least 10 % of it left to succeed.
+ */
+export function refreshDelay(ttl) {
+  return ttl * (0.5 + 0.4 * Math.random());
+}
 
 /** An error of a request: see code. */
 export class WshubError extends Error {
@@ -65,9 +106,11 @@ export class Client {
   #opts;
   #ws = null;
   #state = "connecting";
+  #gen = 0; // the current attempt to connect: async steps of an older one give up
   #attempt = 0; // failed attempts since the last connection
   #timer = 0; // the next attempt to connect
   #connecting = 0; // the end of the current attempt
+  #refreshTimer = 0; // the next refresh of the sign-in
   #lastID = 0;
   #pending = new Map(); // request id → request, written on the current connection
   #queue = []; // requests and frames waiting for a connection
@@ -91,6 +134,7 @@ export class Client {
       minDelay: 500,
       maxDelay: 15000,
       refusedDelay: 1000,
+      token: null,
       WebSocket: globalThis.WebSocket,
       ...options,
     };
@@ -100,11 +144,11 @@ export class Client {
     globalThis.addEventListener?.("online", this.#online);
     // After the caller's code, which may add listeners for the first events.
     queueMicrotask(() => {
-      if (this.#state === "connecting" && !this.#ws) this.#open();
+      if (this.#state === "connecting" && this.#gen === 0) this.#open();
     });
   }
 
-  /** "connecting", "online", "offline" (waiting to retry) or "closed". */
+  /** "connecting", "online", "offline" (waiting to retry), "closed" or "signedout". */
   get state() { return this.#state; }
 
   /** The rooms the client is in, or rejoins on the next connection. */
@@ -124,15 +168,20 @@ export class Client {
 
   /**
    * Joins room; history asks for its last messages (then the fallback of
-   * every recovery). Resolves with the ack: {room, epoch, seq} in a room
-   * with history. Joining a room the client is in resolves at once.
+   * every recovery); grant, an async function returning a token of the
+   * room, is called for this join, each rejoin and each renewal. Resolves
+   * with the ack: {room, epoch, seq} in a room with history, ttl when the
+   * grant expires. Joining a room the client is in resolves at once.
    */
-  join(room, {history = 0} = {}) {
+  join(room, {history = 0, grant = null} = {}) {
     const r = this.#rooms.get(room);
     if (r) return r.first ?? Promise.resolve({room, epoch: r.epoch || undefined, seq: r.epoch ? r.seq : undefined});
-    const state = {name: room, history, epoch: "", seq: 0, joined: false, held: null, first: null, req: null};
+    const state = {name: room, history, grant, epoch: "", seq: 0, joined: false, held: null, first: null, req: null, renew: 0, dropped: false};
     this.#rooms.set(room, state);
-    state.first = this.#request({type: "join", room}, {room: state}).finally(() => { state.first = null; });
+    // A client that stopped rejects the join without asking for a grant.
+    const stopped = this.#state === "closed" || this.#state === "signedout";
+    const join = grant && !stopped ? this.#joinGranted(state) : this.#request({type: "join", room}, {room: state});
+    state.first = join.finally(() => { state.first = null; });
     return state.first;
   }
 
@@ -141,6 +190,7 @@ export class Client {
     const r = this.#rooms.get(room);
     this.#rooms.delete(room);
     this.#members.delete(room);
+    if (r) clearTimeout(r.renew);
     if (r && !r.joined && !r.req) return Promise.resolve(); // not in it on this connection
     if (r?.req && !r.req.id) { // its join was not written yet
       this.#queue = this.#queue.filter((q) => q !== r.req);
@@ -176,7 +226,7 @@ export class Client {
     ws?.close(code, reason);
   }
 
-  /** Connects again now, with a new connection (and a new call of url). */
+  /** Connects again now, with a new connection (a new call of url, and of token). */
   reconnect() {
     const old = this.#ws;
     this.#ws = null;
@@ -204,11 +254,59 @@ export class Client {
     this.#emit("state", {state, ...detail});
   }
 
+  // call calls fn, a token or grant function, and settles with its token
+  // as a string, what it threw, or a timeout.
+  #call(fn) {
+    return new Promise((resolve, reject) => {
+      const ms = this.#opts.timeout;
+      const timer = ms > 0 && setTimeout(() => reject(new WshubError("timeout", `wshub: no token within ${ms} ms`)), ms);
+      Promise.resolve().then(fn).then(
+        (token) => { clearTimeout(timer); resolve(String(token)); },
+        (err) => { clearTimeout(timer); reject(err); },
+      );
+    });
+  }
+
+  // open starts an attempt to connect: the token, then the connection,
+  // then the sign-in, then the rooms (ready).
   #open() {
     clearTimeout(this.#timer);
+    clearTimeout(this.#connecting);
+    const gen = ++this.#gen;
+    this.#setState("connecting", {attempt: this.#attempt});
+    if (gen !== this.#gen) return; // a listener closed the client
+    // An attempt that takes longer than the timeout failed: a server that
+    // accepts but never answers is tried again.
+    this.#connecting = this.#opts.timeout > 0 && setTimeout(() => {
+      if (gen !== this.#gen) return;
+      const ws = this.#ws;
+      if (!ws) {
+        this.#retry(1006, "timeout", true);
+        return;
+      }
+      ws.onclose({code: 1006, reason: "timeout"});
+      ws.close();
+    }, this.#opts.timeout);
+    if (!this.#opts.token) {
+      this.#connect(gen, null);
+      return;
+    }
+    this.#call(this.#opts.token).then((token) => {
+      if (gen === this.#gen) this.#connect(gen, token);
+    }, (error) => {
+      if (gen !== this.#gen) return;
+      if (error?.signedOut === true) {
+        this.#signOut(0, String(error.message ?? error), error);
+        return;
+      }
+      this.#emit("autherror", {error});
+      if (gen === this.#gen) this.#retry(0, "token: " + String(error?.message ?? error), true);
+    });
+  }
+
+  #connect(gen, token) {
     let url = typeof this.#url === "function" ? this.#url() : this.#url;
     let ws;
-    this.#setState("connecting", {attempt: this.#attempt});
     try {
       url = new URL(url, globalThis.location?.href);
       url.protocol = url.protocol.replace(/^http/, "ws");
@@ -218,27 +316,22 @@ export class Client {
       return;
     }
     this.#ws = ws;
-    // An attempt that takes longer than the timeout failed: a server that
-    // accepts but never answers is tried again.
-    clearTimeout(this.#connecting);
-    this.#connecting = this.#opts.timeout > 0 && setTimeout(() => {
-      if (this.#ws !== ws) return;
-      ws.onclose({code: 1006, reason: "timeout"});
-      ws.close();
-    }, this.#opts.timeout);
     let opened = false;
     ws.onopen = () => {
       if (this.#ws !== ws) return;
       opened = true;
-      clearTimeout(this.#connecting);
-      this.#attempt = 0;
-      this.#setState("online", {protocol: ws.protocol});
-      for (const r of this.#rooms.values()) {
-        if (!r.first) this.#rejoin(r);
+      if (token === null) {
+        this.#ready(ws, gen);
+        return;
       }
-      const queue = this.#queue;
-      this.#queue = [];
-      for (const item of queue) this.#write(item);
+      // The sign-in comes first; an error answer is not fatal: the server
+      // takes no tokens, or this is a refresh of a sign-in it made itself.
+      const ready = () => {
+        if (this.#ws === ws) this.#ready(ws, gen);
+      };
+      this.#write({frame: {type: "auth", token}, auth: true, resolve: ready, reject: (err) => {
+        if (err.code === "refused") ready();
+      }});
     };
     ws.onmessage = (e) => {
       if (this.#ws !== ws || typeof e.data !== "string") return;
@@ -249,7 +342,7 @@ export class Client {
         return;
       }
       for (const m of Array.isArray(frames) ? frames : [frames]) {
-        if (m && typeof m === "object") this.#handle(m);
+        if (m && typeof m === "object" && this.#ws === ws) this.#handle(m);
       }
     };
     // A failed attempt: browsers close with 1006 after the error, but
@@ -262,23 +355,65 @@ export class Client {
       clearTimeout(this.#connecting);
       this.#ws = null;
       this.#lost();
-      if (!retryCodes.has(e.code)) {
-        this.#stop(e.code, e.reason);
-        return;
-      }
-      let delay = Math.min(this.#opts.minDelay * 2 ** this.#attempt, this.#opts.maxDelay) * (0.75 + Math.random() * 0.5);
-      if (!opened) delay = Math.max(delay, this.#opts.refusedDelay * (1 + Math.random()));
-      this.#attempt++;
-      this.#timer = setTimeout(() => this.#open(), delay);
-      this.#setState("offline", {code: e.code, reason: e.reason, delay, attempt: this.#attempt});
+      if (e.code === 4003) this.#signOut(e.code, e.reason);
+      else if (!retries(e.code)) this.#stop(e.code, e.reason);
+      else this.#retry(e.code, e.reason, opened);
     };
+  }
+
+  // retry ends the current attempt and sets the next.
+  #retry(code, reason, opened) {
+    this.#gen++;
+    clearTimeout(this.#connecting);
+    let delay = Math.min(this.#opts.minDelay * 2 ** this.#attempt, this.#opts.maxDelay) * (0.75 + Math.random() * 0.5);
+    if (code === 4001 && this.#attempt === 0) {
+      delay = 0; // a sign-in that ended: a new token, at once
+    } else if (!opened) {
+      delay = Math.max(delay, this.#opts.refusedDelay * (1 + Math.random()));
+    }
+    this.#attempt++;
+    this.#timer = setTimeout(() => this.#open(), delay);
+    this.#setState("offline", {code, reason, delay, attempt: this.#attempt});
+  }
+
+  // ready makes a connection signed in (if it signs in) usable: it gets
+  // the grants of the rooms to join again, then joins them and writes what
+  // waits.
+  async #ready(ws, gen) {
+    const rejoins = [...this.#rooms.values()].filter((r) => !r.first);
+    const grants = new Map(); // room state → {token} or {error}
+    await Promise.all(rejoins.filter((r) => r.grant).map((r) => this.#call(r.grant).then(
+      (token) => grants.set(r, {token}),
+      (error) => grants.set(r, {error}),
+    )));
+    if (this.#ws !== ws || gen !== this.#gen) return;
+    clearTimeout(this.#connecting);
+    this.#attempt = 0;
+    this.#setState("online", {protocol: ws.protocol});
+    if (this.#ws !== ws) return; // a listener closed the client
+    for (const r of rejoins) {
+      if (this.#rooms.get(r.name) !== r || r.first) continue; // left, or joined anew, meanwhile
+      const g = grants.get(r);
+      if (g?.error !== undefined) {
+        this.#rooms.delete(r.name);
+        this.#members.delete(r.name);
+        this.#emit("rejoin", {room: r.name, recovered: false, error: g.error});
+        continue;
+      }
+      this.#rejoin(r, g?.token);
+    }
+    const queue = this.#queue;
+    this.#queue = [];
+    for (const item of queue) this.#write(item);
   }
 
   // lost forgets what belonged to the connection that ended.
   #lost() {
+    clearTimeout(this.#refreshTimer);
     for (const r of this.#rooms.values()) {
       r.joined = false;
       r.held = null;
+      clearTimeout(r.renew);
     }
     const pending = [...this.#pending.values()];
     this.#pending.clear();
@@ -292,10 +427,13 @@ export class Client {
     item.reject(new WshubError(code, message, frame));
   }
 
-  // stop ends the client: no more reconnecting, and what waits is rejected.
-  #stop(code, reason) {
+  // stop ends the client: no more reconnecting, and what waits is
+  // rejected; state is "closed" or "signedout".
+  #stop(code, reason, state = "closed", error = undefined) {
+    this.#gen++;
     clearTimeout(this.#timer);
     clearTimeout(this.#connecting);
+    clearTimeout(this.#refreshTimer);
     globalThis.removeEventListener?.("online", this.#online);
     const waiting = [...this.#queue, ...this.#pending.values()];
     this.#queue = [];
@@ -303,17 +441,33 @@ export class Client {
     for (const r of this.#rooms.values()) {
       r.joined = false;
       r.held = null;
+      clearTimeout(r.renew);
     }
-    for (const item of waiting) this.#fail(item, "closed", "wshub: client closed");
-    if (this.#state !== "closed") this.#setState("closed", {code, reason});
+    const why = state === "signedout" ? "wshub: signed out" : "wshub: client closed";
+    for (const item of waiting) this.#fail(item, state, why);
+    if (this.#state === state) return;
+    this.#setState(state, {code, reason});
+    if (state === "signedout") this.#emit("signedout", error === undefined ? {code, reason} : {code, reason, error});
+  }
+
+  // signOut stops the client in the "signedout" state: code 4003 from the
+  // server, or 0 when token threw a signedOut error.
+  #signOut(code, reason, error) {
+    const ws = this.#ws;
+    this.#ws = null;
+    if (ws) {
+      this.#lost();
+      ws.close(1000, "signed out");
+    }
+    this.#stop(code, reason, "signedout", error);
   }
 
   // refuse rejects item if it cannot be written now nor wait, or queues it
   // if it must wait; it reports whether it did either.
   #refuse(item) {
     if (this.#state === "online") return false;
-    if (this.#state === "closed") {
-      this.#fail(item, "closed", "wshub: client closed");
+    if (this.#state === "closed" || this.#state === "signedout") {
+      this.#fail(item, this.#state, this.#state === "closed" ? "wshub: client closed" : "wshub: signed out");
     } else if (this.#opts.offline === "fail") {
       this.#fail(item, "offline", "wshub: not connected");
     } else {
@@ -330,10 +484,26 @@ export class Client {
     });
   }
 
-  // rejoin joins r again on a new connection, with a recovery; the result
-  // is a "rejoin" event.
-  #rejoin(r) {
-    const req = {frame: {type: "join", room: r.name}, room: r, rejoin: true, resolve() {}};
+  // joinGranted makes the first join of r, a room joined with a grant:
+  // the grant's token, then the request.
+  async #joinGranted(r) {
+    let token;
+    try {
+      token = await this.#call(r.grant);
+    } catch (err) {
+      if (this.#rooms.get(r.name) === r) this.#rooms.delete(r.name);
+      throw err;
+    }
+    if (this.#rooms.get(r.name) !== r) throw new WshubError("canceled", "wshub: left before the join was sent");
+    return this.#request({type: "join", room: r.name, token}, {room: r});
+  }
+
+  // rejoin joins r again on a new connection, with a recovery (and the
+  // grant's token, if any); the result is a "rejoin" event.
+  #rejoin(r, token) {
+    const frame = {type: "join", room: r.name};
+    if (token !== undefined) frame.token = token;
+    const req = {frame, room: r, rejoin: true, resolve() {}};
     req.reject = (err) => {
       if (err.code === "refused" && this.#rooms.get(r.name) === r) {
         this.#rooms.delete(r.name);
@@ -343,6 +513,72 @@ export class Client {
     };
     r.req = req;
     this.#write(req);
+  }
+
+  // scheduleRefresh sets the refresh of a sign-in that expires in ttl ms,
+  // or cancels it (no ttl).
+  #scheduleRefresh(ttl) {
+    clearTimeout(this.#refreshTimer);
+    if (!(ttl > 0)) return;
+    const ws = this.#ws;
+    this.#refreshTimer = setTimeout(() => this.#refresh(ws), refreshDelay(ttl));
+  }
+
+  // refresh sends a new token of the sign-in on ws. Whatever fails is an
+  // "autherror": the connection stays until the server closes it at the
+  // expiry (4001), and the client comes back with a new token.
+  async #refresh(ws) {
+    let token;
+    try {
+      token = await this.#call(this.#opts.token);
+    } catch (error) {
+      if (this.#ws !== ws) return;
+      if (error?.signedOut === true) this.#signOut(0, String(error.message ?? error), error);
+      else this.#emit("autherror", {error});
+      return;
+    }
+    if (this.#ws !== ws) return;
+    this.#write({frame: {type: "refresh", token}, auth: true, resolve() {}, reject: (error) => {
+      if (this.#ws === ws && error.code !== "disconnected") this.#emit("autherror", {error});
+    }});
+  }
+
+  // scheduleRenew sets the renewal of r's grant, which expires in ttl ms,
+  // or cancels it (no ttl).
+  #scheduleRenew(r, ttl) {
+    clearTimeout(r.renew);
+    if (!(ttl > 0) || !r.grant) return;
+    const ws = this.#ws;
+    r.renew = setTimeout(() => this.#renew(r, ws), refreshDelay(ttl));
+  }
+
+  // renew joins r again on ws with a new grant: a join of a room one is in
+  // renews its grant, and acks with the new ttl. Whatever fails is an
+  // "autherror": the server takes the client out of the room when the
+  // grant ends ("left").
+  async #renew(r, ws) {
+    const current = () => this.#ws === ws && this.#rooms.get(r.name) === r && r.joined;
+    let token;
+    try {
+      token = await this.#call(r.grant);
+    } catch (error) {
+      if (current()) this.#emit("autherror", {room: r.name, error});
+      return;
+    }
+    if (!current()) return;
+    // Not a join of r (item.room): it changes nothing of the room's
+    // messages, it only sets the next renewal.
+    this.#write({frame: {type: "join", room: r.name, token}, resolve: (ack) => {
+      if (this.#rooms.get(r.name) === r) {
+        this.#scheduleRenew(r, ack.ttl);
+      } else if (r.dropped && !this.#rooms.has(r.name)) {
+        // The grant ended before the renewal came, which joined the room
+        // anew: out of it again, as the "left" event said.
+        this.#write({frame: {type: "leave", room: r.name}, resolve() {}, reject() {}});
+      }
+    }, reject: (error) => {
+      if (this.#ws === ws && error.code !== "disconnected") this.#emit("autherror", {room: r.name, error});
+    }});
   }
 
   // write writes a request or frame on the current connection.
@@ -356,10 +592,11 @@ export class Client {
       }
       r.held = [];
     }
-    if (requestTypes.has(frame.type)) {
+    if (requestTypes.has(frame.type) || item.auth) {
       item.id = frame.id = String(++this.#lastID);
       this.#pending.set(item.id, item);
-      if (this.#opts.timeout > 0 && !item.rejoin) {
+      // A sign-in counts in the attempt's timeout, a rejoin in none.
+      if (this.#opts.timeout > 0 && !item.rejoin && frame.type !== "auth") {
         item.timer = setTimeout(() => {
           if (this.#pending.get(item.id) !== item) return;
           this.#pending.delete(item.id);
@@ -398,11 +635,24 @@ export class Client {
         this.#fail(req, "refused", m.error || "wshub: refused", m);
         return;
       }
-      if (req.frame.type === "join" && m.epoch) m.seq ??= 0; // omitted when 0
+      if (req.frame.type !== "join") {
+        req.resolve(undefined);
+        return;
+      }
+      if (m.epoch) m.seq ??= 0; // omitted when 0
       this.#settleJoin(req, m);
-      req.resolve(req.frame.type === "join" ? {room: m.room ?? req.frame.room, epoch: m.epoch, seq: m.seq, recovered: m.recovered} : undefined);
+      const ack = {room: m.room ?? req.frame.room, epoch: m.epoch, seq: m.seq, recovered: m.recovered};
+      if (m.ttl) ack.ttl = m.ttl;
+      req.resolve(ack);
       return;
     }
+    case "auth":
+      if (!this.#opts.token) break; // the application's, as before tokens
+      this.#scheduleRefresh(m.ttl);
+      return;
+    case "leave":
+      this.#left(m);
+      return;
     case "presence": {
       const list = m.data?.members ?? [];
       const members = new Map(list.map((p) => [p.id, p]));
@@ -424,9 +674,23 @@ export class Client {
       this.#emit("presence_diff", {room: m.room, joins, leaves, members});
       return;
     }
-    default:
-      this.#emit("app", m);
     }
+    this.#emit("app", m);
+  }
+
+  // left handles the server's "leave" frame: the client is no longer in
+  // the room, and does not join it again. A frame about a room whose join
+  // is on its way is about an earlier membership (a leave and a join in a
+  // row): the join's answer is the news.
+  #left(m) {
+    const r = this.#rooms.get(m.room);
+    if (!r?.joined) return;
+    this.#rooms.delete(m.room);
+    this.#members.delete(m.room);
+    clearTimeout(r.renew);
+    r.joined = false;
+    r.dropped = true;
+    this.#emit("left", {room: m.room, error: m.error, frame: m});
   }
 
   // settleJoin ends the join req: with its ack, the room is joined and its
@@ -448,6 +712,7 @@ export class Client {
     if (epoch !== r.epoch) r.seq = 0; // another history, whose seqs start over
     r.epoch = epoch;
     r.joined = true;
+    this.#scheduleRenew(r, ack.ttl);
     if (req.rejoin) {
       this.#emit("rejoin", {room: r.name, recovered: recovery && ack.recovered === true, epoch: ack.epoch, seq: ack.seq});
     }

@@ -17,10 +17,13 @@
 //	await hub.publish("lobby", {text: "hi"});
 //	</script>
 //
-// The client reconnects on 1001, 1006 and 1012 with exponential backoff and
-// jitter, joins its rooms again with a recovery, drops the messages it has
-// delivered already, and reports whether each recovery was complete. Its
-// requests return promises, settled by the server's ack or error frame.
+// The client reconnects on 1001, 1006, 1012 and the application's 4000s
+// with exponential backoff and jitter (on 4001, with a new token, at
+// once), joins its rooms again with a recovery, drops the messages it has
+// delivered already, and reports whether each recovery was complete. With
+// a token function it signs in with its first frame, refreshes before
+// the sign-in expires, and stops as "signedout" on 4003. Its requests
+// return promises, settled by the server's ack or error frame.
 // The comment at the top of wshub.js documents it; wshub.d.ts types it.
 package wshubjs
 

@@ -1,10 +1,15 @@
-// Helpers of the tests of wshub.js, run by node_test.go against a real hub
-// (see startHub there for what its rooms and application messages do).
+// Helpers of the tests of wshub.js, run by node_test.go against two real
+// hubs (see startHub there for what its rooms and application messages
+// do, and startTokenHub for its tokens and the requests that drive it).
 
 import {Client} from "../wshub.js";
 
 export const base = process.env.WSHUB_URL;
 if (!base) throw new Error("WSHUB_URL is not set: run these tests with go test ./wshubjs/");
+
+// tokenBase is the HTTP base of the hub whose clients sign in with a token.
+export const tokenBase = process.env.WSHUB_TOKEN_URL;
+if (!tokenBase) throw new Error("WSHUB_TOKEN_URL is not set: run these tests with go test ./wshubjs/");
 
 // patience bounds every wait: generous, since only a failure reaches it,
 // and the machine may be busy.
@@ -18,7 +23,7 @@ export function uniq(prefix) {
   return `${prefix}-${process.pid}-${++n}`;
 }
 
-const types = ["state", "message", "app", "presence", "presence_diff", "rejoin", "reset", "error"];
+const types = ["state", "message", "app", "presence", "presence_diff", "rejoin", "reset", "error", "signedout", "left", "autherror"];
 
 // connect returns a recorder of a new client named name, which reconnects
 // fast; the client is closed when the test ends.
@@ -26,6 +31,54 @@ export function connect(t, name, options = {}) {
   const c = new Client(`${base}?name=${encodeURIComponent(name)}`, {minDelay: 20, maxDelay: 200, refusedDelay: 0, ...options});
   t.after(() => c.close());
   return new Recorder(c, name);
+}
+
+// connectToken returns a recorder of a new client of the token hub, named
+// user, which reconnects fast and signs in with tokens whose sign-in
+// expires in ttl ms (0: never). Each token is recorded as a "token" event;
+// rec.signer changes what comes next: bad: true gives a token the hub
+// refuses, fail: an error throws it.
+export function connectToken(t, user, {ttl = 0, ...options} = {}) {
+  let rec;
+  const signer = {bad: false, fail: null, n: 0};
+  const token = async () => {
+    if (signer.fail) throw signer.fail;
+    const token = signer.bad ? "bad" : `ok:${user}:${ttl}:${++signer.n}`;
+    rec.note("token", {token});
+    return token;
+  };
+  const c = new Client(new URL("/ws", tokenBase).href, {minDelay: 20, maxDelay: 200, refusedDelay: 0, token, ...options});
+  t.after(() => c.close());
+  rec = new Recorder(c, user);
+  rec.signer = signer;
+  return rec;
+}
+
+// granter returns a grant function of the token hub's rooms, granting
+// them for ttl ms (0: for good), whose tokens rec records as "grant"
+// events; refuse: true gives tokens the hub refuses.
+export function granter(rec, ttl) {
+  const g = {refuse: false, n: 0};
+  g.grant = async () => {
+    const token = g.refuse ? "nogrant" : `grant:${ttl}:${++g.n}`;
+    rec.note("grant", {token});
+    return token;
+  };
+  return g;
+}
+
+// control asks the token hub to do something (POST), or what it saw (GET).
+export async function control(method, path, params) {
+  const url = new URL(path, tokenBase);
+  for (const [k, v] of Object.entries(params)) url.searchParams.set(k, String(v));
+  const res = await fetch(url, {method});
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
+  return method === "GET" ? res.json() : undefined;
+}
+
+// pause waits ms: it paces a stream of messages, it waits for nothing.
+export function pause(ms) {
+  return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
 // Recorder records every event of a client, so that a test can wait for
@@ -37,14 +90,27 @@ export class Recorder {
     this.log = [];
     this.#wake = new Set();
     for (const type of types) {
-      client.on(type, (e) => {
-        this.log.push({type, e});
-        for (const f of this.#wake) f();
-      });
+      client.on(type, (e) => this.note(type, e));
     }
   }
 
   #wake;
+
+  // note records an event of the test's own, e.g. a token given.
+  note(type, e) {
+    this.log.push({type, e});
+    for (const f of this.#wake) f();
+  }
+
+  // count returns how many events of type were recorded at or after from.
+  count(type, from = 0) {
+    return this.log.slice(from).filter((x) => x.type === type).length;
+  }
+
+  // events returns the events of type recorded at or after from.
+  events(type, from = 0) {
+    return this.log.slice(from).filter((x) => x.type === type).map((x) => x.e);
+  }
 
   // mark returns where the log stands, for until's from.
   mark() {
