@@ -24,14 +24,14 @@ const (
 // Errors of the broker. Errors from nats.go are wrapped in them or returned
 // wrapped with %w; test for either with errors.Is.
 var (
-	// ErrNotConnected is returned by Publish's wait while the NATS
-	// connection is not up (connecting, reconnecting, draining or
-	// closed), and when the connection broke, or nats.go replaced it,
+	// ErrNotConnected is returned by Publish's wait and Command while
+	// the NATS connection is not up (connecting, reconnecting, draining
+	// or closed), and when the connection broke, or nats.go replaced it,
 	// before the server confirmed a message.
 	ErrNotConnected = errors.New("natsbroker: not connected to NATS")
 
-	// ErrClosed is returned by Publish's wait, Follow and Read after
-	// Close.
+	// ErrClosed is returned by Publish's wait, Follow, Read, Command and
+	// HandleCommands after Close.
 	ErrClosed = errors.New("natsbroker: broker closed")
 
 	// ErrFollowed is returned by Follow for a room that is already
@@ -71,7 +71,7 @@ type Options struct {
 	// for the server to confirm it. Publishing is then faster, but a
 	// message written just before the connection breaks is lost although
 	// its wait returned nil. It does not apply to the history rooms of a
-	// Log, whose publishes wait for JetStream.
+	// Log, whose publishes wait for JetStream, nor to Command.
 	// Default: false, the wait is for the confirmation.
 	NoConfirm bool
 
@@ -130,9 +130,10 @@ type Options struct {
 	BurstBytes int
 }
 
-// Broker is a wshub.Engine on core NATS, and a wshub.PresenceEngine on a
-// JetStream key-value bucket (see the package documentation, "Presence").
-// Its methods are safe for concurrent use.
+// Broker is a wshub.Engine on core NATS, a wshub.PresenceEngine on a
+// JetStream key-value bucket (see the package documentation, "Presence"),
+// and a wshub.CommandEngine on core NATS ("Commands"). Its methods are
+// safe for concurrent use.
 type Broker struct {
 	nc        *nats.Conn
 	ownConn   bool // Close closes nc: Connect made it
@@ -140,7 +141,7 @@ type Broker struct {
 	timeout   time.Duration
 	noConfirm bool
 	burst     int          // Options.BurstBytes
-	commit    *groupCommit // confirms publishes; nil with NoConfirm
+	commit    *groupCommit // confirms publishes (not with NoConfirm) and commands
 
 	pres *presence // the presence of the hub's rooms, shared through JetStream
 
@@ -149,6 +150,7 @@ type Broker struct {
 	hists   map[string]*localHistory // rooms with history on core NATS: followed, or read lately
 	idle    list.List                // the rooms of hists not followed, oldest first
 	follows map[string]*follow       // rooms that a Log follows in JetStream; nil for a Broker
+	cmds    *commandSub              // HandleCommands' subscription; nil before it
 	closed  bool
 	done    chan struct{} // closed by Close
 }
@@ -226,9 +228,7 @@ func New(nc *nats.Conn, opts *Options) (*Broker, error) {
 	if b.pres, err = newPresence(b, o); err != nil {
 		return nil, err
 	}
-	if !o.NoConfirm {
-		b.commit = newGroupCommit(nc, o.Timeout)
-	}
+	b.commit = newGroupCommit(nc, o.Timeout)
 	return b, nil
 }
 
@@ -611,10 +611,11 @@ func (b *Broker) Reconnects() uint64 { return connID(b.nc) }
 // the connection. A connection given to New stays open, and a publish
 // whose own flush is in flight on it returns when that flush ends: at the
 // server's answer, or when the publish's context or Options.Timeout ends
-// it. Publish's wait, Follow and Read return ErrClosed afterwards. Close
-// does not block on the network beyond nats.go's own Close; it returns
-// the unsubscribe errors joined. Calling it again does nothing and
-// returns nil.
+// it. Publish's wait, Follow, Read and Command return ErrClosed
+// afterwards. Close ends the subscription of HandleCommands, waiting for
+// a handle under way. It does not block on the network beyond nats.go's
+// own Close; it returns the unsubscribe errors joined. Calling it again
+// does nothing and returns nil.
 //
 // Close also withdraws the members that the hub published for its
 // presence rooms: it deletes its keys of the presence bucket, waiting at
@@ -635,7 +636,7 @@ func (b *Broker) Close() error {
 	}
 	b.closed = true
 	close(b.done)
-	subs, follows := b.subs, b.follows
+	subs, follows, cmds := b.subs, b.follows, b.cmds
 	engs := make([]wshub.Engine, 0, len(b.hists))
 	for _, h := range b.hists {
 		engs = append(engs, h.eng)
@@ -646,9 +647,7 @@ func (b *Broker) Close() error {
 
 	b.pres.close()
 
-	if b.commit != nil {
-		b.commit.stop()
-	}
+	b.commit.stop()
 	for _, f := range follows {
 		f.cancel()
 	}
@@ -656,6 +655,11 @@ func (b *Broker) Close() error {
 		f.stop()
 	}
 	var errs []error
+	if cmds != nil {
+		if err := cmds.stop(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	for _, sub := range subs {
 		if err := unsubscribe(sub); err != nil {
 			errs = append(errs, err)

@@ -43,6 +43,10 @@
 // also uses the JetStream API of the account ("$JS.API.>", without a
 // domain or API prefix), with direct gets.
 //
+// The hubs' commands (see "Commands") have one subject: the prefix and
+// "cmd", "wshub.room.cmd" by default. No room has it: the token of a
+// room is never "cmd".
+//
 // A message's payload is the room message as the hub encodes it (JSON,
 // without a seq), and its "Wshub-Id" header the id the hub published it
 // with, unique to that publish, by which the hub knows its own messages
@@ -233,6 +237,29 @@
 //
 // Hubs with presence that share a prefix see each other's members; the
 // bucket's subjects are "$KV.<bucket>.>", for permissions.
+//
+// # Commands
+//
+// Broker and Log implement wshub.CommandEngine, so that
+// Hub.DisconnectUser closes a user's connections on every hub that
+// shares the prefix, not only its own. The hub publishes the command, a
+// small JSON object, on the subject "<prefix>.cmd" over core NATS (a Log
+// too, not JetStream), and Command returns once the server confirmed it,
+// as Publish's wait does, even with Options.NoConfirm. Every hub
+// subscribes to that subject when it starts (HandleCommands) and carries
+// out each command it receives; the hub that sent one has acted already,
+// and ignores it when NATS hands it back.
+//
+// Delivery is at most once, as in a room without history: NATS forwards
+// a command to the subscriptions it has at that moment and keeps none.
+// A hub that is disconnected from NATS or reconnecting when a command
+// passes, or that was not started yet, misses it and does not learn of
+// it later: the user's connections there stay open, until they close or
+// their sign-in expires. So refuse the user's tokens as well (in
+// wshub.Options.AuthenticateToken), so that a connection that missed the
+// command cannot refresh and no new one can sign in. A hub also drops
+// the commands that wait for it beyond Options.BurstBytes. Hubs need
+// permission to publish and subscribe to the subject.
 //
 // # Room log (JetStream)
 //

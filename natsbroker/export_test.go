@@ -30,3 +30,6 @@ func Write(b *Broker, room string, msg []byte) (wait func(context.Context) error
 func Append(l *Log, ctx context.Context, room string, p wshub.HistoryPolicy, id string, msg []byte) (wait func() (uint64, error)) {
 	return l.appendLog(ctx, room, p, id, msg)
 }
+
+// CommandSubject returns the subject of the hubs' commands.
+func CommandSubject(b *Broker) string { return b.commandSubject() }

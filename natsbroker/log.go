@@ -40,8 +40,9 @@ const (
 // Log is a wshub.Engine on NATS JetStream: the rooms with a history
 // policy go through a log that every hub shares, the others through core
 // NATS exactly as with a Broker, whose methods it has; it is a
-// wshub.PresenceEngine as a Broker is. See the package documentation,
-// "Room log (JetStream)". Its methods are safe for concurrent use.
+// wshub.PresenceEngine and a wshub.CommandEngine as a Broker is. See
+// the package documentation, "Room log (JetStream)". Its methods are
+// safe for concurrent use.
 type Log struct {
 	*Broker
 	js       jetstream.JetStream

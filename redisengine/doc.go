@@ -1,8 +1,9 @@
-// Package redisengine implements wshub.Engine and wshub.PresenceEngine on
-// Redis, so that the rooms of many wshub hubs, in as many processes,
-// behave as one: a message published in room "lobby" on one hub reaches
-// the members of "lobby" on every hub, rooms with history keep one order
-// and recover on any hub, and presence covers the members of every hub.
+// Package redisengine implements wshub.Engine, wshub.PresenceEngine and
+// wshub.CommandEngine on Redis, so that the rooms of many wshub hubs, in
+// as many processes, behave as one: a message published in room "lobby"
+// on one hub reaches the members of "lobby" on every hub, rooms with
+// history keep one order and recover on any hub, presence covers the
+// members of every hub, and Hub.DisconnectUser reaches every hub.
 // It is built on github.com/redis/rueidis.
 //
 // Connect to Redis and give the engine to the hub:
@@ -36,8 +37,9 @@
 //	p      the channel that announces a change of a hub's entry
 //
 // The engine also publishes on "<prefix>:{}:ctl", which it subscribes to
-// in order to notice reconnections. Hubs that share rooms must share the
-// prefix, and agree on each room's HistoryPolicy and on PresenceTTL.
+// in order to notice reconnections, and carries the hubs' commands on
+// "<prefix>:{}:cmd" (see "Commands"). Hubs that share rooms must share
+// the prefix, and agree on each room's HistoryPolicy and on PresenceTTL.
 //
 // # Rooms without history
 //
@@ -167,11 +169,35 @@
 // a Redis string (512 MB), and is read whole by every watching hub at
 // each change.
 //
+// # Commands
+//
+// The engine implements wshub.CommandEngine, so that Hub.DisconnectUser
+// closes a user's connections on every hub that shares the prefix, not
+// only its own. The hub PUBLISHes the command, a small JSON object, on
+// the channel "<prefix>:{}:cmd" (SPUBLISH on a cluster, where the channel
+// lives on the node of its slot, as a room's do), after the publishes
+// queued before it, and Command returns once Redis ran the PUBLISH.
+// Every hub subscribes to the channel when it starts (HandleCommands)
+// and carries out each command it receives; the hub that sent one has
+// acted already, and ignores it when Redis hands it back.
+//
+// Delivery is at most once, as pub/sub is: Redis passes a command to the
+// subscriptions it has at that moment and keeps none. A hub that cannot
+// reach Redis or is subscribing again when a command passes, or that was
+// not started yet, misses it and does not learn of it later: the user's
+// connections there stay open, until they close or their sign-in
+// expires. So refuse the user's tokens as well (in
+// wshub.Options.AuthenticateToken), so that a connection that missed the
+// command cannot refresh and no new one can sign in. A hub also drops the
+// commands that wait for it beyond Options.BurstBytes. A command whose
+// answer was lost is not sent again (it would be carried out twice):
+// Command then returns ErrUnconfirmed.
+//
 // # Compared with natsbroker
 //
 // Both give the same guarantees to rooms with history: one order,
 // acknowledged means stored, recovery on any hub, a new epoch and 1012
-// when the history is lost. Rooms without history are at most once on
-// both. Here a history room's seqs are consecutive, its retention is per
+// when the history is lost. Rooms without history, and the hubs'
+// commands, are at most once on both. Here a history room's seqs are consecutive, its retention is per
 // room, and a room idle for MaxAge starts a new epoch.
 package redisengine

@@ -34,16 +34,16 @@ var (
 	// ErrNotConnected is returned by Publish's wait when Redis could not
 	// be reached (the engine could not connect, or the connection failed
 	// before the message was written): the message was stored and
-	// published nowhere. It is also returned by Read and by the presence
-	// methods when Redis cannot be reached.
+	// published nowhere. It is also returned by Command, Read and the
+	// presence methods when Redis cannot be reached.
 	ErrNotConnected = errors.New("redisengine: not connected to Redis")
 
-	// ErrUnconfirmed is returned, wrapped, by Publish's wait when the
-	// message was sent to Redis but no answer came (the connection broke,
-	// or Options.Timeout passed). It may or may not have been stored and
-	// published: Redis runs a publish as one script, so if it ran, every
-	// hub that follows the room delivers the message, and if it did not,
-	// none does.
+	// ErrUnconfirmed is returned, wrapped, by Publish's wait (and by
+	// Command) when the message was sent to Redis but no answer came
+	// (the connection broke, or Options.Timeout passed). It may or may
+	// not have been stored and published: Redis runs a publish as one
+	// script, so if it ran, every hub that follows the room delivers the
+	// message, and if it did not, none does.
 	ErrUnconfirmed = errors.New("redisengine: publish not confirmed, the message may or may not be stored")
 
 	// ErrClosed is returned by the methods of an Engine after Close.
@@ -96,9 +96,10 @@ type Options struct {
 	RetryOnFailedConnect bool
 }
 
-// Engine is a wshub.Engine and wshub.PresenceEngine on Redis: rooms
-// without history on pub/sub, rooms with history on one Redis Stream
-// each, presence in a hash per room. See the package documentation. Its
+// Engine is a wshub.Engine, wshub.PresenceEngine and
+// wshub.CommandEngine on Redis: rooms without history and the hubs'
+// commands on pub/sub, rooms with history on one Redis Stream each,
+// presence in a hash per room. See the package documentation. Its
 // methods are safe for concurrent use.
 type Engine struct {
 	prefix    string
@@ -120,6 +121,7 @@ type Engine struct {
 
 	mu      sync.Mutex
 	follows map[string]*follow
+	cmds    *commands // of HandleCommands; nil before it
 	closed  bool
 }
 
@@ -308,23 +310,31 @@ func (e *Engine) Reconnects() uint64 { return e.reconns.Load() }
 // (see the package documentation, "Presence").
 func (e *Engine) HubID() string { return e.hubID }
 
-// Close stops the engine's follows and presence, deleting this hub's
-// presence entries (waiting at most 2 seconds), fails the publishes that
-// wait with ErrClosed, and closes the connection if Connect made it. It
-// waits for Redis at most about Options.Timeout plus 2 seconds. The hub
+// Close stops the engine's follows, presence and commands (waiting for
+// a handle of HandleCommands under way), deleting this hub's presence
+// entries (waiting at most 2 seconds), fails the publishes and commands
+// that wait with ErrClosed, and closes the connection if Connect made
+// it. It waits for Redis at most about Options.Timeout plus 2 seconds. The hub
 // calls it when it shuts down; later calls do nothing and return nil.
 func (e *Engine) Close() error {
 	e.closeOnce.Do(func() {
 		e.mu.Lock()
 		e.closed = true
-		follows := e.follows
+		follows, cmds := e.follows, e.cmds
 		e.follows = map[string]*follow{}
 		e.mu.Unlock()
+		tasks := make([]*task, 0, len(follows)+1)
 		for _, f := range follows {
-			f.cancel() // all at once: each may wait for Redis to unsubscribe
+			tasks = append(tasks, &f.task)
 		}
-		for _, f := range follows {
-			f.wg.Wait()
+		if cmds != nil {
+			tasks = append(tasks, &cmds.task)
+		}
+		for _, t := range tasks {
+			t.cancel() // all at once: each may wait for Redis to unsubscribe
+		}
+		for _, t := range tasks {
+			t.wg.Wait()
 		}
 		e.pres.close()
 		e.cancel()

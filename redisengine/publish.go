@@ -29,12 +29,13 @@ type publisher struct {
 	suspect bool // the connection broke: probe before the next batch; the goroutine's
 }
 
-// pubOp is one publish: a PUBLISH, or the append script of a room with
-// history.
+// pubOp is one publish: a PUBLISH, of a room's message or of a command,
+// or the append script of a room with history.
 type pubOp struct {
 	room string
 	size int64 // of space held
 	hist bool
+	cmd  bool     // a command, not a room's message
 	keys []string // of the script
 	args []string // of the script; the channel and payload of a PUBLISH
 	res  chan error
@@ -76,9 +77,6 @@ func (e *Engine) Publish(ctx context.Context, room string, p wshub.HistoryPolicy
 		return failed(classify("publish to "+strconv.Quote(room), errNoConn))
 	}
 	op := &pubOp{room: room, res: make(chan error, 1), size: min(int64(len(msg)+len(id)+64), maxQueued)}
-	if err := e.pubs.space.Acquire(ctx, op.size); err != nil {
-		return failed(fmt.Errorf("redisengine: publish to %q: %w", room, err))
-	}
 	if p.Messages > 0 {
 		op.hist = true
 		op.keys = []string{e.key(room, "meta"), e.key(room, "log"), e.key(room, "id:"+id)}
@@ -87,19 +85,29 @@ func (e *Engine) Publish(ctx context.Context, room string, p wshub.HistoryPolicy
 	} else {
 		op.args = []string{e.key(room, "m"), encodeMessage(id, msg)}
 	}
-	e.pubs.mu.Lock()
-	if e.pubs.stop {
-		e.pubs.mu.Unlock()
-		e.pubs.space.Release(op.size)
+	return e.pubs.queue(ctx, op)
+}
+
+// queue hands op to the publisher's goroutine, waiting within ctx while
+// more than maxQueued bytes of publishes wait for Redis, and returns the
+// wait for its answer (see Publish).
+func (p *publisher) queue(ctx context.Context, op *pubOp) (wait func() error) {
+	if err := p.space.Acquire(ctx, op.size); err != nil {
+		return failed(fmt.Errorf("redisengine: %s: %w", op.what(), err))
+	}
+	p.mu.Lock()
+	if p.stop {
+		p.mu.Unlock()
+		p.space.Release(op.size)
 		return failed(ErrClosed)
 	}
-	e.pubs.q = append(e.pubs.q, op)
-	e.pubs.mu.Unlock()
-	signal(e.pubs.wake)
+	p.q = append(p.q, op)
+	p.mu.Unlock()
+	signal(p.wake)
 	return func() error {
 		if _, ok := ctx.Deadline(); !ok {
 			var cancel context.CancelFunc
-			ctx, cancel = context.WithTimeout(ctx, e.timeout)
+			ctx, cancel = context.WithTimeout(ctx, p.e.timeout)
 			defer cancel()
 		}
 		select {
@@ -107,16 +115,16 @@ func (e *Engine) Publish(ctx context.Context, room string, p wshub.HistoryPolicy
 			return err
 		case <-ctx.Done():
 		}
-		e.pubs.mu.Lock()
+		p.mu.Lock()
 		sent := op.sent
 		if !sent {
 			op.sent = true // the goroutine skips it
 		}
-		e.pubs.mu.Unlock()
+		p.mu.Unlock()
 		if !sent {
-			return fmt.Errorf("redisengine: publish to %q: %w", room, ctx.Err())
+			return fmt.Errorf("redisengine: %s: %w", op.what(), ctx.Err())
 		}
-		return fmt.Errorf("%w: publish to %q: %w", ErrUnconfirmed, room, ctx.Err())
+		return fmt.Errorf("%w: %s: %w", ErrUnconfirmed, op.what(), ctx.Err())
 	}
 }
 
@@ -201,7 +209,7 @@ func (p *publisher) send(batch []*pubOp) {
 	if p.suspect {
 		if err := p.probe(c); err != nil {
 			for _, op := range batch {
-				p.answer(op, fmt.Errorf("%w: publish to %q: %w", ErrNotConnected, op.room, err))
+				p.answer(op, fmt.Errorf("%w: %s: %w", ErrNotConnected, op.what(), err))
 			}
 			return
 		}
@@ -242,7 +250,12 @@ func (p *publisher) send(batch []*pubOp) {
 	}
 }
 
-func (op *pubOp) what() string { return "publish to " + strconv.Quote(op.room) }
+func (op *pubOp) what() string {
+	if op.cmd {
+		return "command"
+	}
+	return "publish to " + strconv.Quote(op.room)
+}
 
 // unconfirmed is the result of a publish sent again after a lost answer:
 // any error leaves it unconfirmed, as the first attempt may have been

@@ -60,3 +60,9 @@ func TestPresenceShutdownWithdraws(t *testing.T) {
 	s := et.StartRedis(t)
 	et.PresenceShutdownWithdraws(t, presenceNodes(t, &redisengine.Options{PresenceTTL: time.Hour}, s.URL(), s.URL()))
 }
+
+func TestDisconnectUserAcrossHubs(t *testing.T) {
+	t.Parallel()
+	s := et.StartRedis(t)
+	et.DisconnectUserAcrossHubs(t, newNodes(t, s.URL(), 3, nil, nil, et.UserOptions))
+}

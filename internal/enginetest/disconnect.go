@@ -1,0 +1,74 @@
+package enginetest
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"net/url"
+	"testing"
+
+	"github.com/coder/websocket"
+	"github.com/wshub/wshub"
+)
+
+// UserOptions sets what a hub of DisconnectUserAcrossHubs has: every join
+// allowed, and clients named by the query: ?id=u1 gives ID "u1".
+func UserOptions(o *wshub.Options) {
+	o.AuthorizeJoin = AllowJoins
+	o.Authenticate = func(r *http.Request) (wshub.Identity, error) {
+		return wshub.Identity{ID: r.URL.Query().Get("id")}, nil
+	}
+}
+
+// DisconnectUserAcrossHubs: on three hubs made with UserOptions, with
+// room "lobby" of any policy, user u1 has connections on every hub, two
+// on the first, and u2 on the second and third, all in the lobby. The
+// second hub's Hub.DisconnectUser of u1 with 4003 closes every connection
+// of u1, on every hub, with 4003 and its reason; u2's stay open and get
+// the lobby's messages.
+func DisconnectUserAcrossHubs(t *testing.T, nodes []*Node) {
+	ctx := Ctx(t)
+	dial := func(hub int, user string) *Peer {
+		t.Helper()
+		p := DialURL(t, nodes[hub].URL("?id="+url.QueryEscape(user)))
+		p.Join("lobby") // acked: the hub has the client
+		return p
+	}
+	u1 := []*Peer{dial(0, "u1"), dial(0, "u1"), dial(1, "u1"), dial(2, "u1")}
+	u2 := []*Peer{dial(1, "u2"), dial(2, "u2")}
+	for i, want := range []int{2, 1, 1} {
+		Equal(t, fmt.Sprintf("u1's connections on hub %d", i), len(nodes[i].Hub.ClientsOf("u1")), want)
+	}
+
+	if err := nodes[1].Hub.DisconnectUser(ctx, "u1", wshub.StatusSignedOut, "banned"); err != nil {
+		t.Fatalf("DisconnectUser: %v", err)
+	}
+	for i, p := range u1 {
+		_, b, err := p.Conn.Read(ctx)
+		if err == nil {
+			t.Fatalf("u1's connection %d: got %s, want a close", i, b)
+		}
+		var ce websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != wshub.StatusSignedOut || ce.Reason != "banned" {
+			t.Fatalf("u1's connection %d: %v (status %d), want a close with 4003 \"banned\"", i, err, websocket.CloseStatus(err))
+		}
+	}
+	for i, n := range nodes {
+		Eventually(t, fmt.Sprintf("hub %d to drop u1's connections", i), func() bool { return len(n.Hub.ClientsOf("u1")) == 0 })
+	}
+
+	// u2's connections are open and members: a message from the hub
+	// without u2 reaches both.
+	if err := Broadcast(ctx, nodes[0], "lobby", "after", 0); err != nil {
+		t.Fatalf("Room.Broadcast: %v", err)
+	}
+	for i, p := range u2 {
+		m := p.Read()
+		if m.Type != "message" || Data(t, m) != (Payload{Pub: "after"}) {
+			t.Fatalf("u2's connection %d: got %+v, want the message", i, m)
+		}
+	}
+	for i, n := range nodes[1:] {
+		Equal(t, fmt.Sprintf("u2's connections on hub %d", i+1), len(n.Hub.ClientsOf("u2")), 1)
+	}
+}

@@ -1,0 +1,145 @@
+package redisengine_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+
+	et "github.com/wshub/wshub/internal/enginetest"
+	"github.com/wshub/wshub/redisengine"
+)
+
+// On a Redis Cluster, commands go through sharded pub/sub too.
+func TestRedisClusterDisconnectUserAcrossHubs(t *testing.T) {
+	t.Parallel()
+	addr := startRedisCluster(t)
+	nodes := newNodes(t, "redis://"+addr, 3, nil, nil, et.UserOptions)
+	if !redisengine.Sharded(engine(nodes[0])) {
+		t.Fatal("the engine did not take the server for a cluster")
+	}
+	et.DisconnectUserAcrossHubs(t, nodes)
+}
+
+// connect returns an engine on url, closed at cleanup.
+func connect(t *testing.T, url string, opts *redisengine.Options) *redisengine.Engine {
+	t.Helper()
+	e, err := redisengine.Connect(url, opts)
+	if err != nil {
+		t.Fatalf("Connect: %v", err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e
+}
+
+// handled makes e pass its commands to the returned channel.
+func handled(t *testing.T, e *redisengine.Engine) <-chan string {
+	t.Helper()
+	got := make(chan string, 16)
+	if err := e.HandleCommands(func(cmd []byte) { got <- string(cmd) }); err != nil {
+		t.Fatalf("HandleCommands: %v", err)
+	}
+	return got
+}
+
+// next returns the next command of got.
+func next(ctx context.Context, t *testing.T, got <-chan string) string {
+	t.Helper()
+	select {
+	case cmd := <-got:
+		return cmd
+	case <-ctx.Done():
+		t.Fatal("no command")
+		return ""
+	}
+}
+
+// A command reaches every engine, the sender's included, in order with
+// the sender's publishes; HandleCommands is called once.
+func TestCommandReachesEveryEngine(t *testing.T) {
+	t.Parallel()
+	ctx := et.Ctx(t)
+	s := et.StartRedis(t)
+	a, b := connect(t, s.URL(), nil), connect(t, s.URL(), nil)
+	gotA, gotB := handled(t, a), handled(t, b)
+	if err := a.HandleCommands(func([]byte) {}); err == nil {
+		t.Fatal("a second HandleCommands succeeded")
+	}
+	for i, from := range []*redisengine.Engine{a, b} {
+		cmd := fmt.Sprintf(`{"n":%d}`, i)
+		if err := from.Command(ctx, []byte(cmd)); err != nil {
+			t.Fatalf("Command: %v", err)
+		}
+		et.Equal(t, "command on a", next(ctx, t, gotA), cmd)
+		et.Equal(t, "command on b", next(ctx, t, gotB), cmd)
+	}
+}
+
+// Close waits for a command that handle is carrying out; afterwards
+// Command and HandleCommands return ErrClosed.
+func TestCloseWaitsForHandle(t *testing.T) {
+	t.Parallel()
+	ctx := et.Ctx(t)
+	s := et.StartRedis(t)
+	a, b := connect(t, s.URL(), nil), connect(t, s.URL(), nil)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var returned atomic.Bool
+	err := a.HandleCommands(func([]byte) {
+		close(entered)
+		<-release
+		returned.Store(true)
+	})
+	if err != nil {
+		t.Fatalf("HandleCommands: %v", err)
+	}
+	if err := b.Command(ctx, []byte(`{}`)); err != nil {
+		t.Fatalf("Command: %v", err)
+	}
+	<-entered
+	closed := make(chan struct{})
+	go func() {
+		a.Close()
+		close(closed)
+	}()
+	close(release)
+	<-closed
+	if !returned.Load() {
+		t.Fatal("Close returned before handle")
+	}
+	if err := a.Command(ctx, []byte(`{}`)); !errors.Is(err, redisengine.ErrClosed) {
+		t.Fatalf("Command after Close: %v, want ErrClosed", err)
+	}
+	if err := a.HandleCommands(func([]byte) {}); !errors.Is(err, redisengine.ErrClosed) {
+		t.Fatalf("HandleCommands after Close: %v, want ErrClosed", err)
+	}
+}
+
+// While Redis is down, Command fails with ErrNotConnected, before the
+// first connection as after; HandleCommands subscribes once Redis is up,
+// and the commands published then arrive.
+func TestCommandsWhileUnreachable(t *testing.T) {
+	t.Parallel()
+	ctx := et.Ctx(t)
+	s := et.StartRedis(t)
+	s.Kill()
+	e := connect(t, s.URL(), &redisengine.Options{RetryOnFailedConnect: true})
+	if err := e.Command(ctx, []byte(`{}`)); !errors.Is(err, redisengine.ErrNotConnected) {
+		t.Fatalf("Command before connecting: %v, want ErrNotConnected", err)
+	}
+	got := handled(t, e)
+
+	s.Start()
+	ch := e.Key("", "cmd")
+	et.Eventually(t, "the subscription to commands", func() bool { return s.Subscribers(ch) == 1 })
+	other := connect(t, s.URL(), nil)
+	if err := other.Command(ctx, []byte(`{"late":true}`)); err != nil {
+		t.Fatalf("Command: %v", err)
+	}
+	et.Equal(t, "command", next(ctx, t, got), `{"late":true}`)
+
+	s.Kill()
+	if err := other.Command(ctx, []byte(`{}`)); !errors.Is(err, redisengine.ErrNotConnected) && !errors.Is(err, redisengine.ErrUnconfirmed) {
+		t.Fatalf("Command with Redis down: %v, want ErrNotConnected or ErrUnconfirmed", err)
+	}
+}
