@@ -43,7 +43,9 @@ func isChild(args []string) bool { return len(args) >= 3 && args[1] == childFlag
 // runChild runs the child that args (after childFlag) name: the NATS
 // server of the cluster scenario (natsChild), one of its hubs
 // (clusterHubChild), the server of the presence scenario
-// (presenceHubChild) or the server of a contender.
+// (presenceHubChild), the server or a client process of the scale
+// scenario (scaleHubChild, scaleClientsChild) or the server of a
+// contender.
 func runChild(args []string) error {
 	raiseFileLimit()
 	switch args[0] {
@@ -66,6 +68,16 @@ func runChild(args []string) error {
 			return errors.New("usage: " + stormHubChild + " SPEC")
 		}
 		return runStormHub(args[1])
+	case scaleHubChild:
+		if len(args) != 2 {
+			return errors.New("usage: " + scaleHubChild + " bare|chat")
+		}
+		return runScaleHub(args[1])
+	case scaleClientsChild:
+		if len(args) != 1 {
+			return errors.New("usage: " + scaleClientsChild)
+		}
+		return runScaleClients(os.Stdin, os.Stdout)
 	case presenceHubChild:
 		if len(args) != 2 {
 			return errors.New("usage: " + presenceHubChild + " on|off")
@@ -105,14 +117,18 @@ func runChild(args []string) error {
 //	heapprof FILE write a heap profile after a GC; answer "ok"
 //	trace FILE    start an execution trace into FILE; answer "ok"
 //	tracestop     stop it; answer "ok"
-func serveChild(srv server) error {
+func serveChild(srv server) error { return serveChildWith(srv, nil) }
+
+// serveChildWith is serveChild with more commands, by name: each is
+// called with the command's fields and answers through c.answer.
+func serveChildWith(srv server, more map[string]func(c *childState, f []string) error) error {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	serveWS(srv, ln)
 	// Exit without a graceful shutdown: the parent cuts its clients.
-	return serveOn(srv, ln.Addr().String())
+	return serveOnWith(srv, ln.Addr().String(), more)
 }
 
 // serveWS serves srv at /ws on ln, in the background.
@@ -126,11 +142,14 @@ func serveWS(srv server, ln net.Listener) *http.Server {
 
 // serveOn writes addr, then obeys the commands of serveChild for srv,
 // which serves on addr.
-func serveOn(srv server, addr string) error {
+func serveOn(srv server, addr string) error { return serveOnWith(srv, addr, nil) }
+
+// serveOnWith is serveOn with the more commands of serveChildWith.
+func serveOnWith(srv server, addr string, more map[string]func(c *childState, f []string) error) error {
 	out := bufio.NewWriter(os.Stdout)
 	fmt.Fprintf(out, "addr %s\n", addr)
 	out.Flush()
-	ch := &childState{srv: srv, out: out}
+	ch := &childState{srv: srv, out: out, more: more}
 	return ch.serve(os.Stdin)
 }
 
@@ -143,6 +162,7 @@ type childState struct {
 	traceFile *os.File
 	errors    atomic.Uint64
 	pubs      map[int]chan publishJob // by publisher ID
+	more      map[string]func(c *childState, f []string) error
 }
 
 // publishJob asks a publisher goroutine for n publishes to room.
@@ -178,6 +198,9 @@ func (c *childState) do(f []string) error {
 			return f[i]
 		}
 		return ""
+	}
+	if cmd := c.more[f[0]]; cmd != nil {
+		return cmd(c, f)
 	}
 	switch f[0] {
 	case "p":

@@ -18,11 +18,12 @@
 //	go run ./bench -scenario cluster -cluster-broadcast   # its publishers call Room.Broadcast in the hubs, not clients
 //	go run ./bench -scenario presence   # a 10,000-member presence room under churn, presence on and off
 //	go run ./bench -scenario storm      # 5,000 clients rejoin a restarted hub, on the room log and in memory
+//	go run ./bench -scenario scale      # 19,000 connections on one server: connect rate, RSS, idle CPU, fan-out
 //
 // wshub-history, wshub with every room keeping its last 1,000 messages,
-// runs only when -contender names it; the cluster scenario (cluster.go)
-// and the presence scenario (presence.go) only when -scenario names them,
-// and -contender does not apply to them.
+// runs only when -contender names it; the cluster, presence, storm and
+// scale scenarios (cluster.go, presence.go, storm.go, scale.go) only when
+// -scenario names them, and -contender does not apply to them.
 package main
 
 import (
@@ -65,7 +66,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	idle := fs.Int("idle-clients", 0, "clients of the idle-memory scenario (default 10000, quick 1000)")
 	window := fs.Int("window", 64, "messages a room may be ahead of its slowest client")
 	floodMsgs := fs.Int("flood-messages", 0, "messages the flood publisher sends (default 20000, quick 2000)")
-	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all); and the opt-in cluster, presence and storm, named in full")
+	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all); and the opt-in cluster, presence, storm and scale, named in full")
 	who := fs.String("contender", "", "comma-separated contenders: "+strings.Join(contenderNames(false), ", ")+" (default all but the opt-in "+strings.Join(contenderNames(true), ", ")+")")
 	profile := fs.String("profile", "", "write CPU and heap profiles of each server child into this directory")
 	trace := fs.Bool("trace", false, "with -profile, the cluster scenario's children also write execution traces (go tool trace -pprof=sched FILE)")
@@ -75,6 +76,10 @@ func run(args []string, stdout, stderr io.Writer) error {
 	clusterSync := fs.Bool("cluster-broadcast-sync", false, "with -cluster-broadcast, the publisher goroutines call Room.Broadcast, one message at a time")
 	presenceN := fs.Int("presence-members", 10000, "steady members of the presence scenario's room")
 	stormN := fs.Int("storm-clients", 5000, "clients of the storm scenario on the restarted hub")
+	scaleN := fs.Int("scale-clients", 19000, "connections of the scale scenario's server (it needs as many open files, and some more)")
+	scaleProcs := fs.Int("scale-procs", 4, "client processes of the scale scenario, which share its connections")
+	scaleIdle := fs.Duration("scale-idle", time.Minute, "idle window of the scale scenario, in which it takes the server's CPU; at least 30s covers a ping round")
+	scaleMessages := fs.Int("scale-messages", 20, "rounds of fan-out of the scale scenario, in each layout")
 	presenceRate := fs.Int("presence-rate", 1000, "joins per second, and as many leaves, of the presence scenario")
 	presenceFor := fs.Duration("presence-for", 10*time.Second, "measured time of each run of the presence scenario")
 	charts := fs.String("charts", "", "write SVG charts of the printed tables into this directory: fanout.svg, latency.svg, idle.svg, cluster.svg, those whose scenarios ran")
@@ -95,6 +100,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 		clusterSync: *clusterSync, redisBin: *redisServer,
 		presenceN: *presenceN, presenceRate: *presenceRate, presenceFor: *presenceFor,
 		stormN: *stormN,
+		scaleN: *scaleN, scaleProcs: *scaleProcs, scaleIdle: *scaleIdle, scaleMessages: *scaleMessages,
 	}
 	if cfg.clusterN < 1 || cfg.clusterHz < 1 {
 		return errors.New("-cluster-clients and -cluster-rate must be positive")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -65,6 +66,11 @@ func startRemote(args ...string) (*remote, error) {
 
 // readLine reads one line of the child's output, waiting at most d.
 func (rm *remote) readLine(d time.Duration) (string, error) {
+	return rm.readLineCtx(context.Background(), d)
+}
+
+// readLineCtx is readLine that also gives up when ctx ends.
+func (rm *remote) readLineCtx(ctx context.Context, d time.Duration) (string, error) {
 	type result struct {
 		s   string
 		err error
@@ -79,7 +85,9 @@ func (rm *remote) readLine(d time.Duration) (string, error) {
 		return res.s, res.err
 	case <-time.After(d):
 		// The reading goroutine ends when stop kills the child.
-		return "", errors.New("no answer from the server child")
+		return "", errors.New("no answer from the child process")
+	case <-ctx.Done():
+		return "", ctx.Err()
 	}
 }
 

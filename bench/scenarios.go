@@ -55,6 +55,11 @@ type config struct {
 
 	stormN int // clients of the storm scenario on the restarted hub
 
+	scaleN        int           // connections of the scale scenario's server
+	scaleProcs    int           // client processes they are spread over
+	scaleIdle     time.Duration // its idle window
+	scaleMessages int           // its rounds of fan-out, per layout
+
 	presenceN    int           // steady members of the presence scenario's room
 	presenceRate int           // its joins per second, and as many leaves
 	presenceFor  time.Duration // its measured window
@@ -174,7 +179,7 @@ func scenarios(cfg *config) []scenario {
 			},
 		})
 	}
-	return append(list, clusterScenario(), presenceScenario(), stormScenario())
+	return append(list, clusterScenario(), presenceScenario(), stormScenario(), scaleScenario())
 }
 
 // latencyScenarios returns the latency scenario, paced at cfg.latencyHz
