@@ -1,6 +1,7 @@
 package wshub
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -10,7 +11,6 @@ import (
 	"time"
 
 	"github.com/coder/websocket"
-	"golang.org/x/sync/errgroup"
 )
 
 // Client is one connected WebSocket peer. Its methods are safe for
@@ -26,11 +26,20 @@ type Client struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// group owns the writer, closer and pinger goroutines; the read
-	// goroutine waits for it before the client is forgotten.
-	group     errgroup.Group
+	// writers counts the writer, closer and pinger goroutines; the read
+	// goroutine waits for them before the client is forgotten.
+	writers   sync.WaitGroup
 	closeOnce sync.Once
 	pinger    *time.Timer
+
+	filter *pongFilter   // netConn's: takes pongs off the inbound stream (keepalive.go)
+	br     *bufio.Reader // coder/websocket's reader
+	fd     int32         // the socket, for the poller; -1 if it cannot park (park.go)
+
+	// readMu keeps the reader's own uses of br (mayPark, probe) apart
+	// from coder's close handshake, which reads through br on the
+	// goroutine that closes (closeConn).
+	readMu sync.Mutex
 
 	info json.RawMessage // Identity.Info, encoded; guarded by mu
 
@@ -46,6 +55,9 @@ type Client struct {
 	unpaced     bool          // congested past paceWait: deliveries from other hubs wait no more for it (flow.go)
 	spare       [][]byte      // the writer's previous batch, reused
 	writing     bool          // a writer goroutine is running
+	pingDue     bool          // the writer writes a ping first
+	parked      bool          // the reader is parked: no goroutine reads (park.go)
+	armed       bool          // fd is in the poller's set
 	closeCode   websocket.StatusCode
 	closeReason string
 	cause       error           // disconnect reason, set once
@@ -64,15 +76,20 @@ type Client struct {
 	invalidRun int       // consecutive invalid or rate-limited messages
 	waitFor    []*Client // clients its last message left congested; see flow.go
 	rate       rateLimit
-	pipe       chan pipeItem  // publishes in flight, to the acker; see protocol.go
-	piped      sync.WaitGroup // counts them
+	piped      sync.WaitGroup // counts publishes in flight; see protocol.go
+
+	pipeMu   sync.Mutex    // guards pipe and inFlight, shared by the reader and its acker
+	pipe     chan pipeItem // publishes in flight, to the acker
+	inFlight int
 
 	ends   []frameEnd  // the writer's frames of the batch it writes; writer only
 	counts *writeShard // where its writer counts (metrics.go)
 }
 
-func newClient(h *Hub, conn *websocket.Conn, netConn *corkConn, id Identity) *Client {
-	c := &Client{hub: h, conn: conn, netConn: netConn, id: id.ID, expires: id.Expires, counts: h.m.shard()}
+func newClient(h *Hub, conn *websocket.Conn, hw *hijackWriter, id Identity) *Client {
+	c := &Client{hub: h, conn: conn, netConn: hw.cork, filter: &hw.cork.filter, br: hw.br, fd: -1,
+		id: id.ID, expires: id.Expires, counts: h.m.shard()}
+	c.fd = sysFD(hw.cork.Conn)
 	if c.id == "" && !h.tokenFirst() {
 		c.id = newID()
 	}

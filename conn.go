@@ -89,10 +89,9 @@ func (c *Client) startWriterLocked() {
 // spawn runs f on a goroutine that the client's group and Shutdown wait for.
 func (c *Client) spawn(f func()) {
 	c.hub.hold()
-	c.group.Go(func() error {
+	c.writers.Go(func() {
 		defer c.hub.release()
 		f()
-		return nil
 	})
 }
 
@@ -112,6 +111,7 @@ func (c *Client) closeLocked(code websocket.StatusCode, reason string, cause err
 	c.closeCode, c.closeReason, c.cause, c.flush = code, reason, cause, flush
 	c.cancel()
 	c.wakeLocked()
+	c.wakeReaderLocked() // to see the close
 	if !flush {
 		c.dropQueueLocked()
 	}
@@ -140,6 +140,8 @@ func (c *Client) closeConn() {
 			c.conn.CloseNow() // the connection failed or the peer closed it
 			return
 		}
+		c.readMu.Lock()
+		defer c.readMu.Unlock()
 		c.conn.Close(code, reason)
 	})
 }
@@ -168,6 +170,16 @@ func (c *Client) dropQueueLocked() {
 func (c *Client) writeLoop() {
 	for {
 		c.mu.Lock()
+		ping := c.pingDue && c.cause == nil
+		c.pingDue = false
+		if ping && len(c.queue) == 0 {
+			c.mu.Unlock()
+			if _, err := c.netConn.Write(pingFrame); err != nil {
+				c.writeFailed(err)
+				return
+			}
+			continue
+		}
 		if len(c.queue) == 0 || (c.cause != nil && !c.flush) {
 			closing := c.cause != nil
 			if !closing {
@@ -184,6 +196,12 @@ func (c *Client) writeLoop() {
 		c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
 		c.wakeLocked()
 		c.mu.Unlock()
+		if ping { // between two batches: corkConn writes it whole
+			if _, err := c.netConn.Write(pingFrame); err != nil {
+				c.writeFailed(err)
+				return
+			}
+		}
 
 		c.counts.depth[min(bits.Len(uint(len(batch)-1)), len(depthBounds))].Add(1) // the first bound ≥ len(batch)
 		c.counts.depthSum.Add(uint64(len(batch)))
@@ -198,17 +216,7 @@ func (c *Client) writeLoop() {
 		}
 		c.mu.Unlock()
 		if err != nil {
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				// No write progress for WriteTimeout: the socket is full,
-				// so no close frame could reach the peer either.
-				err = errWriteTimeout
-				c.mu.Lock()
-				if c.cause == nil {
-					c.hub.m.kicked.Add(1)
-				}
-				c.mu.Unlock()
-			}
-			c.abort(err)
+			c.writeFailed(err)
 			return
 		}
 	}
@@ -291,30 +299,17 @@ func batchLen(msgs [][]byte) int {
 	return n
 }
 
-// ping checks that the peer answers within the ping interval. It runs on
-// the pinger timer's goroutine and does the ping on one of the client's.
-func (c *Client) ping() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.cause != nil {
-		return
-	}
-	c.spawn(func() {
-		// Not c.ctx: closing cancels it, and a ping frame whose context
-		// ends mid-write makes coder/websocket cut the connection, which
-		// would turn a graceful close into an abrupt one.
-		ctx, cancel := context.WithTimeout(context.Background(), c.hub.opts.PingInterval)
-		defer cancel()
-		err := c.conn.Ping(ctx)
-		switch {
-		case err == nil:
-			c.mu.Lock()
-			if c.cause == nil { // else run has stopped the timer for good
-				c.pinger.Reset(c.hub.opts.PingInterval)
-			}
-			c.mu.Unlock()
-		case errors.Is(err, context.DeadlineExceeded):
-			c.abort(ErrPongTimeout)
+// writeFailed cuts the connection after a failed write.
+func (c *Client) writeFailed(err error) {
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		// No write progress for WriteTimeout: the socket is full, so no
+		// close frame could reach the peer either.
+		err = errWriteTimeout
+		c.mu.Lock()
+		if c.cause == nil {
+			c.hub.m.kicked.Add(1)
 		}
-	})
+		c.mu.Unlock()
+	}
+	c.abort(err)
 }

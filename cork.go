@@ -20,6 +20,12 @@ type corkConn struct {
 	net.Conn
 	hub *Hub // for its buffer pool and WriteTimeout
 
+	// Reads go through filter (keepalive.go). early: bytes the client sent
+	// with its upgrade request wait above, to be read before this
+	// connection; the reader's goroutine clears it with its first Read.
+	filter pongFilter
+	early  atomic.Bool
+
 	mu       sync.Mutex
 	deadline time.Time // the socket's write deadline
 	closing  bool
@@ -27,6 +33,12 @@ type corkConn struct {
 	buf      *[]byte      // pending bytes while corked
 	taken    atomic.Int64 // bytes ever given to Write; written under mu, read by the writer without it
 	written  int64        // bytes of those that reached the socket, a prefix
+}
+
+// Read reads the client's frames, minus pongs.
+func (c *corkConn) Read(p []byte) (int, error) {
+	c.early.Store(false)
+	return c.filter.Read(p)
 }
 
 // Write writes p, or keeps it while corked and the batch is under

@@ -62,9 +62,11 @@
 // AuthorizePublish, OnDisconnect, OnPresence, Rooms), the
 // Handler, a Codec or the Engine runs, so they may call back into the hub,
 // Shutdown and Close included. A client's messages are handled one at a
-// time, in order, on its read goroutine; a writer goroutine runs only
-// while it has messages queued, and an acker goroutine while publishes
-// wait for the engine.
+// time, in order, on its read goroutine. Like its writer goroutine (while
+// it has messages queued) and its acker (while publishes wait for the
+// engine), the read goroutine exists only while there is something to
+// do: an idle client's socket is watched by the hub's poller, on Linux
+// (elsewhere, and over TLS, the read goroutine stays).
 //
 // # Slow clients and floods
 //

@@ -78,6 +78,8 @@ type Hub struct {
 	admission admission // of upgrades, while the process is overloaded
 
 	bufPool sync.Pool // *[]byte: batch frames and corkConn's pending bytes
+
+	poll poller // watches parked clients' sockets (park.go)
 }
 
 // New returns a hub that passes application messages to handler (which may
@@ -249,7 +251,7 @@ func (h *Hub) upgrade(w http.ResponseWriter, r *http.Request) (*Client, error) {
 		}
 		return nil, err
 	}
-	c := newClient(h, conn, hw.cork, id)
+	c := newClient(h, conn, hw, id)
 	if c.info, err = encodeInfo(c.id, id.Info); err != nil {
 		h.opts.Logger.Error(err.Error())
 		conn.Close(websocket.StatusInternalError, "server error")
@@ -288,7 +290,8 @@ type hijackWriter struct {
 	http.ResponseWriter
 	hub    *Hub
 	cork   *corkConn
-	status int // of an answer that is not the upgrade
+	br     *bufio.Reader // coder's reader
+	status int           // of an answer that is not the upgrade
 }
 
 func (w *hijackWriter) WriteHeader(status int) {
@@ -302,9 +305,17 @@ func (w *hijackWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 		return nil, nil, err
 	}
 	w.cork = &corkConn{Conn: conn, hub: w.hub}
-	if brw.Reader.Buffered() == 0 { // else keep what the client already sent
+	w.cork.filter.src = conn
+	// coder/websocket reads through brw.Reader, which it resets to read
+	// the bytes it holds, then w.cork.
+	if n := brw.Reader.Buffered(); n == 0 {
 		brw.Reader = bufio.NewReaderSize(conn, connBufSize)
+	} else { // keep what the client already sent
+		w.cork.early.Store(true)
+		early, _ := brw.Reader.Peek(n)
+		w.cork.filter.skim(early)
 	}
+	w.br = brw.Reader
 	brw.Writer = bufio.NewWriterSize(w.cork, connBufSize)
 	// coder/websocket closes what Hijack returns: the cork, so that a close
 	// frame it holds is written first.
@@ -333,6 +344,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	h.release()
 	select {
 	case <-h.drained:
+		h.poll.close()
 		h.closeEngine()
 		return nil
 	case <-ctx.Done():
@@ -386,6 +398,7 @@ func (h *Hub) Close() error {
 	g.Wait()
 	h.release()
 	<-h.drained
+	h.poll.close()
 	h.closeEngine()
 	return nil
 }

@@ -163,7 +163,8 @@ type Limits struct {
 	RateBurst int
 
 	// PingInterval: a client that has not answered a ping by the next is
-	// closed with ErrPongTimeout. Keep it above WriteTimeout and what a
+	// closed with ErrPongTimeout. Each client's first ping comes at a
+	// random point of its first interval, so that pings are spread. Keep it above WriteTimeout and what a
 	// Handler blocks. Default: 30s; negative disables pings.
 	PingInterval time.Duration
 

@@ -15,20 +15,30 @@ import (
 // with an ack or an error in the order of the requests, then wait for the
 // queues it congested (flow.go) before reading the next.
 
-// run serves the client on its read goroutine until it disconnects.
+// run serves the client on its read goroutine until it disconnects or
+// parks (park.go).
 func (c *Client) run() {
+	c.startPinger()
+	c.started()
+	c.serve(false)
+}
+
+// serve reads and handles the client's messages until it disconnects, and
+// then cleans up, or until it parks; woken says that a parked reader was
+// woken. The reader, from run to the cleanup, counts as one of the hub's
+// goroutines, parked or not.
+func (c *Client) serve(woken bool) {
+	err := c.readLoop(woken)
+	if err == errParked {
+		return
+	}
+	c.finish(err)
+}
+
+// finish cleans up after the client's connection ended with err.
+func (c *Client) finish(err error) {
 	defer c.hub.release()
 	h := c.hub
-	if h.opts.PingInterval > 0 {
-		c.mu.Lock() // ping reads c.pinger under c.mu
-		c.pinger = time.AfterFunc(h.opts.PingInterval, c.ping)
-		c.mu.Unlock()
-	}
-	c.started()
-	err := c.readLoop()
-	if c.pipe != nil {
-		close(c.pipe) // the acker answers what is in flight, then ends
-	}
 	if ce, ok := errors.AsType[websocket.CloseError](err); ok {
 		err = ce // the peer closed: its status and reason are the whole story
 	}
@@ -42,7 +52,8 @@ func (c *Client) run() {
 	}
 	c.mu.Unlock()
 	c.conn.CloseNow()
-	c.group.Wait()
+	c.writers.Wait()
+	h.poll.forget(c.fd, c)
 	h.forget(c)
 	c.cancel()
 
@@ -59,10 +70,15 @@ func (c *Client) run() {
 	}
 }
 
-// readLoop reads and handles messages until the connection fails. Once
-// the client is closing, it reads only to see the peer's close frame.
-func (c *Client) readLoop() error {
+// readLoop reads and handles messages until the connection fails, or
+// until nothing is left to read and the reader parks (errParked). Once the
+// client is closing, it reads only to see the peer's close frame.
+func (c *Client) readLoop(woken bool) error {
 	for {
+		if c.ctx.Err() == nil && c.mayPark() && (!woken || c.probe()) && c.park() {
+			return errParked
+		}
+		woken = false
 		typ, data, err := c.conn.Read(context.Background())
 		if err != nil {
 			return err
@@ -259,7 +275,9 @@ func (c *Client) reply(m *Message) {
 // which goes on reading while up to pipeWindow of them are in flight. The
 // client's acker goroutine waits for each in turn and answers it, so acks
 // (and errors) come in the order of the publishes; the read goroutine
-// waits for the acker to be done before it answers anything itself.
+// waits for the acker to be done before it answers anything itself. The
+// acker and its channel exist only while publishes are in flight, so that
+// a reader may park meanwhile (park.go) and an idle client holds neither.
 
 // pipeWindow bounds a client's publishes in flight.
 const pipeWindow = 32
@@ -276,19 +294,24 @@ type pipeItem struct {
 // pipeline passes p, a publish with id handed to the engine, to the
 // acker, waiting while the window is full.
 func (c *Client) pipeline(id, room string, p *pending, read time.Time) {
-	if c.pipe == nil {
-		c.pipe = make(chan pipeItem, pipeWindow)
-		c.spawn(c.acker)
+	c.pipeMu.Lock()
+	pipe := c.pipe
+	if pipe == nil {
+		pipe = make(chan pipeItem, pipeWindow)
+		c.pipe = pipe
+		c.spawn(func() { c.acker(pipe) })
 	}
+	c.inFlight++ // before the send: the acker ends only when none is left
+	c.pipeMu.Unlock()
 	c.piped.Add(1)
-	c.pipe <- pipeItem{id, room, p, read}
+	pipe <- pipeItem{id, room, p, read}
 }
 
 // acker answers the client's pipelined publishes in order, once kept and
 // delivered to this hub's members, and waits for the queues their
-// delivery congested (flow.go); it ends when the read goroutine does.
-func (c *Client) acker() {
-	for it := range c.pipe {
+// delivery congested (flow.go); it ends when none is left in flight.
+func (c *Client) acker(pipe <-chan pipeItem) {
+	for it := range pipe {
 		congested, err := it.p.finish()
 		c.awaitClients(congested)
 		var answer *Message
@@ -305,5 +328,13 @@ func (c *Client) acker() {
 			}
 		}
 		c.piped.Done()
+		c.pipeMu.Lock()
+		c.inFlight--
+		if c.inFlight == 0 {
+			c.pipe = nil
+			c.pipeMu.Unlock()
+			return
+		}
+		c.pipeMu.Unlock()
 	}
 }
