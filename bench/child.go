@@ -35,6 +35,7 @@ type serverStats struct {
 	Kicked     uint64 `json:"kicked"`
 	Errors     uint64 `json:"errors"` // failed server-side publishes
 	Writes     uint64 `json:"writes"` // write system calls of the process (syscw of /proc/self/io)
+	Mallocs    uint64 `json:"mallocs"` // heap objects allocated so far (runtime.MemStats)
 }
 
 // isChild reports whether args (os.Args) make this process a child.
@@ -357,6 +358,7 @@ func (c *childState) answerStats() error {
 		Goroutines: runtime.NumGoroutine(),
 		Errors:     c.errors.Load(),
 		Writes:     writeCalls(),
+		Mallocs:    ms.Mallocs,
 	}
 	if c.srv != nil {
 		st.Members, st.Kicked = c.srv.members(), c.srv.kicked()

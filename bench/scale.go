@@ -105,6 +105,7 @@ var scaleMetrics = []metric{
 	{key: "heap", header: "heap+stack B/conn"},
 	{key: "goroutines", header: "goroutines/conn", digits: 2},
 	{key: "idle", header: "idle CPU cores (target ≤ 0.04)", digits: 4},
+	{key: "allocs", header: "allocs/ping (all the server's, idle)", digits: 2},
 	{key: "p50", header: "fan-out p50 ms", digits: 1},
 	{key: "p99", header: "fan-out p99 ms", digits: 1},
 	{key: "last", header: "fan-out last ms (target ≤ 200)", digits: 1},
@@ -508,9 +509,21 @@ func runScaleOnce(ctx context.Context, cfg *config, l scaleLayout, log io.Writer
 	}
 	if l.idle > 0 {
 		fmt.Fprintf(log, "bench: scale %s: idle for %v\n", l.label(), l.idle)
+		m0, err := rm.stats(false)
+		if err != nil {
+			return out, fmt.Errorf("server: %w", err)
+		}
 		if out.values["idle"], err = idleCPU(ctx, rm, l.idle); err != nil {
 			return out, fmt.Errorf("server: %w", err)
 		}
+		m1, err := rm.stats(false)
+		if err != nil {
+			return out, fmt.Errorf("server: %w", err)
+		}
+		// Every allocation of the server over the idle window, per ping it
+		// sent (n per PingInterval): an upper bound of a ping's cost.
+		pings := float64(n) * l.idle.Seconds() / scalePingInterval.Seconds()
+		out.values["allocs"] = float64(m1.Mallocs-m0.Mallocs) / pings
 		// Past a ping round, each connection also holds what its pings left.
 		s2, err := rm.stats(true)
 		if err != nil {
