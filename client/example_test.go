@@ -3,6 +3,7 @@ package client_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/coder/websocket"
 	"github.com/wshub/wshub"
 	"github.com/wshub/wshub/client"
 )
@@ -78,4 +80,60 @@ func Example_presence() {
 	}
 	fmt.Println(state.Type, members.Total, members.Members[0].ID)
 	// Output: presence 1 alice
+}
+
+// A client signs in with a token as the first frame of each connection
+// (a browser cannot set headers, and a token in a URL ends up in logs);
+// the hub's AuthenticateToken names it. The client refreshes the sign-in
+// before it expires, with a new token each time. A token the hub refuses
+// signs the client out.
+func Example_token() {
+	hub := wshub.New(nil, &wshub.Options{
+		// With Authenticate nil, every client signs in with its first frame.
+		AuthenticateToken: func(_ *wshub.Client, token string) (wshub.Identity, error) {
+			user, ok := strings.CutPrefix(token, "valid:") // check a real token's signature
+			if !ok {
+				return wshub.Identity{}, errors.New("bad token")
+			}
+			return wshub.Identity{ID: user, Expires: time.Now().Add(time.Hour)}, nil
+		},
+		AuthorizeJoin: func(*wshub.Client, string) error { return nil },
+	})
+	srv := httptest.NewServer(hub)
+	defer srv.Close()
+	defer hub.Close()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	url := "ws" + strings.TrimPrefix(srv.URL, "http")
+	c, err := client.Dial(ctx, url, &client.Options{
+		// Called for every connection and every refresh: get a new token
+		// from the identity provider.
+		Token: func(ctx context.Context) (string, error) { return "valid:alice", nil },
+		OnEvent: func(e client.Event) {
+			if errors.Is(e.Err, client.ErrNotRenewed) {
+				log.Print(e.Err) // the hub closes with 4001 at the expiry: the client reconnects
+			}
+		},
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Join(ctx, "lobby", nil); err != nil {
+		log.Fatal(err)
+	}
+	if err := c.Publish(ctx, "lobby", "hi"); err != nil {
+		log.Fatal(err)
+	}
+	m := <-c.Messages()
+	fmt.Printf("%s from %s\n", m.Data, m.From)
+
+	_, err = client.Dial(ctx, url, &client.Options{
+		Token: func(ctx context.Context) (string, error) { return "forged:mallory", nil },
+	})
+	fmt.Println(errors.Is(err, client.ErrSignedOut), websocket.CloseStatus(err))
+	// Output:
+	// "hi" from alice
+	// true StatusCode(4003)
 }
