@@ -34,6 +34,13 @@ type tab struct {
 // name.
 func newTab(t *testing.T, browser context.Context, url, name string, width, height int64) *tab {
 	t.Helper()
+	return openPage(t, browser, url, name, width, height, chromedp.WaitVisible(chromedp.ID("name")))
+}
+
+// openPage opens the chat page in a new tab of the browser, and waits
+// until ready.
+func openPage(t *testing.T, browser context.Context, url, name string, width, height int64, ready chromedp.Action[chromedp.Void]) *tab {
+	t.Helper()
 	ctx, cancel := chromedp.NewContext(browser)
 	t.Cleanup(cancel)
 	// The first Run opens the tab, which then lives as long as that Run's
@@ -46,7 +53,7 @@ func newTab(t *testing.T, browser context.Context, url, name string, width, heig
 	tb.do("open page",
 		chromedp.EmulateViewport(width, height),
 		chromedp.Navigate(url),
-		chromedp.WaitVisible(chromedp.ID("name")),
+		ready,
 	)
 	return tb
 }
@@ -696,6 +703,96 @@ func TestBrowserPresence(t *testing.T) {
 	carol.waitNotices("watcher joined|bob left")
 	for _, tb := range []*tab{alice, carol} {
 		if errs := tb.consoleErrors(); len(errs) > 0 {
+			t.Errorf("%s: console errors: %q", tb.name, errs)
+		}
+	}
+}
+
+// waitSignedOut waits until the page says it is signed out, asking for a
+// name again.
+func (tb *tab) waitSignedOut() {
+	tb.t.Helper()
+	tb.do("wait for signed out",
+		chromedp.WaitVisible(chromedp.ID("login-note")),
+		chromedp.WaitVisible(chromedp.ID("name")),
+		chromedp.WaitVisible(chromedp.CSS(`body[data-state="signed-out"]`)),
+	)
+	equal(tb.t, tb.name+": note", tb.eval(`document.getElementById("login-note").textContent`), "Signed out.")
+}
+
+// pageErrors returns the errors in tb's console but for the 401 of GET
+// /token, how the page of the login mode learns it is not signed in.
+func (tb *tab) pageErrors() []string {
+	return slices.DeleteFunc(tb.consoleErrors(), func(e string) bool {
+		return strings.Contains(e, "status of 401") && strings.HasSuffix(e, "/token")
+	})
+}
+
+// TestBrowserLogin: the page of a chat server with -login asks for a name,
+// signs in at /login and connects with tokens from /token, which last 2 s:
+// it refreshes them while it chats, over one connection. Another tab of
+// the browser shares its session. Sign out in one tab closes every
+// connection of the name, in the other tab and in a terminal too, with
+// 4003: both pages say "Signed out." and ask for a name again; signing
+// in again, as another name, takes the page back to its rooms, with its
+// messages once.
+func TestBrowserLogin(t *testing.T) {
+	t.Parallel()
+	browser := browser.Start(t)
+	const ttl = 2 * time.Second
+	s, _ := startLoginServer(t, ttl)
+	url := "http://" + s.addr + "/"
+
+	alice := openTab(t, browser, url, "alice", 1000, 640)
+	equal(t, "buttons", alice.eval(`[...document.querySelectorAll(".me button")].filter(b => !b.hidden).map(b => b.textContent).join("|")`), "Sign out")
+	bob := startClient(t, "-url", s.wsURL(), "-login", "bob", "-room", "lobby")
+	bob.expect("* connected to " + s.wsURL() + " as bob")
+	bob.expect("* joined lobby")
+	alice.waitMembers("alice|bob")
+	aliceConn := s.hub.ClientsOf("alice")
+	equal(t, "alice's connections", len(aliceConn), 1)
+
+	var said []string
+	chatPastExpiry(t, s, "alice", ttl, func(text string) {
+		alice.say(text)
+		alice.lastMessage(text)
+		bob.expect("[lobby] alice: " + text)
+		said = append(said, text)
+	})
+	if now := s.hub.ClientsOf("alice"); len(now) != 1 || now[0] != aliceConn[0] {
+		t.Fatalf("alice's connections: %v, want the first one only", now)
+	}
+
+	// The browser is signed in: a new tab connects at once, as alice.
+	alice2 := openPage(t, browser, url, "alice", 1000, 640, chromedp.WaitVisible(chromedp.CSS(`body[data-state="online"]`)))
+	alice2.waitJoined("lobby")
+	equal(t, "second tab's name", alice2.eval(`document.getElementById("who").textContent`), "alice")
+	equal(t, "second tab's messages", alice2.messages(), strings.Join(said, "|"))
+	aliceCLI := startClient(t, "-url", s.wsURL(), "-login", "alice", "-room", "lobby")
+	aliceCLI.expect("* connected to " + s.wsURL() + " as alice")
+	aliceCLI.expect("* joined lobby")
+
+	alice.do("sign out", chromedp.Click(chromedp.ID("signout")))
+	alice.waitSignedOut()
+	alice2.waitSignedOut()
+	// The server's 4003 stopped the second tab's client, not the page.
+	equal(t, "second tab's client", alice2.eval(`chat.hub.state`), "signedout")
+	equal(t, "terminal's exit status", aliceCLI.wait(), 1)
+	equal(t, "terminal's stderr", aliceCLI.stderr.String(), "client: signed out: 4003 signed out\n")
+	bob.expectPresence("* alice left lobby")
+
+	alice2.name = "carol"
+	alice2.signIn()
+	alice2.waitJoined("lobby")
+	alice2.say("carol here")
+	bob.expect("[lobby] carol: carol here")
+	alice2.lastMessage("carol here")
+	equal(t, "messages after signing in again", alice2.messages(), strings.Join(append(said, "carol here"), "|"))
+	// The first tab stays signed out until its own form signs it in.
+	equal(t, "first tab", alice.eval(`document.body.dataset.state`), "signed-out")
+
+	for _, tb := range []*tab{alice, alice2} {
+		if errs := tb.pageErrors(); len(errs) > 0 {
 			t.Errorf("%s: console errors: %q", tb.name, errs)
 		}
 	}

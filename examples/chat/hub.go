@@ -53,9 +53,11 @@ type memberInfo struct {
 // newHub returns the chat hub: anyone may join any room, every message
 // carries the name its sender connected with, every room keeps its last
 // historyMessages messages, in memory (a restart forgets them), and every
-// room tells its members who is in it (presence).
-func newHub(logger *slog.Logger) *wshub.Hub {
-	return wshub.New(nil, &wshub.Options{
+// room tells its members who is in it (presence). Names come from the
+// ?name= of the upgrade request, or with lg (the login mode) from the
+// token of the connection's first frame.
+func newHub(logger *slog.Logger, lg *login) *wshub.Hub {
+	opts := &wshub.Options{
 		Rooms: func(string) wshub.RoomOptions {
 			return wshub.RoomOptions{
 				History:  wshub.HistoryPolicy{Messages: historyMessages},
@@ -78,29 +80,51 @@ func newHub(logger *slog.Logger) *wshub.Hub {
 			logger.Info("disconnect", "id", c.ID(), "name", clientName(c), "reason", leftBecause(reason))
 		},
 		Logger: logger,
-	})
+	}
+	if lg != nil {
+		// Without Authenticate, every connection signs in with its first
+		// frame: a browser cannot set headers on a WebSocket, and a token in
+		// the URL would end up in logs.
+		opts.Authenticate = nil
+		opts.AuthenticateToken = lg.authenticateToken
+	}
+	return wshub.New(nil, opts)
 }
 
 // authenticate takes the nickname from the name query parameter. It is the
 // only place a name is read from the client; from then on the server
 // remembers it, so nobody can speak under another name.
+func authenticate(r *http.Request) (wshub.Identity, error) {
+	name, err := checkName(r.URL.Query().Get("name"))
+	if err != nil {
+		return wshub.Identity{}, wshub.Reject(http.StatusBadRequest, err.Error())
+	}
+	return identity(name), nil
+}
+
+// identity is the client named name.
 //
 // The name is also the client's ID: the chat has no accounts, so a name is
 // a user. Two tabs with one name are one member of a room (with two
 // connections), and the "from" of their messages is the same. Info is what
 // the room's members are shown of it: {"name": "alice"}.
-func authenticate(r *http.Request) (wshub.Identity, error) {
-	name := strings.TrimSpace(r.URL.Query().Get("name"))
+func identity(name string) wshub.Identity {
+	return wshub.Identity{ID: name, Info: memberInfo{Name: name}, Values: map[string]any{"name": name}}
+}
+
+// checkName returns name without the spaces around it, or why it is not a
+// good name: it is shown to everyone.
+func checkName(name string) (string, error) {
+	name = strings.TrimSpace(name)
 	switch {
 	case name == "":
-		return wshub.Identity{}, wshub.Reject(http.StatusBadRequest, "name is required")
+		return "", errors.New("name is required")
 	case !utf8.ValidString(name) || utf8.RuneCountInString(name) > maxNameLen:
-		return wshub.Identity{}, wshub.Reject(http.StatusBadRequest,
-			fmt.Sprintf("name must be valid UTF-8 of at most %d characters", maxNameLen))
+		return "", fmt.Errorf("name must be valid UTF-8 of at most %d characters", maxNameLen)
 	case hasControl(name):
-		return wshub.Identity{}, wshub.Reject(http.StatusBadRequest, "name must not contain control characters")
+		return "", errors.New("name must not contain control characters")
 	}
-	return wshub.Identity{ID: name, Info: memberInfo{Name: name}, Values: map[string]any{"name": name}}, nil
+	return name, nil
 }
 
 // errControlRoom refuses a room name with control characters.

@@ -23,9 +23,49 @@
 // Hub.StatusHandler); with -metrics, /metrics serves the hub's figures to
 // Prometheus (module wshubprom), with the Go runtime's and the process's.
 // Both are operational data, not for the public.
+//
+// # Login mode
+//
+// With -login, names come from signed, expiring tokens instead of ?name=:
+// a demo of the token mechanics of docs/PROTOCOL.md §11, without
+// passwords (a name is all it takes to sign in, as without -login).
+//
+//	CHAT_TOKEN_KEY=$(openssl rand -base64 32) go run ./examples/chat -login -token-ttl 1m
+//
+// The endpoints:
+//
+//	POST /login   form field or JSON "name" (the rules of ?name=): sets an
+//	              HttpOnly, SameSite=Strict session cookie holding a signed
+//	              session token (a JWT, 24 h); 204, or 400 with the reason
+//	GET /token    with the session cookie: {"token": "<JWT>", "expires":
+//	              <Unix ms>, "name": "alice"}, an access token for the hub
+//	              that lasts -token-ttl (default 5m; never past the
+//	              session); 401 without a good session
+//	POST /logout  deletes the cookie and closes every connection of the
+//	              name, on every hub, with 4003 "signed out"; 204
+//
+// The hub takes no ?name=: a connection signs in with an access token as
+// its first frame (a token never travels in a URL, which logs keep), and
+// sends a fresh one before it expires; one that does not is closed with
+// 4001, one without a good token with 4003. Tokens are HS256 JWTs whose
+// key is CHAT_TOKEN_KEY (at least 32 bytes), so that several servers
+// take each other's tokens, or else a random key of the process. A token
+// is accepted up to 5 s past its expiry, an allowance for the clocks of
+// those servers; the hub adds 5 s of its own before it closes the
+// connection. The POST endpoints refuse other sites' requests
+// (http.CrossOriginProtection).
+//
+// The page signs in with a form, takes its tokens from /token, and shows
+// "signed out", with the form again, when the server closes it with 4003;
+// its Sign out button calls /logout. examples/client does the same with
+// -login NAME. Sign-out keeps no state on the server: tokens handed out
+// before stay good until they expire (-token-ttl at most), and a copied
+// session cookie until its 24 h are over; a real application keeps its
+// sessions on the server and checks them at /token.
 package main
 
 import (
+	"bytes"
 	"context"
 	"embed"
 	"errors"
@@ -70,9 +110,26 @@ func main() {
 	var debug debugPages
 	flag.BoolVar(&debug.status, "status", false, "serve the hub's status page at /debug/wshub; it shows operational data (clients, room names, traffic): do not expose it publicly")
 	flag.BoolVar(&debug.metrics, "metrics", false, "serve Prometheus metrics at /metrics: operational data, do not expose it publicly")
+	loginMode := flag.Bool("login", false, "sign in at POST /login and connect with expiring tokens from GET /token (key: $CHAT_TOKEN_KEY), instead of ?name=")
+	tokenTTL := flag.Duration("token-ttl", 5*time.Minute, "with -login, how long an access token lasts (at least 1s)")
 	flag.Parse()
 
 	logger := slog.New(slog.NewTextHandler(os.Stderr, nil))
+	var lg *login
+	if *loginMode {
+		var key []byte
+		var err error
+		if *tokenTTL < time.Second {
+			err = fmt.Errorf("-token-ttl %v is less than 1s, a token's precision", *tokenTTL)
+		} else {
+			key, err = tokenKey(logger)
+		}
+		if err != nil {
+			logger.Error("login mode", "err", err)
+			os.Exit(2)
+		}
+		lg = newLogin(key, *tokenTTL, logger)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -82,7 +139,7 @@ func main() {
 		os.Exit(1)
 	}
 	logger.Info("chat server listening", "url", "http://"+ln.Addr().String())
-	if err := serve(ctx, ln, newHub(logger), logger, debug); err != nil {
+	if err := serve(ctx, ln, newHub(logger, lg), logger, debug, lg); err != nil {
 		logger.Error("serve", "err", err)
 		os.Exit(1)
 	}
@@ -92,12 +149,17 @@ func main() {
 // shuts it down gracefully: clients are closed with status 1001 (going
 // away), which tells the page to reconnect, and the HTTP server stops. It
 // returns nil after a clean shutdown, or the error that stopped the server.
-// debug adds the operator's pages it asks for.
-func serve(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slog.Logger, debug debugPages) error {
+// debug adds the operator's pages it asks for; lg, if not nil, the login
+// mode's endpoints (hub must be newHub's with the same lg).
+func serve(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slog.Logger, debug debugPages, lg *login) error {
 	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		http.ServeFileFS(w, r, page, "index.html")
-	})
+	mux.Handle("GET /{$}", indexPage(lg != nil))
+	if lg != nil {
+		csrf := http.NewCrossOriginProtection()
+		mux.Handle("POST /login", csrf.Handler(http.HandlerFunc(lg.handleLogin)))
+		mux.HandleFunc("GET /token", lg.handleToken)
+		mux.Handle("POST /logout", csrf.Handler(lg.handleLogout(hub)))
+	}
 	// The page's client, and its types for editors.
 	mux.Handle("GET /wshub.js", wshubjs.Handler())
 	mux.Handle("GET /wshub.d.ts", wshubjs.Handler())
@@ -153,6 +215,27 @@ func serve(ctx context.Context, ln net.Listener, hub *wshub.Hub, logger *slog.Lo
 		srvErr = errors.Join(srvErr, err)
 	}
 	return errors.Join(hubErr, srvErr)
+}
+
+// loginMark is the page's mark of its mode, which the login mode changes:
+// so the page knows it at once, without asking the server.
+const loginMark = `<html lang="en" data-mode="name">`
+
+// indexPage serves the chat page, in the login mode with login.
+func indexPage(login bool) http.Handler {
+	if !login {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.ServeFileFS(w, r, page, "index.html")
+		})
+	}
+	b, err := page.ReadFile("index.html")
+	if err != nil || bytes.Count(b, []byte(loginMark)) != 1 {
+		panic("index.html lacks its mark " + loginMark) // the embedded page is the program's own
+	}
+	b = bytes.Replace(b, []byte(loginMark), []byte(`<html lang="en" data-mode="login">`), 1)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.ServeContent(w, r, "index.html", time.Time{}, bytes.NewReader(b))
+	})
 }
 
 // unusedConns are the connections that have not sent a request yet.

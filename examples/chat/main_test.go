@@ -83,6 +83,13 @@ func startServerAt(t *testing.T, addr string) *server {
 // startServerWith is startServerAt with the operator's pages of debug.
 func startServerWith(t *testing.T, addr string, debug debugPages) *server {
 	t.Helper()
+	return startServerLogin(t, addr, debug, nil)
+}
+
+// startServerLogin is startServerWith in the login mode of lg, if not nil,
+// whose logger it sets.
+func startServerLogin(t *testing.T, addr string, debug debugPages, lg *login) *server {
+	t.Helper()
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatalf("listen: %v", err)
@@ -91,8 +98,11 @@ func startServerWith(t *testing.T, addr string, debug debugPages) *server {
 	out := &testLog{w: t.Output()}
 	t.Cleanup(out.stop) // after the shutdown, registered below
 	logger := slog.New(slog.NewTextHandler(out, nil))
-	s := &server{addr: ln.Addr().String(), log: out, hub: newHub(logger), stop: stop, served: make(chan error, 1)}
-	go func() { s.served <- serve(ctx, ln, s.hub, logger, debug) }()
+	if lg != nil {
+		lg.logger = logger
+	}
+	s := &server{addr: ln.Addr().String(), log: out, hub: newHub(logger, lg), stop: stop, served: make(chan error, 1)}
+	go func() { s.served <- serve(ctx, ln, s.hub, logger, debug, lg) }()
 	t.Cleanup(func() { s.shutdown(t) })
 	return s
 }
@@ -126,14 +136,27 @@ func (l *testLog) Write(p []byte) (int, error) {
 // waitFor waits until a line of the log contains all of parts.
 func (l *testLog) waitFor(t *testing.T, parts ...string) {
 	t.Helper()
+	l.waitUntil(t, fmt.Sprintf("a line with %q", parts), func(log string) bool {
+		for line := range strings.Lines(log) {
+			if !slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(line, p) }) {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// waitUntil waits until ok accepts the log written so far; what says
+// what ok looks for.
+func (l *testLog) waitUntil(t *testing.T, what string, ok func(log string) bool) {
+	t.Helper()
 	deadline := time.After(timeout)
 	for {
 		l.mu.Lock()
-		for line := range strings.Lines(l.all.String()) {
-			if !slices.ContainsFunc(parts, func(p string) bool { return !strings.Contains(line, p) }) {
-				l.mu.Unlock()
-				return
-			}
+		all := l.all.String()
+		if ok(all) {
+			l.mu.Unlock()
+			return
 		}
 		if l.written == nil {
 			l.written = make(chan struct{})
@@ -143,7 +166,7 @@ func (l *testLog) waitFor(t *testing.T, parts ...string) {
 		select {
 		case <-written:
 		case <-deadline:
-			t.Fatalf("no log line with %q in:\n%s", parts, l.all.String())
+			t.Fatalf("no %s in the log:\n%s", what, all)
 		}
 	}
 }

@@ -36,6 +36,15 @@
 // "?name=", which the client adds to the URL. In a room without presence,
 // /who says that the server does not tell who is in it.
 //
+// With -login NAME, for examples/chat run with -login, the client signs in
+// as NAME at the server's POST /login (the URL of -url, with http for ws),
+// keeps the session cookie, and signs each connection in with an access
+// token from GET /token, sent as the connection's first frame, never in
+// the URL; the Go client refreshes it before it expires. When the server
+// signs the client out (close status 4003: POST /logout, a refused token)
+// or the session has ended (/token answers 401), the client prints
+// "client: signed out: ..." and exits with status 1.
+//
 // When the server goes away (close status 1001), the connection is lost
 // (1006) or a room log lost messages (1012), the client reconnects with
 // exponential backoff and jitter and joins its rooms again, as the chat
@@ -172,6 +181,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	rawURL := flags.String("url", "ws://localhost:8080/ws", "WebSocket URL of the chat server")
 	name := flags.String("name", "guest", "nickname")
 	room := flags.String("room", "lobby", "room to join first (empty: none)")
+	loginName := flags.String("login", "", "sign in as `NAME` at the server's /login and connect with its tokens (examples/chat -login); -name is not used")
 	if err := flags.Parse(args); err != nil {
 		return 2
 	}
@@ -179,13 +189,30 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	s := &session{url: *rawURL, name: *name, out: stdout, errs: stderr, prompt: prompt,
 		rosters: make(map[string]*roster), history: make(map[string]bool), signal: make(chan struct{}, 1),
 		frames: make(chan *wshub.Message), done: make(chan struct{})}
-	u, err := withName(s.url, s.name)
-	if err == nil {
-		dctx, cancel := context.WithTimeout(ctx, dialTimeout)
-		// FailFast: a line typed while offline is refused at once, with a hint.
-		s.conn, err = client.Dial(dctx, u, &client.Options{FailFast: true, OnEvent: s.queue, OnFrame: s.frame})
-		cancel()
+	// FailFast: a line typed while offline is refused at once, with a hint.
+	opts := &client.Options{FailFast: true, OnEvent: s.queue, OnFrame: s.frame}
+	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+	defer cancel()
+	u := s.url
+	var err error
+	if *loginName != "" {
+		s.name = *loginName
+		var lg *login
+		if lg, err = newLogin(s.url); err == nil {
+			err = lg.signIn(dctx, s.name)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "client: cannot sign in at %s: %s\n", s.url, clean(err.Error()))
+			return 1
+		}
+		opts.Token = lg.token
+	} else {
+		u, err = withName(s.url, s.name)
 	}
+	if err == nil {
+		s.conn, err = client.Dial(dctx, u, opts)
+	}
+	cancel()
 	if err != nil {
 		fmt.Fprintf(stderr, "client: cannot connect to %s: %s\n", s.url, describe(err))
 		return 1
@@ -194,6 +221,14 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 
 	lines, stopLines := readLines(stdin)
 	defer stopLines()
+	s.mu.Lock()
+	s.looping = true
+	early := s.early
+	s.early = nil
+	s.mu.Unlock()
+	for _, f := range early {
+		s.receive(f)
+	}
 	if *room != "" {
 		s.join(*room)
 	}
@@ -248,7 +283,18 @@ func (s *session) drain(msgs <-chan *wshub.Message) {
 // frame is OnFrame: it hands a frame that is not a room message (presence,
 // errors, the server's own types) to the loop, and returns once the loop
 // has it, so that it is shown after the messages that came before it.
+// Before the loop runs it keeps the frame for it: with a token, Dial
+// returns only once the server acked the sign-in, after the frames it
+// sent first (examples/chat's welcome), and no room is joined yet whose
+// messages they could come after.
 func (s *session) frame(m *wshub.Message) {
+	s.mu.Lock()
+	if !s.looping {
+		s.early = append(s.early, m)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
 	select {
 	case s.frames <- m:
 	case <-s.done:
@@ -334,9 +380,11 @@ type session struct {
 	history map[string]bool    // the joined rooms with history
 	op      *op                // the request awaiting its answer, if any
 
-	mu     sync.Mutex     // guards events, which OnEvent appends to
-	events []client.Event // not handled yet
-	signal chan struct{}  // there are events
+	mu      sync.Mutex       // guards events, early and looping, which OnEvent and OnFrame use
+	events  []client.Event   // not handled yet
+	early   []*wshub.Message // the frames that came before the loop ran
+	looping bool             // the loop takes frames
+	signal  chan struct{}    // there are events
 
 	frames chan *wshub.Message // from OnFrame
 	done   chan struct{}       // closed when run returns
@@ -391,7 +439,11 @@ func (s *session) handleEvents() {
 	s.mu.Unlock()
 	for _, e := range events {
 		switch {
-		case e.Room != "":
+		case errors.Is(e.Err, client.ErrNotRenewed):
+			// The server closes with 4001 when the sign-in ends, and the
+			// client comes back with a new token.
+			s.println(s.out, "! "+clean(e.Err.Error()))
+		case e.Room != "": // a rejoin, or the server took the client out of the room
 			s.rejoined(e)
 		case e.State == client.Rejoining || e.State == client.Online:
 			s.connected()
@@ -453,6 +505,12 @@ func (s *session) closed() int {
 	switch {
 	case errors.Is(err, client.ErrClosed):
 		return 0
+	case errors.Is(err, client.ErrSignedOut):
+		why := "the session has ended"
+		if errors.As(err, &ce) {
+			why = fmt.Sprintf("%d %s", int(ce.Code), closeReason(ce))
+		}
+		s.println(s.errs, "client: signed out: "+why)
 	case errors.As(err, &re):
 		s.println(s.errs, fmt.Sprintf("client: cannot reconnect to %s: %s", s.url, describe(err)))
 	case errors.As(err, &ce):
