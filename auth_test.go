@@ -205,17 +205,11 @@ func (th *tokenHub) reason(id string) (error, bool) {
 // dialToken connects with token in the URL ("" for none).
 func (th *tokenHub) dialToken(t *testing.T, token string) *peer {
 	t.Helper()
-	ctx := testCtx(t)
 	u := wsURL(th.ts)
 	if token != "" {
 		u += "?token=" + url.QueryEscape(token)
 	}
-	conn, _, err := websocket.Dial(ctx, u, nil)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	t.Cleanup(func() { conn.CloseNow() })
-	return &peer{t: t, ctx: ctx, conn: conn}
+	return dialURL(t, u)
 }
 
 // alive checks with a round trip that p's connection still serves it.

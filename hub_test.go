@@ -76,10 +76,16 @@ type peer struct {
 
 func dial(t testing.TB, ts *httptest.Server, protocols ...string) *peer {
 	t.Helper()
+	return dialURL(t, wsURL(ts), protocols...)
+}
+
+// dialURL connects a peer to u, offering protocols, closed at cleanup.
+func dialURL(t testing.TB, u string, protocols ...string) *peer {
+	t.Helper()
 	ctx := testCtx(t)
-	conn, _, err := websocket.Dial(ctx, wsURL(ts), &websocket.DialOptions{Subprotocols: protocols})
+	conn, _, err := websocket.Dial(ctx, u, &websocket.DialOptions{Subprotocols: protocols})
 	if err != nil {
-		t.Fatalf("dial: %v", err)
+		t.Fatalf("dial %s: %v", u, err)
 	}
 	t.Cleanup(func() { conn.CloseNow() })
 	return &peer{t: t, ctx: ctx, conn: conn}

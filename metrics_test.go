@@ -44,17 +44,6 @@ func metricsHub(t *testing.T) (*wshub.Hub, string) {
 	return h, wsURL(serve(t, h))
 }
 
-func dialURL(t *testing.T, url string) *peer {
-	t.Helper()
-	ctx := testCtx(t)
-	conn, _, err := websocket.Dial(ctx, url, nil)
-	if err != nil {
-		t.Fatalf("dial %s: %v", url, err)
-	}
-	t.Cleanup(func() { conn.CloseNow() })
-	return &peer{t: t, ctx: ctx, conn: conn}
-}
-
 // TestStatsCount: the figures of Stats say what real clients did and got.
 func TestStatsCount(t *testing.T) {
 	t.Parallel()

@@ -80,13 +80,7 @@ func presenceHub(t *testing.T, opts wshub.Options) (*wshub.Hub, *httptest.Server
 
 func dialAs(t *testing.T, ts *httptest.Server, id string) *peer {
 	t.Helper()
-	ctx := testCtx(t)
-	conn, _, err := websocket.Dial(ctx, wsURL(ts)+"?id="+url.QueryEscape(id), nil)
-	if err != nil {
-		t.Fatalf("dial %s: %v", id, err)
-	}
-	t.Cleanup(func() { conn.CloseNow() })
-	return &peer{t: t, ctx: ctx, conn: conn}
+	return dialURL(t, wsURL(ts)+"?id="+url.QueryEscape(id))
 }
 
 // joinPres joins room and returns the presence state that comes first.

@@ -33,8 +33,8 @@ type serverStats struct {
 	Goroutines int    `json:"goroutines"`
 	Members    int    `json:"members"`
 	Kicked     uint64 `json:"kicked"`
-	Errors     uint64 `json:"errors"` // failed server-side publishes
-	Writes     uint64 `json:"writes"` // write system calls of the process (syscw of /proc/self/io)
+	Errors     uint64 `json:"errors"`  // failed server-side publishes
+	Writes     uint64 `json:"writes"`  // write system calls of the process (syscw of /proc/self/io)
 	Mallocs    uint64 `json:"mallocs"` // heap objects allocated so far (runtime.MemStats)
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"testing"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -95,40 +94,10 @@ func TestCommandSubjectIsNoRoom(t *testing.T) {
 // Command and HandleCommands return ErrClosed.
 func TestCloseWaitsForHandle(t *testing.T) {
 	t.Parallel()
-	ctx := et.Ctx(t)
 	s := startNATS(t, server.RANDOM_PORT)
 	a := connect(t, s.ClientURL(), nil)
 	b := connect(t, s.ClientURL(), nil)
-	entered, release := make(chan struct{}), make(chan struct{})
-	var returned atomic.Bool
-	err := a.HandleCommands(func([]byte) {
-		close(entered)
-		<-release
-		returned.Store(true)
-	})
-	if err != nil {
-		t.Fatalf("HandleCommands: %v", err)
-	}
-	if err := b.Command(ctx, []byte(`{}`)); err != nil {
-		t.Fatalf("Command: %v", err)
-	}
-	<-entered
-	closed := make(chan struct{})
-	go func() {
-		a.Close()
-		close(closed)
-	}()
-	close(release)
-	<-closed
-	if !returned.Load() {
-		t.Fatal("Close returned before handle")
-	}
-	if err := a.Command(ctx, []byte(`{}`)); !errors.Is(err, natsbroker.ErrClosed) {
-		t.Fatalf("Command after Close: %v, want ErrClosed", err)
-	}
-	if err := a.HandleCommands(func([]byte) {}); !errors.Is(err, natsbroker.ErrClosed) {
-		t.Fatalf("HandleCommands after Close: %v, want ErrClosed", err)
-	}
+	et.CloseWaitsForHandle(t, a, b, natsbroker.ErrClosed)
 }
 
 // Before the connection is up, Command fails with ErrNotConnected and

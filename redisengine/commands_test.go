@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"testing"
 
 	et "github.com/wshub/wshub/internal/enginetest"
@@ -80,39 +79,9 @@ func TestCommandReachesEveryEngine(t *testing.T) {
 // Command and HandleCommands return ErrClosed.
 func TestCloseWaitsForHandle(t *testing.T) {
 	t.Parallel()
-	ctx := et.Ctx(t)
 	s := et.StartRedis(t)
 	a, b := connect(t, s.URL(), nil), connect(t, s.URL(), nil)
-	entered, release := make(chan struct{}), make(chan struct{})
-	var returned atomic.Bool
-	err := a.HandleCommands(func([]byte) {
-		close(entered)
-		<-release
-		returned.Store(true)
-	})
-	if err != nil {
-		t.Fatalf("HandleCommands: %v", err)
-	}
-	if err := b.Command(ctx, []byte(`{}`)); err != nil {
-		t.Fatalf("Command: %v", err)
-	}
-	<-entered
-	closed := make(chan struct{})
-	go func() {
-		a.Close()
-		close(closed)
-	}()
-	close(release)
-	<-closed
-	if !returned.Load() {
-		t.Fatal("Close returned before handle")
-	}
-	if err := a.Command(ctx, []byte(`{}`)); !errors.Is(err, redisengine.ErrClosed) {
-		t.Fatalf("Command after Close: %v, want ErrClosed", err)
-	}
-	if err := a.HandleCommands(func([]byte) {}); !errors.Is(err, redisengine.ErrClosed) {
-		t.Fatalf("HandleCommands after Close: %v, want ErrClosed", err)
-	}
+	et.CloseWaitsForHandle(t, a, b, redisengine.ErrClosed)
 }
 
 // While Redis is down, Command fails with ErrNotConnected, before the

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"sync/atomic"
 	"testing"
 
 	"github.com/coder/websocket"
@@ -70,5 +71,43 @@ func DisconnectUserAcrossHubs(t *testing.T, nodes []*Node) {
 	}
 	for i, n := range nodes[1:] {
 		Equal(t, fmt.Sprintf("u2's connections on hub %d", i+1), len(n.Hub.ClientsOf("u2")), 1)
+	}
+}
+
+// CloseWaitsForHandle checks an engine's Close against its command
+// handler: a Close while a's handler runs (a command from b) returns only
+// after it, and Command and HandleCommands then fail with closed.
+func CloseWaitsForHandle(t *testing.T, a, b wshub.CommandEngine, closed error) {
+	t.Helper()
+	ctx := Ctx(t)
+	entered, release := make(chan struct{}), make(chan struct{})
+	var returned atomic.Bool
+	err := a.HandleCommands(func([]byte) {
+		close(entered)
+		<-release
+		returned.Store(true)
+	})
+	if err != nil {
+		t.Fatalf("HandleCommands: %v", err)
+	}
+	if err := b.Command(ctx, []byte(`{}`)); err != nil {
+		t.Fatalf("Command: %v", err)
+	}
+	<-entered
+	done := make(chan struct{})
+	go func() {
+		a.Close()
+		close(done)
+	}()
+	close(release)
+	<-done
+	if !returned.Load() {
+		t.Fatal("Close returned before handle")
+	}
+	if err := a.Command(ctx, []byte(`{}`)); !errors.Is(err, closed) {
+		t.Fatalf("Command after Close: %v, want %v", err, closed)
+	}
+	if err := a.HandleCommands(func([]byte) {}); !errors.Is(err, closed) {
+		t.Fatalf("HandleCommands after Close: %v, want %v", err, closed)
 	}
 }
