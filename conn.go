@@ -170,9 +170,8 @@ func (c *Client) dropQueueLocked() {
 func (c *Client) writeLoop() {
 	for {
 		c.mu.Lock()
-		ping := c.pingDue && c.cause == nil
-		c.pingDue = false
-		if ping && len(c.queue) == 0 {
+		if c.pingDue && c.cause == nil { // between two batches: corkConn writes it whole
+			c.pingDue = false
 			c.mu.Unlock()
 			if _, err := c.netConn.Write(pingFrame); err != nil {
 				c.writeFailed(err)
@@ -196,12 +195,6 @@ func (c *Client) writeLoop() {
 		c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
 		c.wakeLocked()
 		c.mu.Unlock()
-		if ping { // between two batches: corkConn writes it whole
-			if _, err := c.netConn.Write(pingFrame); err != nil {
-				c.writeFailed(err)
-				return
-			}
-		}
 
 		c.counts.depth[min(bits.Len(uint(len(batch)-1)), len(depthBounds))].Add(1) // the first bound ≥ len(batch)
 		c.counts.depthSum.Add(uint64(len(batch)))
