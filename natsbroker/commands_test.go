@@ -1,7 +1,6 @@
 package natsbroker_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -27,28 +26,6 @@ func TestLogDisconnectUserAcrossHubs(t *testing.T) {
 	et.DisconnectUserAcrossHubs(t, hubs(startNodes(t, s.ClientURL(), 3, nil, hist, true, et.UserOptions)))
 }
 
-// handled makes b pass its commands to the returned channel.
-func handled(t *testing.T, b *natsbroker.Broker) <-chan string {
-	t.Helper()
-	got := make(chan string, 16)
-	if err := b.HandleCommands(func(cmd []byte) { got <- string(cmd) }); err != nil {
-		t.Fatalf("HandleCommands: %v", err)
-	}
-	return got
-}
-
-// next returns the next command of got.
-func next(ctx context.Context, t *testing.T, got <-chan string) string {
-	t.Helper()
-	select {
-	case cmd := <-got:
-		return cmd
-	case <-ctx.Done():
-		t.Fatal("no command")
-		return ""
-	}
-}
-
 // A command reaches every broker, the sender's included, whether or not
 // the sender confirms its publishes; HandleCommands is called once.
 func TestCommandReachesEveryBroker(t *testing.T) {
@@ -57,7 +34,7 @@ func TestCommandReachesEveryBroker(t *testing.T) {
 	s := startNATS(t, server.RANDOM_PORT)
 	a := connect(t, s.ClientURL(), nil)
 	b := connect(t, s.ClientURL(), &natsbroker.Options{NoConfirm: true})
-	gotA, gotB := handled(t, a), handled(t, b)
+	gotA, gotB := et.HandledCommands(t, a), et.HandledCommands(t, b)
 	if err := a.HandleCommands(func([]byte) {}); err == nil {
 		t.Fatal("a second HandleCommands succeeded")
 	}
@@ -66,8 +43,8 @@ func TestCommandReachesEveryBroker(t *testing.T) {
 		if err := from.Command(ctx, []byte(cmd)); err != nil {
 			t.Fatalf("Command: %v", err)
 		}
-		et.Equal(t, "command on a", next(ctx, t, gotA), cmd)
-		et.Equal(t, "command on b", next(ctx, t, gotB), cmd)
+		et.Equal(t, "command on a", et.NextCommand(ctx, t, gotA), cmd)
+		et.Equal(t, "command on b", et.NextCommand(ctx, t, gotB), cmd)
 	}
 }
 
@@ -111,7 +88,7 @@ func TestCommandsBeforeConnecting(t *testing.T) {
 	if err := b.Command(ctx, []byte(`{}`)); !errors.Is(err, natsbroker.ErrNotConnected) {
 		t.Fatalf("Command before connecting: %v, want ErrNotConnected", err)
 	}
-	got := handled(t, b)
+	got := et.HandledCommands(t, b)
 
 	s := startNATS(t, port)
 	et.Eventually(t, "the subscription to commands", func() bool {
@@ -121,5 +98,5 @@ func TestCommandsBeforeConnecting(t *testing.T) {
 	if err := other.Command(ctx, []byte(`{"late":true}`)); err != nil {
 		t.Fatalf("Command: %v", err)
 	}
-	et.Equal(t, "command", next(ctx, t, got), `{"late":true}`)
+	et.Equal(t, "command", et.NextCommand(ctx, t, got), `{"late":true}`)
 }

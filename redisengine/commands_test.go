@@ -1,7 +1,6 @@
 package redisengine_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"testing"
@@ -32,28 +31,6 @@ func connect(t *testing.T, url string, opts *redisengine.Options) *redisengine.E
 	return e
 }
 
-// handled makes e pass its commands to the returned channel.
-func handled(t *testing.T, e *redisengine.Engine) <-chan string {
-	t.Helper()
-	got := make(chan string, 16)
-	if err := e.HandleCommands(func(cmd []byte) { got <- string(cmd) }); err != nil {
-		t.Fatalf("HandleCommands: %v", err)
-	}
-	return got
-}
-
-// next returns the next command of got.
-func next(ctx context.Context, t *testing.T, got <-chan string) string {
-	t.Helper()
-	select {
-	case cmd := <-got:
-		return cmd
-	case <-ctx.Done():
-		t.Fatal("no command")
-		return ""
-	}
-}
-
 // A command reaches every engine, the sender's included, in order with
 // the sender's publishes; HandleCommands is called once.
 func TestCommandReachesEveryEngine(t *testing.T) {
@@ -61,7 +38,7 @@ func TestCommandReachesEveryEngine(t *testing.T) {
 	ctx := et.Ctx(t)
 	s := et.StartRedis(t)
 	a, b := connect(t, s.URL(), nil), connect(t, s.URL(), nil)
-	gotA, gotB := handled(t, a), handled(t, b)
+	gotA, gotB := et.HandledCommands(t, a), et.HandledCommands(t, b)
 	if err := a.HandleCommands(func([]byte) {}); err == nil {
 		t.Fatal("a second HandleCommands succeeded")
 	}
@@ -70,8 +47,8 @@ func TestCommandReachesEveryEngine(t *testing.T) {
 		if err := from.Command(ctx, []byte(cmd)); err != nil {
 			t.Fatalf("Command: %v", err)
 		}
-		et.Equal(t, "command on a", next(ctx, t, gotA), cmd)
-		et.Equal(t, "command on b", next(ctx, t, gotB), cmd)
+		et.Equal(t, "command on a", et.NextCommand(ctx, t, gotA), cmd)
+		et.Equal(t, "command on b", et.NextCommand(ctx, t, gotB), cmd)
 	}
 }
 
@@ -96,7 +73,7 @@ func TestCommandsWhileUnreachable(t *testing.T) {
 	if err := e.Command(ctx, []byte(`{}`)); !errors.Is(err, redisengine.ErrNotConnected) {
 		t.Fatalf("Command before connecting: %v, want ErrNotConnected", err)
 	}
-	got := handled(t, e)
+	got := et.HandledCommands(t, e)
 
 	s.Start()
 	ch := e.Key("", "cmd")
@@ -105,7 +82,7 @@ func TestCommandsWhileUnreachable(t *testing.T) {
 	if err := other.Command(ctx, []byte(`{"late":true}`)); err != nil {
 		t.Fatalf("Command: %v", err)
 	}
-	et.Equal(t, "command", next(ctx, t, got), `{"late":true}`)
+	et.Equal(t, "command", et.NextCommand(ctx, t, got), `{"late":true}`)
 
 	s.Kill()
 	if err := other.Command(ctx, []byte(`{}`)); !errors.Is(err, redisengine.ErrNotConnected) && !errors.Is(err, redisengine.ErrUnconfirmed) {

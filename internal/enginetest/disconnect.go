@@ -1,6 +1,7 @@
 package enginetest
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/http"
@@ -109,5 +110,27 @@ func CloseWaitsForHandle(t *testing.T, a, b wshub.CommandEngine, closed error) {
 	}
 	if err := a.HandleCommands(func([]byte) {}); !errors.Is(err, closed) {
 		t.Fatalf("HandleCommands after Close: %v, want %v", err, closed)
+	}
+}
+
+// HandledCommands makes e pass its commands to the returned channel.
+func HandledCommands(t *testing.T, e wshub.CommandEngine) <-chan string {
+	t.Helper()
+	got := make(chan string, 16)
+	if err := e.HandleCommands(func(cmd []byte) { got <- string(cmd) }); err != nil {
+		t.Fatalf("HandleCommands: %v", err)
+	}
+	return got
+}
+
+// NextCommand returns the next command of got, failing when ctx ends.
+func NextCommand(ctx context.Context, t *testing.T, got <-chan string) string {
+	t.Helper()
+	select {
+	case cmd := <-got:
+		return cmd
+	case <-ctx.Done():
+		t.Fatal("no command")
+		return ""
 	}
 }
