@@ -128,7 +128,7 @@ func scaleScenario() scenario {
 				"RSS and heap+stack: growth of the server's VmRSS, and HeapInuse+StackInuse, from before the first connection to after the last join, each after runtime.GC twice and debug.FreeOSMemory, per connection. "+
 				"idle CPU: the server's utime+stime (/proc/PID/stat) over %v of idle after that, in cores; RSS after idle: the RSS growth again after it (one-room layout only). "+
 				"fan-out: %d rounds, each one server-side Room.Broadcast of a 111-byte payload (a 150-byte frame) to the room, or one to each room back to back, the next round once every client got it and %v after; a delivery's time is its arrival minus the round's start; p50, p99 and last (arrival of the last of %s) per round, the median of each over the rounds; deliveries/s is %s over last; Broadcast calls: from the round's start until its last Broadcast returned, median over the rounds; server CPU: the server's utime+stime over all the rounds, keepalive included, per delivery. "+
-				"One run per layout (-runs does not apply); the clients share the machine with the server. With -profile, the server's CPU profile covers the rounds.",
+				"One run per layout (-runs does not apply); the clients share the machine with the server. With -profile, the server's CPU profile covers the idle window (scale-idle-…) and, apart, the rounds.",
 				format(float64(cfg.scaleN), 0), cfg.scaleProcs, rooms, scaleRoomSize, scaleDialsInFlight, cfg.scaleIdle, cfg.scaleMessages, scaleRoundGap,
 				format(float64(cfg.scaleN), 0), format(float64(cfg.scaleN), 0))
 		},
@@ -513,7 +513,14 @@ func runScaleOnce(ctx context.Context, cfg *config, l scaleLayout, log io.Writer
 		if err != nil {
 			return out, fmt.Errorf("server: %w", err)
 		}
+		prof, err := startProfile(cfg, rm, "scale-idle", strings.NewReplacer(" ", "-", ",", "").Replace(l.label()))
+		if err != nil {
+			return out, fmt.Errorf("server: %w", err)
+		}
 		if out.values["idle"], err = idleCPU(ctx, rm, l.idle); err != nil {
+			return out, fmt.Errorf("server: %w", err)
+		}
+		if err := prof.stop(); err != nil {
 			return out, fmt.Errorf("server: %w", err)
 		}
 		m1, err := rm.stats(false)
