@@ -30,7 +30,8 @@ type Client struct {
 	// goroutine waits for them before the client is forgotten.
 	writers   sync.WaitGroup
 	closeOnce sync.Once
-	pinger    *time.Timer
+	slot      *pingSlot // the keepalive slot, under its lock (keepalive.go)
+	slotAt    int32     // c's index in it
 
 	filter *pongFilter   // netConn's: takes pongs off the inbound stream (keepalive.go)
 	br     *bufio.Reader // coder/websocket's reader
@@ -56,6 +57,7 @@ type Client struct {
 	spare       [][]byte      // the writer's previous batch, reused
 	writing     bool          // a writer goroutine is running
 	pingDue     bool          // the writer writes a ping first
+	pingFrom    int           // from this byte of pingFrame: a ping may be cut off by a full socket
 	parked      bool          // the reader is parked: no goroutine reads (park.go)
 	armed       bool          // fd is in the poller's set
 	closeCode   websocket.StatusCode
@@ -89,7 +91,7 @@ type Client struct {
 func newClient(h *Hub, conn *websocket.Conn, hw *hijackWriter, id Identity) *Client {
 	c := &Client{hub: h, conn: conn, netConn: hw.cork, filter: &hw.cork.filter, br: hw.br, fd: -1,
 		id: id.ID, expires: id.Expires, counts: h.m.shard()}
-	c.fd = sysFD(hw.cork.Conn)
+	c.fd, c.netConn.raw = sysFD(hw.cork.Conn)
 	if c.id == "" && !h.tokenFirst() {
 		c.id = newID()
 	}

@@ -171,9 +171,10 @@ func (c *Client) writeLoop() {
 	for {
 		c.mu.Lock()
 		if c.pingDue && c.cause == nil { // between two batches: corkConn writes it whole
-			c.pingDue = false
+			from := c.pingFrom
+			c.pingDue, c.pingFrom = false, 0
 			c.mu.Unlock()
-			if _, err := c.netConn.Write(pingFrame); err != nil {
+			if _, err := c.netConn.Write(pingFrame[from:]); err != nil {
 				c.writeFailed(err)
 				return
 			}

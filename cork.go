@@ -4,6 +4,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -25,6 +26,7 @@ type corkConn struct {
 	// connection; the reader's goroutine clears it with its first Read.
 	filter pongFilter
 	early  atomic.Bool
+	raw    syscall.RawConn // for writes that must not wait (tryWrite); nil if none
 
 	mu       sync.Mutex
 	deadline time.Time // the socket's write deadline
@@ -74,6 +76,31 @@ func (c *corkConn) writeLocked(p []byte) (int, error) {
 	n, err := c.Conn.Write(p)
 	c.written += int64(n)
 	return n, err
+}
+
+// tryWrite writes p with io, on a goroutine that holds the client's
+// writer's turn, unless it would wait: for the socket's buffer, or for
+// another write. It returns how many bytes of p it wrote. A write deadline
+// that has passed is cleared first: the write cannot wait, and the next
+// writer's sets its own.
+func (c *corkConn) tryWrite(io *rawIO, p []byte) int {
+	if c.raw == nil || !c.mu.TryLock() {
+		return 0
+	}
+	defer c.mu.Unlock()
+	if c.closing || c.corked {
+		return 0
+	}
+	if !c.deadline.IsZero() && time.Now().After(c.deadline) {
+		c.deadline = time.Time{}
+		if c.Conn.SetWriteDeadline(c.deadline) != nil {
+			return 0
+		}
+	}
+	n := io.write(c.raw, p)
+	c.taken.Add(int64(n))
+	c.written += int64(n)
+	return n
 }
 
 // progress returns how many bytes Write was given and how many of those

@@ -2,8 +2,8 @@ package wshub
 
 import "time"
 
-// PingNow starts a keepalive ping of c at once, as its timer would.
-func PingNow(c *Client) { c.ping() }
+// PingNow pings c at once, as the hub's keepalive would.
+func PingNow(c *Client) { c.ping(newRawIO(nil)) }
 
 // SetAdmitFloor sets how many upgrades per interval h lets in while its
 // process is overloaded; call it before h serves.

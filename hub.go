@@ -79,7 +79,8 @@ type Hub struct {
 
 	bufPool sync.Pool // *[]byte: batch frames and corkConn's pending bytes
 
-	poll poller // watches parked clients' sockets (park.go)
+	poll poller    // watches parked clients' sockets (park.go)
+	keep keepalive // pings the clients (keepalive.go)
 }
 
 // New returns a hub that passes application messages to handler (which may
@@ -344,6 +345,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	h.release()
 	select {
 	case <-h.drained:
+		h.keep.close()
 		h.poll.close()
 		h.closeEngine()
 		return nil
@@ -398,6 +400,7 @@ func (h *Hub) Close() error {
 	g.Wait()
 	h.release()
 	<-h.drained
+	h.keep.close()
 	h.poll.close()
 	h.closeEngine()
 	return nil

@@ -4,19 +4,23 @@ import (
 	"errors"
 	"io"
 	"math/rand/v2"
+	"sync"
 	"sync/atomic"
 	"time"
 )
 
 // Keepalive. The hub pings each client every PingInterval and closes one
-// that has not answered the last ping by the next. The first ping of each
-// client comes at a random point of its first interval, so that a hub's
-// pings are spread over the interval instead of going out in bursts of
-// the clients that connected together. A ping is two bytes the client's
-// writer writes between frames; its answer is taken off the inbound
-// stream by a pongFilter, under coder/websocket's reader, before coder
-// sees it. So a ping allocates nothing, and answering one does not keep an
-// idle client's reader awake (park.go).
+// that has not answered the last ping by the next. One goroutine per hub
+// (keepalive) pings a slot of clients a tick; each client's slot is drawn
+// when it connects, so its first ping comes at a random point of its
+// first interval and a hub's pings are spread over the interval instead
+// of going out in bursts of the clients that connected together. A ping
+// is two bytes: written by that goroutine, without waiting, when the
+// client's writer is idle; else by the writer, between frames. Its answer
+// is taken off the inbound stream by a pongFilter before coder/websocket
+// sees it: under coder's reader, or, for a parked client, by the poller,
+// which then leaves the reader parked (park.go). So an idle client's ping
+// and pong allocate nothing and start no goroutine.
 
 // pingFrame is a ping without payload: FIN and opcode 9; a server's
 // frames are not masked.
@@ -42,11 +46,19 @@ type pongFilter struct {
 	remaining int64    // payload bytes of the current frame not read yet
 	skipping  bool     // the current frame is a pong
 	probing   bool     // Read reads once, and says errNothing if it was only pongs
+	pending   []byte   // read by the poller, passed (takePongs): to be read first
 }
 
 // Read reads from src into p and returns what is not a pong, waiting for
 // more while only pongs come (unless probing).
 func (f *pongFilter) Read(p []byte) (int, error) {
+	if len(f.pending) > 0 {
+		n := copy(p, f.pending)
+		if f.pending = f.pending[n:]; len(f.pending) == 0 {
+			f.pending = nil
+		}
+		return n, nil
+	}
 	for {
 		if f.emit { // a header read alone, of a frame to pass
 			n := copy(p, f.carry[f.out:f.carried])
@@ -207,11 +219,111 @@ func frameHeader(b []byte) (size int, payload int64, ok bool) {
 	return size, payload, true
 }
 
+// keepalive pings the hub's clients from one goroutine: a wheel of
+// slots, one slot a tick, a turn every PingInterval. Each client sits in a
+// slot drawn at random when it connects, so its first ping comes at a
+// random point of its first interval and a hub's pings go out a slot at a
+// time, spread over the interval; there is no timer per client. The
+// goroutine starts with the hub's first client and ends with the hub.
+type keepalive struct {
+	once      sync.Once
+	closeOnce sync.Once
+	slots     []pingSlot
+	stop      chan struct{}
+	done      chan struct{}
+}
+
+type pingSlot struct {
+	mu      sync.Mutex
+	clients []*Client // each at its Client.slotAt
+}
+
+// pingTick is the least time between two slots: shorter intervals have
+// fewer slots, down to one.
+const (
+	pingTick  = 100 * time.Millisecond
+	pingSlots = 128 // at most; 234 ms apart for the default interval
+)
+
+// add puts c in a random slot, starting the goroutine with the first
+// client.
+func (k *keepalive) add(h *Hub, c *Client) {
+	d := h.opts.PingInterval
+	if d <= 0 {
+		return
+	}
+	k.once.Do(func() {
+		n := int(min(max(d/pingTick, 1), pingSlots))
+		k.slots = make([]pingSlot, n)
+		k.stop, k.done = make(chan struct{}), make(chan struct{})
+		go k.run(d / time.Duration(n))
+	})
+	if k.slots == nil { // the hub closed first
+		return
+	}
+	s := &k.slots[rand.N(len(k.slots))]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c.slot, c.slotAt = s, int32(len(s.clients))
+	s.clients = append(s.clients, c)
+}
+
+// remove takes c out of its slot.
+func (k *keepalive) remove(c *Client) {
+	s := c.slot
+	if s == nil {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	last := len(s.clients) - 1
+	moved := s.clients[last]
+	s.clients[c.slotAt], moved.slotAt = moved, c.slotAt
+	s.clients[last] = nil
+	s.clients = s.clients[:last]
+	c.slot = nil
+}
+
+func (k *keepalive) run(tick time.Duration) {
+	defer close(k.done)
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	io := newRawIO(nil)
+	var batch []*Client
+	for i := 0; ; i = (i + 1) % len(k.slots) {
+		select {
+		case <-k.stop:
+			return
+		case <-t.C:
+		}
+		s := &k.slots[i]
+		s.mu.Lock()
+		batch = append(batch[:0], s.clients...)
+		s.mu.Unlock()
+		for _, c := range batch {
+			c.ping(io)
+		}
+		clear(batch)
+	}
+}
+
+// close ends the goroutine; no ping goes out after.
+func (k *keepalive) close() {
+	k.once.Do(func() {}) // none starts after
+	k.closeOnce.Do(func() {
+		if k.stop != nil {
+			close(k.stop)
+			<-k.done
+		}
+	})
+}
+
 // ping checks that the peer answered the last ping, and pings it again.
-// It runs on the pinger timer's goroutine, which writes the ping itself
-// when the client's writer is idle: no allocation, no goroutine of its
-// own.
-func (c *Client) ping() {
+// When the client's writer is idle, the ping is written here, with one
+// write that does not wait (io's), and allocates nothing; when that
+// cannot be done, or messages came meanwhile, a writer goroutine takes
+// over. A busy writer writes the ping between two batches.
+func (c *Client) ping(io *rawIO) {
 	c.mu.Lock()
 	if c.cause != nil {
 		c.mu.Unlock()
@@ -222,30 +334,38 @@ func (c *Client) ping() {
 		c.abort(ErrPongTimeout)
 		return
 	}
-	c.pingDue = true
-	c.pinger.Reset(c.hub.opts.PingInterval)
-	write := !c.writing
-	if write {
-		c.writing = true
-		c.hub.hold()
-		c.writers.Add(1)
-	}
-	c.mu.Unlock()
-	if write {
-		defer c.writers.Done()
-		defer c.hub.release()
-		c.writeLoop()
-	}
-}
-
-// startPinger sets the client's first ping at a random point of its first
-// interval.
-func (c *Client) startPinger() {
-	d := c.hub.opts.PingInterval
-	if d <= 0 {
+	if c.writing {
+		c.pingDue = true
+		c.mu.Unlock()
 		return
 	}
-	c.mu.Lock() // ping reads c.pinger under c.mu
-	c.pinger = time.AfterFunc(rand.N(d)+1, c.ping)
+	c.writing = true // the writer's turn is this goroutine's
+	c.hub.hold()
+	c.writers.Add(1)
 	c.mu.Unlock()
+	n := 0
+	if io != nil {
+		n = c.netConn.tryWrite(io, pingFrame)
+	}
+	c.mu.Lock()
+	if n < len(pingFrame) {
+		c.pingDue, c.pingFrom = true, n
+	}
+	if c.pingDue || len(c.queue) > 0 || c.cause != nil {
+		c.mu.Unlock()
+		go c.writeRun()
+		return
+	}
+	c.writing = false
+	c.mu.Unlock()
+	c.writers.Done()
+	c.hub.release()
+}
+
+// writeRun runs writeLoop on a goroutine the client's group and the hub
+// count already.
+func (c *Client) writeRun() {
+	defer c.writers.Done()
+	defer c.hub.release()
+	c.writeLoop()
 }

@@ -130,3 +130,49 @@ func TestPongFilterProbes(t *testing.T) {
 		}
 	}
 }
+
+// TestPingSlotsSpread checks that the keepalive spreads clients over its
+// slots, so that pings go out a slot at a time, and that taking clients
+// out keeps each slot's index right.
+func TestPingSlotsSpread(t *testing.T) {
+	h := New(nil, &Options{})
+	defer h.Close()
+	const n = 100 * pingSlots
+	cs := make([]*Client, n)
+	for i := range cs {
+		cs[i] = &Client{cause: ErrClientClosed} // the sweep passes them by
+		h.keep.add(h, cs[i])
+	}
+	if len(h.keep.slots) != pingSlots {
+		t.Fatalf("%d slots for the default interval, want %d", len(h.keep.slots), pingSlots)
+	}
+	check := func(want int) {
+		t.Helper()
+		total := 0
+		for i := range h.keep.slots {
+			s := &h.keep.slots[i]
+			s.mu.Lock()
+			k := len(s.clients)
+			for j, c := range s.clients {
+				if c.slot != s || int(c.slotAt) != j {
+					t.Fatalf("slot %d: client %d says slot %p at %d", i, j, c.slot, c.slotAt)
+				}
+			}
+			s.mu.Unlock()
+			// 100 on average, binomial: 5 standard deviations either side.
+			if lo, hi := want/pingSlots-5*10, want/pingSlots+5*10; k < lo || k > hi {
+				t.Errorf("slot %d has %d clients, want %d to %d", i, k, lo, hi)
+			}
+			total += k
+		}
+		if total != want {
+			t.Fatalf("%d clients in the slots, want %d", total, want)
+		}
+	}
+	check(n)
+	for i := 0; i < n; i += 2 {
+		h.keep.remove(cs[i])
+		h.keep.remove(cs[i]) // again: nothing
+	}
+	check(n / 2)
+}

@@ -164,8 +164,10 @@ type Limits struct {
 
 	// PingInterval: a client that has not answered a ping by the next is
 	// closed with ErrPongTimeout. Each client's first ping comes at a
-	// random point of its first interval, so that pings are spread. Keep it above WriteTimeout and what a
-	// Handler blocks. Default: 30s; negative disables pings.
+	// random point of its first interval, so that pings are spread (the
+	// hub pings one of up to 128 groups of its clients at a time, at most
+	// every 100 ms). Keep it above WriteTimeout and what a Handler blocks.
+	// Default: 30s; negative disables pings.
 	PingInterval time.Duration
 
 	MaxClients int // connected clients; past it, upgrades get 503. Default: none

@@ -10,12 +10,14 @@ import (
 // costs. So when a client's reader has handled what came and nothing more
 // is buffered, it parks: it asks the hub's poller to watch the socket, and
 // its goroutine ends. When bytes come (or the peer closes), the poller
-// starts a new one, which reads them: if they were only pongs, it parks
-// again at once, else it goes on as before. Closing a parked client wakes
-// it, so that its reader sees the close and cleans up.
+// reads them without waiting (takePongs): if they were only pongs, the
+// socket is watched again and no goroutine starts; else it starts a new
+// reader, which reads what the poller read first and goes on as before.
+// Closing a parked client wakes it, so that its reader sees the close and
+// cleans up.
 //
 // The parked flag, under Client.mu, says who owns the reader: whoever
-// turns it from true to false starts the goroutine. Only clients on a
+// turns it from true to false reads, or starts the goroutine. Only clients on a
 // socket the poller can watch park (TCP on Linux, without TLS); others
 // keep their reader, as do all where the poller is not available.
 
@@ -23,20 +25,21 @@ import (
 var errParked = errors.New("wshub: parked")
 
 // sysFD returns the socket under conn, or -1 if the poller cannot watch
-// it. The number is used only while the client holds the connection open:
+// it, and the RawConn for reads and writes that must not wait (rawIO).
+// The number is used only while the client holds the connection open:
 // every use is under Client.mu, before its close begins.
-func sysFD(conn any) int32 {
+func sysFD(conn any) (int32, syscall.RawConn) {
 	sc, ok := conn.(syscall.Conn)
 	if !ok {
-		return -1
+		return -1, nil
 	}
 	rc, err := sc.SyscallConn()
 	if err != nil {
-		return -1
+		return -1, nil
 	}
 	fd := int32(-1)
 	rc.Control(func(s uintptr) { fd = int32(s) })
-	return fd
+	return fd, rc
 }
 
 // mayPark reports whether the reader may park: nothing is buffered above
@@ -47,7 +50,7 @@ func (c *Client) mayPark() bool {
 	}
 	c.readMu.Lock()
 	defer c.readMu.Unlock()
-	return c.br.Buffered() == 0
+	return c.br.Buffered() == 0 && len(c.filter.pending) == 0
 }
 
 // park hands the client's socket to the poller, unless the client is
@@ -72,14 +75,6 @@ func (c *Client) wakeReaderLocked() {
 		c.parked = false
 		go c.serve(true)
 	}
-}
-
-// woken is the poller's call when a parked client's socket has bytes or
-// was closed.
-func (c *Client) woken() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.wakeReaderLocked()
 }
 
 // probe reads what woke a parked reader, and reports whether it was only

@@ -7,10 +7,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -265,4 +267,68 @@ func TestPongsTakenOffTheStream(t *testing.T) {
 		}
 	}
 	equal(t, "clients", h.Stats().Clients, 1)
+}
+
+// TestIdlePingsAllocateNothing checks that keeping idle clients alive
+// allocates nothing: the hub's keepalive writes the pings, its poller
+// takes the pongs while the readers stay parked. The peers here answer
+// each ping with a pong and allocate nothing either, so what the process
+// allocates over hundreds of pings is the hub's.
+func TestIdlePingsAllocateNothing(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("readers park on Linux only")
+	}
+	const n = 100
+	h := wshub.New(nil, &wshub.Options{AuthorizeJoin: allowAll, Limits: wshub.Limits{PingInterval: 200 * time.Millisecond}})
+	ts := serve(t, h)
+	ctx := testCtx(t)
+	const warm, end = 2 * n, 7 * n // pings: after a round or two, then 5 more
+	var pings atomic.Int64
+	warmed, ended := make(chan struct{}), make(chan struct{})
+	pong := frame(0xA, nil)
+	for range n {
+		r := dialRaw(t, ts.URL)
+		go func() {
+			h := make([]byte, 2)
+			for {
+				if _, err := io.ReadFull(r.br, h); err != nil {
+					return // closed at the test's end
+				}
+				if h[0] != 0x89 || h[1] != 0 {
+					t.Errorf("got a frame %x, want an empty ping", h)
+					return
+				}
+				if _, err := r.conn.Write(pong); err != nil {
+					return
+				}
+				switch pings.Add(1) {
+				case warm:
+					close(warmed)
+				case end:
+					close(ended)
+				}
+			}
+		}()
+	}
+	var m0, m1 runtime.MemStats
+	select {
+	case <-warmed:
+	case <-ctx.Done():
+		t.Fatal("no pings")
+	}
+	runtime.ReadMemStats(&m0)
+	p0 := pings.Load()
+	select {
+	case <-ended:
+	case <-ctx.Done():
+		t.Fatal("pings stopped")
+	}
+	runtime.ReadMemStats(&m1)
+	p1 := pings.Load()
+	allocs, answered := m1.Mallocs-m0.Mallocs, p1-p0
+	t.Logf("%d allocations over %d pings answered", allocs, answered)
+	if allocs*20 > uint64(answered) {
+		t.Fatalf("%d allocations over %d pings, want none (at most one in 20 pings, for the runtime's own)", allocs, answered)
+	}
+	equal(t, "clients", h.Stats().Clients, n)
 }

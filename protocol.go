@@ -18,7 +18,7 @@ import (
 // run serves the client on its read goroutine until it disconnects or
 // parks (park.go).
 func (c *Client) run() {
-	c.startPinger()
+	c.hub.keep.add(c.hub, c)
 	c.started()
 	c.serve(false)
 }
@@ -43,9 +43,7 @@ func (c *Client) finish(err error) {
 		err = ce // the peer closed: its status and reason are the whole story
 	}
 	c.closeWith(0, "", err, false)
-	if c.pinger != nil {
-		c.pinger.Stop()
-	}
+	h.keep.remove(c)
 	c.mu.Lock()
 	if c.authStop != nil {
 		c.authStop()
