@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"os"
+	"os/exec"
 	"reflect"
 	"slices"
 	"strings"
@@ -90,6 +94,98 @@ func TestContenders(t *testing.T) {
 	}
 }
 
+// TestCount checks that the client counts the messages of a frame by
+// their "ts" keys: one message, the newline-joined frame of gorilla's
+// chat example (gorilla-batch) and centrifuge's merged replies, a
+// wshub.json-batch array, and frames without a payload.
+func TestCount(t *testing.T) {
+	one := newPayload()
+	joined := bytes.Join([][]byte{newPayload(), newPayload(), newPayload()}, []byte("\n"))
+	array := []byte("[" + string(one) + "," + string(one) + "]")
+	for _, tc := range []struct {
+		name   string
+		data   []byte
+		want   int64
+		frames int64
+	}{
+		{"one message", one, 1, 1},
+		{"newline-joined", joined, 3, 1},
+		{"json-batch array", array, 2, 1},
+		{"ack", []byte(`{"type":"ack","id":"j"}`), 0, 0},
+	} {
+		var c client
+		c.count(tc.data)
+		if got, frames := c.received.Load(), c.frames.Load(); got != tc.want || frames != tc.frames {
+			t.Errorf("%s: counted %d messages in %d frames, want %d in %d", tc.name, got, frames, tc.want, tc.frames)
+		}
+	}
+}
+
+// TestGorillaBatch checks that the gorilla-batch writePump writes the
+// messages queued for a client as one frame, newline-separated, as
+// gorilla's chat example does, and the gorilla one a frame per message:
+// the send channel is filled before the writePump starts.
+func TestGorillaBatch(t *testing.T) {
+	msgs := [][]byte{newPayload(), newPayload(), newPayload(), newPayload(), newPayload()}
+	for name, want := range map[string][][]byte{
+		"gorilla":       msgs,
+		"gorilla-batch": {bytes.Join(msgs, []byte("\n"))},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c, err := findContender(name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			srv, err := c.server()
+			if err != nil {
+				t.Fatal(err)
+			}
+			h := srv.(*gorillaHub)
+			defer h.close()
+			hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				conn, err := h.upgrader.Upgrade(w, r, nil)
+				if err != nil {
+					return
+				}
+				cl := &gorillaClient{hub: h, conn: conn, send: make(chan []byte, len(msgs))}
+				for _, m := range msgs {
+					cl.send <- m
+				}
+				close(cl.send) // the writePump then sends a close frame
+				cl.writePump()
+			}))
+			defer hs.Close()
+			conn, _, err := websocket.DefaultDialer.Dial("ws"+strings.TrimPrefix(hs.URL, "http"), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+			var got [][]byte
+			for {
+				_, data, err := conn.ReadMessage()
+				if err != nil {
+					if !websocket.IsCloseError(err, websocket.CloseNoStatusReceived) {
+						t.Errorf("read: %v", err)
+					}
+					break
+				}
+				got = append(got, data)
+			}
+			if !reflect.DeepEqual(got, want) {
+				t.Errorf("frames %q, want %q", got, want)
+			}
+			var cl client
+			for _, f := range got {
+				cl.count(f)
+			}
+			if cl.received.Load() != int64(len(msgs)) {
+				t.Errorf("client counted %d messages, want %d", cl.received.Load(), len(msgs))
+			}
+		})
+	}
+}
+
 func TestHistogram(t *testing.T) {
 	var h histogram
 	for v := range int64(10000) {
@@ -168,6 +264,80 @@ func TestSelectContenders(t *testing.T) {
 	}
 	if got, want := names(some), []string{"wshub", "wshub-history"}; !slices.Equal(got, want) {
 		t.Errorf("selection %v, want %v", got, want)
+	}
+}
+
+// TestFanoutSizes checks -fanout-sizes and that naming fanout-N in
+// -scenario is enough to run that table, alone.
+func TestFanoutSizes(t *testing.T) {
+	for _, tc := range []struct {
+		sizes, scenario string
+		want            []int
+		tables          []string // the scenarios that -scenario selects
+	}{
+		{"100,1000", "", []int{100, 1000}, []string{"fanout-100", "fanout-1000"}},
+		{"100,1000", "fanout", []int{100, 1000}, []string{"fanout-100", "fanout-1000"}},
+		{"100,1000", "fanout-10000", []int{100, 1000, 10000}, []string{"fanout-10000"}},
+		{"10000", "fanout-10000", []int{10000}, []string{"fanout-10000"}},
+		{"10000, 100,1000,100", "fanout", []int{100, 1000, 10000}, []string{"fanout-100", "fanout-1000", "fanout-10000"}},
+		{"100,1000,10000", "fanout-1000", []int{100, 1000, 10000}, []string{"fanout-1000"}},
+		{"100,1000", "fanout-100,fanout-500, latency", []int{100, 500, 1000}, []string{"fanout-100", "fanout-500", "latency"}},
+	} {
+		got, err := fanoutSizesOf(tc.sizes, tc.scenario)
+		if err != nil || !slices.Equal(got, tc.want) {
+			t.Errorf("-fanout-sizes %q -scenario %q: %v, %v; want %v", tc.sizes, tc.scenario, got, err, tc.want)
+			continue
+		}
+		if tc.scenario == "" {
+			continue
+		}
+		cfg := testConfig(nil)
+		cfg.fanout = got
+		scs, err := selectScenarios(scenarios(cfg), tc.scenario)
+		if err != nil {
+			t.Errorf("-scenario %q: %v", tc.scenario, err)
+			continue
+		}
+		var ids []string
+		for _, sc := range scs {
+			ids = append(ids, sc.id)
+		}
+		if !slices.Equal(ids, tc.tables) {
+			t.Errorf("-fanout-sizes %q -scenario %q selects %v, want %v", tc.sizes, tc.scenario, ids, tc.tables)
+		}
+	}
+	for _, bad := range []string{"", "100,x", "0", "-5", "100,1000000"} {
+		if got, err := fanoutSizesOf(bad, ""); err == nil {
+			t.Errorf("-fanout-sizes %q: %v, want an error", bad, got)
+		}
+	}
+	if _, err := fanoutSizesOf("100", "fanout-1000000"); err == nil {
+		t.Error("-scenario fanout-1000000: no error about the open files")
+	}
+}
+
+// TestRemoteCPU checks the CPU time that the parent reads in /proc
+// against getrusage, on this process: the same to a few clock ticks.
+func TestRemoteCPU(t *testing.T) {
+	p, err := os.FindProcess(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rm := &remote{cmd: &exec.Cmd{Process: p}}
+	before, ok := rm.cpu()
+	if !ok {
+		t.Skip("no /proc")
+	}
+	r0 := cpuTime()
+	x := 0
+	for deadline := time.Now().Add(100 * time.Millisecond); time.Now().Before(deadline); {
+		x++ // spin
+	}
+	after, _ := rm.cpu()
+	r1 := cpuTime()
+	got, want := time.Duration(after-before), time.Duration(r1-r0)
+	if d := got - want; d > 30*time.Millisecond || d < -30*time.Millisecond || x == 0 {
+		t.Errorf("/proc says %v of CPU, getrusage %v", got, want)
 	}
 }
 

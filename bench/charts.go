@@ -181,7 +181,7 @@ func hasFigures(g barGroup) bool {
 var (
 	colours = map[string]string{
 		"coder": "#8c8c8c", "wshub": "#2f6db5", "wshub-batch": "#86b4e8", "wshub-history": "#76b7b2",
-		"melody": "#f28e2b", "gorilla": "#59a14f", "centrifuge": "#b07aa1",
+		"melody": "#f28e2b", "gorilla": "#59a14f", "gorilla-batch": "#8cd17d", "centrifuge": "#b07aa1",
 	}
 	spare = []string{"#8c8c8c", "#2f6db5", "#f28e2b", "#59a14f", "#b07aa1", "#e15759", "#edc948", "#76b7b2"}
 )

@@ -146,7 +146,9 @@ func testConfig(rates []int) *config {
 // no chart without figures.
 func TestCharts(t *testing.T) {
 	scs := make(map[string]scenario)
-	for _, sc := range scenarios(testConfig([]int{50, 200})) {
+	cfg := testConfig([]int{50, 200})
+	cfg.fanout = append(cfg.fanout, 10000) // a third fan-out group
+	for _, sc := range scenarios(cfg) {
 		scs[sc.id] = sc
 	}
 	names := contenderNames(false)
@@ -161,6 +163,7 @@ func TestCharts(t *testing.T) {
 	}
 	add("fanout-100", names, map[string]float64{"rate": 200e3, "cpu": 5})
 	add("fanout-1000", names, map[string]float64{"rate": 150e3})
+	add("fanout-10000", names, map[string]float64{"rate": 120e3})
 	add("latency-50", names, map[string]float64{"p50": 300, "p99": 900, "rate": 5000})
 	add("latency-200", names, map[string]float64{"p50": 500, "p99": 2000})
 	add("rooms", names, map[string]float64{"rate": 1e6})
@@ -200,6 +203,7 @@ func TestCharts(t *testing.T) {
 	}
 	expect("fanout.svg", "N = 100", names, 200e3, 1)
 	expect("fanout.svg", "N = 1,000", names, 150e3, 1)
+	expect("fanout.svg", "N = 10,000", names, 120e3, 1)
 	expect("latency.svg", "p50, 50 publishes/s", names, 300, 1)
 	expect("latency.svg", "p99, 50 publishes/s", names, 900, 1)
 	expect("latency.svg", "p50, 200 publishes/s", names, 500, 1)

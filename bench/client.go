@@ -17,8 +17,9 @@ import (
 // client is the shared benchmark client, a gorilla/websocket connection
 // whose read loop counts deliveries. It counts the messages in a frame by
 // the "ts" key of the payload, so a frame carrying a batch of messages
-// (wshub.json-batch arrays, centrifuge's newline-separated replies) counts
-// each of them, and frames without a payload (acks, replies) count nothing.
+// (wshub.json-batch arrays, centrifuge's newline-separated replies,
+// gorilla-batch's newline-joined messages) counts each of them, and frames
+// without a payload (acks, replies) count nothing.
 type client struct {
 	conn     *websocket.Conn
 	room     int

@@ -12,10 +12,14 @@ import (
 // one hub goroutine owns the rooms and takes register, unregister and
 // broadcast requests on channels; each client has a buffered send channel
 // drained by its writePump and a readPump on the handler goroutine. A
-// client whose channel is full is dropped by the hub. Unlike the example,
-// each message is its own frame (the example joins queued messages with
-// newlines, which a JSON client cannot tell from one message).
+// client whose channel is full is dropped by the hub. In the gorilla row
+// each message is its own frame; in the gorilla-batch row (batch set) the
+// writePump does what the example's does: one frame per wake, the first
+// message and then every message already queued in the send channel,
+// joined with newlines (a JSON client must split a frame at them, which
+// the bench's client does not need: it counts the "ts" keys of a frame).
 type gorillaHub struct {
+	batch      bool
 	upgrader   websocket.Upgrader
 	register   chan *gorillaClient
 	unregister chan *gorillaClient
@@ -45,8 +49,15 @@ const (
 	gorillaPingPeriod = gorillaPongWait * 9 / 10
 )
 
-func newGorillaHub() (server, error) {
+func newGorillaHub() (server, error) { return startGorillaHub(false), nil }
+
+// newGorillaBatchHub is newGorillaHub whose writePumps join the queued
+// messages into one frame with newlines, as gorilla's chat example does.
+func newGorillaBatchHub() (server, error) { return startGorillaHub(true), nil }
+
+func startGorillaHub(batch bool) *gorillaHub {
 	h := &gorillaHub{
+		batch:      batch,
 		upgrader:   websocket.Upgrader{ReadBufferSize: 1024, WriteBufferSize: 1024},
 		register:   make(chan *gorillaClient),
 		unregister: make(chan *gorillaClient),
@@ -55,7 +66,7 @@ func newGorillaHub() (server, error) {
 		stopped:    make(chan struct{}),
 	}
 	go h.run()
-	return h, nil
+	return h
 }
 
 func (h *gorillaHub) run() {
@@ -154,6 +165,12 @@ func (c *gorillaClient) writePump() {
 				c.conn.WriteMessage(websocket.CloseMessage, nil)
 				return
 			}
+			if c.hub.batch {
+				if err := c.writeQueued(msg); err != nil {
+					return
+				}
+				continue
+			}
 			if err := c.conn.WriteMessage(websocket.TextMessage, msg); err != nil {
 				return
 			}
@@ -164,6 +181,27 @@ func (c *gorillaClient) writePump() {
 			}
 		}
 	}
+}
+
+var newline = []byte{'\n'}
+
+// writeQueued writes msg and every message already queued in c.send as
+// one text frame, newline-separated: the writePump of gorilla's chat
+// example (examples/chat/client.go), whose Write errors the Close
+// reports.
+func (c *gorillaClient) writeQueued(msg []byte) error {
+	w, err := c.conn.NextWriter(websocket.TextMessage)
+	if err != nil {
+		return err
+	}
+	w.Write(msg)
+	// Add the queued messages to the current frame.
+	n := len(c.send)
+	for range n {
+		w.Write(newline)
+		w.Write(<-c.send)
+	}
+	return w.Close()
 }
 
 func (h *gorillaHub) publish(room string, payload []byte) error {

@@ -1,15 +1,19 @@
 // Command bench measures wshub against the hubs Go services would pick
 // instead: a minimal hub on coder/websocket (the baseline of every ratio),
-// melody, a gorilla/websocket chat-style hub and centrifuge. Each
-// contender's server runs in a child process (the bench binary re-executed)
-// on a loopback port, so that its CPU time and memory are its own; the
-// parent runs the shared WebSocket clients and prints one Markdown table
-// per scenario on stdout, progress on stderr.
+// melody, a gorilla/websocket chat-style hub (one message per frame, and
+// gorilla-batch, which joins the queued messages with newlines as gorilla's
+// chat example does) and centrifuge. Each contender's server runs in a
+// child process (the bench binary re-executed) on a loopback port, so
+// that its CPU time and memory are its own; the parent runs the shared
+// WebSocket clients and prints one Markdown table per scenario on
+// stdout, progress on stderr.
 //
 //	go run ./bench                      # every scenario, every contender
 //	go run ./bench -quick               # a smoke run, under a minute on 2 cores
 //	go run ./bench -scenario flood -contender coder,wshub
 //	go run ./bench -scenario fanout-1000 -contender coder,wshub-batch
+//	go run ./bench -scenario fanout-10000 -contender coder,gorilla-batch,wshub-batch   # 10,000 clients in one room
+//	go run ./bench -scenario fanout -fanout-sizes 100,1000,10000   # one fan-out table per size
 //	go run ./bench -scenario fanout-1000 -contender wshub,wshub-history
 //	go run ./bench -scenario fanout-1000 -contender wshub-batch -runs 1 -profile /tmp/prof
 //	go run ./bench -charts docs/bench   # also draw SVG charts of the tables into docs/bench
@@ -66,7 +70,8 @@ func run(args []string, stdout, stderr io.Writer) error {
 	idle := fs.Int("idle-clients", 0, "clients of the idle-memory scenario (default 10000, quick 1000)")
 	window := fs.Int("window", 64, "messages a room may be ahead of its slowest client")
 	floodMsgs := fs.Int("flood-messages", 0, "messages the flood publisher sends (default 20000, quick 2000)")
-	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000, latency, rooms, idle, churn, flood-4, flood-100 (default all); and the opt-in cluster, presence, storm and scale, named in full")
+	only := fs.String("scenario", "", "comma-separated scenarios or prefixes: fanout-100, fanout-1000 (fanout-N for each size of -fanout-sizes; naming fanout-N adds N to them, e.g. fanout-10000), latency, rooms, idle, churn, flood-4, flood-100 (default all); and the opt-in cluster, presence, storm and scale, named in full")
+	fanoutSizes := fs.String("fanout-sizes", "100,1000", "comma-separated room sizes of the fan-out scenarios, one table fanout-N each; up to the open-file limit less 100 (the parent holds the N clients, the server child their N connections)")
 	who := fs.String("contender", "", "comma-separated contenders: "+strings.Join(contenderNames(false), ", ")+" (default all but the opt-in "+strings.Join(contenderNames(true), ", ")+")")
 	profile := fs.String("profile", "", "write CPU and heap profiles of each server child into this directory")
 	trace := fs.Bool("trace", false, "with -profile, the cluster scenario's children also write execution traces (go tool trace -pprof=sched FILE)")
@@ -92,7 +97,7 @@ func run(args []string, stdout, stderr io.Writer) error {
 	raiseFileLimit()
 	cfg := &config{
 		quick: *quick, runs: 3, warmup: 500 * time.Millisecond, duration: 2 * time.Second,
-		window: *window, fanout: []int{100, 1000}, latencyN: 100, latencyHz: 50000,
+		window: *window, latencyN: 100, latencyHz: 50000,
 		roomsN: 1000, roomSize: 10, idleN: 10000, churnConc: 8, profileDir: *profile,
 		floodN: []int{4, 100}, floodMessages: 20000, floodFor: 10 * time.Second,
 		floodDrain: 10 * time.Second, floodQuiet: time.Second,
@@ -105,6 +110,11 @@ func run(args []string, stdout, stderr io.Writer) error {
 	if cfg.clusterN < 1 || cfg.clusterHz < 1 {
 		return errors.New("-cluster-clients and -cluster-rate must be positive")
 	}
+	fanout, err := fanoutSizesOf(*fanoutSizes, *only)
+	if err != nil {
+		return err
+	}
+	cfg.fanout = fanout
 	if *latencyRates != "" {
 		for r := range strings.SplitSeq(*latencyRates, ",") {
 			n, err := strconv.Atoi(strings.TrimSpace(r))
@@ -278,6 +288,43 @@ func selectScenarios(all []scenario, spec string) ([]scenario, error) {
 	}
 	return list, nil
 }
+
+// fanoutSizesOf returns the room sizes of the fan-out scenarios: those of
+// spec (-fanout-sizes), and N for every entry fanout-N of scenarios
+// (-scenario) that spec lacks, so that naming a fan-out table is enough
+// to run it; in ascending order, each once. A size must leave
+// fanoutFileMargin open files to its process: the parent holds the N
+// clients, the server child their N connections.
+func fanoutSizesOf(spec, scenarios string) ([]int, error) {
+	var sizes []int
+	for f := range strings.SplitSeq(spec, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("-fanout-sizes: %q is not a positive number of clients", f)
+		}
+		sizes = append(sizes, n)
+	}
+	for want := range strings.SplitSeq(scenarios, ",") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(want), "fanout-"); ok {
+			if n, err := strconv.Atoi(v); err == nil && n > 0 {
+				sizes = append(sizes, n)
+			}
+		}
+	}
+	slices.Sort(sizes)
+	sizes = slices.Compact(sizes)
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil {
+		if n := sizes[len(sizes)-1]; uint64(n+fanoutFileMargin) > lim.Max {
+			return nil, fmt.Errorf("fanout-%d needs %d open files in the parent and as many in the server child, but their hard limit is %d (ulimit -Hn): lower the size or raise the limit", n, n+fanoutFileMargin, lim.Max)
+		}
+	}
+	return sizes, nil
+}
+
+// fanoutFileMargin is what a fan-out process needs besides its
+// connections: the listener, pipes, the binary, the runtime's own.
+const fanoutFileMargin = 100
 
 // outcome gathers the runs of one contender in one scenario.
 type outcome struct {

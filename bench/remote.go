@@ -129,6 +129,18 @@ func (rm *remote) stats(gc bool) (serverStats, error) {
 	return st, err
 }
 
+// cpu returns the CPU time, user + system in ns, that the child has used
+// so far, which the parent reads in /proc/PID/stat at once (procCPU, to
+// the clock tick): unlike stats, it does not wait for the commands queued
+// before it, publishes that a child may take seconds to get through when
+// its room is large (each waits for room in the members' queues, or for
+// the command loop's turn among their writers). ok is false where there
+// is no /proc.
+func (rm *remote) cpu() (ns int64, ok bool) {
+	ns = procCPU(rm.cmd.Process.Pid)
+	return ns, ns > 0
+}
+
 // waitMembers polls the server until it counts want room memberships.
 func (rm *remote) waitMembers(want int, d time.Duration) error {
 	deadline := time.Now().Add(d)

@@ -56,6 +56,7 @@ func contenders() []contender {
 		{name: "wshub-batch", version: "github.com/wshub/wshub (this repo), wshub.json-batch", server: newWshub, proto: wshubProtocol{batch: true}},
 		{name: "melody", version: "github.com/olahol/melody v1.1.4", server: newMelody, proto: queryProtocol{}},
 		{name: "gorilla", version: "github.com/gorilla/websocket v1.5.3 (chat-example-style hub)", server: newGorillaHub, proto: queryProtocol{}},
+		{name: "gorilla-batch", version: "github.com/gorilla/websocket v1.5.3 (chat-example-style hub, queued messages joined with newlines in one frame)", server: newGorillaBatchHub, proto: queryProtocol{}},
 		{name: "centrifuge", version: "github.com/centrifugal/centrifuge v0.40.1, JSON protocol", server: newCentrifuge, proto: centrifugeProtocol{}},
 		{name: "wshub-history", version: "github.com/wshub/wshub (this repo), wshub.json, every room keeps its last 1,000 messages", server: newWshubHistory, proto: wshubProtocol{}, optIn: true},
 	}
