@@ -1,7 +1,6 @@
 package wshub
 
 import (
-	"context"
 	"errors"
 	"math/bits"
 	"os"
@@ -240,14 +239,14 @@ func (c *Client) write(msgs [][]byte) (written int, err error) {
 		c.counts.frames.Add(uint64(frames))
 		c.counts.bytes.Add(uint64(bytes))
 	}()
-	typ := websocket.MessageText
+	op := byte(websocket.MessageText)
 	if c.codec.Binary() {
-		typ = websocket.MessageBinary
+		op = byte(websocket.MessageBinary)
 	}
 	bc, ok := c.codec.(BatchCodec)
 	if !ok {
 		for _, b := range msgs {
-			if err := c.conn.Write(context.Background(), typ, b); err != nil {
+			if err := c.netConn.writeFrame(op, b); err != nil {
 				return 0, err
 			}
 			c.frameWritten(1, len(b))
@@ -259,7 +258,7 @@ func (c *Client) write(msgs [][]byte) (written int, err error) {
 	for len(msgs) > 0 {
 		n := batchLen(msgs)
 		*bufp = bc.AppendBatch((*bufp)[:0], msgs[:n])
-		if err := c.conn.Write(context.Background(), typ, *bufp); err != nil {
+		if err := c.netConn.writeFrame(op, *bufp); err != nil {
 			return 0, err
 		}
 		c.frameWritten(n, len(*bufp))

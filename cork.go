@@ -32,6 +32,7 @@ type corkConn struct {
 	deadline time.Time // the socket's write deadline
 	closing  bool
 	corked   bool
+	sentEnd  bool         // coder wrote the close frame: no data frame may follow
 	buf      *[]byte      // pending bytes while corked
 	taken    atomic.Int64 // bytes ever given to Write; written under mu, read by the writer without it
 	written  int64        // bytes of those that reached the socket, a prefix
@@ -48,6 +49,9 @@ func (c *corkConn) Read(p []byte) (int, error) {
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if len(p) > 0 && p[0] == 0x88 { // FIN and close: coder flushes each control frame whole
+		c.sentEnd = true
+	}
 	c.taken.Add(int64(len(p)))
 	if c.corked && len(*c.buf)+len(p) <= maxBatchBytes {
 		*c.buf = append(*c.buf, p...)
@@ -58,6 +62,53 @@ func (c *corkConn) Write(p []byte) (int, error) {
 	}
 	n, err := c.writeLocked(p)
 	return n, err
+}
+
+// writeFrame writes a data frame, FIN and opcode op (text or binary),
+// holding payload p: gathered while corked, as Write does. The hub frames
+// its messages itself, as coder/websocket would without compression
+// (which the hub does not negotiate): one copy into the batch, no lock of
+// coder's. It returns net.ErrClosed after coder wrote the close frame.
+func (c *corkConn) writeFrame(op byte, p []byte) error {
+	var hb [10]byte
+	h := appendFrameHeader(hb[:0], op, len(p))
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.sentEnd || c.closing {
+		return net.ErrClosed
+	}
+	c.taken.Add(int64(len(h) + len(p)))
+	if !c.corked || len(*c.buf)+len(h)+len(p) > maxBatchBytes {
+		if err := c.flushLocked(); err != nil {
+			return err
+		}
+	}
+	if c.buf == nil { // not corked: write it through a buffer of the pool
+		bufp := c.hub.getBuf()
+		defer c.hub.putBuf(bufp)
+		*bufp = append(append((*bufp)[:0], h...), p...)
+		_, err := c.writeLocked(*bufp)
+		return err
+	}
+	*c.buf = append(append(*c.buf, h...), p...)
+	if len(*c.buf) > maxBatchBytes { // one frame bigger than a batch: now
+		return c.flushLocked()
+	}
+	return nil
+}
+
+// appendFrameHeader appends the header of a server frame, FIN and opcode
+// op, unmasked, with a payload of n bytes.
+func appendFrameHeader(b []byte, op byte, n int) []byte {
+	b = append(b, 0x80|op)
+	switch {
+	case n < 126:
+		return append(b, byte(n))
+	case n < 1<<16:
+		return append(b, 126, byte(n>>8), byte(n))
+	}
+	return append(b, 127, byte(uint64(n)>>56), byte(uint64(n)>>48), byte(uint64(n)>>40), byte(uint64(n)>>32),
+		byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
 }
 
 // writeLocked writes p to the socket. Unless the connection is closing
