@@ -57,6 +57,7 @@ type Client struct {
 	spare       [][]byte      // the writer's previous batch, reused
 	writing     bool          // a writer goroutine is running
 	pingDue     bool          // the writer writes a ping first
+	nextWrite   *Client       // next in the write pool's queue, under its lock (pool.go)
 	pingFrom    int           // from this byte of pingFrame: a ping may be cut off by a full socket
 	parked      bool          // the reader is parked: no goroutine reads (park.go)
 	armed       bool          // fd is in the poller's set

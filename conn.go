@@ -77,12 +77,19 @@ func (c *Client) kickLocked(cause error) {
 	c.closeLocked(websocket.StatusPolicyViolation, strings.TrimPrefix(cause.Error(), "wshub: "), cause, false)
 }
 
+// startWriterLocked gives the client's writer's turn to the hub's write
+// pool or, where it cannot write without waiting, or to close, to a
+// goroutine of its own.
 func (c *Client) startWriterLocked() {
 	if c.writing {
 		return
 	}
 	c.writing = true
-	c.spawn(c.writeLoop)
+	c.hub.hold()
+	c.writers.Add(1)
+	if c.cause != nil || c.netConn.raw == nil || !c.hub.pool.push(c) {
+		go c.writeRun()
+	}
 }
 
 // spawn runs f on a goroutine that the client's group and Shutdown wait for.
@@ -190,24 +197,12 @@ func (c *Client) writeLoop() {
 			}
 			return
 		}
-		batch := c.queue
-		c.queue, c.spare = c.spare, nil
-		c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
-		c.wakeLocked()
+		batch := c.takeLocked()
 		c.mu.Unlock()
 
-		c.counts.depth[min(bits.Len(uint(len(batch)-1)), len(depthBounds))].Add(1) // the first bound ≥ len(batch)
-		c.counts.depthSum.Add(uint64(len(batch)))
-		written, err := c.write(batch)
-		c.counts.out.Add(uint64(written))
-		c.counts.dropped.Add(uint64(len(batch) - written))
-
-		clear(batch)
-		c.mu.Lock()
-		if cap(batch) <= 64 {
-			c.spare = batch[:0]
-		}
-		c.mu.Unlock()
+		c.countDepth(len(batch))
+		written, err := c.write(batch, nil)
+		c.settle(batch, written)
 		if err != nil {
 			c.writeFailed(err)
 			return
@@ -215,29 +210,117 @@ func (c *Client) writeLoop() {
 	}
 }
 
+// takeLocked takes the queue, as the batch to write.
+func (c *Client) takeLocked() [][]byte {
+	batch := c.queue
+	c.queue, c.spare = c.spare, nil
+	c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
+	c.wakeLocked()
+	return batch
+}
+
+func (c *Client) countDepth(n int) {
+	c.counts.depth[min(bits.Len(uint(n-1)), len(depthBounds))].Add(1) // the first bound ≥ n
+	c.counts.depthSum.Add(uint64(n))
+}
+
+// settle counts a batch written up to its first written messages (the
+// others are dropped), and keeps it for the next.
+func (c *Client) settle(batch [][]byte, written int) {
+	c.counts.out.Add(uint64(written))
+	c.counts.dropped.Add(uint64(len(batch) - written))
+	clear(batch)
+	c.mu.Lock()
+	if cap(batch) <= 64 {
+		c.spare = batch[:0]
+	}
+	c.mu.Unlock()
+}
+
+// writeTurn writes one batch of the queue on a write pool's goroutine,
+// without waiting, and passes the writer's turn on: back to the pool if
+// more came meanwhile; to a goroutine of the client's own for what may
+// wait (the rest of a batch the socket did not take, a ping, a close);
+// or ends it.
+func (c *Client) writeTurn(io *rawIO) {
+	c.mu.Lock()
+	if c.pingDue || c.cause != nil {
+		c.mu.Unlock()
+		go c.writeRun()
+		return
+	}
+	if len(c.queue) == 0 {
+		c.endTurnLocked()
+		return
+	}
+	batch := c.takeLocked()
+	c.mu.Unlock()
+	c.countDepth(len(batch))
+	written, err := c.write(batch, io)
+	if err == errPending {
+		go c.writeRest(batch)
+		return
+	}
+	c.settle(batch, written)
+	if err != nil {
+		c.writeFailed(err)
+		c.writers.Done()
+		c.hub.release()
+		return
+	}
+	c.mu.Lock()
+	if len(c.queue) == 0 && !c.pingDue && c.cause == nil {
+		c.endTurnLocked()
+		return
+	}
+	c.mu.Unlock()
+	if !c.hub.pool.push(c) { // to the back of the pool's queue
+		go c.writeRun()
+	}
+}
+
+// endTurnLocked ends the writer's turn of a pool's goroutine; it unlocks
+// c.mu.
+func (c *Client) endTurnLocked() {
+	c.writing = false
+	c.mu.Unlock()
+	c.writers.Done()
+	c.hub.release()
+}
+
+// writeRest writes what a write without waiting left, then goes on as the
+// client's writer.
+func (c *Client) writeRest(batch [][]byte) {
+	defer c.writers.Done()
+	defer c.hub.release()
+	err := c.netConn.uncork()
+	c.settle(batch, c.countWritten())
+	if err != nil {
+		c.writeFailed(err)
+		return
+	}
+	c.writeLoop()
+}
+
 // write writes msgs, as batch frames if the codec batches. The frames of
 // one call go out together, with as few system calls as corkConn allows:
 // usually one, even for a frame bigger than the connection's buffer. It
 // returns how many of msgs reached the socket; after an error the others
 // were not written.
-func (c *Client) write(msgs [][]byte) (written int, err error) {
+//
+// With io, write does not wait: if the socket does not take the whole
+// batch, the rest stays in corkConn, and write returns errPending without
+// counting; writeRest finishes it.
+func (c *Client) write(msgs [][]byte, io *rawIO) (written int, err error) {
 	c.ends = c.ends[:0]
 	c.netConn.cork()
 	defer func() {
-		if uerr := c.netConn.uncork(); err == nil {
+		if uerr := c.netConn.uncorkTry(io); err == nil {
 			err = uerr
 		}
-		_, flushed := c.netConn.progress()
-		var frames, bytes int
-		for _, f := range c.ends {
-			if f.end <= flushed {
-				written += f.msgs
-				frames++
-				bytes += f.size
-			}
+		if err != errPending {
+			written = c.countWritten()
 		}
-		c.counts.frames.Add(uint64(frames))
-		c.counts.bytes.Add(uint64(bytes))
 	}()
 	op := byte(websocket.MessageText)
 	if c.codec.Binary() {
@@ -265,6 +348,23 @@ func (c *Client) write(msgs [][]byte) (written int, err error) {
 		msgs = msgs[n:]
 	}
 	return 0, nil
+}
+
+// countWritten counts the frames of the last write that reached the
+// socket, and returns how many messages they held.
+func (c *Client) countWritten() (written int) {
+	_, flushed := c.netConn.progress()
+	var frames, bytes int
+	for _, f := range c.ends {
+		if f.end <= flushed {
+			written += f.msgs
+			frames++
+			bytes += f.size
+		}
+	}
+	c.counts.frames.Add(uint64(frames))
+	c.counts.bytes.Add(uint64(bytes))
+	return written
 }
 
 // frameEnd is where a frame of msgs messages ends in corkConn's stream.

@@ -1,6 +1,7 @@
 package wshub
 
 import (
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -139,20 +140,55 @@ func (c *corkConn) tryWrite(io *rawIO, p []byte) int {
 		return 0
 	}
 	defer c.mu.Unlock()
-	if c.closing || c.corked {
+	if c.closing || c.corked || c.buf != nil || !c.clearPastDeadline() {
 		return 0
-	}
-	if !c.deadline.IsZero() && time.Now().After(c.deadline) {
-		c.deadline = time.Time{}
-		if c.Conn.SetWriteDeadline(c.deadline) != nil {
-			return 0
-		}
 	}
 	n := io.write(c.raw, p)
 	c.taken.Add(int64(n))
 	c.written += int64(n)
 	return n
 }
+
+// clearPastDeadline clears a write deadline that has passed, which would
+// fail a write without waiting: it needs none, and the next write that may
+// wait sets its own. It reports false if that failed.
+func (c *corkConn) clearPastDeadline() bool {
+	if c.deadline.IsZero() || time.Now().Before(c.deadline) {
+		return true
+	}
+	c.deadline = time.Time{}
+	return c.Conn.SetWriteDeadline(c.deadline) == nil
+}
+
+// uncorkTry is uncork without waiting, with io: what the socket does not
+// take stays in the buffer, to go before anything else (uncork writes it),
+// and uncorkTry returns errPending. Without io, it is uncork.
+func (c *corkConn) uncorkTry(io *rawIO) error {
+	if io == nil || c.raw == nil {
+		return c.uncork()
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.corked = false
+	if len(*c.buf) > 0 {
+		if c.closing || !c.clearPastDeadline() {
+			return errPending
+		}
+		n := io.write(c.raw, *c.buf)
+		c.written += int64(n)
+		if n < len(*c.buf) {
+			*c.buf = (*c.buf)[:copy(*c.buf, (*c.buf)[n:])]
+			return errPending
+		}
+	}
+	c.hub.putBuf(c.buf)
+	c.buf = nil
+	return nil
+}
+
+// errPending tells a writer without waiting that corkConn holds bytes
+// the socket did not take.
+var errPending = errors.New("wshub: write pending")
 
 // progress returns how many bytes Write was given and how many of those
 // reached the socket. A message whose last byte is at or before written

@@ -81,6 +81,7 @@ type Hub struct {
 
 	poll poller    // watches parked clients' sockets (park.go)
 	keep keepalive // pings the clients (keepalive.go)
+	pool writePool // writes for the clients without waiting (pool.go)
 }
 
 // New returns a hub that passes application messages to handler (which may
@@ -346,6 +347,7 @@ func (h *Hub) Shutdown(ctx context.Context) error {
 	select {
 	case <-h.drained:
 		h.keep.close()
+		h.pool.stop()
 		h.poll.close()
 		h.closeEngine()
 		return nil
@@ -401,6 +403,7 @@ func (h *Hub) Close() error {
 	h.release()
 	<-h.drained
 	h.keep.close()
+	h.pool.stop()
 	h.poll.close()
 	h.closeEngine()
 	return nil

@@ -126,6 +126,9 @@ func (p *poller) close() {
 	})
 }
 
+// rawWrites says that rawIO writes here.
+const rawWrites = true
+
 // pollReadSize is how much the poller reads from a woken client's socket
 // at once: pongs, or the start of what the reader takes over.
 const pollReadSize = 512

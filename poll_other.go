@@ -7,6 +7,10 @@ import "syscall"
 // poller is the Linux poller's stand-in elsewhere: no client parks.
 type poller struct{}
 
+// rawWrites says that rawIO writes nothing here: the hub's write pool
+// is not used.
+const rawWrites = false
+
 // rawIO is the Linux one's stand-in: it writes nothing, so the writer
 // goroutine writes pings.
 type rawIO struct{}
