@@ -332,3 +332,37 @@ func TestIdlePingsAllocateNothing(t *testing.T) {
 	}
 	equal(t, "clients", h.Stats().Clients, n)
 }
+
+// TestStuckReadersDelayNobodyElse checks that the hub's write pool never
+// waits for a socket: more clients than the pool has goroutines stop
+// reading while big messages go to their room, until their sockets are
+// full, and a client that reads still gets every message.
+func TestStuckReadersDelayNobodyElse(t *testing.T) {
+	const stuck, msgs = 8, 200 // 8 > the pool's goroutines (one per CPU) on the machines we run on
+	h := wshub.New(nil, &wshub.Options{
+		AuthorizeJoin: allowAll,
+		Limits:        wshub.Limits{SendQueue: 1 << 12, SendQueueBytes: 1 << 30, WriteTimeout: 5 * time.Minute, PingInterval: -1},
+	})
+	ts := serve(t, h)
+	for range stuck {
+		dial(t, ts).join("r") // and reads no more
+	}
+	p := dial(t, ts)
+	p.join("r")
+	big := strings.Repeat("x", 30<<10) // 6 MB to each client in all: more than loopback sockets hold
+	for i := range msgs {
+		if err := h.Room("r").Broadcast(p.ctx, &wshub.Message{Data: json.RawMessage(fmt.Sprintf(`{"i":%d,"pad":%q}`, i, big))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range msgs {
+		m := p.read()
+		var d struct{ I int }
+		if err := json.Unmarshal(m.Data, &d); err != nil || d.I != i {
+			t.Fatalf("message %d: got %.40s (%v)", i, m.Data, err)
+		}
+	}
+	if st := h.Stats(); st.Kicked != 0 {
+		t.Fatalf("%d clients kicked, want none", st.Kicked)
+	}
+}
