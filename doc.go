@@ -62,11 +62,14 @@
 // AuthorizePublish, OnDisconnect, OnPresence, Rooms), the
 // Handler, a Codec or the Engine runs, so they may call back into the hub,
 // Shutdown and Close included. A client's messages are handled one at a
-// time, in order, on its read goroutine. Like its writer goroutine (while
-// it has messages queued) and its acker (while publishes wait for the
-// engine), the read goroutine exists only while there is something to
-// do: an idle client's socket is watched by the hub's poller, on Linux
-// (elsewhere, and over TLS, the read goroutine stays).
+// time, in order, on its read goroutine. Like its acker (while publishes
+// wait for the engine), the read goroutine exists only while there is
+// something to do: an idle client's socket is watched by the hub's
+// poller, on Linux (elsewhere, and over TLS, the read goroutine stays).
+// Writes go through the hub's write pool, a goroutine per CPU, which
+// writes what a socket takes at once; a client gets a writer goroutine of
+// its own only while its socket is full (elsewhere, and over TLS, while
+// it has messages queued).
 //
 // # Slow clients and floods
 //
