@@ -199,8 +199,6 @@ func (c *Client) writeLoop() {
 		}
 		batch := c.takeLocked()
 		c.mu.Unlock()
-
-		c.countDepth(len(batch))
 		written, err := c.write(batch, nil)
 		c.settle(batch, written)
 		if err != nil {
@@ -210,18 +208,17 @@ func (c *Client) writeLoop() {
 	}
 }
 
-// takeLocked takes the queue, as the batch to write.
+// takeLocked takes the queue, as the batch to write, and counts its
+// depth.
 func (c *Client) takeLocked() [][]byte {
 	batch := c.queue
 	c.queue, c.spare = c.spare, nil
 	c.queueBytes, c.replayed, c.replayBytes = 0, 0, 0
 	c.wakeLocked()
-	return batch
-}
-
-func (c *Client) countDepth(n int) {
+	n := len(batch)
 	c.counts.depth[min(bits.Len(uint(n-1)), len(depthBounds))].Add(1) // the first bound ≥ n
 	c.counts.depthSum.Add(uint64(n))
+	return batch
 }
 
 // settle counts a batch written up to its first written messages (the
@@ -255,7 +252,6 @@ func (c *Client) writeTurn(io *rawIO) {
 	}
 	batch := c.takeLocked()
 	c.mu.Unlock()
-	c.countDepth(len(batch))
 	written, err := c.write(batch, io)
 	if err == errPending {
 		go c.writeRest(batch)
@@ -313,7 +309,7 @@ func (c *Client) writeRest(batch [][]byte) {
 // counting; writeRest finishes it.
 func (c *Client) write(msgs [][]byte, io *rawIO) (written int, err error) {
 	c.ends = c.ends[:0]
-	c.netConn.cork()
+	c.netConn.cork(io != nil)
 	defer func() {
 		if uerr := c.netConn.uncorkTry(io); err == nil {
 			err = uerr

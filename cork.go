@@ -33,6 +33,7 @@ type corkConn struct {
 	deadline time.Time // the socket's write deadline
 	closing  bool
 	corked   bool
+	whole    bool         // the writer's frames stay until uncork, past maxBatchBytes (cork)
 	sentEnd  bool         // coder wrote the close frame: no data frame may follow
 	buf      *[]byte      // pending bytes while corked
 	taken    atomic.Int64 // bytes ever given to Write; written under mu, read by the writer without it
@@ -79,7 +80,7 @@ func (c *corkConn) writeFrame(op byte, p []byte) error {
 		return net.ErrClosed
 	}
 	c.taken.Add(int64(len(h) + len(p)))
-	if !c.corked || len(*c.buf)+len(h)+len(p) > maxBatchBytes {
+	if !c.corked || !c.whole && len(*c.buf)+len(h)+len(p) > maxBatchBytes {
 		if err := c.flushLocked(); err != nil {
 			return err
 		}
@@ -92,7 +93,7 @@ func (c *corkConn) writeFrame(op byte, p []byte) error {
 		return err
 	}
 	*c.buf = append(append(*c.buf, h...), p...)
-	if len(*c.buf) > maxBatchBytes { // one frame bigger than a batch: now
+	if !c.whole && len(*c.buf) > maxBatchBytes { // one frame bigger than a batch: now
 		return c.flushLocked()
 	}
 	return nil
@@ -169,7 +170,7 @@ func (c *corkConn) uncorkTry(io *rawIO) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.corked = false
+	c.corked, c.whole = false, false
 	if len(*c.buf) > 0 {
 		if c.closing || !c.clearPastDeadline() {
 			return errPending
@@ -199,10 +200,13 @@ func (c *corkConn) progress() (taken, written int64) {
 	return c.taken.Load(), c.written
 }
 
-func (c *corkConn) cork() {
+// cork gathers the writer's frames, up to maxBatchBytes at a time. With
+// whole, they are kept until uncorkTry, however many bytes they make: a
+// writer that must not wait writes nothing before.
+func (c *corkConn) cork(whole bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.corked = true
+	c.corked, c.whole = true, whole
 	if c.buf == nil {
 		c.buf = c.hub.getBuf()
 		*c.buf = (*c.buf)[:0]
@@ -213,7 +217,7 @@ func (c *corkConn) cork() {
 func (c *corkConn) uncork() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.corked = false
+	c.corked, c.whole = false, false
 	err := c.flushLocked()
 	if c.buf != nil {
 		c.hub.putBuf(c.buf)
