@@ -26,8 +26,9 @@ type Client struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	// writers counts the writer, closer and pinger goroutines; the read
-	// goroutine waits for them before the client is forgotten.
+	// writers counts the writer's turns (a pool's or the client's own
+	// goroutine), the closer and the pings in progress; the read goroutine
+	// waits for them before the client is forgotten.
 	writers   sync.WaitGroup
 	closeOnce sync.Once
 	slot      *pingSlot // the keepalive slot, under its lock (keepalive.go)
@@ -55,7 +56,7 @@ type Client struct {
 	space       chan struct{} // closed when the queue is taken or the client closes; made by a waiter
 	unpaced     bool          // congested past paceWait: deliveries from other hubs wait no more for it (flow.go)
 	spare       [][]byte      // the writer's previous batch, reused
-	writing     bool          // a writer goroutine is running
+	writing     bool          // the writer's turn is taken: queued in the pool, or writing
 	pingDue     bool          // the writer writes a ping first
 	nextWrite   *Client       // next in the write pool's queue, under its lock (pool.go)
 	pingFrom    int           // from this byte of pingFrame: a ping may be cut off by a full socket

@@ -9,9 +9,9 @@ import (
 	"github.com/coder/websocket"
 )
 
-// The connection of a client: its send queue, the writer goroutine that
-// runs only while the queue holds something, keepalive pings, and the
-// close. Everything here is the hub's own code: no lock of it is held
+// The connection of a client: its send queue, its writer's turn (taken
+// by the hub's write pool, pool.go, or by a goroutine of the client's
+// while its socket is full), keepalive pings, and the close. Everything here is the hub's own code: no lock of it is held
 // while user code runs.
 
 // enqueue queues an encoded message and starts the writer if it is idle,
