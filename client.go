@@ -37,6 +37,7 @@ type Client struct {
 	filter *pongFilter   // netConn's: takes pongs off the inbound stream (keepalive.go)
 	br     *bufio.Reader // coder/websocket's reader
 	fd     int32         // the socket, for the poller; -1 if it cannot park (park.go)
+	pooled bool          // the hub's write pool writes for it (pool.go)
 
 	// readMu keeps the reader's own uses of br (mayPark, probe) apart
 	// from coder's close handshake, which reads through br on the
@@ -59,7 +60,6 @@ type Client struct {
 	writing     bool          // the writer's turn is taken: queued in the pool, or writing
 	pingDue     bool          // the writer writes a ping first
 	nextWrite   *Client       // next in the write pool's queue, under its lock (pool.go)
-	pingFrom    int           // from this byte of pingFrame: a ping may be cut off by a full socket
 	parked      bool          // the reader is parked: no goroutine reads (park.go)
 	armed       bool          // fd is in the poller's set
 	closeCode   websocket.StatusCode
@@ -102,6 +102,12 @@ func newClient(h *Hub, conn *websocket.Conn, hw *hijackWriter, id Identity) *Cli
 	}
 	c.codecIndex = max(0, slices.Index(h.opts.codecNames, conn.Subprotocol()))
 	c.codec = h.opts.Codecs[c.codecIndex]
+	// A batch codec's AppendBatch runs on the writer: the pool's
+	// goroutines run the hub's own, not an application's, which could
+	// hold up every client behind it.
+	_, batches := c.codec.(BatchCodec)
+	_, ours := c.codec.(JSONBatchCodec)
+	c.pooled = c.netConn.raw != nil && (!batches || ours)
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	conn.SetReadLimit(h.opts.ReadLimit)
 	return c

@@ -87,7 +87,7 @@ func (c *Client) startWriterLocked() {
 	c.writing = true
 	c.hub.hold()
 	c.writers.Add(1)
-	if c.cause != nil || c.netConn.raw == nil || !c.hub.pool.push(c) {
+	if c.cause != nil || !c.pooled || !c.hub.pool.push(c) {
 		go c.writeRun()
 	}
 }
@@ -174,13 +174,16 @@ func (c *Client) dropQueueLocked() {
 // writeLoop writes queued messages until the queue is empty, then exits;
 // when the client is closing, it closes the connection instead of exiting.
 func (c *Client) writeLoop() {
+	if err := c.netConn.flushPending(); err != nil {
+		c.writeFailed(err)
+		return
+	}
 	for {
 		c.mu.Lock()
 		if c.pingDue && c.cause == nil { // between two batches: corkConn writes it whole
-			from := c.pingFrom
-			c.pingDue, c.pingFrom = false, 0
+			c.pingDue = false
 			c.mu.Unlock()
-			if _, err := c.netConn.Write(pingFrame[from:]); err != nil {
+			if _, err := c.netConn.Write(pingFrame); err != nil {
 				c.writeFailed(err)
 				return
 			}
@@ -248,6 +251,14 @@ func (c *Client) writeTurn(io *rawIO) {
 	}
 	if len(c.queue) == 0 {
 		c.endTurnLocked()
+		return
+	}
+	if c.queueBytes > maxBatchBytes {
+		// Big messages are written from the queue's own bytes, which other
+		// clients share, by a goroutine that may wait: kept whole here,
+		// they would be copied for each client.
+		c.mu.Unlock()
+		go c.writeRun()
 		return
 	}
 	batch := c.takeLocked()

@@ -9,15 +9,19 @@ import (
 	"time"
 )
 
-// corkConn sits under coder/websocket's write buffer, which is flushed
-// after every frame. While corked it gathers those flushes, so that the
-// writer goroutine writes a batch of frames, each still a frame of its own,
-// with one system call. Other goroutines' frames (pings, close frames) wait
-// in it until the batch ends, which is soon: the batch is already in memory.
+// corkConn is the client's socket as the writer sees it, under
+// coder/websocket's write buffer too (which flushes after every control
+// frame coder writes). While corked it gathers the writer's frames
+// (writeFrame), so that a batch of frames, each still a frame of its own,
+// goes out with one system call. Other goroutines' frames (pongs, close
+// frames) wait in it until the batch ends, which is soon: the batch is
+// already in memory.
 //
-// Every write to the socket must make progress within the hub's
+// Every write that may wait must make progress within the hub's
 // WriteTimeout: a peer that stops reading fails the write with
-// os.ErrDeadlineExceeded instead of holding its writer forever.
+// os.ErrDeadlineExceeded instead of holding its writer forever. Writes
+// that do not wait (tryWrite, uncorkTry) need no deadline, and leave what
+// the socket did not take in buf, to go first.
 type corkConn struct {
 	net.Conn
 	hub *Hub // for its buffer pool and WriteTimeout
@@ -35,8 +39,8 @@ type corkConn struct {
 	corked   bool
 	whole    bool         // the writer's frames stay until uncork, past maxBatchBytes (cork)
 	sentEnd  bool         // coder wrote the close frame: no data frame may follow
-	buf      *[]byte      // pending bytes while corked
-	taken    atomic.Int64 // bytes ever given to Write; written under mu, read by the writer without it
+	buf      *[]byte      // pending bytes: while corked, or left by a write that did not wait
+	taken    atomic.Int64 // bytes ever given to write (Write, writeFrame, tryWrite); written under mu, read by the writer without it
 	written  int64        // bytes of those that reached the socket, a prefix
 }
 
@@ -46,8 +50,9 @@ func (c *corkConn) Read(p []byte) (int, error) {
 	return c.filter.Read(p)
 }
 
-// Write writes p, or keeps it while corked and the batch is under
-// maxBatchBytes.
+// Write writes p (coder's control frames, and pings), or keeps it while
+// corked: while the batch is under maxBatchBytes, or, for a writer that
+// must not wait (whole), always.
 func (c *corkConn) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -55,7 +60,7 @@ func (c *corkConn) Write(p []byte) (int, error) {
 		c.sentEnd = true
 	}
 	c.taken.Add(int64(len(p)))
-	if c.corked && len(*c.buf)+len(p) <= maxBatchBytes {
+	if c.corked && (c.whole || len(*c.buf)+len(p) <= maxBatchBytes) {
 		*c.buf = append(*c.buf, p...)
 		return len(p), nil
 	}
@@ -80,23 +85,30 @@ func (c *corkConn) writeFrame(op byte, p []byte) error {
 		return net.ErrClosed
 	}
 	c.taken.Add(int64(len(h) + len(p)))
-	if !c.corked || !c.whole && len(*c.buf)+len(h)+len(p) > maxBatchBytes {
-		if err := c.flushLocked(); err != nil {
-			return err
-		}
+	if c.corked && (c.whole || len(*c.buf)+len(h)+len(p) <= maxBatchBytes) {
+		*c.buf = append(append(*c.buf, h...), p...)
+		return nil
 	}
-	if c.buf == nil { // not corked: write it through a buffer of the pool
-		bufp := c.hub.getBuf()
-		defer c.hub.putBuf(bufp)
-		*bufp = append(append((*bufp)[:0], h...), p...)
-		_, err := c.writeLocked(*bufp)
+	if err := c.flushLocked(); err != nil {
 		return err
 	}
-	*c.buf = append(append(*c.buf, h...), p...)
-	if !c.whole && len(*c.buf) > maxBatchBytes { // one frame bigger than a batch: now
-		return c.flushLocked()
+	if c.corked && len(h)+len(p) <= maxBatchBytes {
+		*c.buf = append(append(*c.buf, h...), p...)
+		return nil
 	}
-	return nil
+	// Bigger than a batch, or not corked: written now, from p, which
+	// other clients may share (no copy per client).
+	return c.writeFrameLocked(h, p)
+}
+
+// writeFrameLocked writes header h and payload p to the socket with one
+// system call (writev), under the deadline rules of writeLocked.
+func (c *corkConn) writeFrameLocked(h, p []byte) error {
+	c.armDeadlineLocked()
+	bufs := net.Buffers{h, p}
+	n, err := bufs.WriteTo(c.Conn)
+	c.written += n
+	return err
 }
 
 // appendFrameHeader appends the header of a server frame, FIN and opcode
@@ -119,23 +131,30 @@ func appendFrameHeader(b []byte, op byte, n int) []byte {
 // WriteTimeout of it is left, since setting it on every write of a busy
 // connection costs a few percent of the hub's CPU.
 func (c *corkConn) writeLocked(p []byte) (int, error) {
-	if !c.closing {
-		wt := c.hub.opts.WriteTimeout
-		if now := time.Now(); c.deadline.Sub(now) < wt {
-			c.deadline = now.Add(wt + wt/2)
-			c.Conn.SetWriteDeadline(c.deadline)
-		}
-	}
+	c.armDeadlineLocked()
 	n, err := c.Conn.Write(p)
 	c.written += int64(n)
 	return n, err
 }
 
+// armDeadlineLocked moves the write deadline as writeLocked says.
+func (c *corkConn) armDeadlineLocked() {
+	if c.closing {
+		return
+	}
+	wt := c.hub.opts.WriteTimeout
+	if now := time.Now(); c.deadline.Sub(now) < wt {
+		c.deadline = now.Add(wt + wt/2)
+		c.Conn.SetWriteDeadline(c.deadline)
+	}
+}
+
 // tryWrite writes p with io, on a goroutine that holds the client's
 // writer's turn, unless it would wait: for the socket's buffer, or for
-// another write. It returns how many bytes of p it wrote. A write deadline
-// that has passed is cleared first: the write cannot wait, and the next
-// writer's sets its own.
+// another write. It returns how many bytes of p it wrote; if some but not
+// all, the rest is kept, to go first, and the writer's goroutine must
+// write it (flushPending). A write deadline that has passed is cleared
+// first: the write cannot wait, and the next writer's sets its own.
 func (c *corkConn) tryWrite(io *rawIO, p []byte) int {
 	if c.raw == nil || !c.mu.TryLock() {
 		return 0
@@ -145,15 +164,39 @@ func (c *corkConn) tryWrite(io *rawIO, p []byte) int {
 		return 0
 	}
 	n := io.write(c.raw, p)
-	c.taken.Add(int64(n))
+	if n == 0 {
+		return 0
+	}
+	c.taken.Add(int64(len(p)))
 	c.written += int64(n)
+	if n < len(p) { // the rest goes before anything else (flushPending)
+		c.buf = c.hub.getBuf()
+		*c.buf = append((*c.buf)[:0], p[n:]...)
+	}
 	return n
+}
+
+// flushPending writes what a write without waiting left (tryWrite,
+// uncorkTry), if anything.
+func (c *corkConn) flushPending() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.corked || c.buf == nil {
+		return nil
+	}
+	err := c.flushLocked()
+	c.hub.putBuf(c.buf)
+	c.buf = nil
+	return err
 }
 
 // clearPastDeadline clears a write deadline that has passed, which would
 // fail a write without waiting: it needs none, and the next write that may
 // wait sets its own. It reports false if that failed.
 func (c *corkConn) clearPastDeadline() bool {
+	if c.closing {
+		return false // Close's deadline stays
+	}
 	if c.deadline.IsZero() || time.Now().Before(c.deadline) {
 		return true
 	}
@@ -243,9 +286,11 @@ const closeFlushTimeout = time.Second
 // just sent, then closes the connection. A write stuck on a slow peer is
 // cut short by the deadline.
 func (c *corkConn) Close() error {
-	c.Conn.SetWriteDeadline(time.Now().Add(closeFlushTimeout))
+	d := time.Now().Add(closeFlushTimeout)
+	c.Conn.SetWriteDeadline(d) // first, to end a write under way, which holds mu
 	c.mu.Lock()
-	c.closing = true
+	c.closing, c.deadline = true, d
+	c.Conn.SetWriteDeadline(d) // again: a write without waiting may have cleared it meanwhile
 	c.corked = false
 	c.flushLocked()
 	c.mu.Unlock()

@@ -348,10 +348,8 @@ func (c *Client) ping(io *rawIO) {
 		n = c.netConn.tryWrite(io, pingFrame)
 	}
 	c.mu.Lock()
-	if n < len(pingFrame) {
-		c.pingDue, c.pingFrom = true, n
-	}
-	if c.pingDue || len(c.queue) > 0 || c.cause != nil {
+	c.pingDue = n == 0 // else it was written, or its rest waits in netConn
+	if n > 0 && n < len(pingFrame) || c.pingDue || len(c.queue) > 0 || c.cause != nil {
 		c.mu.Unlock()
 		go c.writeRun()
 		return

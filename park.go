@@ -27,7 +27,8 @@ var errParked = errors.New("wshub: parked")
 // sysFD returns the socket under conn, or -1 if the poller cannot watch
 // it, and the RawConn for reads and writes that must not wait (rawIO).
 // The number is used only while the client holds the connection open:
-// every use is under Client.mu, before its close begins.
+// every use is under Client.mu, before its close begins. The RawConn
+// needs no lock: it fails once the socket is closed.
 func sysFD(conn any) (int32, syscall.RawConn) {
 	sc, ok := conn.(syscall.Conn)
 	if !ok {

@@ -338,7 +338,7 @@ func TestIdlePingsAllocateNothing(t *testing.T) {
 // reading while big messages go to their room, until their sockets are
 // full, and a client that reads still gets every message.
 func TestStuckReadersDelayNobodyElse(t *testing.T) {
-	const stuck, msgs = 8, 200 // 8 > the pool's goroutines (one per CPU) on the machines we run on
+	stuck, msgs := runtime.GOMAXPROCS(0)+2, 200 // more than the pool's goroutines
 	h := wshub.New(nil, &wshub.Options{
 		AuthorizeJoin: allowAll,
 		Limits:        wshub.Limits{SendQueue: 1 << 12, SendQueueBytes: 1 << 30, WriteTimeout: 5 * time.Minute, PingInterval: -1},

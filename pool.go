@@ -6,7 +6,7 @@ import (
 )
 
 // writePool writes for the hub's clients from a few goroutines, one per
-// CPU, that live as long as the hub: a client whose queue gets something
+// CPU that Go may use (GOMAXPROCS), that live as long as the hub: a client whose queue gets something
 // while its writer is idle joins the pool's queue, and a pool goroutine
 // writes one batch of it without waiting (Client.writeTurn). Most writes
 // to a socket take at once, so a delivery costs no goroutine of its own,
