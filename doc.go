@@ -68,7 +68,8 @@
 // poller, on Linux (elsewhere, and over TLS, the read goroutine stays).
 // Writes go through the hub's write pool, a goroutine per CPU, which
 // writes what a socket takes at once; a client gets a writer goroutine of
-// its own only while its socket is full (elsewhere, and over TLS, while
+// its own only while its socket is full or its queue holds over 32 KiB
+// (elsewhere, over TLS, and with a BatchCodec of the application's, while
 // it has messages queued).
 //
 // # Slow clients and floods
