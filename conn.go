@@ -84,9 +84,7 @@ func (c *Client) startWriterLocked() {
 	if c.writing {
 		return
 	}
-	c.writing = true
-	c.hub.hold()
-	c.writers.Add(1)
+	c.takeTurnLocked()
 	if c.cause != nil || !c.pooled || !c.hub.pool.push(c) {
 		go c.writeRun()
 	}
@@ -286,8 +284,17 @@ func (c *Client) writeTurn(io *rawIO) {
 	}
 }
 
-// endTurnLocked ends the writer's turn of a pool's goroutine; it unlocks
-// c.mu.
+// takeTurnLocked takes the client's writer's turn, which the hub's
+// Shutdown and the client's cleanup wait for until endTurnLocked or
+// writeRun ends it.
+func (c *Client) takeTurnLocked() {
+	c.writing = true
+	c.hub.hold()
+	c.writers.Add(1)
+}
+
+// endTurnLocked ends the writer's turn of a goroutine that wrote without
+// waiting (a pool's, or the keepalive's); it unlocks c.mu.
 func (c *Client) endTurnLocked() {
 	c.writing = false
 	c.mu.Unlock()

@@ -85,14 +85,13 @@ func (c *corkConn) writeFrame(op byte, p []byte) error {
 		return net.ErrClosed
 	}
 	c.taken.Add(int64(len(h) + len(p)))
-	if c.corked && (c.whole || len(*c.buf)+len(h)+len(p) <= maxBatchBytes) {
-		*c.buf = append(append(*c.buf, h...), p...)
-		return nil
+	fits := func() bool { return c.whole || len(*c.buf)+len(h)+len(p) <= maxBatchBytes }
+	if !c.corked || !fits() {
+		if err := c.flushLocked(); err != nil { // what went before goes first
+			return err
+		}
 	}
-	if err := c.flushLocked(); err != nil {
-		return err
-	}
-	if c.corked && len(h)+len(p) <= maxBatchBytes {
+	if c.corked && fits() {
 		*c.buf = append(append(*c.buf, h...), p...)
 		return nil
 	}

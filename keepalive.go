@@ -339,9 +339,7 @@ func (c *Client) ping(io *rawIO) {
 		c.mu.Unlock()
 		return
 	}
-	c.writing = true // the writer's turn is this goroutine's
-	c.hub.hold()
-	c.writers.Add(1)
+	c.takeTurnLocked() // this goroutine's
 	c.mu.Unlock()
 	n := 0
 	if io != nil {
@@ -354,10 +352,7 @@ func (c *Client) ping(io *rawIO) {
 		go c.writeRun()
 		return
 	}
-	c.writing = false
-	c.mu.Unlock()
-	c.writers.Done()
-	c.hub.release()
+	c.endTurnLocked()
 }
 
 // writeRun runs writeLoop on a goroutine the client's group and the hub
